@@ -1,0 +1,39 @@
+// NEON kernels for 64-bit Arm (Graviton, Ampere, Apple): four lanes, FMA always present. The
+// streaming dot products are vectorized; the cross tile and the full pairwise kernel reuse the
+// scalar reference until an Arm machine is there to tune them on.
+#pragma once
+#include "scalar.h"
+
+#if SPLITNET_KERNELS_HAVE_NEON
+#include <arm_neon.h>
+
+namespace splitnet {
+
+inline float dot_f32_neon(const float* a, const float* b, index_t dim) {
+  float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
+  index_t d = 0;
+  for (; d + 8 <= dim; d += 8) {
+    acc0 = vfmaq_f32(acc0, vld1q_f32(a + d), vld1q_f32(b + d));
+    acc1 = vfmaq_f32(acc1, vld1q_f32(a + d + 4), vld1q_f32(b + d + 4));
+  }
+  float sum = vaddvq_f32(vaddq_f32(acc0, acc1));
+  for (; d < dim; ++d) sum += a[d] * b[d];
+  return sum;
+}
+
+inline void score_rows_f32_neon(const float* query, const float* rows, index_t n_rows, index_t dim,
+                                index_t row_stride, float bias, float* out) {
+  for (index_t i = 0; i < n_rows; ++i) out[i] = dot_f32_neon(query, rows + i * row_stride, dim) + bias;
+}
+
+inline void score_pairs_f32_neon(const float* a, index_t a_stride, const float* b, index_t b_stride,
+                                 index_t n_pairs, index_t dim, float bias, float* out) {
+  for (index_t i = 0; i < n_pairs; ++i)
+    out[i] = dot_f32_neon(a + i * a_stride, b + i * b_stride, dim) + bias;
+}
+
+inline constexpr KernelTable kNeonTable{Isa::neon, score_rows_f32_neon, score_tile_f32_scalar,
+                                        score_pairs_f32_neon, score_pairs_full_f32_scalar};
+
+}  // namespace splitnet
+#endif  // SPLITNET_KERNELS_HAVE_NEON

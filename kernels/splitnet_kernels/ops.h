@@ -1,0 +1,226 @@
+// The operations callers use: score and top-k for one user, many users (cross) and pairs, on
+// any kernel table, split across the thread pool when the work is large enough to pay for it.
+// Each takes float32 rows, contiguous along dim, with a row stride in elements.
+#pragma once
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "dispatch.h"
+#include "parallel.h"
+#include "topk.h"
+
+namespace splitnet {
+
+struct Rows {
+  const float* data;
+  index_t count;
+  index_t dim;
+  index_t stride;  // elements between consecutive rows
+  const float* row(index_t i) const { return data + i * stride; }
+};
+
+namespace ops_detail {
+// Below this many multiply-adds per task, waking a worker costs more than it saves.
+constexpr index_t kMinWorkPerTask = index_t{1} << 18;
+constexpr index_t kBlock = 1024;           // candidates scored per top-k scan (4 KiB of scores)
+constexpr index_t kTileCandidates = 64;    // candidates per cross tile
+constexpr index_t kHeapMaxK = 2048;        // above this k, partial selection beats the heap
+
+inline index_t min_rows_per_task(index_t dim, index_t work_per_row = 1) {
+  return std::max<index_t>(1, kMinWorkPerTask / std::max<index_t>(1, dim * work_per_row));
+}
+
+// Users per cross tile: their transposed block (dim x users) should stay within L1.
+inline index_t users_per_block(index_t dim) {
+  const index_t fit = (index_t{8192} / std::max<index_t>(dim, 1)) / 16 * 16;
+  return std::clamp<index_t>(fit, 16, 256);
+}
+
+// users[begin:end] transposed into (dim, pad) with zero padding lanes; pad is a multiple of 16.
+inline index_t pack_users(const Rows& users, index_t begin, index_t end, std::vector<float>& packed) {
+  const index_t count = end - begin, pad = (count + 15) / 16 * 16;
+  packed.assign(static_cast<size_t>(users.dim * pad), 0.0f);
+  for (index_t u = 0; u < count; ++u) {
+    const float* user = users.row(begin + u);
+    for (index_t d = 0; d < users.dim; ++d) packed[d * pad + u] = user[d];
+  }
+  return pad;
+}
+
+// Combines per-task top-k lists (each sorted, `counts[t]` entries at stride k) into one.
+inline void merge_lists(const std::vector<float>& scores, const std::vector<index_t>& ids,
+                        const std::vector<index_t>& counts, index_t k, float* out_scores,
+                        index_t* out_ids) {
+  std::vector<float> all_scores;
+  std::vector<index_t> all_ids;
+  for (size_t t = 0; t < counts.size(); ++t) {
+    all_scores.insert(all_scores.end(), scores.begin() + t * k, scores.begin() + t * k + counts[t]);
+    all_ids.insert(all_ids.end(), ids.begin() + t * k, ids.begin() + t * k + counts[t]);
+  }
+  select_best(all_scores.data(), all_ids.data(), static_cast<index_t>(all_scores.size()), k,
+              out_scores, out_ids);
+}
+
+// Top-k of rows[begin:end] against one query; returns how many were written (min(k, end-begin)).
+inline index_t topk_range(const KernelTable& table, const float* query, const Rows& rows,
+                          index_t begin, index_t end, index_t k, float bias, float* out_scores,
+                          index_t* out_ids) {
+  const index_t n = end - begin;
+  if (k > kHeapMaxK && k * 8 > n) {  // large k: score everything, then select
+    std::vector<float> scores(static_cast<size_t>(n));
+    std::vector<index_t> ids(static_cast<size_t>(n));
+    table.score_rows_f32(query, rows.row(begin), n, rows.dim, rows.stride, bias, scores.data());
+    for (index_t i = 0; i < n; ++i) ids[i] = begin + i;
+    return select_best(scores.data(), ids.data(), n, k, out_scores, out_ids);
+  }
+  TopK heap(out_scores, out_ids, k);
+  float block[kBlock];
+  for (index_t b = begin; b < end; b += kBlock) {
+    const index_t count = std::min(kBlock, end - b);
+    table.score_rows_f32(query, rows.row(b), count, rows.dim, rows.stride, bias, block);
+    heap.scan(block, count, b);
+  }
+  return heap.finish();
+}
+}  // namespace ops_detail
+
+// out[i] = query . rows[i] + bias.
+inline void score_one(const KernelTable& table, const float* query, const Rows& rows, float bias,
+                      float* out, int threads) {
+  parallel_chunks(rows.count, threads, ops_detail::min_rows_per_task(rows.dim), 16,
+                  [&](int, index_t begin, index_t end) {
+                    table.score_rows_f32(query, rows.row(begin), end - begin, rows.dim, rows.stride,
+                                         bias, out + begin);
+                  });
+}
+
+// out[u * out_stride + c] = users[u] . rows[c] + bias.
+inline void score_cross(const KernelTable& table, const Rows& users, const Rows& rows, float bias,
+                        float* out, index_t out_stride, int threads) {
+  using namespace ops_detail;
+  const index_t block_users = users_per_block(users.dim);
+  std::vector<float> packed;
+  for (index_t u0 = 0; u0 < users.count; u0 += block_users) {
+    const index_t u1 = std::min(users.count, u0 + block_users);
+    const index_t pad = pack_users(users, u0, u1, packed);
+    parallel_chunks(rows.count, threads, min_rows_per_task(rows.dim, pad), kTileCandidates,
+                    [&](int, index_t begin, index_t end) {
+                      std::vector<float> tile(static_cast<size_t>(kTileCandidates * pad));
+                      for (index_t c0 = begin; c0 < end; c0 += kTileCandidates) {
+                        const index_t count = std::min(kTileCandidates, end - c0);
+                        table.score_tile_f32(packed.data(), pad, rows.row(c0), count, rows.dim,
+                                             rows.stride, bias, tile.data());
+                        for (index_t u = u0; u < u1; ++u) {
+                          float* dst = out + u * out_stride + c0;
+                          const float* src = tile.data() + (u - u0);
+                          for (index_t c = 0; c < count; ++c) dst[c] = src[c * pad];
+                        }
+                      }
+                    });
+  }
+}
+
+// out[i] = users[i] . rows[i] + bias.
+inline void score_pairs(const KernelTable& table, const Rows& users, const Rows& rows, float bias,
+                        float* out, int threads) {
+  parallel_chunks(rows.count, threads, ops_detail::min_rows_per_task(rows.dim, 2), 16,
+                  [&](int, index_t begin, index_t end) {
+                    table.score_pairs_f32(users.row(begin), users.stride, rows.row(begin), rows.stride,
+                                          end - begin, rows.dim, bias, out + begin);
+                  });
+}
+
+// out[i] = users[i]^T S rows[i] + bias, S (dim, dim) row-major.
+inline void score_pairs_full(const KernelTable& table, const Rows& users, const Rows& rows,
+                             const float* S, float bias, float* out, int threads) {
+  parallel_chunks(rows.count, threads, ops_detail::min_rows_per_task(rows.dim, rows.dim), 16,
+                  [&](int, index_t begin, index_t end) {
+                    table.score_pairs_full_f32(users.row(begin), users.stride, rows.row(begin),
+                                               rows.stride, S, end - begin, rows.dim, bias, out + begin);
+                  });
+}
+
+// The best k (k <= rows.count) of query . rows[i] + bias, best first.
+inline void topk_one(const KernelTable& table, const float* query, const Rows& rows, index_t k,
+                     float bias, float* out_scores, index_t* out_ids, int threads) {
+  using namespace ops_detail;
+  const index_t min_chunk = std::max(min_rows_per_task(rows.dim), 4 * k);
+  const index_t tasks = std::max<index_t>(1, std::min<index_t>(threads, rows.count / min_chunk));
+  if (tasks <= 1) {
+    topk_range(table, query, rows, 0, rows.count, k, bias, out_scores, out_ids);
+    return;
+  }
+  std::vector<float> scores(static_cast<size_t>(tasks * k));
+  std::vector<index_t> ids(static_cast<size_t>(tasks * k));
+  std::vector<index_t> counts(static_cast<size_t>(tasks), 0);
+  parallel_chunks(rows.count, static_cast<int>(tasks), min_chunk, kBlock,
+                  [&](int t, index_t begin, index_t end) {
+                    counts[t] = topk_range(table, query, rows, begin, end, k, bias,
+                                           scores.data() + t * k, ids.data() + t * k);
+                  });
+  merge_lists(scores, ids, counts, k, out_scores, out_ids);
+}
+
+// For each user u, the best k (k <= rows.count) of users[u] . rows[c] + bias, best first, in
+// out_scores[u * k ...]. The (users x rows) score matrix is never formed: tiles of it are
+// scanned into per-user heaps as they are computed.
+inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& rows, index_t k,
+                       float bias, float* out_scores, index_t* out_ids, int threads) {
+  using namespace ops_detail;
+  const index_t block_users = users_per_block(users.dim);
+  const index_t max_tasks = std::max<index_t>(1, std::min<index_t>(threads, rows.count / std::max<index_t>(4 * k, kTileCandidates)));
+  std::vector<float> packed;
+  std::vector<float> scores;
+  std::vector<index_t> ids, counts;
+  for (index_t u0 = 0; u0 < users.count; u0 += block_users) {
+    const index_t u1 = std::min(users.count, u0 + block_users), n_users = u1 - u0;
+    const index_t pad = pack_users(users, u0, u1, packed);
+    scores.assign(static_cast<size_t>(max_tasks * n_users * k), 0.0f);
+    ids.assign(scores.size(), 0);
+    counts.assign(static_cast<size_t>(max_tasks * n_users), 0);
+    parallel_chunks(rows.count, static_cast<int>(max_tasks),
+                    std::max(min_rows_per_task(rows.dim, pad), 4 * k), kTileCandidates,
+                    [&](int t, index_t begin, index_t end) {
+                      std::vector<TopK> heaps;
+                      std::vector<float> gates(static_cast<size_t>(pad), std::numeric_limits<float>::infinity());
+                      heaps.reserve(static_cast<size_t>(n_users));
+                      for (index_t u = 0; u < n_users; ++u) {
+                        const index_t slot = t * n_users + u;
+                        heaps.emplace_back(scores.data() + slot * k, ids.data() + slot * k, k);
+                        gates[u] = heaps.back().gate();
+                      }
+                      std::vector<float> tile(static_cast<size_t>(kTileCandidates * pad));
+                      for (index_t c0 = begin; c0 < end; c0 += kTileCandidates) {
+                        const index_t count = std::min(kTileCandidates, end - c0);
+                        table.score_tile_f32(packed.data(), pad, rows.row(c0), count, rows.dim,
+                                             rows.stride, bias, tile.data());
+                        for (index_t c = 0; c < count; ++c) {
+                          const float* row_scores = tile.data() + c * pad;
+                          bool any = false;  // vectorizable pre-test over all users
+                          for (index_t u = 0; u < pad; ++u) any |= !(row_scores[u] < gates[u]);
+                          if (!any) continue;
+                          for (index_t u = 0; u < n_users; ++u)
+                            if (!(row_scores[u] < gates[u])) {
+                              heaps[u].push(row_scores[u], c0 + c);
+                              gates[u] = heaps[u].gate();
+                            }
+                        }
+                      }
+                      for (index_t u = 0; u < n_users; ++u) counts[t * n_users + u] = heaps[u].finish();
+                    });
+    for (index_t u = 0; u < n_users; ++u) {
+      std::vector<float> user_scores;
+      std::vector<index_t> user_ids, user_counts;
+      for (index_t t = 0; t < max_tasks; ++t) {
+        const index_t slot = t * n_users + u;
+        user_scores.insert(user_scores.end(), scores.begin() + slot * k, scores.begin() + slot * k + counts[slot]);
+        user_ids.insert(user_ids.end(), ids.begin() + slot * k, ids.begin() + slot * k + counts[slot]);
+      }
+      select_best(user_scores.data(), user_ids.data(), static_cast<index_t>(user_scores.size()), k,
+                  out_scores + (u0 + u) * k, out_ids + (u0 + u) * k);
+    }
+  }
+}
+
+}  // namespace splitnet

@@ -1,0 +1,62 @@
+// The scalar reference kernels: the specification every ISA variant must match (to float32
+// rounding). Plain C++ with float accumulation, in the order a reader expects.
+#pragma once
+#include "common.h"
+
+namespace splitnet {
+
+inline float dot_f32_scalar(const float* a, const float* b, index_t dim) {
+  float sum = 0.0f;
+  for (index_t d = 0; d < dim; ++d) sum += a[d] * b[d];
+  return sum;
+}
+
+inline void score_rows_f32_scalar(const float* query, const float* rows, index_t n_rows,
+                                  index_t dim, index_t row_stride, float bias, float* out) {
+  for (index_t i = 0; i < n_rows; ++i) out[i] = dot_f32_scalar(query, rows + i * row_stride, dim) + bias;
+}
+
+inline void score_tile_f32_scalar(const float* users_t, index_t users_pad, const float* rows,
+                                  index_t n_rows, index_t dim, index_t row_stride, float bias,
+                                  float* tile) {
+  for (index_t c = 0; c < n_rows; ++c) {
+    const float* row = rows + c * row_stride;
+    float* scores = tile + c * users_pad;
+    for (index_t u = 0; u < users_pad; ++u) scores[u] = 0.0f;
+    for (index_t d = 0; d < dim; ++d) {
+      const float value = row[d];
+      const float* column = users_t + d * users_pad;
+      for (index_t u = 0; u < users_pad; ++u) scores[u] += column[u] * value;
+    }
+    for (index_t u = 0; u < users_pad; ++u) scores[u] += bias;
+  }
+}
+
+inline void score_pairs_f32_scalar(const float* a, index_t a_stride, const float* b,
+                                   index_t b_stride, index_t n_pairs, index_t dim, float bias,
+                                   float* out) {
+  for (index_t i = 0; i < n_pairs; ++i)
+    out[i] = dot_f32_scalar(a + i * a_stride, b + i * b_stride, dim) + bias;
+}
+
+inline void score_pairs_full_f32_scalar(const float* a, index_t a_stride, const float* b,
+                                        index_t b_stride, const float* S, index_t n_pairs,
+                                        index_t dim, float bias, float* out) {
+  for (index_t i = 0; i < n_pairs; ++i) {
+    const float* user = a + i * a_stride;
+    const float* ad = b + i * b_stride;
+    float sum = 0.0f;
+    for (index_t j = 0; j < dim; ++j) {
+      float folded = 0.0f;  // (a[i]^T S)[j]
+      for (index_t r = 0; r < dim; ++r) folded += user[r] * S[r * dim + j];
+      sum += folded * ad[j];
+    }
+    out[i] = sum + bias;
+  }
+}
+
+inline constexpr KernelTable kScalarTable{Isa::scalar, score_rows_f32_scalar,
+                                          score_tile_f32_scalar, score_pairs_f32_scalar,
+                                          score_pairs_full_f32_scalar};
+
+}  // namespace splitnet

@@ -1,0 +1,258 @@
+"""The public calls score, topk and merge_topk: check the arguments, pick a backend, convert
+arrays to what it computes on and back."""
+
+from __future__ import annotations
+
+import functools
+import numbers
+
+import numpy as np
+
+from . import _dispatch
+from ._metric import Metric, _is_tensor
+from ._order import merge_numpy
+
+
+# ---- argument checks ------------------------------------------------------------------------
+def _shape(x) -> tuple:
+    return tuple(x.shape)
+
+
+def _embeddings(x, name: str, ndims: tuple):
+    """x as a float array (numpy) or float tensor with one of the allowed ndims."""
+    if _is_tensor(x):
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+    else:
+        if not isinstance(x, np.ndarray):
+            try:
+                x = np.asarray(x)
+            except (ValueError, TypeError) as error:
+                raise TypeError(f"{name}: cannot be read as an array: {error}") from None
+        if x.dtype.kind != "f":
+            raise TypeError(f"{name}: expected a floating-point array (float16/32/64), got dtype {x.dtype}")
+    if x.ndim not in ndims:
+        allowed = " or ".join(f"{d}-D" for d in ndims)
+        raise ValueError(f"{name}: expected a {allowed} array, got shape {_shape(x)}")
+    if x.shape[-1] == 0:
+        raise ValueError(f"{name}: the embedding dimension must be >= 1, got shape {_shape(x)}")
+    return x
+
+
+def check_threads(threads):
+    if threads is None:
+        return None
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, numbers.Integral):
+        raise TypeError(f"threads: expected None or an integer, got {type(threads).__name__}")
+    if threads < 1:
+        raise ValueError(f"threads: must be >= 1, got {threads}")
+    return int(threads)
+
+
+def check_k(k) -> int:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k: expected an integer, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k: must be >= 1, got {k}")
+    return int(k)
+
+
+@functools.lru_cache(maxsize=64)
+def _dot_metric(dim: int) -> Metric:
+    return Metric.dot(dim)
+
+
+def check_metric(metric, dim: int, users, ads) -> Metric:
+    if metric is None:
+        return _dot_metric(dim)
+    if not isinstance(metric, Metric):
+        raise TypeError(f"metric: expected a splitnet_kernels.Metric or None, got {type(metric).__name__}")
+    if metric.dim != dim:
+        raise ValueError(f"metric has dimension {metric.dim}, but users {_shape(users)} and ads "
+                         f"{_shape(ads)} have dimension {dim}")
+    return metric
+
+
+def _check_pair(users, ads, pairwise: bool):
+    users = _embeddings(users, "users", (2,) if pairwise else (1, 2))
+    ads = _embeddings(ads, "ads", (2,))
+    if users.shape[-1] != ads.shape[-1]:
+        raise ValueError(f"users {_shape(users)} and ads {_shape(ads)} differ in embedding dimension")
+    if pairwise and users.shape[0] != ads.shape[0]:
+        raise ValueError(f"pairwise=True needs as many users as ads, got users {_shape(users)} and ads {_shape(ads)}")
+    return users, ads
+
+
+def _check_out(out, shape, torch_input: bool):
+    if out is None:
+        return None
+    if torch_input != _is_tensor(out):
+        raise TypeError(f"out: expected a {'torch tensor' if torch_input else 'numpy array'} like the inputs, "
+                        f"got {type(out).__name__}")
+    if torch_input:
+        import torch
+
+        if out.dtype != torch.float32:
+            raise TypeError(f"out: expected dtype torch.float32, got {out.dtype}")
+    else:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out: expected a numpy array, got {type(out).__name__}")
+        if out.dtype != np.float32:
+            raise TypeError(f"out: expected dtype float32, got {out.dtype}")
+        if not out.flags.writeable:
+            raise ValueError("out: array is read-only")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out: expected shape {tuple(shape)}, got {_shape(out)}")
+    return out
+
+
+# ---- conversions between numpy and torch ----------------------------------------------------
+def _to_numpy(x):
+    if not _is_tensor(x):
+        return x
+    import torch
+
+    x = x.detach()
+    if x.dtype not in (torch.float16, torch.float32, torch.float64):
+        x = x.to(torch.float32)
+    return x.cpu().numpy()
+
+
+def _to_torch(x, device):
+    import torch
+
+    if _is_tensor(x):
+        return x.to(device)
+    x = np.ascontiguousarray(x)
+    return torch.as_tensor(x if x.flags.writeable else x.copy(), device=device)
+
+
+def _inputs_for(backend, users, ads, torch_input: bool, device):
+    if backend.native == "torch":
+        return _to_torch(users, device), _to_torch(ads, device)
+    return _to_numpy(users), _to_numpy(ads)
+
+
+def _result_for(x, torch_input: bool, device):
+    if torch_input and not _is_tensor(x):
+        import torch
+
+        return torch.from_numpy(x).to(device)
+    if not torch_input and _is_tensor(x):
+        return x.cpu().numpy()
+    return x
+
+
+def _device(users, ads):
+    for x in (users, ads):
+        if _is_tensor(x):
+            return x.device
+    return None
+
+
+def _sigmoid_(x):
+    """In place, stable for every float32 input (no overflow, small probabilities kept)."""
+    if _is_tensor(x):
+        return x.sigmoid_()
+    e = np.exp(-np.abs(x))
+    x[...] = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return x
+
+
+# ---- the public calls -----------------------------------------------------------------------
+def score(users, ads, metric=None, *, pairwise=False, sigmoid=False, backend="auto", threads=None, out=None):
+    """Scores users against ads with the metric: u^T S a + bias (sigmoid of it if sigmoid=True).
+
+    users (n,) and ads (N, n) -> (N,); users (M, n) -> (M, N); pairwise=True with users (B, n)
+    and ads (B, n) -> (B,), pair i being (users[i], ads[i]). Scores are float32; torch tensors
+    in give torch tensors out. `out`, if given, receives the result and is returned.
+    """
+    users, ads = _check_pair(users, ads, pairwise)
+    metric = check_metric(metric, ads.shape[-1], users, ads)
+    threads = check_threads(threads)
+    device = _device(users, ads)
+    torch_input = device is not None
+    if pairwise or users.ndim == 1:
+        shape = (ads.shape[0],)
+    else:
+        shape = (users.shape[0], ads.shape[0])
+    out = _check_out(out, shape, torch_input)
+    chosen = _dispatch.resolve(backend, torch_input and device.type != "cpu")
+    if 0 in shape:
+        result = out if out is not None else _result_for(np.empty(shape, np.float32), torch_input, device)
+        return result
+    u, a = _inputs_for(chosen, users, ads, torch_input, device)
+    native_out = out if (out is None or (chosen.native == "torch") == torch_input) else _to_numpy(out)
+    result = chosen.score(u, a, metric, pairwise=pairwise, threads=threads, out=native_out)
+    if sigmoid:
+        _sigmoid_(result)
+    result = _result_for(result, torch_input, device)
+    if out is not None and result is not out:
+        out.copy_(result) if torch_input else np.copyto(out, result)
+        return out
+    return result
+
+
+def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=None):
+    """The k best ads per user: (scores, ids), sorted best first, never forming all scores.
+
+    users (n,) -> scores (k,), ids (k,) int64; users (M, n) -> (M, k) each. Equal scores: the
+    lower ad index first; NaN ranks below every number; k > N returns N results; N = 0 returns
+    empty results. With sigmoid=True the reported scores are sigmoid(score + bias); the ranking
+    is by score.
+    """
+    users, ads = _check_pair(users, ads, False)
+    metric = check_metric(metric, ads.shape[-1], users, ads)
+    k = min(check_k(k), ads.shape[0])
+    threads = check_threads(threads)
+    device = _device(users, ads)
+    torch_input = device is not None
+    chosen = _dispatch.resolve(backend, torch_input and device.type != "cpu")
+    n_users = 1 if users.ndim == 1 else users.shape[0]
+    if k == 0 or n_users == 0:
+        scores, ids = np.empty((n_users, k), np.float32), np.empty((n_users, k), np.int64)
+    else:
+        u, a = _inputs_for(chosen, users, ads, torch_input, device)
+        scores, ids = chosen.topk(u.reshape(1, -1) if u.ndim == 1 else u, a, k, metric, threads=threads)
+        if sigmoid:
+            _sigmoid_(scores)
+    if users.ndim == 1:
+        scores, ids = scores[0], ids[0]
+    return _result_for(scores, torch_input, device), _result_for(ids, torch_input, device)
+
+
+def merge_topk(parts, k):
+    """Merges per-shard top-k lists [(scores, ids), ...] into the best k overall.
+
+    Each part is 1-D (k_i,) or, for M users, 2-D (M, k_i); ids are global candidate ids. The
+    result equals topk over the concatenation: sorted best first, equal scores by the lower id,
+    NaN below every number.
+    """
+    k = check_k(k)
+    try:
+        parts = list(parts)
+    except TypeError:
+        raise TypeError("parts: expected a sequence of (scores, ids) pairs") from None
+    if not parts:
+        raise ValueError("parts: expected at least one (scores, ids) pair")
+    torch_input = any(_is_tensor(x) for part in parts for x in (part if isinstance(part, (tuple, list)) else ()))
+    device = None
+    all_scores, all_ids = [], []
+    for i, part in enumerate(parts):
+        if not isinstance(part, (tuple, list)) or len(part) != 2:
+            raise TypeError(f"parts[{i}]: expected a (scores, ids) pair")
+        scores, ids = part
+        device = device or (scores.device if _is_tensor(scores) else None)
+        scores, ids = np.asarray(_to_numpy(scores)), np.asarray(ids.cpu() if _is_tensor(ids) else ids)
+        if scores.dtype.kind != "f":
+            raise TypeError(f"parts[{i}] scores: expected floating point, got dtype {scores.dtype}")
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"parts[{i}] ids: expected integers, got dtype {ids.dtype}")
+        if scores.shape != ids.shape or scores.ndim not in (1, 2):
+            raise ValueError(f"parts[{i}]: scores {scores.shape} and ids {ids.shape} must have one 1-D or 2-D shape")
+        if all_scores and (scores.ndim != all_scores[0].ndim or scores.shape[:-1] != all_scores[0].shape[:-1]):
+            raise ValueError(f"parts[{i}]: shape {scores.shape} does not match parts[0] {all_scores[0].shape}")
+        all_scores.append(scores.astype(np.float32, copy=False))
+        all_ids.append(ids.astype(np.int64, copy=False))
+    merged = merge_numpy(np.concatenate(all_scores, -1), np.concatenate(all_ids, -1), k)
+    return tuple(_result_for(x, torch_input, device) for x in merged)

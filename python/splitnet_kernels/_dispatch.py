@@ -1,0 +1,79 @@
+"""Which backend runs a call: the registry, the `auto` policy and the environment overrides.
+
+auto, for each call:
+  1. tensors on a GPU (or any non-CPU device) -> torch: the data stays where it lives;
+  2. otherwise simd, the compiled kernels, when they load: fastest on the CPU for every call
+     (torch CPU tensors are viewed as NumPy arrays without a copy and results come back as
+     tensors);
+  3. otherwise numba, then torch for tensor input, then numpy.
+SPLITNET_KERNELS_BACKEND replaces `auto` (an explicit backend= argument still wins);
+SPLITNET_KERNELS_ISA forces the kernels' instruction set at import. A bad value of either is
+an error at the first call that depends on it, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .backends._numba import NumbaBackend
+from .backends._numpy import NumpyBackend
+from .backends._simd import SimdBackend, _core
+from .backends._torch import TorchBackend
+
+BACKENDS = {b.name: b for b in (SimdBackend(), NumbaBackend(), TorchBackend(), NumpyBackend())}
+NAMES = tuple(BACKENDS) + ("auto",)
+
+_status_cache: dict = {}
+
+
+def _isa_error() -> str:
+    """Applies SPLITNET_KERNELS_ISA once, at import; returns the error text or ''."""
+    name = os.environ.get("SPLITNET_KERNELS_ISA", "").strip().lower()
+    if not name or _core is None:
+        return ""
+    try:
+        _core.set_isa(name)
+    except ValueError as error:
+        return f"SPLITNET_KERNELS_ISA={name!r}: {error}"
+    return ""
+
+
+ISA_ERROR = _isa_error()
+
+
+def status(name: str) -> tuple[bool, str]:
+    """(available, reason) for a backend, worked out once per process."""
+    if name == "simd" and ISA_ERROR:
+        return False, ISA_ERROR
+    if name not in _status_cache:
+        _status_cache[name] = BACKENDS[name].status()
+    return _status_cache[name]
+
+
+def _require(name: str):
+    available, reason = status(name)
+    if not available:
+        raise RuntimeError(f"backend {name!r} is not available: {reason}")
+    return BACKENDS[name]
+
+
+def resolve(backend, on_torch_device: bool):
+    """The backend object for a call. on_torch_device: some input is a tensor off the CPU."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
+    if backend == "auto":
+        backend = os.environ.get("SPLITNET_KERNELS_BACKEND", "auto").strip().lower() or "auto"
+        if backend not in NAMES:
+            raise ValueError(f"SPLITNET_KERNELS_BACKEND={backend!r} is not a backend (known: {', '.join(NAMES)})")
+    if backend not in NAMES:
+        raise ValueError(f"backend: unknown {backend!r} (known: {', '.join(NAMES)})")
+    if backend != "auto":
+        return _require(backend)
+    if on_torch_device:
+        return _require("torch")
+    if ISA_ERROR:
+        raise ValueError(ISA_ERROR)
+    for name in ("simd", "numba"):
+        if status(name)[0]:
+            return BACKENDS[name]
+    return BACKENDS["numpy"]

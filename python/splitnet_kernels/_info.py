@@ -1,0 +1,49 @@
+"""What is available here: backends, instruction sets, threads, and the C++ header path."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from . import _dispatch
+from ._version import __version__
+from .backends._simd import _core
+
+
+def backends() -> dict:
+    """{name: {"available": bool, "reason": str}} for every backend."""
+    return {name: dict(zip(("available", "reason"), _dispatch.status(name))) for name in _dispatch.BACKENDS}
+
+
+def set_isa(name: str) -> str:
+    """Makes the simd kernels use instruction set `name` (one of info()["isa_supported"]).
+
+    Returns the previous one. For testing and comparison: the detected ISA is the fastest.
+    """
+    if _core is None:
+        raise RuntimeError(f"the compiled kernels are not available: {_dispatch.status('simd')[1]}")
+    previous = _core.active_isa()
+    _core.set_isa(str(name).lower())
+    return previous
+
+
+def info() -> dict:
+    """Version, detected and active ISA, backends, default threads."""
+    compiled = _core is not None
+    return {
+        "version": __version__,
+        "isa_detected": _core.detected_isa() if compiled else None,
+        "isa_active": _core.active_isa() if compiled else None,
+        "isa_supported": list(_core.supported_isas()) if compiled else [],
+        "isa_error": _dispatch.ISA_ERROR or None,
+        "default_threads": _core.max_threads() if compiled else os.cpu_count(),
+        "backends": backends(),
+    }
+
+
+def get_include() -> str:
+    """The directory holding the header-only C++ kernels (splitnet_kernels/*.h)."""
+    installed = pathlib.Path(__file__).parent / "include"
+    if installed.is_dir():
+        return str(installed)
+    return str(pathlib.Path(__file__).resolve().parents[2] / "kernels")  # a source checkout

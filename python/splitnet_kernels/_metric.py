@@ -1,0 +1,182 @@
+"""The learned similarity S and its algebra: every backend scores through Metric.fold.
+
+score(u, a) = u^T S a + bias = fold(u) . a + bias, with fold(u) = u^T S. Folding happens once
+per user, so one user against many candidates costs a plain dot product per candidate.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")
+
+
+def _is_tensor(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _parameter(value, name: str, ndim: int) -> np.ndarray:
+    if _is_tensor(value):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+        raise TypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimension(s), got shape {array.shape}")
+    if 0 in array.shape:
+        raise ValueError(f"{name}: every dimension must be >= 1, got shape {array.shape}")
+    array = np.array(array, dtype=np.float32, order="C")  # an owned float32 copy
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name}: contains NaN or infinity")
+    array.flags.writeable = False
+    return array
+
+
+def _scalar(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    result = float(np.float32(value))
+    if not np.isfinite(result):
+        raise ValueError(f"{name}: must be finite (as float32), got {value!r}")
+    return result
+
+
+class Metric:
+    """The similarity S of score = u^T S a + bias. Immutable; parameters are float32."""
+
+    __slots__ = ("_kind", "_dim", "_bias", "_params", "_device_cache")
+
+    def __init__(self, kind: str, dim: int, bias: float, **params):
+        if kind not in KINDS:
+            raise ValueError(f"unknown metric kind {kind!r} (known: {', '.join(KINDS)})")
+        self._kind, self._dim, self._bias = kind, dim, _scalar(bias, "bias")
+        self._params = params
+        self._device_cache = {}
+
+    # ---- constructors ---------------------------------------------------------------------
+    @classmethod
+    def dot(cls, dim: int, bias: float = 0.0) -> "Metric":
+        return cls("dot", _dimension(dim), bias)
+
+    @classmethod
+    def scaled(cls, dim: int, w: float, bias: float = 0.0) -> "Metric":
+        return cls("scaled", _dimension(dim), bias, w=_scalar(w, "w"))
+
+    @classmethod
+    def diagonal(cls, s, bias: float = 0.0) -> "Metric":
+        s = _parameter(s, "s", 1)
+        return cls("diagonal", s.shape[0], bias, s=s)
+
+    @classmethod
+    def full(cls, S, bias: float = 0.0) -> "Metric":
+        S = _parameter(S, "S", 2)
+        if S.shape[0] != S.shape[1]:
+            raise ValueError(f"S: expected a square matrix, got shape {S.shape}")
+        return cls("full", S.shape[0], bias, S=S)
+
+    @classmethod
+    def low_rank(cls, P, Q, d=None, bias: float = 0.0) -> "Metric":
+        """S = diag(d) + P Q^T; d=None means no diagonal term."""
+        P, Q = _parameter(P, "P", 2), _parameter(Q, "Q", 2)
+        if P.shape != Q.shape:
+            raise ValueError(f"P and Q must have the same shape (n, r), got {P.shape} and {Q.shape}")
+        if P.shape[1] == 0:
+            raise ValueError(f"P, Q: rank must be >= 1, got shape {P.shape}")
+        if d is not None:
+            d = _parameter(d, "d", 1)
+            if d.shape[0] != P.shape[0]:
+                raise ValueError(f"d: expected shape ({P.shape[0]},) to match P {P.shape}, got {d.shape}")
+        return cls("low_rank", P.shape[0], bias, P=P, Q=Q, d=d)
+
+    # ---- properties -----------------------------------------------------------------------
+    kind = property(lambda self: self._kind, doc="One of dot, scaled, diagonal, low_rank, full.")
+    dim = property(lambda self: self._dim, doc="The embedding dimension n.")
+    bias = property(lambda self: self._bias, doc="The additive bias b.")
+
+    @property
+    def params(self) -> dict:
+        """The parameters by name (read-only float32 arrays, or a float for w)."""
+        return dict(self._params)
+
+    def __repr__(self) -> str:
+        extra = f", rank={self._params['P'].shape[1]}" if self._kind == "low_rank" else ""
+        return f"Metric.{self._kind}(dim={self._dim}{extra}, bias={self._bias:g})"
+
+    def dense(self) -> np.ndarray:
+        """S as a new (n, n) float32 array."""
+        n, p = self._dim, self._params
+        if self._kind == "dot":
+            return np.eye(n, dtype=np.float32)
+        if self._kind == "scaled":
+            return np.eye(n, dtype=np.float32) * np.float32(p["w"])
+        if self._kind == "diagonal":
+            return np.diag(p["s"]).astype(np.float32)
+        if self._kind == "full":
+            return p["S"].copy()
+        S = (p["P"].astype(np.float64) @ p["Q"].T.astype(np.float64))
+        if p["d"] is not None:
+            S[np.diag_indices(n)] += p["d"]
+        return S.astype(np.float32)
+
+    def cost_per_candidate(self, folded: bool = True) -> int:
+        """Multiply-adds per (user, candidate) pair: n when folded, else the kind's own cost."""
+        n = self._dim
+        if folded or self._kind == "dot":
+            return n
+        return {"scaled": n + 1, "diagonal": 2 * n, "full": n * n + n,
+                "low_rank": 2 * n + 2 * n * self._params["P"].shape[1]}[self._kind]
+
+    # ---- the algebra ----------------------------------------------------------------------
+    def fold(self, users):
+        """users @ S for users (n,) or (M, n): numpy in, numpy out; torch in, torch out.
+
+        float64 users are folded in float64 (the reference); everything else in float32.
+        """
+        if _is_tensor(users):
+            return self._fold(users, self._tensor_params(users))
+        users = np.asarray(users)
+        if users.dtype.kind != "f":
+            raise TypeError(f"users: expected a floating-point array, got dtype {users.dtype}")
+        if users.dtype != np.float64:
+            users = users.astype(np.float32, copy=False)
+        if users.ndim not in (1, 2) or users.shape[-1] != self._dim:
+            raise ValueError(f"users: expected shape ({self._dim},) or (M, {self._dim}), got {users.shape}")
+        params = self._params
+        if users.dtype == np.float64:
+            params = {k: (np.asarray(v, np.float64) if isinstance(v, np.ndarray) else v) for k, v in params.items()}
+        return self._fold(users, params)
+
+    def _fold(self, users, p):
+        kind = self._kind
+        if kind == "dot":
+            return users
+        if kind == "scaled":
+            return users * p["w"]
+        if kind == "diagonal":
+            return users * p["s"]
+        if kind == "full":
+            return users @ p["S"]
+        folded = (users @ p["P"]) @ p["Q"].T
+        return folded + users * p["d"] if p["d"] is not None else folded
+
+    def _tensor_params(self, like) -> dict:
+        """The parameters as tensors on like's device and dtype, made once per (device, dtype)."""
+        import torch
+
+        key = (str(like.device), like.dtype)
+        cached = self._device_cache.get(key)
+        if cached is None:
+            cached = {k: (torch.tensor(v, device=like.device, dtype=like.dtype) if isinstance(v, np.ndarray) else v)
+                      for k, v in self._params.items()}
+            self._device_cache[key] = cached
+        return cached
+
+
+def _dimension(dim) -> int:
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"dim: expected an integer, got {type(dim).__name__}")
+    if dim < 1:
+        raise ValueError(f"dim: must be >= 1, got {dim}")
+    return int(dim)

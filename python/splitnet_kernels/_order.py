@@ -1,0 +1,101 @@
+"""The top-k order for the array backends (numpy, torch) and merge_topk.
+
+Scores rank by value, descending; NaN ranks below every number; equal scores (and +0 / -0)
+rank by the lower candidate index. The C++ and Numba kernels implement the same order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_INT32_MIN = -(2**31)
+# Candidates per chunk times users: bounds the score block a chunked top-k holds at once.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def order_keys(scores: np.ndarray) -> np.ndarray:
+    """int64 keys that sort float32 scores in the package's order (bigger key ranks first)."""
+    s = np.asarray(scores, dtype=np.float32) + np.float32(0.0)  # -0 -> +0
+    bits = s.view(np.int32)
+    keys = np.where(bits >= 0, bits, bits ^ np.int32(0x7FFFFFFF)).astype(np.int64)
+    keys[np.isnan(s)] = _INT32_MIN - 1
+    return keys
+
+
+def topk_numpy(scores: np.ndarray, k: int):
+    """Best k of each row of float32 scores (M, N) -> (scores (M, k), positions (M, k) int64)."""
+    n = scores.shape[-1]
+    k = min(k, n)
+    if n >= 2**31:
+        raise ValueError(f"at most 2**31 - 1 candidates per call on this backend, got {n}")
+    # One unique int64 key per entry: the order key, ties broken by the lower position.
+    composite = order_keys(scores) * n + (n - 1 - np.arange(n, dtype=np.int64))
+    if k < n:
+        part = np.argpartition(-composite, k - 1, axis=-1)[..., :k]
+    else:
+        part = np.broadcast_to(np.arange(n, dtype=np.int64), composite.shape)
+    order = np.argsort(-np.take_along_axis(composite, part, axis=-1), axis=-1)
+    positions = np.take_along_axis(part, order, axis=-1).astype(np.int64)
+    return np.take_along_axis(scores, positions, axis=-1), positions
+
+
+def chunked_topk(score_chunk, n_users: int, n_cands: int, k: int, topk=None):
+    """Top-k over candidates a chunk at a time, so the (users, candidates) matrix never exists.
+
+    score_chunk(begin, end) -> (n_users, end - begin) float32 scores, numpy or torch; topk is
+    topk_numpy (default) or topk_torch. The running best list is kept in front of each new
+    chunk: its ties are already in id order and its ids all precede the chunk's, so ranking by
+    position is ranking by id.
+    """
+    topk = topk or topk_numpy
+    chunk = max(4 * k, CHUNK_ELEMENTS // max(n_users, 1))
+    best_scores = best_ids = None
+    for begin in range(0, n_cands, chunk):
+        end = min(n_cands, begin + chunk)
+        scores = score_chunk(begin, end)
+        if isinstance(scores, np.ndarray):
+            ids = np.broadcast_to(np.arange(begin, end, dtype=np.int64), scores.shape)
+            if best_scores is not None:
+                scores = np.concatenate([best_scores, scores], -1)
+                ids = np.concatenate([best_ids, ids], -1)
+            best_scores, positions = topk(scores, k)
+            best_ids = np.take_along_axis(ids, positions, -1)
+        else:
+            import torch
+
+            ids = torch.arange(begin, end, dtype=torch.int64, device=scores.device).expand(scores.shape)
+            if best_scores is not None:
+                scores = torch.cat([best_scores, scores], -1)
+                ids = torch.cat([best_ids, ids], -1)
+            best_scores, positions = topk(scores, k)
+            best_ids = torch.gather(ids, -1, positions)
+    return best_scores, best_ids
+
+
+def merge_numpy(scores: np.ndarray, ids: np.ndarray, k: int):
+    """Best k of each row of (scores, ids) with arbitrary int64 ids, ties to the lower id."""
+    k = min(k, scores.shape[-1])
+    keys = order_keys(scores)
+    out_scores = np.empty(scores.shape[:-1] + (k,), np.float32)
+    out_ids = np.empty(scores.shape[:-1] + (k,), np.int64)
+    for row in np.ndindex(scores.shape[:-1]):
+        order = np.lexsort((ids[row], -keys[row]))[:k]
+        out_scores[row], out_ids[row] = scores[row][order], ids[row][order]
+    return out_scores, out_ids
+
+
+def topk_torch(scores, k: int):
+    """topk_numpy for torch tensors, on their own device."""
+    import torch
+
+    n = scores.shape[-1]
+    k = min(k, n)
+    if n >= 2**31:
+        raise ValueError(f"at most 2**31 - 1 candidates per call on this backend, got {n}")
+    s = scores + 0.0  # -0 -> +0
+    bits = s.view(torch.int32)
+    keys = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
+    keys = keys.masked_fill(torch.isnan(s), _INT32_MIN - 1)
+    composite = keys * n + (n - 1 - torch.arange(n, device=scores.device, dtype=torch.int64))
+    positions = torch.topk(composite, k, dim=-1, sorted=True).indices
+    return torch.gather(scores, -1, positions), positions

@@ -1,0 +1,79 @@
+"""The compiled backend: float32 C++ kernels (kernels/) through splitnet_kernels._core."""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from .. import _core
+except ImportError as error:  # the package still works on the other backends
+    _core = None
+    _IMPORT_ERROR = f"compiled module not loaded: {error}"
+else:
+    _IMPORT_ERROR = ""
+
+
+def kernel_rows(x) -> np.ndarray:
+    """x as float32 whose rows are contiguous and float-aligned; copies only when it must."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[-1] > 1 and x.strides[-1] != 4 or x.ctypes.data % 4 or (x.ndim == 2 and x.strides[0] % 4):
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def _threads(threads):
+    return _core.max_threads() if threads is None else threads
+
+
+def _target(out, shape):
+    """Where the kernel writes: `out` itself when it is C-contiguous float32, else a new array."""
+    if out is not None and out.flags.c_contiguous:
+        return out
+    return np.empty(shape, np.float32)
+
+
+class SimdBackend:
+    name = "simd"
+    native = "numpy"
+
+    def status(self):
+        if _core is None:
+            return False, _IMPORT_ERROR
+        return True, f"compiled kernels, ISA {_core.active_isa()} (detected {_core.detected_isa()})"
+
+    def score(self, users, ads, metric, *, pairwise, threads, out):
+        ads = kernel_rows(ads)
+        bias, threads = metric.bias, _threads(threads)
+        if pairwise:
+            target = _target(out, ads.shape[:1])
+            users = kernel_rows(users)
+            if metric.kind == "full":  # U S fused with the row-wise dot, no (B, n) temporary
+                _core.score_pairs_full(users, ads, metric.params["S"], bias, target, threads)
+            else:
+                _core.score_pairs(kernel_rows(metric.fold(users)), ads, bias, target, threads)
+        else:
+            folded = kernel_rows(metric.fold(kernel_rows(users)))
+            if folded.ndim == 1:
+                target = _target(out, ads.shape[:1])
+                _core.score_one(folded, ads, bias, target, threads)
+            elif folded.shape[0] == 1:
+                target = _target(out, (1, ads.shape[0]))
+                _core.score_one(folded[0], ads, bias, target.reshape(-1), threads)
+            else:
+                target = _target(out, (folded.shape[0], ads.shape[0]))
+                _core.score_cross(folded, ads, bias, target, threads)
+        if out is not None and target is not out:
+            out[...] = target
+            return out
+        return target
+
+    def topk(self, users, ads, k, metric, *, threads):
+        ads = kernel_rows(ads)
+        folded = kernel_rows(metric.fold(kernel_rows(users)))
+        scores = np.empty((folded.shape[0], k), np.float32)
+        ids = np.empty((folded.shape[0], k), np.int64)
+        if folded.shape[0] == 1:  # one user: the candidates are split across threads
+            _core.topk_one(folded[0], ads, k, metric.bias, scores[0], ids[0], _threads(threads))
+        else:
+            _core.topk_cross(folded, ads, k, metric.bias, scores, ids, _threads(threads))
+        return scores, ids

@@ -1,0 +1,65 @@
+"""The PyTorch backend: torch ops end to end, on whatever device the tensors live on."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from .._order import chunked_topk, topk_torch
+
+_THREADS_LOCK = threading.Lock()  # torch's thread count is process-wide
+
+
+@contextlib.contextmanager
+def _torch_threads(torch, threads, device):
+    if threads is None or device.type != "cpu":
+        yield
+        return
+    with _THREADS_LOCK:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+
+class TorchBackend:
+    name = "torch"
+    native = "torch"
+
+    def status(self):
+        try:
+            import torch
+        except ImportError as error:
+            return False, f"torch not importable: {error}"
+        devices = "cpu" + (", cuda" if torch.cuda.is_available() else "")
+        return True, f"torch {torch.__version__} ({devices})"
+
+    @staticmethod
+    def _scores(torch, folded, ads, bias, pairwise):
+        if pairwise:
+            raw = (folded * ads).sum(-1)
+        else:
+            raw = ads @ folded if folded.dim() == 1 else folded @ ads.T
+        return raw + bias
+
+    def score(self, users, ads, metric, *, pairwise, threads, out):
+        import torch
+
+        with _torch_threads(torch, threads, ads.device), torch.no_grad():
+            folded = metric.fold(users.to(torch.float32))
+            result = self._scores(torch, folded, ads.to(torch.float32), metric.bias, pairwise)
+        if out is None:
+            return result
+        out.copy_(result)
+        return out
+
+    def topk(self, users, ads, k, metric, *, threads):
+        import torch
+
+        with _torch_threads(torch, threads, ads.device), torch.no_grad():
+            folded = metric.fold(users.to(torch.float32))
+            ads = ads.to(torch.float32)
+            return chunked_topk(lambda b, e: self._scores(torch, folded, ads[b:e], metric.bias, False),
+                                folded.shape[0], ads.shape[0], k, topk=topk_torch)

@@ -1,0 +1,37 @@
+# Builds the compiled module splitnet_kernels._core from src/ and the header-only kernels/, and
+# ships kernels/ inside the package for sk.get_include(). No -march=native and no -ffast-math:
+# each ISA is enabled per function by target attributes in kernels/, so a wheel built on one
+# x86-64 machine runs on any other.
+import pathlib
+import shutil
+import sys
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HEADERS = sorted(str(p) for p in pathlib.Path("kernels/splitnet_kernels").glob("*.h"))
+
+
+class build_py_with_headers(build_py):
+    def run(self):
+        super().run()
+        target = pathlib.Path(self.build_lib) / "splitnet_kernels" / "include" / "splitnet_kernels"
+        target.mkdir(parents=True, exist_ok=True)
+        for header in HEADERS:
+            shutil.copy(header, target)
+
+
+setup(
+    ext_modules=[
+        Pybind11Extension(
+            "splitnet_kernels._core",
+            ["src/core.cpp"],
+            include_dirs=["kernels"],
+            cxx_std=17,
+            extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-fno-math-errno", "-Wall", "-Wno-maybe-uninitialized"],
+            depends=HEADERS,
+        )
+    ],
+    cmdclass={"build_ext": build_ext, "build_py": build_py_with_headers},
+)

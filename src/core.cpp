@@ -1,0 +1,167 @@
+// The pybind11 module splitnet_kernels._core. Each function checks its arguments, releases the
+// GIL and makes one call into kernels/; conversions and copies happen in Python, in the open.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <string>
+
+#include "splitnet_kernels/ops.h"
+
+namespace py = pybind11;
+using splitnet::index_t;
+using splitnet::Isa;
+using splitnet::KernelTable;
+using splitnet::Rows;
+
+namespace {
+
+std::atomic<const KernelTable*> active_table{&splitnet::kernel_table(splitnet::detect_isa())};
+
+const std::pair<const char*, Isa> kIsaNames[] = {
+    {"scalar", Isa::scalar}, {"avx2", Isa::avx2}, {"avx512", Isa::avx512}, {"neon", Isa::neon}};
+
+std::string shape_of(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw py::value_error(message);
+}
+
+// A float32 array of `ndim` dimensions (1 or 2) whose rows are contiguous and float-aligned.
+Rows rows_of(const py::array& a, const char* name, int ndim) {
+  if (!py::isinstance<py::array_t<float>>(a))
+    throw py::type_error(std::string(name) + ": expected float32, got " + std::string(py::str(a.dtype())));
+  require(a.ndim() == ndim, std::string(name) + ": expected " + std::to_string(ndim) + " dimensions, got shape " + shape_of(a));
+  const index_t count = ndim == 1 ? 1 : a.shape(0);
+  const index_t dim = a.shape(ndim - 1);
+  require(dim <= 1 || a.strides(ndim - 1) == 4, std::string(name) + ": rows must be contiguous");
+  const index_t row_bytes = ndim == 1 ? dim * 4 : a.strides(0);
+  require(row_bytes % 4 == 0 && reinterpret_cast<std::uintptr_t>(a.data()) % 4 == 0,
+          std::string(name) + ": data must be aligned to 4 bytes");
+  return Rows{static_cast<const float*>(a.data()), count, dim, row_bytes / 4};
+}
+
+float* output_of(py::array& out, const char* name, std::initializer_list<index_t> shape, char kind = 'f') {
+  require(out.writeable(), std::string(name) + ": must be writable");
+  const bool dtype_ok = kind == 'f' ? (out.dtype().kind() == 'f' && out.itemsize() == 4)
+                                    : (out.dtype().kind() == 'i' && out.itemsize() == 8);
+  if (!dtype_ok) throw py::type_error(std::string(name) + ": wrong dtype " + std::string(py::str(out.dtype())));
+  require(out.ndim() == static_cast<py::ssize_t>(shape.size()), std::string(name) + ": wrong shape " + shape_of(out));
+  py::ssize_t expected_stride = out.itemsize(), i = out.ndim() - 1;
+  for (auto it = shape.end(); it != shape.begin(); --i) {
+    const index_t extent = *--it;
+    require(out.shape(i) == extent, std::string(name) + ": wrong shape " + shape_of(out));
+    require(extent <= 1 || out.strides(i) == expected_stride, std::string(name) + ": must be C-contiguous");
+    expected_stride *= extent;
+  }
+  return static_cast<float*>(out.mutable_data());
+}
+
+void require_same_dim(const Rows& a, const Rows& b) {
+  require(a.dim == b.dim, "users and ads differ in dimension: " + std::to_string(a.dim) + " vs " + std::to_string(b.dim));
+}
+
+int thread_count(int threads) {
+  require(threads >= 1, "threads must be >= 1, got " + std::to_string(threads));
+  return std::min(threads, splitnet::default_pool().size());
+}
+
+const KernelTable& table() { return *active_table.load(std::memory_order_acquire); }
+
+Isa isa_from_name(const std::string& name) {
+  for (const auto& [n, isa] : kIsaNames)
+    if (name == n) return isa;
+  std::string known;
+  for (const auto& entry : kIsaNames) known += std::string(known.empty() ? "" : ", ") + entry.first;
+  throw py::value_error("unknown ISA '" + name + "' (known: " + known + ")");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "Compiled float32 scoring kernels (see kernels/ for the C++ API).";
+
+  m.def("score_one", [](py::array query, py::array ads, float bias, py::array out, int threads) {
+    const Rows q = rows_of(query, "users", 1), a = rows_of(ads, "ads", 2);
+    require_same_dim(q, a);
+    float* o = output_of(out, "out", {a.count});
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    splitnet::score_one(table(), q.data, a, bias, o, t);
+  }, py::arg("query"), py::arg("ads"), py::arg("bias"), py::arg("out"), py::arg("threads"));
+
+  m.def("score_cross", [](py::array users, py::array ads, float bias, py::array out, int threads) {
+    const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2);
+    require_same_dim(u, a);
+    float* o = output_of(out, "out", {u.count, a.count});
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    splitnet::score_cross(table(), u, a, bias, o, a.count, t);
+  }, py::arg("users"), py::arg("ads"), py::arg("bias"), py::arg("out"), py::arg("threads"));
+
+  m.def("score_pairs", [](py::array users, py::array ads, float bias, py::array out, int threads) {
+    const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2);
+    require_same_dim(u, a);
+    require(u.count == a.count, "pairwise: users and ads differ in count");
+    float* o = output_of(out, "out", {a.count});
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    splitnet::score_pairs(table(), u, a, bias, o, t);
+  }, py::arg("users"), py::arg("ads"), py::arg("bias"), py::arg("out"), py::arg("threads"));
+
+  m.def("score_pairs_full", [](py::array users, py::array ads, py::array S, float bias, py::array out, int threads) {
+    const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2), s = rows_of(S, "S", 2);
+    require_same_dim(u, a);
+    require(u.count == a.count, "pairwise: users and ads differ in count");
+    require(s.count == a.dim && s.dim == a.dim && s.stride == a.dim, "S must be a C-contiguous (dim, dim) matrix");
+    float* o = output_of(out, "out", {a.count});
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    splitnet::score_pairs_full(table(), u, a, s.data, bias, o, t);
+  }, py::arg("users"), py::arg("ads"), py::arg("S"), py::arg("bias"), py::arg("out"), py::arg("threads"));
+
+  m.def("topk_one", [](py::array query, py::array ads, index_t k, float bias, py::array out_scores, py::array out_ids, int threads) {
+    const Rows q = rows_of(query, "users", 1), a = rows_of(ads, "ads", 2);
+    require_same_dim(q, a);
+    require(k >= 0 && k <= a.count, "k must be in [0, number of ads]");
+    float* s = output_of(out_scores, "scores", {k});
+    auto* i = reinterpret_cast<index_t*>(output_of(out_ids, "ids", {k}, 'i'));
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    if (k > 0) splitnet::topk_one(table(), q.data, a, k, bias, s, i, t);
+  }, py::arg("query"), py::arg("ads"), py::arg("k"), py::arg("bias"), py::arg("out_scores"), py::arg("out_ids"), py::arg("threads"));
+
+  m.def("topk_cross", [](py::array users, py::array ads, index_t k, float bias, py::array out_scores, py::array out_ids, int threads) {
+    const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2);
+    require_same_dim(u, a);
+    require(k >= 0 && k <= a.count, "k must be in [0, number of ads]");
+    float* s = output_of(out_scores, "scores", {u.count, k});
+    auto* i = reinterpret_cast<index_t*>(output_of(out_ids, "ids", {u.count, k}, 'i'));
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    if (k > 0) splitnet::topk_cross(table(), u, a, k, bias, s, i, t);
+  }, py::arg("users"), py::arg("ads"), py::arg("k"), py::arg("bias"), py::arg("out_scores"), py::arg("out_ids"), py::arg("threads"));
+
+  m.def("detected_isa", [] { return splitnet::isa_name(splitnet::detect_isa()); },
+        "The best instruction set this CPU supports.");
+  m.def("active_isa", [] { return splitnet::isa_name(table().isa); }, "The instruction set the kernels use now.");
+  m.def("supported_isas", [] {
+    std::vector<std::string> names;
+    for (const auto& [name, isa] : kIsaNames)
+      if (splitnet::isa_supported(isa)) names.emplace_back(name);
+    return names;
+  }, "Every instruction set this CPU can run, the scalar reference first.");
+  m.def("set_isa", [](const std::string& name) {
+    const Isa isa = isa_from_name(name);
+    if (!splitnet::isa_supported(isa))
+      throw py::value_error("ISA '" + name + "' is not supported by this CPU (detected: " +
+                            splitnet::isa_name(splitnet::detect_isa()) + ")");
+    active_table.store(&splitnet::kernel_table(isa), std::memory_order_release);
+  }, py::arg("name"), "Use the kernels of a supported instruction set from now on.");
+  m.def("max_threads", [] { return splitnet::default_pool().size(); }, "Threads one call can use.");
+}
