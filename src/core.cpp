@@ -104,15 +104,23 @@ PYBIND11_MODULE(_core, m) {
     splitnet::score_cross(table(), u, a, bias, o, a.count, t);
   }, py::arg("users"), py::arg("ads"), py::arg("bias"), py::arg("out"), py::arg("threads"));
 
-  m.def("score_pairs", [](py::array users, py::array ads, float bias, py::array out, int threads) {
+  m.def("score_pairs", [](py::array users, py::array ads, py::object weights, float bias, py::array out, int threads) {
     const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2);
     require_same_dim(u, a);
     require(u.count == a.count, "pairwise: users and ads differ in count");
+    const float* w = nullptr;
+    py::array weight_array;  // keeps the weights alive for the call
+    if (!weights.is_none()) {
+      weight_array = weights.cast<py::array>();
+      const Rows wr = rows_of(weight_array, "weights", 1);
+      require(wr.dim == a.dim, "weights: expected one weight per dimension");
+      w = wr.data;
+    }
     float* o = output_of(out, "out", {a.count});
     const int t = thread_count(threads);
     py::gil_scoped_release release;
-    splitnet::score_pairs(table(), u, a, bias, o, t);
-  }, py::arg("users"), py::arg("ads"), py::arg("bias"), py::arg("out"), py::arg("threads"));
+    splitnet::score_pairs(table(), u, a, w, bias, o, t);
+  }, py::arg("users"), py::arg("ads"), py::arg("weights"), py::arg("bias"), py::arg("out"), py::arg("threads"));
 
   m.def("score_pairs_full", [](py::array users, py::array ads, py::array S, float bias, py::array out, int threads) {
     const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2), s = rows_of(S, "S", 2);
@@ -146,6 +154,20 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release release;
     if (k > 0) splitnet::topk_cross(table(), u, a, k, bias, s, i, t);
   }, py::arg("users"), py::arg("ads"), py::arg("k"), py::arg("bias"), py::arg("out_scores"), py::arg("out_ids"), py::arg("threads"));
+
+  m.def("read_bytes", [](py::buffer buffer, int threads) {
+    const py::buffer_info info = buffer.request();
+    py::ssize_t expected = info.itemsize;
+    for (py::ssize_t i = info.ndim - 1; i >= 0; --i) {
+      require(info.shape[i] <= 1 || info.strides[i] == expected, "read_bytes: buffer must be C-contiguous");
+      expected *= info.shape[i];
+    }
+    require(reinterpret_cast<std::uintptr_t>(info.ptr) % 8 == 0, "read_bytes: buffer must be 8-byte aligned");
+    const index_t bytes = info.size * info.itemsize;
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    return splitnet::read_bytes(info.ptr, bytes, t);
+  }, py::arg("buffer"), py::arg("threads"), "Reads a contiguous buffer once (the read-bandwidth floor).");
 
   m.def("detected_isa", [] { return splitnet::isa_name(splitnet::detect_isa()); },
         "The best instruction set this CPU supports.");

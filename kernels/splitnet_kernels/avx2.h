@@ -30,18 +30,34 @@ SPLITNET_AVX2 inline float reduce1(__m256 a) {
   return _mm_cvtss_f32(s);
 }
 
-SPLITNET_AVX2 inline __m256 dot_acc(const float* a, const float* b, index_t dim) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  index_t d = 0;
-  for (; d + 16 <= dim; d += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), acc1);
-  }
-  for (; d < dim; d += 8) {
+template <bool Weighted>
+SPLITNET_AVX2 inline __m256 pair_acc(const float* a, const float* b, const float* w, index_t dim) {
+  __m256 acc = _mm256_setzero_ps();
+  for (index_t d = 0; d < dim; d += 8) {
     const __m256i m = tail_mask(dim - d);
-    acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + d, m), _mm256_maskload_ps(b + d, m), acc0);
+    __m256 x = _mm256_maskload_ps(a + d, m);
+    if (Weighted) x = _mm256_mul_ps(x, _mm256_maskload_ps(w + d, m));
+    acc = _mm256_fmadd_ps(x, _mm256_maskload_ps(b + d, m), acc);
   }
-  return _mm256_add_ps(acc0, acc1);
+  return acc;
+}
+
+template <bool Weighted>
+SPLITNET_AVX2 inline void pairs(const float* a, index_t a_stride, const float* b, index_t b_stride,
+                                const float* w, index_t n_pairs, index_t dim, float bias, float* out) {
+  const __m128 bv = _mm_set1_ps(bias);
+  index_t i = 0;
+  for (; i + 4 <= n_pairs; i += 4) {
+    const float* x = a + i * a_stride;
+    const float* y = b + i * b_stride;
+    const __m128 sums = reduce4(pair_acc<Weighted>(x, y, w, dim),
+                                pair_acc<Weighted>(x + a_stride, y + b_stride, w, dim),
+                                pair_acc<Weighted>(x + 2 * a_stride, y + 2 * b_stride, w, dim),
+                                pair_acc<Weighted>(x + 3 * a_stride, y + 3 * b_stride, w, dim));
+    _mm_storeu_ps(out + i, _mm_add_ps(sums, bv));
+  }
+  for (; i < n_pairs; ++i)
+    out[i] = reduce1(pair_acc<Weighted>(a + i * a_stride, b + i * b_stride, w, dim)) + bias;
 }
 
 template <int NC, int NV>
@@ -91,7 +107,7 @@ SPLITNET_AVX2 inline void score_rows_f32_avx2(const float* query, const float* r
     }
     _mm_storeu_ps(out + i, _mm_add_ps(reduce4(acc0, acc1, acc2, acc3), b));
   }
-  for (; i < n_rows; ++i) out[i] = reduce1(dot_acc(query, rows + i * row_stride, dim)) + bias;
+  for (; i < n_rows; ++i) out[i] = reduce1(pair_acc<false>(query, rows + i * row_stride, nullptr, dim)) + bias;
 }
 
 SPLITNET_AVX2 inline void score_tile_f32_avx2(const float* users_t, index_t users_pad,
@@ -112,72 +128,18 @@ SPLITNET_AVX2 inline void score_tile_f32_avx2(const float* users_t, index_t user
 }
 
 SPLITNET_AVX2 inline void score_pairs_f32_avx2(const float* a, index_t a_stride, const float* b,
-                                               index_t b_stride, index_t n_pairs, index_t dim,
-                                               float bias, float* out) {
+                                               index_t b_stride, const float* weights, index_t n_pairs,
+                                               index_t dim, float bias, float* out) {
   using namespace avx2_detail;
-  const __m128 bv = _mm_set1_ps(bias);
-  index_t i = 0;
-  for (; i + 4 <= n_pairs; i += 4) {
-    const float* x = a + i * a_stride;
-    const float* y = b + i * b_stride;
-    const __m128 sums = reduce4(dot_acc(x, y, dim), dot_acc(x + a_stride, y + b_stride, dim),
-                                dot_acc(x + 2 * a_stride, y + 2 * b_stride, dim),
-                                dot_acc(x + 3 * a_stride, y + 3 * b_stride, dim));
-    _mm_storeu_ps(out + i, _mm_add_ps(sums, bv));
-  }
-  for (; i < n_pairs; ++i) out[i] = reduce1(dot_acc(a + i * a_stride, b + i * b_stride, dim)) + bias;
-}
-
-// Four pairs share every load of S, as in the AVX-512 kernel, eight columns at a time.
-SPLITNET_AVX2 inline void score_pairs_full_f32_avx2(const float* a, index_t a_stride, const float* b,
-                                                    index_t b_stride, const float* S, index_t n_pairs,
-                                                    index_t dim, float bias, float* out) {
-  using namespace avx2_detail;
-  const __m128 bv = _mm_set1_ps(bias);
-  index_t i = 0;
-  for (; i + 4 <= n_pairs; i += 4) {
-    const float* u0 = a + i * a_stride;
-    const float* u1 = u0 + a_stride;
-    const float* u2 = u1 + a_stride;
-    const float* u3 = u2 + a_stride;
-    const float* ad = b + i * b_stride;
-    __m256 dot0 = _mm256_setzero_ps(), dot1 = _mm256_setzero_ps(), dot2 = _mm256_setzero_ps(),
-           dot3 = _mm256_setzero_ps();
-    for (index_t j = 0; j < dim; j += 8) {
-      const __m256i m = tail_mask(dim - j);
-      __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps(), f2 = _mm256_setzero_ps(),
-             f3 = _mm256_setzero_ps();
-      for (index_t r = 0; r < dim; ++r) {
-        const __m256 s = _mm256_maskload_ps(S + r * dim + j, m);
-        f0 = _mm256_fmadd_ps(_mm256_broadcast_ss(u0 + r), s, f0);
-        f1 = _mm256_fmadd_ps(_mm256_broadcast_ss(u1 + r), s, f1);
-        f2 = _mm256_fmadd_ps(_mm256_broadcast_ss(u2 + r), s, f2);
-        f3 = _mm256_fmadd_ps(_mm256_broadcast_ss(u3 + r), s, f3);
-      }
-      dot0 = _mm256_fmadd_ps(f0, _mm256_maskload_ps(ad + j, m), dot0);
-      dot1 = _mm256_fmadd_ps(f1, _mm256_maskload_ps(ad + b_stride + j, m), dot1);
-      dot2 = _mm256_fmadd_ps(f2, _mm256_maskload_ps(ad + 2 * b_stride + j, m), dot2);
-      dot3 = _mm256_fmadd_ps(f3, _mm256_maskload_ps(ad + 3 * b_stride + j, m), dot3);
-    }
-    _mm_storeu_ps(out + i, _mm_add_ps(reduce4(dot0, dot1, dot2, dot3), bv));
-  }
-  for (; i < n_pairs; ++i) {
-    const float* u = a + i * a_stride;
-    const float* ad = b + i * b_stride;
-    __m256 dot = _mm256_setzero_ps();
-    for (index_t j = 0; j < dim; j += 8) {
-      const __m256i m = tail_mask(dim - j);
-      __m256 f = _mm256_setzero_ps();
-      for (index_t r = 0; r < dim; ++r)
-        f = _mm256_fmadd_ps(_mm256_broadcast_ss(u + r), _mm256_maskload_ps(S + r * dim + j, m), f);
-      dot = _mm256_fmadd_ps(f, _mm256_maskload_ps(ad + j, m), dot);
-    }
-    out[i] = reduce1(dot) + bias;
+  if (weights == nullptr) {
+    pairs<false>(a, a_stride, b, b_stride, weights, n_pairs, dim, bias, out);
+  } else {
+    pairs<true>(a, a_stride, b, b_stride, weights, n_pairs, dim, bias, out);
   }
 }
 
 inline constexpr KernelTable kAvx2Table{Isa::avx2, score_rows_f32_avx2, score_tile_f32_avx2,
-                                        score_pairs_f32_avx2, score_pairs_full_f32_avx2};
+                                        score_pairs_f32_avx2};
 
 }  // namespace splitnet
 #endif  // SPLITNET_KERNELS_HAVE_X86

@@ -27,18 +27,35 @@ SPLITNET_AVX512 inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-SPLITNET_AVX512 inline __m512 dot_acc(const float* a, const float* b, index_t dim) {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  index_t d = 0;
-  for (; d + 32 <= dim; d += 32) {
-    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + d + 16), _mm512_loadu_ps(b + d + 16), acc1);
-  }
-  for (; d < dim; d += 16) {
+// sum_d a[d] * w[d] * b[d] (Weighted) or sum_d a[d] * b[d], as a vector of partial sums.
+template <bool Weighted>
+SPLITNET_AVX512 inline __m512 pair_acc(const float* a, const float* b, const float* w, index_t dim) {
+  __m512 acc = _mm512_setzero_ps();
+  for (index_t d = 0; d < dim; d += 16) {
     const __mmask16 m = tail_mask(dim - d);
-    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + d), _mm512_maskz_loadu_ps(m, b + d), acc0);
+    __m512 x = _mm512_maskz_loadu_ps(m, a + d);
+    if (Weighted) x = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(m, w + d));
+    acc = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(m, b + d), acc);
   }
-  return _mm512_add_ps(acc0, acc1);
+  return acc;
+}
+
+template <bool Weighted>
+SPLITNET_AVX512 inline void pairs(const float* a, index_t a_stride, const float* b, index_t b_stride,
+                                  const float* w, index_t n_pairs, index_t dim, float bias, float* out) {
+  const __m128 bv = _mm_set1_ps(bias);
+  index_t i = 0;
+  for (; i + 4 <= n_pairs; i += 4) {
+    const float* x = a + i * a_stride;
+    const float* y = b + i * b_stride;
+    const __m128 sums = reduce4(pair_acc<Weighted>(x, y, w, dim),
+                                pair_acc<Weighted>(x + a_stride, y + b_stride, w, dim),
+                                pair_acc<Weighted>(x + 2 * a_stride, y + 2 * b_stride, w, dim),
+                                pair_acc<Weighted>(x + 3 * a_stride, y + 3 * b_stride, w, dim));
+    _mm_storeu_ps(out + i, _mm_add_ps(sums, bv));
+  }
+  for (; i < n_pairs; ++i)
+    out[i] = _mm512_reduce_add_ps(pair_acc<Weighted>(a + i * a_stride, b + i * b_stride, w, dim)) + bias;
 }
 
 template <int NC, int NV>
@@ -92,7 +109,7 @@ SPLITNET_AVX512 inline void score_rows_f32_avx512(const float* query, const floa
     _mm_storeu_ps(out + i, _mm_add_ps(reduce4(acc0, acc1, acc2, acc3), b));
   }
   for (; i < n_rows; ++i)
-    out[i] = _mm512_reduce_add_ps(dot_acc(query, rows + i * row_stride, dim)) + bias;
+    out[i] = _mm512_reduce_add_ps(pair_acc<false>(query, rows + i * row_stride, nullptr, dim)) + bias;
 }
 
 SPLITNET_AVX512 inline void score_tile_f32_avx512(const float* users_t, index_t users_pad,
@@ -117,75 +134,18 @@ SPLITNET_AVX512 inline void score_tile_f32_avx512(const float* users_t, index_t 
 }
 
 SPLITNET_AVX512 inline void score_pairs_f32_avx512(const float* a, index_t a_stride, const float* b,
-                                                   index_t b_stride, index_t n_pairs, index_t dim,
-                                                   float bias, float* out) {
+                                                   index_t b_stride, const float* weights,
+                                                   index_t n_pairs, index_t dim, float bias, float* out) {
   using namespace avx512_detail;
-  const __m128 bv = _mm_set1_ps(bias);
-  index_t i = 0;
-  for (; i + 4 <= n_pairs; i += 4) {
-    const float* x = a + i * a_stride;
-    const float* y = b + i * b_stride;
-    const __m128 sums = reduce4(dot_acc(x, y, dim), dot_acc(x + a_stride, y + b_stride, dim),
-                                dot_acc(x + 2 * a_stride, y + 2 * b_stride, dim),
-                                dot_acc(x + 3 * a_stride, y + 3 * b_stride, dim));
-    _mm_storeu_ps(out + i, _mm_add_ps(sums, bv));
-  }
-  for (; i < n_pairs; ++i)
-    out[i] = _mm512_reduce_add_ps(dot_acc(a + i * a_stride, b + i * b_stride, dim)) + bias;
-}
-
-// Four pairs share every load of S: per 16-column slice, folded_p = sum_r a_p[r] S[r, slice],
-// then dot_p += folded_p * b_p[slice].
-SPLITNET_AVX512 inline void score_pairs_full_f32_avx512(const float* a, index_t a_stride,
-                                                        const float* b, index_t b_stride,
-                                                        const float* S, index_t n_pairs,
-                                                        index_t dim, float bias, float* out) {
-  using namespace avx512_detail;
-  const __m128 bv = _mm_set1_ps(bias);
-  index_t i = 0;
-  for (; i + 4 <= n_pairs; i += 4) {
-    const float* u0 = a + i * a_stride;
-    const float* u1 = u0 + a_stride;
-    const float* u2 = u1 + a_stride;
-    const float* u3 = u2 + a_stride;
-    const float* ad = b + i * b_stride;
-    __m512 dot0 = _mm512_setzero_ps(), dot1 = _mm512_setzero_ps(), dot2 = _mm512_setzero_ps(),
-           dot3 = _mm512_setzero_ps();
-    for (index_t j = 0; j < dim; j += 16) {
-      const __mmask16 m = tail_mask(dim - j);
-      __m512 f0 = _mm512_setzero_ps(), f1 = _mm512_setzero_ps(), f2 = _mm512_setzero_ps(),
-             f3 = _mm512_setzero_ps();
-      for (index_t r = 0; r < dim; ++r) {
-        const __m512 s = _mm512_maskz_loadu_ps(m, S + r * dim + j);
-        f0 = _mm512_fmadd_ps(_mm512_set1_ps(u0[r]), s, f0);
-        f1 = _mm512_fmadd_ps(_mm512_set1_ps(u1[r]), s, f1);
-        f2 = _mm512_fmadd_ps(_mm512_set1_ps(u2[r]), s, f2);
-        f3 = _mm512_fmadd_ps(_mm512_set1_ps(u3[r]), s, f3);
-      }
-      dot0 = _mm512_fmadd_ps(f0, _mm512_maskz_loadu_ps(m, ad + j), dot0);
-      dot1 = _mm512_fmadd_ps(f1, _mm512_maskz_loadu_ps(m, ad + b_stride + j), dot1);
-      dot2 = _mm512_fmadd_ps(f2, _mm512_maskz_loadu_ps(m, ad + 2 * b_stride + j), dot2);
-      dot3 = _mm512_fmadd_ps(f3, _mm512_maskz_loadu_ps(m, ad + 3 * b_stride + j), dot3);
-    }
-    _mm_storeu_ps(out + i, _mm_add_ps(reduce4(dot0, dot1, dot2, dot3), bv));
-  }
-  for (; i < n_pairs; ++i) {
-    const float* u = a + i * a_stride;
-    const float* ad = b + i * b_stride;
-    __m512 dot = _mm512_setzero_ps();
-    for (index_t j = 0; j < dim; j += 16) {
-      const __mmask16 m = tail_mask(dim - j);
-      __m512 f = _mm512_setzero_ps();
-      for (index_t r = 0; r < dim; ++r)
-        f = _mm512_fmadd_ps(_mm512_set1_ps(u[r]), _mm512_maskz_loadu_ps(m, S + r * dim + j), f);
-      dot = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(m, ad + j), dot);
-    }
-    out[i] = _mm512_reduce_add_ps(dot) + bias;
+  if (weights == nullptr) {
+    pairs<false>(a, a_stride, b, b_stride, weights, n_pairs, dim, bias, out);
+  } else {
+    pairs<true>(a, a_stride, b, b_stride, weights, n_pairs, dim, bias, out);
   }
 }
 
 inline constexpr KernelTable kAvx512Table{Isa::avx512, score_rows_f32_avx512, score_tile_f32_avx512,
-                                          score_pairs_f32_avx512, score_pairs_full_f32_avx512};
+                                          score_pairs_f32_avx512};
 
 }  // namespace splitnet
 #endif  // SPLITNET_KERNELS_HAVE_X86

@@ -44,14 +44,10 @@ struct KernelTable {
   // 16, padding lanes zero. tile[c * users_pad + u] = users[u] . rows[c] + bias.
   void (*score_tile_f32)(const float* users_t, index_t users_pad, const float* rows,
                          index_t n_rows, index_t dim, index_t row_stride, float bias, float* tile);
-  // Pairwise dot: out[i] = a[i] . b[i] + bias.
+  // Pairwise: out[i] = sum_d a[i][d] * w[d] * b[i][d] + bias, w = weights, or all ones when
+  // weights is null (a diagonal S; a full S goes through score_tile, see ops.h).
   void (*score_pairs_f32)(const float* a, index_t a_stride, const float* b, index_t b_stride,
-                          index_t n_pairs, index_t dim, float bias, float* out);
-  // Pairwise bilinear with a full matrix: out[i] = a[i]^T S b[i] + bias, S is (dim, dim)
-  // row-major. a[i]^T S is formed a slice at a time and never stored.
-  void (*score_pairs_full_f32)(const float* a, index_t a_stride, const float* b,
-                               index_t b_stride, const float* S, index_t n_pairs, index_t dim,
-                               float bias, float* out);
+                          const float* weights, index_t n_pairs, index_t dim, float bias, float* out);
 };
 
 // ---- The top-k order -------------------------------------------------------------------

@@ -1,6 +1,6 @@
 // NEON kernels for 64-bit Arm (Graviton, Ampere, Apple): four lanes, FMA always present. The
-// streaming dot products are vectorized; the cross tile and the full pairwise kernel reuse the
-// scalar reference until an Arm machine is there to tune them on.
+// streaming dot products are vectorized; the cross tile and weighted pairs reuse the scalar
+// reference until an Arm machine is there to tune them on.
 #pragma once
 #include "scalar.h"
 
@@ -27,13 +27,17 @@ inline void score_rows_f32_neon(const float* query, const float* rows, index_t n
 }
 
 inline void score_pairs_f32_neon(const float* a, index_t a_stride, const float* b, index_t b_stride,
-                                 index_t n_pairs, index_t dim, float bias, float* out) {
+                                 const float* weights, index_t n_pairs, index_t dim, float bias, float* out) {
+  if (weights != nullptr) {
+    score_pairs_f32_scalar(a, a_stride, b, b_stride, weights, n_pairs, dim, bias, out);
+    return;
+  }
   for (index_t i = 0; i < n_pairs; ++i)
     out[i] = dot_f32_neon(a + i * a_stride, b + i * b_stride, dim) + bias;
 }
 
 inline constexpr KernelTable kNeonTable{Isa::neon, score_rows_f32_neon, score_tile_f32_scalar,
-                                        score_pairs_f32_neon, score_pairs_full_f32_scalar};
+                                        score_pairs_f32_neon};
 
 }  // namespace splitnet
 #endif  // SPLITNET_KERNELS_HAVE_NEON

@@ -33,30 +33,18 @@ inline void score_tile_f32_scalar(const float* users_t, index_t users_pad, const
 }
 
 inline void score_pairs_f32_scalar(const float* a, index_t a_stride, const float* b,
-                                   index_t b_stride, index_t n_pairs, index_t dim, float bias,
-                                   float* out) {
-  for (index_t i = 0; i < n_pairs; ++i)
-    out[i] = dot_f32_scalar(a + i * a_stride, b + i * b_stride, dim) + bias;
-}
-
-inline void score_pairs_full_f32_scalar(const float* a, index_t a_stride, const float* b,
-                                        index_t b_stride, const float* S, index_t n_pairs,
-                                        index_t dim, float bias, float* out) {
+                                   index_t b_stride, const float* weights, index_t n_pairs,
+                                   index_t dim, float bias, float* out) {
   for (index_t i = 0; i < n_pairs; ++i) {
-    const float* user = a + i * a_stride;
-    const float* ad = b + i * b_stride;
+    const float* x = a + i * a_stride;
+    const float* y = b + i * b_stride;
     float sum = 0.0f;
-    for (index_t j = 0; j < dim; ++j) {
-      float folded = 0.0f;  // (a[i]^T S)[j]
-      for (index_t r = 0; r < dim; ++r) folded += user[r] * S[r * dim + j];
-      sum += folded * ad[j];
-    }
+    for (index_t d = 0; d < dim; ++d) sum += (weights ? x[d] * weights[d] : x[d]) * y[d];
     out[i] = sum + bias;
   }
 }
 
 inline constexpr KernelTable kScalarTable{Isa::scalar, score_rows_f32_scalar,
-                                          score_tile_f32_scalar, score_pairs_f32_scalar,
-                                          score_pairs_full_f32_scalar};
+                                          score_tile_f32_scalar, score_pairs_f32_scalar};
 
 }  // namespace splitnet

@@ -120,6 +120,17 @@ class Metric:
             S[np.diag_indices(n)] += p["d"]
         return S.astype(np.float32)
 
+    def diag_weights(self):
+        """The diagonal w of S = diag(w) for the dot, scaled and diagonal kinds (float32, (n,));
+        None for low_rank and full, whose S is not diagonal."""
+        if self._kind == "dot":
+            return np.ones(self._dim, np.float32)
+        if self._kind == "scaled":
+            return np.full(self._dim, self._params["w"], np.float32)
+        if self._kind == "diagonal":
+            return self._params["s"]
+        return None
+
     def cost_per_candidate(self, folded: bool = True) -> int:
         """Multiply-adds per (user, candidate) pair: n when folded, else the kind's own cost."""
         n = self._dim

@@ -47,10 +47,13 @@ class SimdBackend:
         if pairwise:
             target = _target(out, ads.shape[:1])
             users = kernel_rows(users)
+            weights = metric.diag_weights()
             if metric.kind == "full":  # U S fused with the row-wise dot, no (B, n) temporary
                 _core.score_pairs_full(users, ads, metric.params["S"], bias, target, threads)
+            elif weights is not None:  # one streaming pass, weights applied in the kernel
+                _core.score_pairs(users, ads, None if metric.kind == "dot" else weights, bias, target, threads)
             else:
-                _core.score_pairs(kernel_rows(metric.fold(users)), ads, bias, target, threads)
+                _core.score_pairs(kernel_rows(metric.fold(users)), ads, None, bias, target, threads)
         else:
             folded = kernel_rows(metric.fold(kernel_rows(users)))
             if folded.ndim == 1:
