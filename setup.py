@@ -29,7 +29,7 @@ setup(
             ["src/core.cpp"],
             include_dirs=["kernels"],
             cxx_std=17,
-            extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-fno-math-errno", "-Wall", "-Wno-maybe-uninitialized"],
+            extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-fno-math-errno", "-Wall"],
             depends=HEADERS,
         )
     ],

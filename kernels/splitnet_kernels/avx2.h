@@ -2,7 +2,7 @@
 // Eight lanes and 16 registers: the cross tile holds 4 candidates x 16 users of accumulators.
 // Dimension tails use maskload, which never touches the masked-off bytes.
 #pragma once
-#include "common.h"
+#include "scalar.h"
 
 #if SPLITNET_KERNELS_HAVE_X86
 #include <immintrin.h>
@@ -138,7 +138,35 @@ SPLITNET_AVX2 inline void score_pairs_f32_avx2(const float* a, index_t a_stride,
   }
 }
 
+SPLITNET_AVX2 inline bool not_below_bits_f32_avx2(const float* values, const float* gates, index_t n,
+                                                std::uint64_t* bits) {
+  if (n % 8 != 0) return not_below_bits_f32_scalar(values, gates, n, bits);
+  std::uint64_t any = 0;
+  for (index_t w = 0; w * 64 < n; ++w) {
+    std::uint64_t word = 0;
+    for (index_t i = w * 64; i < n && i < w * 64 + 64; i += 8) {
+      const std::uint64_t hits = static_cast<unsigned>(_mm256_movemask_ps(
+          _mm256_cmp_ps(_mm256_loadu_ps(values + i), _mm256_loadu_ps(gates + i), _CMP_NLT_UQ)));
+      word |= hits << (i - w * 64);
+    }
+    bits[w] = word;
+    any |= word;
+  }
+  return any != 0;
+}
+
+SPLITNET_AVX2 inline index_t first_not_below_f32_avx2(const float* values, index_t n, float gate) {
+  const __m256 g = _mm256_set1_ps(gate);
+  index_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const int hits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(values + i), g, _CMP_NLT_UQ));
+    if (hits) return i + __builtin_ctz(static_cast<unsigned>(hits));
+  }
+  return i + first_not_below_f32_scalar(values + i, n - i, gate);
+}
+
 inline constexpr KernelTable kAvx2Table{Isa::avx2, score_rows_f32_avx2, score_tile_f32_avx2,
+                                        not_below_bits_f32_avx2, first_not_below_f32_avx2,
                                         score_pairs_f32_avx2};
 
 }  // namespace splitnet

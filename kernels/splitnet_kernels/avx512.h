@@ -2,12 +2,20 @@
 // 32 registers allow 8 candidates x 32 users of accumulators in the cross tile. Dimension tails
 // use masked loads, so no row is read past its end.
 #pragma once
+#include <algorithm>
+
 #include "common.h"
 
 #if SPLITNET_KERNELS_HAVE_X86
 #include <immintrin.h>
 
 #define SPLITNET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma,avx2")))
+
+// GCC 12's own AVX-512 headers trip -Wmaybe-uninitialized (_mm256_undefined_pd); not our code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace splitnet {
 namespace avx512_detail {
@@ -144,8 +152,42 @@ SPLITNET_AVX512 inline void score_pairs_f32_avx512(const float* a, index_t a_str
   }
 }
 
+SPLITNET_AVX512 inline bool not_below_bits_f32_avx512(const float* values, const float* gates, index_t n,
+                                                    std::uint64_t* bits) {
+  using namespace avx512_detail;
+  std::uint64_t any = 0;
+  for (index_t w = 0; w * 64 < n; ++w) {
+    std::uint64_t word = 0;
+    for (index_t i = w * 64; i < std::min(n, w * 64 + 64); i += 16) {
+      const __mmask16 m = tail_mask(n - i);
+      const std::uint64_t hits = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, values + i),
+                                                         _mm512_maskz_loadu_ps(m, gates + i), _CMP_NLT_UQ);
+      word |= hits << (i - w * 64);
+    }
+    bits[w] = word;
+    any |= word;
+  }
+  return any != 0;
+}
+
+SPLITNET_AVX512 inline index_t first_not_below_f32_avx512(const float* values, index_t n, float gate) {
+  using namespace avx512_detail;
+  const __m512 g = _mm512_set1_ps(gate);
+  for (index_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const unsigned hits = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, values + i), g, _CMP_NLT_UQ);
+    if (hits) return i + __builtin_ctz(hits);
+  }
+  return n;
+}
+
 inline constexpr KernelTable kAvx512Table{Isa::avx512, score_rows_f32_avx512, score_tile_f32_avx512,
+                                          not_below_bits_f32_avx512, first_not_below_f32_avx512,
                                           score_pairs_f32_avx512};
 
 }  // namespace splitnet
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif  // SPLITNET_KERNELS_HAVE_X86

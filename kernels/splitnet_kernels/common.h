@@ -44,6 +44,11 @@ struct KernelTable {
   // 16, padding lanes zero. tile[c * users_pad + u] = users[u] . rows[c] + bias.
   void (*score_tile_f32)(const float* users_t, index_t users_pad, const float* rows,
                          index_t n_rows, index_t dim, index_t row_stride, float bias, float* tile);
+  // The top-k pre-tests; NaN passes them (the exact comparison decides). Bit i of bits (n + 63)
+  // / 64 words) is set iff !(values[i] < gates[i]); returns whether any is. And the first i < n
+  // with !(values[i] < gate), or n if there is none.
+  bool (*not_below_bits_f32)(const float* values, const float* gates, index_t n, std::uint64_t* bits);
+  index_t (*first_not_below_f32)(const float* values, index_t n, float gate);
   // Pairwise: out[i] = sum_d a[i][d] * w[d] * b[i][d] + bias, w = weights, or all ones when
   // weights is null (a diagonal S; a full S goes through score_tile, see ops.h).
   void (*score_pairs_f32)(const float* a, index_t a_stride, const float* b, index_t b_stride,

@@ -26,6 +26,7 @@ constexpr index_t kMinWorkPerTask = index_t{1} << 18;
 constexpr index_t kBlock = 1024;           // candidates scored per top-k scan (4 KiB of scores)
 constexpr index_t kTileCandidates = 64;    // candidates per cross tile
 constexpr index_t kHeapMaxK = 2048;        // above this k, partial selection beats the heap
+constexpr index_t kMaxBlockUsers = 256;    // users per cross tile, at most
 
 inline index_t min_rows_per_task(index_t dim, index_t work_per_row = 1) {
   return std::max<index_t>(1, kMinWorkPerTask / std::max<index_t>(1, dim * work_per_row));
@@ -34,7 +35,7 @@ inline index_t min_rows_per_task(index_t dim, index_t work_per_row = 1) {
 // Users per cross tile: their transposed block (dim x users) should stay within L1.
 inline index_t users_per_block(index_t dim) {
   const index_t fit = (index_t{8192} / std::max<index_t>(dim, 1)) / 16 * 16;
-  return std::clamp<index_t>(fit, 16, 256);
+  return std::clamp<index_t>(fit, 16, kMaxBlockUsers);
 }
 
 // users[begin:end] transposed into (dim, pad) with zero padding lanes; pad is a multiple of 16.
@@ -79,7 +80,7 @@ inline index_t topk_range(const KernelTable& table, const float* query, const Ro
   for (index_t b = begin; b < end; b += kBlock) {
     const index_t count = std::min(kBlock, end - b);
     table.score_rows_f32(query, rows.row(b), count, rows.dim, rows.stride, bias, block);
-    heap.scan(block, count, b);
+    heap.scan(block, count, b, table.first_not_below_f32);
   }
   return heap.finish();
 }
@@ -204,17 +205,17 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& 
                         gates[u] = heaps.back().gate();
                       }
                       std::vector<float> tile(static_cast<size_t>(kTileCandidates * pad));
+                      std::uint64_t bits[(kMaxBlockUsers + 63) / 64];
                       for (index_t c0 = begin; c0 < end; c0 += kTileCandidates) {
                         const index_t count = std::min(kTileCandidates, end - c0);
                         table.score_tile_f32(packed.data(), pad, rows.row(c0), count, rows.dim,
                                              rows.stride, bias, tile.data());
                         for (index_t c = 0; c < count; ++c) {
                           const float* row_scores = tile.data() + c * pad;
-                          bool any = false;  // vectorizable pre-test over all users
-                          for (index_t u = 0; u < pad; ++u) any |= !(row_scores[u] < gates[u]);
-                          if (!any) continue;
-                          for (index_t u = 0; u < n_users; ++u)
-                            if (!(row_scores[u] < gates[u])) {
+                          if (!table.not_below_bits_f32(row_scores, gates.data(), pad, bits)) continue;
+                          for (index_t w = 0; w * 64 < pad; ++w)
+                            for (std::uint64_t word = bits[w]; word != 0; word &= word - 1) {
+                              const index_t u = w * 64 + __builtin_ctzll(word);
                               heaps[u].push(row_scores[u], c0 + c);
                               gates[u] = heaps[u].gate();
                             }

@@ -14,7 +14,7 @@
 #include "common.h"
 
 #if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h>
+#include <pthread.h>
 #endif
 
 namespace splitnet {
@@ -110,21 +110,27 @@ inline int hardware_threads() {
   return n == 0 ? 1 : static_cast<int>(n);
 }
 
-// The process-wide pool, made on first use with one worker per extra core and made again in a
-// forked child (whose copy has no threads behind it).
+// The process-wide pool, made on first use with one worker per extra core. A forked child
+// inherits the pool's memory but not its threads, so the child makes a new one (the old one is
+// left behind, never destroyed, since its threads do not exist there).
+inline std::atomic<ThreadPool*>& pool_slot() {
+  static std::atomic<ThreadPool*> slot{nullptr};
+  return slot;
+}
+
 inline ThreadPool& default_pool() {
+  ThreadPool* pool = pool_slot().load(std::memory_order_acquire);
+  if (pool != nullptr) return *pool;
   static std::mutex mutex;
-  static ThreadPool* pool = nullptr;
-  static long owner = -1;
-#if defined(__unix__) || defined(__APPLE__)
-  const long pid = static_cast<long>(getpid());
-#else
-  const long pid = 0;
-#endif
   std::lock_guard<std::mutex> lock(mutex);
-  if (pool == nullptr || owner != pid) {
+  pool = pool_slot().load(std::memory_order_acquire);
+  if (pool == nullptr) {
+#if defined(__unix__) || defined(__APPLE__)
+    static const int registered = pthread_atfork(nullptr, nullptr, [] { pool_slot().store(nullptr); });
+    (void)registered;
+#endif
     pool = new ThreadPool(hardware_threads() - 1);  // lives as long as the process
-    owner = pid;
+    pool_slot().store(pool, std::memory_order_release);
   }
   return *pool;
 }

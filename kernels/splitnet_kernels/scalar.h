@@ -44,7 +44,26 @@ inline void score_pairs_f32_scalar(const float* a, index_t a_stride, const float
   }
 }
 
+inline bool not_below_bits_f32_scalar(const float* values, const float* gates, index_t n,
+                                      std::uint64_t* bits) {
+  std::uint64_t any = 0;
+  for (index_t w = 0; w * 64 < n; ++w) bits[w] = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const std::uint64_t hit = !(values[i] < gates[i]);
+    bits[i / 64] |= hit << (i % 64);
+    any |= hit;
+  }
+  return any != 0;
+}
+
+inline index_t first_not_below_f32_scalar(const float* values, index_t n, float gate) {
+  for (index_t i = 0; i < n; ++i)
+    if (!(values[i] < gate)) return i;
+  return n;
+}
+
 inline constexpr KernelTable kScalarTable{Isa::scalar, score_rows_f32_scalar,
-                                          score_tile_f32_scalar, score_pairs_f32_scalar};
+                                          score_tile_f32_scalar, not_below_bits_f32_scalar,
+                                          first_not_below_f32_scalar, score_pairs_f32_scalar};
 
 }  // namespace splitnet

@@ -35,10 +35,15 @@ class TopK {
     if (size_ == k_) gate_ = std::isnan(scores_[0]) ? -std::numeric_limits<float>::infinity() : scores_[0];
   }
 
-  // Offers n consecutive candidates first_id, first_id + 1, ...
-  void scan(const float* scores, index_t n, index_t first_id) {
-    for (index_t i = 0; i < n; ++i)
-      if (!(scores[i] < gate_)) push(scores[i], first_id + i);
+  // Offers n consecutive candidates first_id, first_id + 1, ...; first_not_below is the
+  // kernel table's vectorized pre-test, so only scores that may enter are looked at one by one.
+  template <class FirstNotBelow>
+  void scan(const float* scores, index_t n, index_t first_id, FirstNotBelow first_not_below) {
+    for (index_t i = first_not_below(scores, n, gate_); i < n;) {
+      push(scores[i], first_id + i);
+      ++i;
+      i += first_not_below(scores + i, n - i, gate_);
+    }
   }
 
   // Sorts the kept entries best first, in place; returns how many there are.

@@ -6,9 +6,10 @@ auto, for each call:
      (torch CPU tensors are viewed as NumPy arrays without a copy and results come back as
      tensors);
   3. otherwise numba, then torch for tensor input, then numpy.
-SPLITNET_KERNELS_BACKEND replaces `auto` (an explicit backend= argument still wins);
-SPLITNET_KERNELS_ISA forces the kernels' instruction set at import. A bad value of either is
-an error at the first call that depends on it, never a silent fallback.
+Both environment variables are read once, at import. SPLITNET_KERNELS_BACKEND replaces
+`auto` (an explicit backend= argument still wins); SPLITNET_KERNELS_ISA forces the kernels'
+instruction set. A bad value of either is an error at the first call that depends on it, never
+a silent fallback.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def _isa_error() -> str:
 
 
 ISA_ERROR = _isa_error()
+ENV_BACKEND = os.environ.get("SPLITNET_KERNELS_BACKEND", "auto").strip().lower() or "auto"
 
 
 def status(name: str) -> tuple[bool, str]:
@@ -62,7 +64,7 @@ def resolve(backend, on_torch_device: bool):
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
     if backend == "auto":
-        backend = os.environ.get("SPLITNET_KERNELS_BACKEND", "auto").strip().lower() or "auto"
+        backend = ENV_BACKEND
         if backend not in NAMES:
             raise ValueError(f"SPLITNET_KERNELS_BACKEND={backend!r} is not a backend (known: {', '.join(NAMES)})")
     if backend not in NAMES:
@@ -77,3 +79,9 @@ def resolve(backend, on_torch_device: bool):
         if status(name)[0]:
             return BACKENDS[name]
     return BACKENDS["numpy"]
+
+
+# The compiled module when `auto` resolves to it for CPU data, for the one-user fast path in
+# _api; None when auto means anything else.
+FAST_CORE = _core if (ENV_BACKEND in ("auto", "simd") and not ISA_ERROR and status("simd")[0]) else None
+MAX_THREADS = _core.max_threads() if _core is not None else 1
