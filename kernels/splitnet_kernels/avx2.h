@@ -2,6 +2,8 @@
 // Eight lanes and 16 registers: the cross tile holds 4 candidates x 16 users of accumulators.
 // Dimension tails use maskload, which never touches the masked-off bytes.
 #pragma once
+#include <algorithm>
+
 #include "scalar.h"
 
 #if SPLITNET_KERNELS_HAVE_X86
@@ -140,15 +142,17 @@ SPLITNET_AVX2 inline void score_pairs_f32_avx2(const float* a, index_t a_stride,
 
 SPLITNET_AVX2 inline bool not_below_bits_f32_avx2(const float* values, const float* gates, index_t n,
                                                 std::uint64_t* bits) {
-  if (n % 8 != 0) return not_below_bits_f32_scalar(values, gates, n, bits);
   std::uint64_t any = 0;
   for (index_t w = 0; w * 64 < n; ++w) {
     std::uint64_t word = 0;
-    for (index_t i = w * 64; i < n && i < w * 64 + 64; i += 8) {
+    const index_t end = std::min(n, w * 64 + 64);
+    index_t i = w * 64;
+    for (; i + 8 <= end; i += 8) {
       const std::uint64_t hits = static_cast<unsigned>(_mm256_movemask_ps(
           _mm256_cmp_ps(_mm256_loadu_ps(values + i), _mm256_loadu_ps(gates + i), _CMP_NLT_UQ)));
       word |= hits << (i - w * 64);
     }
+    for (; i < end; ++i) word |= std::uint64_t{!(values[i] < gates[i])} << (i - w * 64);
     bits[w] = word;
     any |= word;
   }

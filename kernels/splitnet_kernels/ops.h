@@ -197,7 +197,7 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& 
                     std::max(min_rows_per_task(rows.dim, pad), 4 * k), kTileCandidates,
                     [&](int t, index_t begin, index_t end) {
                       std::vector<TopK> heaps;
-                      std::vector<float> gates(static_cast<size_t>(pad), std::numeric_limits<float>::infinity());
+                      std::vector<float> gates(static_cast<size_t>(n_users));
                       heaps.reserve(static_cast<size_t>(n_users));
                       for (index_t u = 0; u < n_users; ++u) {
                         const index_t slot = t * n_users + u;
@@ -212,8 +212,8 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& 
                                              rows.stride, bias, tile.data());
                         for (index_t c = 0; c < count; ++c) {
                           const float* row_scores = tile.data() + c * pad;
-                          if (!table.not_below_bits_f32(row_scores, gates.data(), pad, bits)) continue;
-                          for (index_t w = 0; w * 64 < pad; ++w)
+                          if (!table.not_below_bits_f32(row_scores, gates.data(), n_users, bits)) continue;
+                          for (index_t w = 0; w * 64 < n_users; ++w)
                             for (std::uint64_t word = bits[w]; word != 0; word &= word - 1) {
                               const index_t u = w * 64 + __builtin_ctzll(word);
                               heaps[u].push(row_scores[u], c0 + c);

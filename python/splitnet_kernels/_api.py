@@ -150,6 +150,13 @@ def _device(users, ads):
     return None
 
 
+def _may_share_memory(a, b) -> bool:
+    if _is_tensor(a) or _is_tensor(b):
+        return (_is_tensor(a) and _is_tensor(b) and a.device == b.device
+                and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
+    return np.may_share_memory(a, b)
+
+
 def _sigmoid_(x):
     """In place, stable for every float32 input (no overflow, small probabilities kept)."""
     if _is_tensor(x):
@@ -207,12 +214,21 @@ def score(users, ads, metric=None, *, pairwise=False, sigmoid=False, backend="au
     else:
         shape = (users.shape[0], ads.shape[0])
     out = _check_out(out, shape, torch_input)
+    if out is not None and any(_may_share_memory(out, x) for x in (users, ads)):
+        result = score(users, ads, metric, pairwise=pairwise, sigmoid=sigmoid, backend=backend, threads=threads)
+        out.copy_(result) if torch_input else np.copyto(out, result)
+        return out  # out overlaps an input: computed apart first, so no input is read after a write
     chosen = _dispatch.resolve(backend, torch_input and device.type != "cpu")
     if 0 in shape:
         result = out if out is not None else _result_for(np.empty(shape, np.float32), torch_input, device)
         return result
     u, a = _inputs_for(chosen, users, ads, torch_input, device)
-    native_out = out if (out is None or (chosen.native == "torch") == torch_input) else _to_numpy(out)
+    if out is None or (chosen.native == "torch") == torch_input:
+        native_out = out
+    elif chosen.native == "numpy" and out.device.type == "cpu":
+        native_out = _to_numpy(out)  # a view: the kernels write straight into the tensor
+    else:
+        native_out = None  # computed apart, copied into out below
     result = chosen.score(u, a, metric, pairwise=pairwise, threads=threads, out=native_out)
     if sigmoid:
         _sigmoid_(result)

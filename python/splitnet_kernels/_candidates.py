@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _api
+from ._metric import _is_tensor
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 _BLOCK_ROWS = 1 << 16  # rows widened per block: 16 MiB of float32 at n = 64
@@ -87,22 +88,34 @@ class Candidates:
     def score(self, users, metric=None, *, sigmoid=False, backend="auto", threads=None, out=None):
         """sk.score(users, ads) for users (n,) -> (N,) or (M, n) -> (M, N)."""
         if self._dtype == "float32" or len(self) == 0:
-            return _api.score(users, self._data, metric, sigmoid=sigmoid, backend=backend, threads=threads, out=out)
+            return _api.score(users, self.rows(), metric, sigmoid=sigmoid, backend=backend, threads=threads, out=out)
         users = _api._embeddings(users, "users", (1, 2))
+        device = users.device if _is_tensor(users) else None
         shape = (len(self),) if users.ndim == 1 else (users.shape[0], len(self))
-        result = out if out is not None else np.empty(shape, np.float32)
-        _api._check_out(out, shape, False)
+        _api._check_out(out, shape, device is not None)
+        users = _api._to_numpy(users)
+        result = np.empty(shape, np.float32)
         for begin, end, block in self._blocks():
             _api.score(users, block, metric, sigmoid=sigmoid, backend=backend, threads=threads,
                        out=result[..., begin:end])
-        return result
+        result = _api._result_for(result, device is not None, device)
+        if out is None:
+            return result
+        out.copy_(result) if device is not None else np.copyto(out, result)
+        return out
 
     def topk(self, users, k, metric=None, *, sigmoid=False, backend="auto", threads=None):
         """sk.topk(users, ads, k) over this set."""
         if self._dtype == "float32" or len(self) == 0:
-            return _api.topk(users, self._data, k, metric, sigmoid=sigmoid, backend=backend, threads=threads)
+            return _api.topk(users, self.rows(), k, metric, sigmoid=sigmoid, backend=backend, threads=threads)
+        users = _api._embeddings(users, "users", (1, 2))
+        device = users.device if _is_tensor(users) else None
+        users = _api._to_numpy(users)
         parts = []
-        for begin, end, block in self._blocks():
-            scores, ids = _api.topk(users, block, k, metric, sigmoid=sigmoid, backend=backend, threads=threads)
+        for begin, end, block in self._blocks():  # ranked by score; sigmoid only on the result
+            scores, ids = _api.topk(users, block, k, metric, backend=backend, threads=threads)
             parts.append((scores, ids + begin))
-        return _api.merge_topk(parts, k)
+        scores, ids = _api.merge_topk(parts, k)
+        if sigmoid:
+            _api._sigmoid_(scores)
+        return _api._result_for(scores, device is not None, device), _api._result_for(ids, device is not None, device)

@@ -27,9 +27,10 @@ def _parameter(value, name: str, ndim: int) -> np.ndarray:
         raise ValueError(f"{name}: expected {ndim} dimension(s), got shape {array.shape}")
     if 0 in array.shape:
         raise ValueError(f"{name}: every dimension must be >= 1, got shape {array.shape}")
-    array = np.array(array, dtype=np.float32, order="C")  # an owned float32 copy
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = np.array(array, dtype=np.float32, order="C")  # an owned float32 copy
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name}: contains NaN or infinity")
+        raise ValueError(f"{name}: contains NaN, infinity or values beyond the float32 range")
     array.flags.writeable = False
     return array
 
@@ -37,7 +38,8 @@ def _parameter(value, name: str, ndim: int) -> np.ndarray:
 def _scalar(value, name: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    result = float(np.float32(value))
+    with np.errstate(over="ignore"):
+        result = float(np.float32(value))
     if not np.isfinite(result):
         raise ValueError(f"{name}: must be finite (as float32), got {value!r}")
     return result
@@ -136,8 +138,9 @@ class Metric:
         n = self._dim
         if folded or self._kind == "dot":
             return n
-        return {"scaled": n + 1, "diagonal": 2 * n, "full": n * n + n,
-                "low_rank": 2 * n + 2 * n * self._params["P"].shape[1]}[self._kind]
+        if self._kind == "low_rank":
+            return 2 * n + 2 * n * self._params["P"].shape[1]
+        return {"scaled": n + 1, "diagonal": 2 * n, "full": n * n + n}[self._kind]
 
     # ---- the algebra ----------------------------------------------------------------------
     def fold(self, users):

@@ -17,7 +17,7 @@ def kernel_rows(x) -> np.ndarray:
     """x as float32 whose rows are contiguous and float-aligned; copies only when it must."""
     x = np.asarray(x, dtype=np.float32)
     if x.shape[-1] > 1 and x.strides[-1] != 4 or x.ctypes.data % 4 or (x.ndim == 2 and x.strides[0] % 4):
-        x = np.ascontiguousarray(x)
+        x = np.array(x, order="C")  # a fresh, aligned copy (ascontiguousarray keeps misalignment)
     return x
 
 

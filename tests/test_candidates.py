@@ -1,0 +1,201 @@
+"""sk.Candidates: float32 storage equals sk.score; reduced-precision storage stays within its own
+rounding error and keeps top-k recall; same shapes and contract as sk.score / sk.topk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import splitnet_kernels as sk
+
+from conftest import (assert_within, make_metric, reference_scores, sigmoid_tolerance, to_numpy,
+                      tolerance, _abs_metric)
+
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+
+
+def _storage_error(users, ads, metric, dtype):
+    """Bound on |score(stored ads) - score(ads)|: |folded user| . |per-element storage error|.
+
+    float16: round to nearest, 2^-11 relative (plus 2^-25 absolute for float16 subnormals);
+    bfloat16: 2^-8 relative (8 significant bits, kept generous by one bit); int8: row scale / 2
+    per element (scale = max |row| / 127), plus float32 rounding of q * scale.
+    """
+    folded = np.abs(np.asarray(users, np.float64)) @ _abs_metric(metric)
+    a = np.abs(np.asarray(ads, np.float64))
+    if dtype == "float32":
+        per_element = np.zeros_like(a)
+    elif dtype == "float16":
+        per_element = a * 2.0**-11 + 2.0**-25
+    elif dtype == "bfloat16":
+        per_element = a * 2.0**-8
+    else:
+        scale = a.max(axis=1, keepdims=True) / 127.0
+        per_element = np.broadcast_to(scale / 2, a.shape) + a * 2.0**-23
+    return 1.01 * (folded @ per_element.T)
+
+
+def _data(rng, users_shape, count=300, n=24):
+    return (rng.standard_normal(users_shape).astype(np.float32),
+            rng.standard_normal((count, n)).astype(np.float32))
+
+
+def test_properties(rng):
+    users, ads = _data(rng, (24,), 50, 24)
+    expected_bytes = {"float32": 50 * 24 * 4, "float16": 50 * 24 * 2, "bfloat16": 50 * 24 * 2,
+                      "int8": 50 * 24 + 50 * 4}
+    for dtype in DTYPES:
+        cands = sk.Candidates(ads, dtype=dtype)
+        assert len(cands) == 50 and cands.dim == 24 and cands.dtype == dtype
+        assert cands.nbytes == expected_bytes[dtype]
+        assert dtype in repr(cands)
+    assert sk.Candidates(ads).dtype == "float32"
+
+
+def test_candidates_copy_their_input(rng):
+    _, ads = _data(rng, (24,), 20, 24)
+    cands = sk.Candidates(ads)
+    before = to_numpy(cands.score(np.ones(24, np.float32)))
+    ads[:] = 0.0
+    np.testing.assert_array_equal(to_numpy(cands.score(np.ones(24, np.float32))), before)
+
+
+@pytest.mark.parametrize("kind", ("dot", "diagonal", "full", "low_rank"))
+@pytest.mark.parametrize("users_2d", (False, True))
+def test_float32_storage_equals_score(backend, kind, users_2d, rng):
+    users, ads = _data(rng, (5, 24) if users_2d else (24,))
+    metric = make_metric(kind, 24, rng, bias=0.25)
+    cands = sk.Candidates(ads, dtype="float32")
+    np.testing.assert_array_equal(to_numpy(cands.score(users, metric, backend=backend)),
+                                  to_numpy(sk.score(users, ads, metric, backend=backend)))
+    got = cands.topk(users, 17, metric, backend=backend)
+    expected = sk.topk(users, ads, 17, metric, backend=backend)
+    np.testing.assert_array_equal(to_numpy(got[1]), to_numpy(expected[1]))
+    np.testing.assert_array_equal(to_numpy(got[0]), to_numpy(expected[0]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ("dot", "diagonal", "full", "low_rank"))
+@pytest.mark.parametrize("users_2d", (False, True))
+def test_reduced_storage_within_rounding(backend, dtype, kind, users_2d, rng):
+    users, ads = _data(rng, (5, 24) if users_2d else (24,))
+    metric = make_metric(kind, 24, rng, bias=-0.5)
+    cands = sk.Candidates(ads, dtype=dtype)
+    got = cands.score(users, metric, backend=backend)
+    assert to_numpy(got).dtype == np.float32
+    assert to_numpy(got).shape == ((5, 300) if users_2d else (300,))
+    tol = tolerance(users, ads, metric) + _storage_error(users, ads, metric, dtype)
+    assert_within(got, reference_scores(users, ads, metric), tol)
+    rows = cands.rows()
+    assert rows.dtype == np.float32 and rows.shape == ads.shape
+    # scoring the widened rows gives the same scores and the same top-k: storage is the only error
+    np.testing.assert_array_equal(to_numpy(got), to_numpy(sk.score(users, rows, metric, backend=backend)))
+    top = cands.topk(users, 20, metric, backend=backend)
+    expected = sk.topk(users, rows, 20, metric, backend=backend)
+    np.testing.assert_array_equal(to_numpy(top[1]), to_numpy(expected[1]))
+    np.testing.assert_array_equal(to_numpy(top[0]), to_numpy(expected[0]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_within_storage_rounding(dtype, rng):
+    _, ads = _data(rng, (24,), 100, 24)
+    ads[3] = 0.0  # an all-zero row must not divide by zero
+    rows = sk.Candidates(ads, dtype=dtype).rows().astype(np.float64)
+    assert np.all(np.isfinite(rows))
+    assert np.all(rows[3] == 0)
+    if dtype == "int8":
+        step = np.abs(ads).max(axis=1, keepdims=True) / 127.0
+        assert np.all(np.abs(rows - ads) <= step / 2 * (1 + 1e-5) + 1e-30)
+    elif dtype == "bfloat16":
+        assert np.all(np.abs(rows - ads) <= np.abs(ads) * 2.0**-8)
+    elif dtype == "float16":
+        assert np.all(np.abs(rows - ads) <= np.abs(ads) * 2.0**-11 + 2.0**-25)
+    else:
+        assert np.array_equal(rows, ads)
+
+
+@pytest.mark.parametrize("dtype, minimum_recall", [("float32", 1.0), ("float16", 0.97), ("bfloat16", 0.85),
+                                                   ("int8", 0.85)])
+def test_topk_recall(backend, dtype, minimum_recall, rng):
+    n, count, k = 64, 4000, 50
+    users = rng.standard_normal((4, n)).astype(np.float32)
+    ads = rng.standard_normal((count, n)).astype(np.float32)
+    exact_ids = to_numpy(sk.topk(users, ads, k, backend="numpy")[1])
+    ids = to_numpy(sk.Candidates(ads, dtype=dtype).topk(users, k, backend=backend)[1])
+    for row in range(users.shape[0]):
+        recall = len(set(ids[row].tolist()) & set(exact_ids[row].tolist())) / k
+        assert recall >= minimum_recall, f"{dtype}: recall@{k} {recall} for user {row}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_out_and_threads(any_backend, dtype, rng):
+    users, ads = _data(rng, (3, 24))
+    metric = make_metric("diagonal", 24, rng, bias=0.125)
+    cands = sk.Candidates(ads, dtype=dtype)
+    out = np.full((3, 300), np.nan, np.float32)
+    result = cands.score(users, metric, sigmoid=True, backend=any_backend, out=out, threads=2)
+    assert result is out
+    expected = reference_scores(users, ads, metric, sigmoid=True)
+    tol = sigmoid_tolerance(tolerance(users, ads, metric) + _storage_error(users, ads, metric, dtype), expected)
+    assert_within(out, expected, tol)
+    with pytest.raises(ValueError, match="out"):
+        cands.score(users, metric, backend=any_backend, out=np.empty((300, 3), np.float32))
+    one = cands.topk(users, 9, metric, backend=any_backend, threads=1)
+    two = cands.topk(users, 9, metric, backend=any_backend, threads=2)
+    np.testing.assert_array_equal(to_numpy(one[1]), to_numpy(two[1]))
+    probs, ids = cands.topk(users, 9, metric, sigmoid=True, backend=any_backend)
+    np.testing.assert_array_equal(to_numpy(ids), to_numpy(one[1]))
+    assert np.all((to_numpy(probs) > 0) & (to_numpy(probs) <= 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_candidates(any_backend, dtype):
+    cands = sk.Candidates(np.zeros((0, 8), np.float32), dtype=dtype)
+    assert len(cands) == 0 and cands.dim == 8
+    assert to_numpy(cands.score(np.ones(8, np.float32), backend=any_backend)).shape == (0,)
+    assert to_numpy(cands.score(np.ones((2, 8), np.float32), backend=any_backend)).shape == (2, 0)
+    scores, ids = cands.topk(np.ones((2, 8), np.float32), 3, backend=any_backend)
+    assert to_numpy(scores).shape == (2, 0) and to_numpy(ids).shape == (2, 0)
+    assert to_numpy(ids).dtype == np.int64
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_k_larger_than_n_and_ties(any_backend, dtype, rng):
+    # integers in [-127, 127] with every row peaking at 127 are exact in every storage type
+    # (int8 scale is then exactly 1), so all backends see the same exact scores and real ties
+    ads = rng.integers(-3, 4, (40, 6)).astype(np.float32)
+    ads[:, 0] = 127.0
+    users = rng.integers(-2, 3, (3, 6)).astype(np.float32)
+    cands = sk.Candidates(ads, dtype=dtype)
+    assert np.array_equal(cands.rows(), ads)
+    full = to_numpy(sk.score(users, ads, backend="numpy"))
+    scores, ids = cands.topk(users, 100, backend=any_backend)
+    assert to_numpy(ids).shape == (3, 40)
+    for row in range(3):
+        s = full[row].astype(np.float64)
+        np.testing.assert_array_equal(to_numpy(ids)[row], np.lexsort((np.arange(40), -s)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_tensors_in_tensors_out(dtype, rng):
+    torch = pytest.importorskip("torch")
+    users, ads = _data(rng, (3, 24))
+    cands = sk.Candidates(torch.from_numpy(ads), dtype=dtype)
+    got = cands.score(torch.from_numpy(users))
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+    metric = sk.Metric.dot(24)
+    assert_within(got, reference_scores(users, ads), tolerance(users, ads) + _storage_error(users, ads, metric, dtype))
+    scores, ids = cands.topk(torch.from_numpy(users), 5)
+    assert isinstance(scores, torch.Tensor) and isinstance(ids, torch.Tensor)
+    assert ids.dtype == torch.int64 and tuple(ids.shape) == (3, 5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_topk_sigmoid_ranks_by_score_not_by_saturated_probability(any_backend, dtype):
+    # sigmoid(20) and sigmoid(30) are both 1.0 in float32; the ranking must still follow the scores
+    ads = np.array([[10.0], [20.0], [30.0]], np.float32)
+    probs, ids = sk.Candidates(ads, dtype=dtype).topk(np.ones(1, np.float32), 3, sigmoid=True, backend=any_backend)
+    assert to_numpy(ids).tolist() == [2, 1, 0]
+    expected_probs, expected_ids = sk.topk(np.ones(1, np.float32), ads, 3, sigmoid=True, backend=any_backend)
+    assert to_numpy(expected_ids).tolist() == [2, 1, 0]
+    np.testing.assert_array_equal(to_numpy(probs), to_numpy(expected_probs))
