@@ -32,10 +32,17 @@ SPLITNET_AVX2 inline float reduce1(__m256 a) {
   return _mm_cvtss_f32(s);
 }
 
+// maskload is slow on some cores (Zen), so only the tail uses one.
 template <bool Weighted>
 SPLITNET_AVX2 inline __m256 pair_acc(const float* a, const float* b, const float* w, index_t dim) {
   __m256 acc = _mm256_setzero_ps();
-  for (index_t d = 0; d < dim; d += 8) {
+  index_t d = 0;
+  for (; d + 8 <= dim; d += 8) {
+    __m256 x = _mm256_loadu_ps(a + d);
+    if (Weighted) x = _mm256_mul_ps(x, _mm256_loadu_ps(w + d));
+    acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + d), acc);
+  }
+  if (d < dim) {
     const __m256i m = tail_mask(dim - d);
     __m256 x = _mm256_maskload_ps(a + d, m);
     if (Weighted) x = _mm256_mul_ps(x, _mm256_maskload_ps(w + d, m));
@@ -94,18 +101,26 @@ SPLITNET_AVX2 inline void score_rows_f32_avx2(const float* query, const float* r
                                               index_t dim, index_t row_stride, float bias, float* out) {
   using namespace avx2_detail;
   const __m128 b = _mm_set1_ps(bias);
+  const index_t full = dim / 8 * 8;
+  const __m256i tail = tail_mask(dim - full);
   index_t i = 0;
   for (; i + 4 <= n_rows; i += 4) {
     const float* r = rows + i * row_stride;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
            acc3 = _mm256_setzero_ps();
-    for (index_t d = 0; d < dim; d += 8) {
-      const __m256i m = tail_mask(dim - d);
-      const __m256 q = _mm256_maskload_ps(query + d, m);
-      acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(r + d, m), q, acc0);
-      acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(r + row_stride + d, m), q, acc1);
-      acc2 = _mm256_fmadd_ps(_mm256_maskload_ps(r + 2 * row_stride + d, m), q, acc2);
-      acc3 = _mm256_fmadd_ps(_mm256_maskload_ps(r + 3 * row_stride + d, m), q, acc3);
+    for (index_t d = 0; d < full; d += 8) {  // full vectors: plain loads
+      const __m256 q = _mm256_loadu_ps(query + d);
+      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(r + d), q, acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + row_stride + d), q, acc1);
+      acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 2 * row_stride + d), q, acc2);
+      acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 3 * row_stride + d), q, acc3);
+    }
+    if (full < dim) {  // the tail: maskload never touches bytes past the row
+      const __m256 q = _mm256_maskload_ps(query + full, tail);
+      acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(r + full, tail), q, acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(r + row_stride + full, tail), q, acc1);
+      acc2 = _mm256_fmadd_ps(_mm256_maskload_ps(r + 2 * row_stride + full, tail), q, acc2);
+      acc3 = _mm256_fmadd_ps(_mm256_maskload_ps(r + 3 * row_stride + full, tail), q, acc3);
     }
     _mm_storeu_ps(out + i, _mm_add_ps(reduce4(acc0, acc1, acc2, acc3), b));
   }
