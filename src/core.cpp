@@ -20,7 +20,7 @@ namespace {
 std::atomic<const KernelTable*> active_table{&splitnet::kernel_table(splitnet::detect_isa())};
 
 const std::pair<const char*, Isa> kIsaNames[] = {
-    {"scalar", Isa::scalar}, {"avx2", Isa::avx2}, {"avx512", Isa::avx512}, {"neon", Isa::neon}};
+    {"scalar", Isa::scalar}, {"avx2", Isa::avx2}, {"avx512", Isa::avx512}, {"avx512bf16", Isa::avx512bf16}, {"neon", Isa::neon}};
 
 std::string shape_of(const py::array& a) {
   std::string s = "(";
@@ -79,6 +79,46 @@ Isa isa_from_name(const std::string& name) {
   std::string known;
   for (const auto& entry : kIsaNames) known += std::string(known.empty() ? "" : ", ") + entry.first;
   throw py::value_error("unknown ISA '" + name + "' (known: " + known + ")");
+}
+
+// Candidate storage from sk.Candidates: float32, float16 (IEEE half), bfloat16 (as uint16) or
+// int8 with float32 scales; rows contiguous and aligned to their element.
+splitnet::PackedRows packed_of(const py::array& data, const std::string& dtype, const py::object& scales) {
+  using splitnet::Dtype;
+  const std::pair<const char*, std::pair<Dtype, char>> kinds[] = {
+      {"float32", {Dtype::f32, 'f'}}, {"float16", {Dtype::f16, 'f'}}, {"bfloat16", {Dtype::bf16, 'u'}}, {"int8", {Dtype::i8, 'i'}}};
+  for (const auto& [name, kind] : kinds) {
+    if (dtype != name) continue;
+    const index_t itemsize = kind.first == Dtype::f32 ? 4 : kind.first == Dtype::i8 ? 1 : 2;
+    if (data.dtype().kind() != kind.second || data.itemsize() != itemsize)
+      throw py::type_error("data: " + std::string(py::str(data.dtype())) + " does not hold " + dtype);
+    require(data.ndim() == 2, "data: expected 2 dimensions, got shape " + shape_of(data));
+    require(data.shape(1) <= 1 || data.strides(1) == itemsize, "data: rows must be contiguous");
+    require(data.strides(0) % itemsize == 0 && reinterpret_cast<std::uintptr_t>(data.data()) % itemsize == 0,
+            "data: must be aligned to its element size");
+    splitnet::PackedRows rows{kind.first, data.data(), data.shape(0), data.shape(1), data.strides(0) / itemsize};
+    if (kind.first == Dtype::i8) {
+      require(!scales.is_none(), "int8 data needs scales");
+      require(rows.dim <= (index_t{1} << 17), "int8 rows longer than 131072 would overflow int32 sums");
+      const Rows s = rows_of(scales.cast<py::array>(), "scales", 1);
+      require(s.dim == rows.count, "scales: expected one per row");
+      rows.scales = s.data;
+    }
+    return rows;
+  }
+  throw py::value_error("unknown candidate dtype '" + dtype + "'");
+}
+
+// The allowed subset: ascending, unique, in range (checked here, since kernels index with it).
+std::pair<const index_t*, index_t> ids_of(const py::object& ids, index_t count) {
+  if (ids.is_none()) return {nullptr, 0};
+  const auto array = ids.cast<py::array>();
+  if (array.dtype().kind() != 'i' || array.itemsize() != 8 || array.ndim() != 1 || (array.shape(0) > 1 && array.strides(0) != 8))
+    throw py::type_error("allowed ids: expected a contiguous 1-D int64 array");
+  const auto* p = static_cast<const index_t*>(array.data());
+  for (index_t i = 0; i < array.shape(0); ++i)
+    require(p[i] >= 0 && p[i] < count && (i == 0 || p[i] > p[i - 1]), "allowed ids: must be ascending, unique and in [0, N)");
+  return {p, array.shape(0)};
 }
 
 }  // namespace
@@ -168,6 +208,38 @@ PYBIND11_MODULE(_core, m) {
     py::gil_scoped_release release;
     return splitnet::read_bytes(info.ptr, bytes, t);
   }, py::arg("buffer"), py::arg("threads"), "Reads a contiguous buffer once (the read-bandwidth floor).");
+
+  m.def("score_packed", [](py::array query, py::array data, const std::string& dtype, py::object scales,
+                           py::object allowed, float bias, py::array out, int threads) {
+    const Rows q = rows_of(query, "users", 1);
+    py::array scale_array = scales.is_none() ? py::array() : scales.cast<py::array>();  // alive for the call
+    const splitnet::PackedRows rows = packed_of(data, dtype, scales.is_none() ? py::object(py::none()) : py::object(scale_array));
+    require(q.dim == rows.dim, "users and candidates differ in dimension");
+    py::array allowed_array = allowed.is_none() ? py::array() : allowed.cast<py::array>();
+    const auto [ids, n_ids] = ids_of(allowed.is_none() ? py::object(py::none()) : py::object(allowed_array), rows.count);
+    float* o = output_of(out, "out", {ids ? n_ids : rows.count});
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    splitnet::score_one(table(), q.data, rows, bias, o, t, ids, n_ids);
+  }, py::arg("query"), py::arg("data"), py::arg("dtype"), py::arg("scales"), py::arg("allowed"), py::arg("bias"),
+     py::arg("out"), py::arg("threads"));
+
+  m.def("topk_packed", [](py::array query, py::array data, const std::string& dtype, py::object scales,
+                          py::object allowed, index_t k, float bias, py::array out_scores, py::array out_ids, int threads) {
+    const Rows q = rows_of(query, "users", 1);
+    py::array scale_array = scales.is_none() ? py::array() : scales.cast<py::array>();
+    const splitnet::PackedRows rows = packed_of(data, dtype, scales.is_none() ? py::object(py::none()) : py::object(scale_array));
+    require(q.dim == rows.dim, "users and candidates differ in dimension");
+    py::array allowed_array = allowed.is_none() ? py::array() : allowed.cast<py::array>();
+    const auto [ids, n_ids] = ids_of(allowed.is_none() ? py::object(py::none()) : py::object(allowed_array), rows.count);
+    require(k >= 0 && k <= (ids ? n_ids : rows.count), "k must be in [0, number of candidates]");
+    float* s = output_of(out_scores, "scores", {k});
+    auto* i = reinterpret_cast<index_t*>(output_of(out_ids, "ids", {k}, 'i'));
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    if (k > 0) splitnet::topk_one(table(), q.data, rows, k, bias, s, i, t, ids, n_ids);
+  }, py::arg("query"), py::arg("data"), py::arg("dtype"), py::arg("scales"), py::arg("allowed"), py::arg("k"),
+     py::arg("bias"), py::arg("out_scores"), py::arg("out_ids"), py::arg("threads"));
 
   m.def("detected_isa", [] { return splitnet::isa_name(splitnet::detect_isa()); },
         "The best instruction set this CPU supports.");

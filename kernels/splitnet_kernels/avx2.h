@@ -1,4 +1,4 @@
-// AVX2 + FMA kernels: Haswell (2013) and later Intel, Zen 1-3, and any x86-64 without AVX-512.
+// AVX2 + FMA (+ F16C) kernels: Haswell (2013) and later Intel, Zen 1-3, and any x86-64 without AVX-512.
 // Eight lanes and 16 registers: the cross tile holds 4 candidates x 16 users of accumulators.
 // Dimension tails use maskload, which never touches the masked-off bytes.
 #pragma once
@@ -9,7 +9,7 @@
 #if SPLITNET_KERNELS_HAVE_X86
 #include <immintrin.h>
 
-#define SPLITNET_AVX2 __attribute__((target("avx2,fma")))
+#define SPLITNET_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace splitnet {
 namespace avx2_detail {
@@ -184,8 +184,79 @@ SPLITNET_AVX2 inline index_t first_not_below_f32_avx2(const float* values, index
   return i + first_not_below_f32_scalar(values + i, n - i, gate);
 }
 
+namespace avx2_detail {
+template <bool Bf16>
+SPLITNET_AVX2 inline __m256 widen8(const std::uint16_t* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if (Bf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+  return _mm256_cvtph_ps(raw);
+}
+
+template <bool Bf16>
+SPLITNET_AVX2 inline void rows_16bit(const float* query, const std::uint16_t* rows, index_t n_rows,
+                                     index_t dim, index_t row_stride, float bias, float* out) {
+  const index_t full = dim / 8 * 8;
+  for (index_t i = 0; i < n_rows; i += 4) {
+    const index_t count = std::min<index_t>(4, n_rows - i);
+    const std::uint16_t* r[4];
+    for (index_t j = 0; j < 4; ++j) r[j] = rows + (i + std::min<index_t>(j, count - 1)) * row_stride;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+           acc3 = _mm256_setzero_ps();
+    for (index_t d = 0; d < full; d += 8) {
+      const __m256 q = _mm256_loadu_ps(query + d);
+      acc0 = _mm256_fmadd_ps(widen8<Bf16>(r[0] + d), q, acc0);
+      acc1 = _mm256_fmadd_ps(widen8<Bf16>(r[1] + d), q, acc1);
+      acc2 = _mm256_fmadd_ps(widen8<Bf16>(r[2] + d), q, acc2);
+      acc3 = _mm256_fmadd_ps(widen8<Bf16>(r[3] + d), q, acc3);
+    }
+    float sums[4];
+    _mm_storeu_ps(sums, reduce4(acc0, acc1, acc2, acc3));
+    for (index_t j = 0; j < count; ++j) {
+      for (index_t d = full; d < dim; ++d)
+        sums[j] += query[d] * (Bf16 ? bf16_to_f32(r[j][d]) : f16_to_f32(r[j][d]));
+      out[i + j] = sums[j] + bias;
+    }
+  }
+}
+
+SPLITNET_AVX2 inline std::int32_t dot_i8(const std::int8_t* query, const std::int8_t* row, index_t dim) {
+  __m256i acc = _mm256_setzero_si256();
+  index_t d = 0;
+  for (; d + 16 <= dim; d += 16) {
+    const __m256i q = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(query + d)));
+    const __m256i a = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + d)));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(q, a));
+  }
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  std::int32_t sum = _mm_cvtsi128_si32(s);
+  for (; d < dim; ++d) sum += static_cast<std::int32_t>(query[d]) * row[d];
+  return sum;
+}
+}  // namespace avx2_detail
+
+SPLITNET_AVX2 inline void score_rows_f16_avx2(const float* query, const std::uint16_t* rows, index_t n_rows,
+                                              index_t dim, index_t row_stride, float bias, float* out) {
+  avx2_detail::rows_16bit<false>(query, rows, n_rows, dim, row_stride, bias, out);
+}
+
+SPLITNET_AVX2 inline void score_rows_bf16_avx2(const float* query, const std::uint16_t* rows, index_t n_rows,
+                                               index_t dim, index_t row_stride, float bias, float* out) {
+  avx2_detail::rows_16bit<true>(query, rows, n_rows, dim, row_stride, bias, out);
+}
+
+SPLITNET_AVX2 inline void score_rows_i8_avx2(const std::int8_t* query, float query_scale, const std::int8_t* rows,
+                                             const float* row_scales, index_t n_rows, index_t dim,
+                                             index_t row_stride, float bias, float* out) {
+  for (index_t i = 0; i < n_rows; ++i)
+    out[i] = static_cast<float>(avx2_detail::dot_i8(query, rows + i * row_stride, dim)) *
+                 (query_scale * row_scales[i]) + bias;
+}
+
 inline constexpr KernelTable kAvx2Table{Isa::avx2, score_rows_f32_avx2, score_tile_f32_avx2,
                                         not_below_bits_f32_avx2, first_not_below_f32_avx2,
+                                        score_rows_f16_avx2, score_rows_bf16_avx2, score_rows_i8_avx2,
                                         score_pairs_f32_avx2};
 
 }  // namespace splitnet

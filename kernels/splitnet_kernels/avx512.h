@@ -4,7 +4,7 @@
 #pragma once
 #include <algorithm>
 
-#include "common.h"
+#include "scalar.h"
 
 #if SPLITNET_KERNELS_HAVE_X86
 #include <immintrin.h>
@@ -196,9 +196,84 @@ SPLITNET_AVX512 inline index_t first_not_below_f32_avx512(const float* values, i
   return n;
 }
 
+namespace avx512_detail {
+// Sixteen stored values widened exactly to float32.
+template <bool Bf16>
+SPLITNET_AVX512 inline __m512 widen16(const std::uint16_t* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  if (Bf16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  return _mm512_cvtph_ps(raw);
+}
+
+template <bool Bf16>
+SPLITNET_AVX512 inline float widen1(std::uint16_t v) { return Bf16 ? bf16_to_f32(v) : f16_to_f32(v); }
+
+// 16-bit rows, four at a time: whole vectors widened in registers, the dimension tail scalar.
+template <bool Bf16>
+SPLITNET_AVX512 inline void rows_16bit(const float* query, const std::uint16_t* rows, index_t n_rows,
+                                       index_t dim, index_t row_stride, float bias, float* out) {
+  const index_t full = dim / 16 * 16;
+  index_t i = 0;
+  for (; i < n_rows; i += 4) {
+    const index_t count = std::min<index_t>(4, n_rows - i);
+    const std::uint16_t* r[4];
+    for (index_t j = 0; j < 4; ++j) r[j] = rows + (i + std::min<index_t>(j, count - 1)) * row_stride;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(),
+           acc3 = _mm512_setzero_ps();
+    for (index_t d = 0; d < full; d += 16) {
+      const __m512 q = _mm512_loadu_ps(query + d);
+      acc0 = _mm512_fmadd_ps(widen16<Bf16>(r[0] + d), q, acc0);
+      acc1 = _mm512_fmadd_ps(widen16<Bf16>(r[1] + d), q, acc1);
+      acc2 = _mm512_fmadd_ps(widen16<Bf16>(r[2] + d), q, acc2);
+      acc3 = _mm512_fmadd_ps(widen16<Bf16>(r[3] + d), q, acc3);
+    }
+    float sums[4];
+    _mm_storeu_ps(sums, reduce4(acc0, acc1, acc2, acc3));
+    for (index_t j = 0; j < count; ++j) {
+      for (index_t d = full; d < dim; ++d) sums[j] += query[d] * widen1<Bf16>(r[j][d]);
+      out[i + j] = sums[j] + bias;
+    }
+  }
+}
+
+// int8 rows: 32 values at a time widened to int16, multiplied and pair-summed to int32 (exact).
+SPLITNET_AVX512 inline std::int32_t dot_i8(const std::int8_t* query, const std::int8_t* row, index_t dim) {
+  __m512i acc = _mm512_setzero_si512();
+  index_t d = 0;
+  for (; d + 32 <= dim; d += 32) {
+    const __m512i q = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(query + d)));
+    const __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + d)));
+    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(q, a));
+  }
+  std::int32_t sum = _mm512_reduce_add_epi32(acc);
+  for (; d < dim; ++d) sum += static_cast<std::int32_t>(query[d]) * row[d];
+  return sum;
+}
+}  // namespace avx512_detail
+
+SPLITNET_AVX512 inline void score_rows_f16_avx512(const float* query, const std::uint16_t* rows, index_t n_rows,
+                                                  index_t dim, index_t row_stride, float bias, float* out) {
+  avx512_detail::rows_16bit<false>(query, rows, n_rows, dim, row_stride, bias, out);
+}
+
+SPLITNET_AVX512 inline void score_rows_bf16_avx512(const float* query, const std::uint16_t* rows, index_t n_rows,
+                                                   index_t dim, index_t row_stride, float bias, float* out) {
+  avx512_detail::rows_16bit<true>(query, rows, n_rows, dim, row_stride, bias, out);
+}
+
+SPLITNET_AVX512 inline void score_rows_i8_avx512(const std::int8_t* query, float query_scale,
+                                                 const std::int8_t* rows, const float* row_scales,
+                                                 index_t n_rows, index_t dim, index_t row_stride,
+                                                 float bias, float* out) {
+  for (index_t i = 0; i < n_rows; ++i)
+    out[i] = static_cast<float>(avx512_detail::dot_i8(query, rows + i * row_stride, dim)) *
+                 (query_scale * row_scales[i]) + bias;
+}
+
 inline constexpr KernelTable kAvx512Table{Isa::avx512, score_rows_f32_avx512, score_tile_f32_avx512,
                                           not_below_bits_f32_avx512, first_not_below_f32_avx512,
-                                          score_pairs_f32_avx512};
+                                          score_rows_f16_avx512, score_rows_bf16_avx512,
+                                          score_rows_i8_avx512, score_pairs_f32_avx512};
 
 }  // namespace splitnet
 

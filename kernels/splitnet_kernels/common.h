@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 // Build macros: a promise about what this compiler can build, never a statement about the CPU.
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -21,13 +22,14 @@ namespace splitnet {
 
 using index_t = std::int64_t;
 
-enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, neon = 3 };
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3, neon = 4 };
 
 inline const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::scalar: return "scalar";
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
+    case Isa::avx512bf16: return "avx512bf16";
     case Isa::neon: return "neon";
   }
   return "unknown";
@@ -49,11 +51,72 @@ struct KernelTable {
   // with !(values[i] < gate), or n if there is none.
   bool (*not_below_bits_f32)(const float* values, const float* gates, index_t n, std::uint64_t* bits);
   index_t (*first_not_below_f32)(const float* values, index_t n, float gate);
+  // Reduced-precision candidates (sk.Candidates), one float32 query: out[i] = query . row_i +
+  // bias with the row widened exactly to float32. Rows are IEEE half or bfloat16 bits.
+  void (*score_rows_f16)(const float* query, const std::uint16_t* rows, index_t n_rows,
+                         index_t dim, index_t row_stride, float bias, float* out);
+  void (*score_rows_bf16)(const float* query, const std::uint16_t* rows, index_t n_rows,
+                          index_t dim, index_t row_stride, float bias, float* out);
+  // int8 rows with one scale each, against a query quantized by quantize_query_i8:
+  // out[i] = float(sum_d query[d] * rows[i][d]) * (query_scale * row_scales[i]) + bias. The
+  // integer sum is exact, so every ISA gives the same bits.
+  void (*score_rows_i8)(const std::int8_t* query, float query_scale, const std::int8_t* rows,
+                        const float* row_scales, index_t n_rows, index_t dim, index_t row_stride,
+                        float bias, float* out);
   // Pairwise: out[i] = sum_d a[i][d] * w[d] * b[i][d] + bias, w = weights, or all ones when
   // weights is null (a diagonal S; a full S goes through score_tile, see ops.h).
   void (*score_pairs_f32)(const float* a, index_t a_stride, const float* b, index_t b_stride,
                           const float* weights, index_t n_pairs, index_t dim, float bias, float* out);
 };
+
+// ---- Storage types -------------------------------------------------------------------------
+inline float bf16_to_f32(std::uint16_t bits) {
+  const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &wide, sizeof value);
+  return value;
+}
+
+inline float f16_to_f32(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exponent = (h >> 10) & 0x1Fu, mantissa = h & 0x3FFu;
+  std::uint32_t bits;
+  if (exponent == 0x1F) {
+    bits = sign | 0x7F800000u | (mantissa << 13);  // inf or NaN
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal half: normalize
+    int shift = 0;
+    std::uint32_t m = mantissa;
+    while ((m & 0x400u) == 0) {
+      m <<= 1;
+      ++shift;
+    }
+    bits = sign | (static_cast<std::uint32_t>(113 - shift) << 23) | ((m & 0x3FFu) << 13);
+  }
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+// The int8 query: q[d] ~= scale * out[d], |out[d]| <= 127, rounded to nearest. Returns the
+// scale (0 for an all-zero query). One definition, so every ISA sees the same integers.
+inline float quantize_query_i8(const float* query, index_t dim, std::int8_t* out) {
+  float peak = 0.0f;
+  for (index_t d = 0; d < dim; ++d) peak = std::fmax(peak, std::fabs(query[d]));
+  if (!(peak > 0.0f) || !std::isfinite(peak)) {
+    for (index_t d = 0; d < dim; ++d) out[d] = 0;
+    return peak > 0.0f ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+  }
+  const float scale = peak / 127.0f;
+  for (index_t d = 0; d < dim; ++d) {
+    const float q = std::nearbyint(query[d] / scale);
+    out[d] = static_cast<std::int8_t>(std::fmin(127.0f, std::fmax(-127.0f, q)));
+  }
+  return scale;
+}
 
 // ---- The top-k order -------------------------------------------------------------------
 // Scores rank by value, descending; NaN ranks below every number (below -inf); equal scores

@@ -20,6 +20,21 @@ struct Rows {
   const float* row(index_t i) const { return data + i * stride; }
 };
 
+enum class Dtype { f32, f16, bf16, i8 };
+
+// Candidates in any storage type: rows contiguous along dim, `stride` elements apart; int8 rows
+// carry one float32 scale each (row ~= scale * stored). f16 and bf16 rows are 16-bit patterns.
+struct PackedRows {
+  Dtype dtype;
+  const void* data;
+  index_t count;
+  index_t dim;
+  index_t stride;
+  const float* scales = nullptr;  // int8 only
+};
+
+inline PackedRows packed(const Rows& rows) { return {Dtype::f32, rows.data, rows.count, rows.dim, rows.stride}; }
+
 namespace ops_detail {
 // Below this many multiply-adds per task, waking a worker costs more than it saves.
 constexpr index_t kMinWorkPerTask = index_t{1} << 18;
@@ -63,37 +78,89 @@ inline void merge_lists(const std::vector<float>& scores, const std::vector<inde
               out_scores, out_ids);
 }
 
-// Top-k of rows[begin:end] against one query; returns how many were written (min(k, end-begin)).
-inline index_t topk_range(const KernelTable& table, const float* query, const Rows& rows,
-                          index_t begin, index_t end, index_t k, float bias, float* out_scores,
-                          index_t* out_ids) {
+// Scores candidates against one query, for any storage type, in the order of `ids` (a subset,
+// ascending) or of the rows themselves: the one place that knows how each type is scored.
+class OneQuery {
+ public:
+  OneQuery(const KernelTable& table, const float* query, const PackedRows& rows, float bias, const index_t* ids)
+      : table_(table), query_(query), rows_(rows), bias_(bias), ids_(ids) {
+    if (rows.dtype == Dtype::i8) {
+      quantized_.resize(static_cast<size_t>(rows.dim));
+      query_scale_ = quantize_query_i8(query, rows.dim, quantized_.data());
+    }
+  }
+
+  const index_t* ids() const { return ids_; }
+
+  // out[i] = score of candidate position first + i, i < count.
+  void operator()(index_t first, index_t count, float* out) const {
+    if (ids_ == nullptr) return contiguous(first, count, out);
+    for (index_t i = 0; i < count; ++i) contiguous(ids_[first + i], 1, out + i);
+  }
+
+ private:
+  void contiguous(index_t first, index_t count, float* out) const {
+    const index_t offset = first * rows_.stride;
+    switch (rows_.dtype) {
+      case Dtype::f32:
+        return table_.score_rows_f32(query_, static_cast<const float*>(rows_.data) + offset, count, rows_.dim,
+                                     rows_.stride, bias_, out);
+      case Dtype::f16:
+        return table_.score_rows_f16(query_, static_cast<const std::uint16_t*>(rows_.data) + offset, count,
+                                     rows_.dim, rows_.stride, bias_, out);
+      case Dtype::bf16:
+        return table_.score_rows_bf16(query_, static_cast<const std::uint16_t*>(rows_.data) + offset, count,
+                                      rows_.dim, rows_.stride, bias_, out);
+      case Dtype::i8:
+        return table_.score_rows_i8(quantized_.data(), query_scale_,
+                                    static_cast<const std::int8_t*>(rows_.data) + offset, rows_.scales + first,
+                                    count, rows_.dim, rows_.stride, bias_, out);
+    }
+  }
+
+  const KernelTable& table_;
+  const float* query_;
+  const PackedRows& rows_;
+  float bias_;
+  const index_t* ids_;
+  std::vector<std::int8_t> quantized_;
+  float query_scale_ = 0.0f;
+};
+
+// Top-k of candidate positions [begin, end); returns how many were written (min(k, end - begin)).
+inline index_t topk_range(const KernelTable& table, const OneQuery& score, index_t begin, index_t end,
+                          index_t k, float* out_scores, index_t* out_ids) {
   const index_t n = end - begin;
   if (k > kHeapMaxK && k * 8 > n) {  // large k: score everything, then select
     std::vector<float> scores(static_cast<size_t>(n));
     std::vector<index_t> ids(static_cast<size_t>(n));
-    table.score_rows_f32(query, rows.row(begin), n, rows.dim, rows.stride, bias, scores.data());
-    for (index_t i = 0; i < n; ++i) ids[i] = begin + i;
+    score(begin, n, scores.data());
+    for (index_t i = 0; i < n; ++i) ids[i] = score.ids() ? score.ids()[begin + i] : begin + i;
     return select_best(scores.data(), ids.data(), n, k, out_scores, out_ids);
   }
   TopK heap(out_scores, out_ids, k);
   float block[kBlock];
   for (index_t b = begin; b < end; b += kBlock) {
     const index_t count = std::min(kBlock, end - b);
-    table.score_rows_f32(query, rows.row(b), count, rows.dim, rows.stride, bias, block);
-    heap.scan(block, count, b, table.first_not_below_f32);
+    score(b, count, block);
+    heap.scan(block, count, b, score.ids(), table.first_not_below_f32);
   }
   return heap.finish();
 }
 }  // namespace ops_detail
 
-// out[i] = query . rows[i] + bias.
+// out[i] = query . candidate i + bias, for the candidates ids[0..n_ids) when ids is set (the
+// allowed subset, ascending) or for every row.
+inline void score_one(const KernelTable& table, const float* query, const PackedRows& rows, float bias,
+                      float* out, int threads, const index_t* ids = nullptr, index_t n_ids = 0) {
+  const ops_detail::OneQuery score(table, query, rows, bias, ids);
+  parallel_chunks(ids ? n_ids : rows.count, threads, ops_detail::min_rows_per_task(rows.dim), 16,
+                  [&](int, index_t begin, index_t end) { score(begin, end - begin, out + begin); });
+}
+
 inline void score_one(const KernelTable& table, const float* query, const Rows& rows, float bias,
                       float* out, int threads) {
-  parallel_chunks(rows.count, threads, ops_detail::min_rows_per_task(rows.dim), 16,
-                  [&](int, index_t begin, index_t end) {
-                    table.score_rows_f32(query, rows.row(begin), end - begin, rows.dim, rows.stride,
-                                         bias, out + begin);
-                  });
+  score_one(table, query, packed(rows), bias, out, threads);
 }
 
 // out[u * out_stride + c] = users[u] . rows[c] + bias.
@@ -155,25 +222,32 @@ inline void score_pairs_full(const KernelTable& table, const Rows& users, const 
                   });
 }
 
-// The best k (k <= rows.count) of query . rows[i] + bias, best first.
-inline void topk_one(const KernelTable& table, const float* query, const Rows& rows, index_t k,
-                     float bias, float* out_scores, index_t* out_ids, int threads) {
+// The best k (k <= number of candidates) of query . candidate + bias, best first, over every
+// row or over the candidates ids[0..n_ids) (ascending) when ids is set.
+inline void topk_one(const KernelTable& table, const float* query, const PackedRows& rows, index_t k,
+                     float bias, float* out_scores, index_t* out_ids, int threads,
+                     const index_t* ids = nullptr, index_t n_ids = 0) {
   using namespace ops_detail;
+  const OneQuery score(table, query, rows, bias, ids);
+  const index_t n = ids ? n_ids : rows.count;
   const index_t min_chunk = std::max(min_rows_per_task(rows.dim), 4 * k);
-  const index_t tasks = std::max<index_t>(1, std::min<index_t>(threads, rows.count / min_chunk));
+  const index_t tasks = std::max<index_t>(1, std::min<index_t>(threads, n / min_chunk));
   if (tasks <= 1) {
-    topk_range(table, query, rows, 0, rows.count, k, bias, out_scores, out_ids);
+    topk_range(table, score, 0, n, k, out_scores, out_ids);
     return;
   }
   std::vector<float> scores(static_cast<size_t>(tasks * k));
-  std::vector<index_t> ids(static_cast<size_t>(tasks * k));
+  std::vector<index_t> found(static_cast<size_t>(tasks * k));
   std::vector<index_t> counts(static_cast<size_t>(tasks), 0);
-  parallel_chunks(rows.count, static_cast<int>(tasks), min_chunk, kBlock,
-                  [&](int t, index_t begin, index_t end) {
-                    counts[t] = topk_range(table, query, rows, begin, end, k, bias,
-                                           scores.data() + t * k, ids.data() + t * k);
-                  });
-  merge_lists(scores, ids, counts, k, out_scores, out_ids);
+  parallel_chunks(n, static_cast<int>(tasks), min_chunk, kBlock, [&](int t, index_t begin, index_t end) {
+    counts[t] = topk_range(table, score, begin, end, k, scores.data() + t * k, found.data() + t * k);
+  });
+  merge_lists(scores, found, counts, k, out_scores, out_ids);
+}
+
+inline void topk_one(const KernelTable& table, const float* query, const Rows& rows, index_t k, float bias,
+                     float* out_scores, index_t* out_ids, int threads) {
+  topk_one(table, query, packed(rows), k, bias, out_scores, out_ids, threads);
 }
 
 // For each user u, the best k (k <= rows.count) of users[u] . rows[c] + bias, best first, in

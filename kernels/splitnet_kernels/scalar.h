@@ -62,8 +62,41 @@ inline index_t first_not_below_f32_scalar(const float* values, index_t n, float 
   return n;
 }
 
+inline void score_rows_f16_scalar(const float* query, const std::uint16_t* rows, index_t n_rows,
+                                  index_t dim, index_t row_stride, float bias, float* out) {
+  for (index_t i = 0; i < n_rows; ++i) {
+    const std::uint16_t* row = rows + i * row_stride;
+    float sum = 0.0f;
+    for (index_t d = 0; d < dim; ++d) sum += query[d] * f16_to_f32(row[d]);
+    out[i] = sum + bias;
+  }
+}
+
+inline void score_rows_bf16_scalar(const float* query, const std::uint16_t* rows, index_t n_rows,
+                                   index_t dim, index_t row_stride, float bias, float* out) {
+  for (index_t i = 0; i < n_rows; ++i) {
+    const std::uint16_t* row = rows + i * row_stride;
+    float sum = 0.0f;
+    for (index_t d = 0; d < dim; ++d) sum += query[d] * bf16_to_f32(row[d]);
+    out[i] = sum + bias;
+  }
+}
+
+inline void score_rows_i8_scalar(const std::int8_t* query, float query_scale, const std::int8_t* rows,
+                                 const float* row_scales, index_t n_rows, index_t dim,
+                                 index_t row_stride, float bias, float* out) {
+  for (index_t i = 0; i < n_rows; ++i) {
+    const std::int8_t* row = rows + i * row_stride;
+    std::int64_t sum = 0;
+    for (index_t d = 0; d < dim; ++d) sum += static_cast<std::int32_t>(query[d]) * row[d];
+    out[i] = static_cast<float>(sum) * (query_scale * row_scales[i]) + bias;
+  }
+}
+
 inline constexpr KernelTable kScalarTable{Isa::scalar, score_rows_f32_scalar,
                                           score_tile_f32_scalar, not_below_bits_f32_scalar,
-                                          first_not_below_f32_scalar, score_pairs_f32_scalar};
+                                          first_not_below_f32_scalar, score_rows_f16_scalar,
+                                          score_rows_bf16_scalar, score_rows_i8_scalar,
+                                          score_pairs_f32_scalar};
 
 }  // namespace splitnet

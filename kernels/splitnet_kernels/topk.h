@@ -35,12 +35,13 @@ class TopK {
     if (size_ == k_) gate_ = std::isnan(scores_[0]) ? -std::numeric_limits<float>::infinity() : scores_[0];
   }
 
-  // Offers n consecutive candidates first_id, first_id + 1, ...; first_not_below is the
-  // kernel table's vectorized pre-test, so only scores that may enter are looked at one by one.
+  // Offers the scores of candidates first, first + 1, ... (or ids[first], ids[first + 1], ...
+  // when ids is set); first_not_below is the kernel table's vectorized pre-test, so only the
+  // scores that may enter are looked at one by one.
   template <class FirstNotBelow>
-  void scan(const float* scores, index_t n, index_t first_id, FirstNotBelow first_not_below) {
+  void scan(const float* scores, index_t n, index_t first, const index_t* ids, FirstNotBelow first_not_below) {
     for (index_t i = first_not_below(scores, n, gate_); i < n;) {
-      push(scores[i], first_id + i);
+      push(scores[i], ids ? ids[first + i] : first + i);
       ++i;
       i += first_not_below(scores + i, n - i, gate_);
     }
