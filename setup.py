@@ -2,6 +2,7 @@
 # ships kernels/ inside the package for sk.get_include(). No -march=native and no -ffast-math:
 # each ISA is enabled per function by target attributes in kernels/, so a wheel built on one
 # x86-64 machine runs on any other.
+import os
 import pathlib
 import shutil
 import sys
@@ -9,6 +10,13 @@ import sys
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
 from setuptools.command.build_py import build_py
+
+# SPLITNET_KERNELS_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer (CI's
+# sanitizer job); run Python with the ASan runtime preloaded (see .ci/run).
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+FLAGS = [] if sys.platform == "win32" else ["-O3", "-fno-math-errno", "-Wall"]
+if os.environ.get("SPLITNET_KERNELS_SANITIZE") == "1":
+    FLAGS = ["-O1", "-Wall", *SANITIZE]
 
 HEADERS = sorted(str(p) for p in pathlib.Path("kernels/splitnet_kernels").glob("*.h"))
 
@@ -29,7 +37,8 @@ setup(
             ["src/core.cpp"],
             include_dirs=["kernels"],
             cxx_std=17,
-            extra_compile_args=[] if sys.platform == "win32" else ["-O3", "-fno-math-errno", "-Wall"],
+            extra_compile_args=FLAGS,
+            extra_link_args=SANITIZE if "-fsanitize=address,undefined" in FLAGS else [],
             depends=HEADERS,
         )
     ],
