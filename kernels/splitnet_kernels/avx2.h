@@ -25,11 +25,9 @@ SPLITNET_AVX2 inline __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-SPLITNET_AVX2 inline float reduce1(__m256 a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+SPLITNET_AVX2 inline float reduce1(__m256 a) {  // as one lane of reduce4: a row's score never
+  const __m256 zero = _mm256_setzero_ps();        // depends on its neighbours
+  return _mm_cvtss_f32(reduce4(a, zero, zero, zero));
 }
 
 // maskload is slow on some cores (Zen), so only the tail uses one.

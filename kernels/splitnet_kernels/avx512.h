@@ -29,10 +29,16 @@ SPLITNET_AVX512 inline __m256 half(__m512 x) {
   return _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps(x, 1));
 }
 
-// Sums of four accumulators, as the four lanes of an SSE register.
+// Sums of four accumulators, as the four lanes of an SSE register. Single rows go through it
+// too (reduce1), so a row's score never depends on its neighbours.
 SPLITNET_AVX512 inline __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
   const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(half(a), half(b)), _mm256_hadd_ps(half(c), half(d)));
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+SPLITNET_AVX512 inline float reduce1(__m512 a) {
+  const __m512 zero = _mm512_setzero_ps();
+  return _mm_cvtss_f32(reduce4(a, zero, zero, zero));
 }
 
 // sum_d a[d] * w[d] * b[d] (Weighted) or sum_d a[d] * b[d], as a vector of partial sums.
@@ -70,7 +76,7 @@ SPLITNET_AVX512 inline void pairs(const float* a, index_t a_stride, const float*
     _mm_storeu_ps(out + i, _mm_add_ps(sums, bv));
   }
   for (; i < n_pairs; ++i)
-    out[i] = _mm512_reduce_add_ps(pair_acc<Weighted>(a + i * a_stride, b + i * b_stride, w, dim)) + bias;
+    out[i] = reduce1(pair_acc<Weighted>(a + i * a_stride, b + i * b_stride, w, dim)) + bias;
 }
 
 template <int NC, int NV>
@@ -132,7 +138,7 @@ SPLITNET_AVX512 inline void score_rows_f32_avx512(const float* query, const floa
     _mm_storeu_ps(out + i, _mm_add_ps(reduce4(acc0, acc1, acc2, acc3), b));
   }
   for (; i < n_rows; ++i)
-    out[i] = _mm512_reduce_add_ps(pair_acc<false>(query, rows + i * row_stride, nullptr, dim)) + bias;
+    out[i] = reduce1(pair_acc<false>(query, rows + i * row_stride, nullptr, dim)) + bias;
 }
 
 SPLITNET_AVX512 inline void score_tile_f32_avx512(const float* users_t, index_t users_pad,
