@@ -59,17 +59,25 @@ SPLITNET_AVX512BF16 inline void score_rows_i8_avx512bf16(const std::int8_t* quer
   const __m512i offset = _mm512_set1_epi8(static_cast<char>(-128)), ones = _mm512_set1_epi8(1);
   for (index_t d = 0; d < full; d += 64)
     shifted[d / 64] = _mm512_xor_si512(_mm512_loadu_si512(query + d), offset);  // q + 128 as u8
-  for (index_t i = 0; i < n_rows; ++i) {
-    const std::int8_t* row = rows + i * row_stride;
-    __m512i dot = _mm512_setzero_si512(), row_sum = _mm512_setzero_si512();
+  for (index_t i = 0; i < n_rows; i += 4) {  // four rows share each query load and one reduction
+    const index_t count = std::min<index_t>(4, n_rows - i);
+    const std::int8_t* r[4];
+    for (index_t j = 0; j < 4; ++j) r[j] = rows + (i + std::min<index_t>(j, count - 1)) * row_stride;
+    __m512i dot[4], row_sum[4];
+    for (int j = 0; j < 4; ++j) dot[j] = row_sum[j] = _mm512_setzero_si512();
     for (index_t d = 0; d < full; d += 64) {
-      const __m512i r = _mm512_loadu_si512(row + d);
-      dot = _mm512_dpbusd_epi32(dot, shifted[d / 64], r);
-      row_sum = _mm512_dpbusd_epi32(row_sum, ones, r);
+      const __m512i q = shifted[d / 64];
+      for (int j = 0; j < 4; ++j) {
+        const __m512i v = _mm512_loadu_si512(r[j] + d);
+        dot[j] = _mm512_dpbusd_epi32(dot[j], q, v);
+        row_sum[j] = _mm512_dpbusd_epi32(row_sum[j], ones, v);
+      }
     }
-    std::int32_t sum = _mm512_reduce_add_epi32(_mm512_sub_epi32(dot, _mm512_slli_epi32(row_sum, 7)));
-    for (index_t d = full; d < dim; ++d) sum += static_cast<std::int32_t>(query[d]) * row[d];
-    out[i] = static_cast<float>(sum) * (query_scale * row_scales[i]) + bias;
+    for (index_t j = 0; j < count; ++j) {
+      std::int32_t sum = _mm512_reduce_add_epi32(_mm512_sub_epi32(dot[j], _mm512_slli_epi32(row_sum[j], 7)));
+      for (index_t d = full; d < dim; ++d) sum += static_cast<std::int32_t>(query[d]) * r[j][d];
+      out[i + j] = static_cast<float>(sum) * (query_scale * row_scales[i + j]) + bias;
+    }
   }
 }
 
