@@ -62,24 +62,25 @@ inline index_t first_not_below_f32_scalar(const float* values, index_t n, float 
   return n;
 }
 
-inline void score_rows_f16_scalar(const float* query, const std::uint16_t* rows, index_t n_rows,
-                                  index_t dim, index_t row_stride, float bias, float* out) {
+template <float (*Widen)(std::uint16_t)>
+inline void rows_16bit_scalar(const float* query, const std::uint16_t* rows, index_t n_rows, index_t dim,
+                              index_t row_stride, float bias, float* out) {
   for (index_t i = 0; i < n_rows; ++i) {
     const std::uint16_t* row = rows + i * row_stride;
     float sum = 0.0f;
-    for (index_t d = 0; d < dim; ++d) sum += query[d] * f16_to_f32(row[d]);
+    for (index_t d = 0; d < dim; ++d) sum += query[d] * Widen(row[d]);
     out[i] = sum + bias;
   }
 }
 
+inline void score_rows_f16_scalar(const float* query, const std::uint16_t* rows, index_t n_rows,
+                                  index_t dim, index_t row_stride, float bias, float* out) {
+  rows_16bit_scalar<f16_to_f32>(query, rows, n_rows, dim, row_stride, bias, out);
+}
+
 inline void score_rows_bf16_scalar(const float* query, const std::uint16_t* rows, index_t n_rows,
                                    index_t dim, index_t row_stride, float bias, float* out) {
-  for (index_t i = 0; i < n_rows; ++i) {
-    const std::uint16_t* row = rows + i * row_stride;
-    float sum = 0.0f;
-    for (index_t d = 0; d < dim; ++d) sum += query[d] * bf16_to_f32(row[d]);
-    out[i] = sum + bias;
-  }
+  rows_16bit_scalar<bf16_to_f32>(query, rows, n_rows, dim, row_stride, bias, out);
 }
 
 inline void score_rows_i8_scalar(const std::int8_t* query, float query_scale, const std::int8_t* rows,
