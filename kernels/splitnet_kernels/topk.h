@@ -10,29 +10,23 @@
 
 namespace splitnet {
 
-// The best k of everything pushed, kept in caller-owned storage as a heap whose top is the
-// worst kept entry. gate() is the cheap pre-test: a score s can enter only if !(s < gate()).
+// The best k of everything pushed. Entries that pass the gate are appended to a buffer of a
+// few times k; when it fills, partial selection keeps the best k and raises the gate to the
+// k-th score. Amortized O(1) per entry and no data-dependent branches per comparison, which a
+// binary heap pays on every push. gate() is the cheap pre-test: a score s can enter only if
+// !(s < gate()) (NaN passes; the exact order decides).
 class TopK {
  public:
-  TopK(float* scores, index_t* ids, index_t k) : scores_(scores), ids_(ids), k_(k) {}
+  TopK(float* out_scores, index_t* out_ids, index_t k)
+      : out_scores_(out_scores), out_ids_(out_ids), k_(k), capacity_(std::max<index_t>(2 * k, k + 256)) {
+    buffer_.reserve(static_cast<size_t>(capacity_));
+  }
 
   float gate() const { return gate_; }
-  index_t size() const { return size_; }
 
   void push(float score, index_t id) {
-    if (size_ < k_) {
-      scores_[size_] = score;
-      ids_[size_] = id;
-      ++size_;
-      sift_up(size_ - 1);
-    } else if (ranks_before(score, id, scores_[0], ids_[0])) {
-      scores_[0] = score;
-      ids_[0] = id;
-      sift_down(0);
-    } else {
-      return;
-    }
-    if (size_ == k_) gate_ = std::isnan(scores_[0]) ? -std::numeric_limits<float>::infinity() : scores_[0];
+    if (static_cast<index_t>(buffer_.size()) == capacity_) compact();
+    buffer_.push_back(Entry{order_key(score), score, id});
   }
 
   // Offers the scores of candidates first, first + 1, ... (or ids[first], ids[first + 1], ...
@@ -47,49 +41,44 @@ class TopK {
     }
   }
 
-  // Sorts the kept entries best first, in place; returns how many there are.
+  // Writes the kept entries best first to the outputs; returns how many (min(k, pushed)).
   index_t finish() {
-    for (index_t end = size_; end > 1; --end) {  // heapsort: the worst goes to the back
-      std::swap(scores_[0], scores_[end - 1]);
-      std::swap(ids_[0], ids_[end - 1]);
-      sift_down(0, end - 1);
+    const index_t count = std::min<index_t>(k_, static_cast<index_t>(buffer_.size()));
+    keep_best(count);
+    std::sort(buffer_.begin(), buffer_.end(), before);
+    for (index_t i = 0; i < count; ++i) {
+      out_scores_[i] = buffer_[i].score;
+      out_ids_[i] = buffer_[i].id;
     }
-    return size_;
+    return count;
   }
 
  private:
-  // Heap order: a parent ranks after (is worse than) its children.
-  bool worse(index_t a, index_t b) const { return ranks_before(scores_[b], ids_[b], scores_[a], ids_[a]); }
-  void swap_entries(index_t a, index_t b) {
-    std::swap(scores_[a], scores_[b]);
-    std::swap(ids_[a], ids_[b]);
-  }
-  void sift_up(index_t i) {
-    while (i > 0) {
-      const index_t parent = (i - 1) / 2;
-      if (!worse(i, parent)) break;
-      swap_entries(i, parent);
-      i = parent;
-    }
-  }
-  void sift_down(index_t i) { sift_down(i, size_); }
-  void sift_down(index_t i, index_t n) {
-    for (;;) {
-      index_t worst = i;
-      const index_t left = 2 * i + 1, right = left + 1;
-      if (left < n && worse(left, worst)) worst = left;
-      if (right < n && worse(right, worst)) worst = right;
-      if (worst == i) return;
-      swap_entries(i, worst);
-      i = worst;
+  struct Entry {
+    std::int32_t key;
+    float score;
+    index_t id;
+  };
+  static bool before(const Entry& a, const Entry& b) { return a.key > b.key || (a.key == b.key && a.id < b.id); }
+
+  void keep_best(index_t count) {
+    if (static_cast<index_t>(buffer_.size()) > count) {
+      std::nth_element(buffer_.begin(), buffer_.begin() + (count - 1), buffer_.end(), before);
+      buffer_.resize(static_cast<size_t>(count));
     }
   }
 
-  float* scores_;
-  index_t* ids_;
-  index_t k_;
-  index_t size_ = 0;
-  float gate_ = std::numeric_limits<float>::quiet_NaN();  // NaN: not full, everything may enter
+  void compact() {
+    keep_best(k_);  // buffer_[k - 1] is now the k-th best
+    const float kth = buffer_[k_ - 1].score;
+    gate_ = std::isnan(kth) ? -std::numeric_limits<float>::infinity() : kth;
+  }
+
+  float* out_scores_;
+  index_t* out_ids_;
+  index_t k_, capacity_;
+  std::vector<Entry> buffer_;
+  float gate_ = std::numeric_limits<float>::quiet_NaN();  // NaN: not yet k entries, all may enter
 };
 
 // The best k of (scores[i], ids[i]), i < n, written best first to out_scores / out_ids.
