@@ -18,7 +18,7 @@ namespace splitnet {
 class TopK {
  public:
   TopK(float* out_scores, index_t* out_ids, index_t k)
-      : out_scores_(out_scores), out_ids_(out_ids), k_(k), capacity_(std::max<index_t>(2 * k, k + 256)) {
+      : out_scores_(out_scores), out_ids_(out_ids), k_(k), capacity_(k + std::max<index_t>(k, 16)) {
     buffer_.reserve(static_cast<size_t>(capacity_));
   }
 
@@ -34,7 +34,9 @@ class TopK {
   // scores that may enter are looked at one by one.
   template <class FirstNotBelow>
   void scan(const float* scores, index_t n, index_t first, const index_t* ids, FirstNotBelow first_not_below) {
-    for (index_t i = first_not_below(scores, n, gate_); i < n;) {
+    index_t i = 0;
+    for (; i < n && std::isnan(gate_); ++i) push(scores[i], ids ? ids[first + i] : first + i);  // all enter
+    for (i += first_not_below(scores + i, n - i, gate_); i < n;) {
       push(scores[i], ids ? ids[first + i] : first + i);
       ++i;
       i += first_not_below(scores + i, n - i, gate_);
