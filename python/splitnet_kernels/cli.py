@@ -1,4 +1,4 @@
-"""The command line: `splitnet-kernels info` and `splitnet-kernels bench`."""
+"""The command line: `splitnet-kernels info`, `bench` and `experiment`."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def main(argv=None) -> int:
     bench_parser.add_argument("--plot", metavar="PATH", help="write W7 as a log-log PNG")
     bench_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench_parser.set_defaults(run=_bench)
+    from . import experiment
+
+    experiment.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -1,0 +1,326 @@
+"""Campaign data for the metric-learning experiment: a seeded synthetic generator with a known,
+non-diagonal ground-truth similarity per objective, and .npz / Parquet save and load, through
+which a user's own logged impressions go the same path as the synthetic ones.
+
+The shape of the data follows the blog: every ad belongs to one campaign objective (video view,
+link click, app install ...), objectives have very different base rates, and one model is
+trained on the impressions of all of them. An impression's label is the outcome of its ad's
+objective: a view for a video_view ad, an install for an app_install ad.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+
+__all__ = ["CampaignData", "Objective", "DEFAULT_OBJECTIVES", "make_campaign", "load"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    name: str
+    base_rate: float  # the share of positive labels among this objective's impressions
+    ad_share: float  # the share of ads (and so of impressions) with this objective
+
+
+DEFAULT_OBJECTIVES = (
+    Objective("video_view", 0.30, 0.35),
+    Objective("link_click", 0.04, 0.25),
+    Objective("app_install", 0.01, 0.40),
+)
+
+_REQUIRED = ("user_features", "ad_features", "ad_objective", "pairs", "labels")
+_TRUTH = ("true_logits", "user_latent", "ad_latent", "true_S", "true_bias")
+
+
+@dataclasses.dataclass
+class CampaignData:
+    """Users, ads and impressions; the fields a user's own data must provide are the first six.
+
+    objectives     (T,) names; objective t is index t everywhere below
+    user_features  (U, F_u) float32, one row per user
+    ad_features    (A, F_a) float32, one row per ad
+    ad_objective   (A,) int64 in [0, T): the campaign objective of each ad
+    pairs          (P, 2) int64: impression i shows ad pairs[i, 1] to user pairs[i, 0]
+    labels         (P,) float32 0/1: the outcome of the ad's objective for impression i
+
+    Ground truth, known for synthetic data only (None otherwise): the label of impression i was
+    drawn as Bernoulli(sigmoid(true_logits[i])), true_logits[i] = z_u^T true_S[t] z_a + true_bias[t]
+    with z_u = user_latent[user], z_a = ad_latent[ad], t the ad's objective.
+    """
+
+    objectives: tuple[str, ...]
+    user_features: np.ndarray
+    ad_features: np.ndarray
+    ad_objective: np.ndarray
+    pairs: np.ndarray
+    labels: np.ndarray
+    true_logits: np.ndarray | None = None
+    user_latent: np.ndarray | None = None
+    ad_latent: np.ndarray | None = None
+    true_S: np.ndarray | None = None
+    true_bias: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.objectives = tuple(str(name) for name in self.objectives)
+        T = len(self.objectives)
+        if T == 0:
+            raise ValueError("objectives: at least one objective is needed")
+        self.user_features = _array(self.user_features, "user_features", np.float32, 2)
+        self.ad_features = _array(self.ad_features, "ad_features", np.float32, 2)
+        self.ad_objective = _array(self.ad_objective, "ad_objective", np.int64, 1)
+        self.pairs = _array(self.pairs, "pairs", np.int64, 2)
+        self.labels = _array(self.labels, "labels", np.float32, 1)
+        U, A, P = len(self.user_features), len(self.ad_features), len(self.pairs)
+        if len(self.ad_objective) != A:
+            raise ValueError(f"ad_objective: expected shape ({A},) to match ad_features, got {self.ad_objective.shape}")
+        if A and not 0 <= self.ad_objective.min() <= self.ad_objective.max() < T:
+            raise ValueError(f"ad_objective: values must lie in [0, {T}) for objectives {self.objectives}")
+        if self.pairs.shape[1] != 2:
+            raise ValueError(f"pairs: expected shape (P, 2), got {self.pairs.shape}")
+        if P and not (0 <= self.pairs[:, 0].min() and self.pairs[:, 0].max() < U
+                      and 0 <= self.pairs[:, 1].min() and self.pairs[:, 1].max() < A):
+            raise ValueError(f"pairs: user indices must lie in [0, {U}) and ad indices in [0, {A})")
+        if self.labels.shape != (P,):
+            raise ValueError(f"labels: expected shape ({P},) to match pairs {self.pairs.shape}, "
+                             f"got {self.labels.shape}")
+        if not np.isin(self.labels, (0.0, 1.0)).all():
+            raise ValueError("labels: expected only 0 and 1")
+        truth = [getattr(self, name) is not None for name in _TRUTH]
+        if any(truth) and not all(truth):
+            raise ValueError(f"ground truth: give all of {', '.join(_TRUTH)} or none")
+        if all(truth):
+            self.true_logits = _array(self.true_logits, "true_logits", np.float32, 1)
+            self.user_latent = _array(self.user_latent, "user_latent", np.float32, 2)
+            self.ad_latent = _array(self.ad_latent, "ad_latent", np.float32, 2)
+            self.true_S = _array(self.true_S, "true_S", np.float32, 3)
+            self.true_bias = _array(self.true_bias, "true_bias", np.float32, 1)
+            k = self.user_latent.shape[1]
+            if (self.true_logits.shape != (P,) or self.user_latent.shape[0] != U or self.ad_latent.shape != (A, k)
+                    or self.true_S.shape != (T, k, k) or self.true_bias.shape != (T,)):
+                raise ValueError(f"ground truth: expected true_logits ({P},), user_latent ({U}, k), ad_latent "
+                                 f"({A}, k), true_S ({T}, k, k), true_bias ({T},); got {self.true_logits.shape}, "
+                                 f"{self.user_latent.shape}, {self.ad_latent.shape}, {self.true_S.shape}, "
+                                 f"{self.true_bias.shape}")
+
+    # ---- views ----------------------------------------------------------------------------
+    @property
+    def pair_objective(self) -> np.ndarray:
+        """(P,) the objective of each impression (its ad's)."""
+        return self.ad_objective[self.pairs[:, 1]]
+
+    @property
+    def has_truth(self) -> bool:
+        return self.true_S is not None
+
+    def base_rates(self) -> np.ndarray:
+        """(T,) the share of positive labels per objective (NaN for an objective with no impressions)."""
+        objective = self.pair_objective
+        T = len(self.objectives)
+        counts = np.bincount(objective, minlength=T)
+        positives = np.bincount(objective, weights=self.labels, minlength=T)
+        with np.errstate(invalid="ignore"):
+            return positives / counts
+
+    def true_scores(self, users, ads, objective: int) -> np.ndarray:
+        """Ground-truth logits (float64) of users (indices, (M,)) against ads (indices, (N,)): (M, N)."""
+        if not self.has_truth:
+            raise ValueError("true_scores: this data has no ground truth (only synthetic data does)")
+        z_u = self.user_latent[np.asarray(users)].astype(np.float64)
+        z_a = self.ad_latent[np.asarray(ads)].astype(np.float64)
+        return z_u @ self.true_S[objective].astype(np.float64) @ z_a.T + float(self.true_bias[objective])
+
+    # ---- files ----------------------------------------------------------------------------
+    def save(self, path) -> pathlib.Path:
+        """Writes path.npz, or, for a path ending in .parquet, a directory of three Parquet tables
+        (users, ads, impressions; needs pyarrow). Returns the path written."""
+        path = pathlib.Path(path)
+        if path.suffix == ".parquet":
+            _save_parquet(self, path)
+            return path
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        arrays = {name: getattr(self, name) for name in _REQUIRED + _TRUTH if getattr(self, name) is not None}
+        np.savez_compressed(path, objectives=np.array(self.objectives, dtype=np.str_), **arrays)
+        return path
+
+
+def load(path) -> CampaignData:
+    """Reads what CampaignData.save wrote: an .npz file, or a .parquet directory holding
+    users.parquet (user, features), ads.parquet (ad, objective, features) and impressions.parquet
+    (user, ad, label), where user and ad are row indices 0..U-1 and 0..A-1, features a list of
+    floats, objective a name; file metadata key "objectives" (a JSON list) fixes the order of the
+    objectives, else they are sorted by name. Any other npz needs the fields of CampaignData."""
+    path = pathlib.Path(path)
+    if path.is_dir() or path.suffix == ".parquet":
+        return _load_parquet(path)
+    with np.load(path, allow_pickle=False) as npz:
+        missing = [name for name in ("objectives",) + _REQUIRED if name not in npz.files]
+        if missing:
+            raise ValueError(f"{path}: missing field(s) {', '.join(missing)} (have {', '.join(npz.files)})")
+        fields = {name: npz[name] for name in _REQUIRED + _TRUTH if name in npz.files}
+        return CampaignData(objectives=tuple(npz["objectives"].tolist()), **fields)
+
+
+# ---- the generator --------------------------------------------------------------------------
+def make_campaign(seed: int = 0, *, n_users: int = 5000, n_ads: int = 3000, n_pairs: int = 1_000_000,
+                  latent_dim: int = 16, user_features: int = 32, ad_features: int = 32, rank: int = 4,
+                  signal: float = 2.0, feature_noise: float = 0.1,
+                  objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES) -> CampaignData:
+    """Synthetic campaigns with a known answer.
+
+    Users and ads have latent vectors z ~ N(0, I_k) seen through a random linear mixing plus
+    noise (user_features / ad_features columns; ads also get their objective one-hot). Objective
+    t scores z_u^T S*_t z_a + b*_t with S*_t = diag(d_t) + P_t Q_t^T (rank `rank`), half shared
+    by all objectives and half its own, scaled so the score's standard deviation is `signal`;
+    b*_t is set so that objective t's positive rate is its base_rate.
+    """
+    rng = np.random.default_rng(seed)
+    T, k = len(objectives), latent_dim
+    shares = np.array([o.ad_share for o in objectives], np.float64)
+    z_users = rng.standard_normal((n_users, k))
+    z_ads = rng.standard_normal((n_ads, k))
+    ad_objective = rng.choice(T, size=n_ads, p=shares / shares.sum())
+
+    def own_part():  # a random diag(d) + P Q^T, not diagonal, unit Frobenius norm
+        d = rng.standard_normal(k)
+        P, Q = rng.standard_normal((k, rank)), rng.standard_normal((k, rank))
+        return _unit(np.diag(d) + P @ Q.T)
+
+    # Under z ~ N(0, I) the score z_u^T S z_a has standard deviation ||S||_F, so `signal` is its std.
+    shared = own_part()
+    true_S = np.stack([signal * _unit(shared + own_part()) for _ in range(T)])
+
+    pairs = np.stack([rng.integers(0, n_users, n_pairs), rng.integers(0, n_ads, n_pairs)], axis=1)
+    pair_objective = ad_objective[pairs[:, 1]]
+    raw = np.empty(n_pairs)
+    for t in range(T):
+        mine = pair_objective == t
+        raw[mine] = np.einsum("pi,pi->p", z_users[pairs[mine, 0]] @ true_S[t], z_ads[pairs[mine, 1]])
+    true_bias = np.array([_bias_for_rate(raw[pair_objective == t], o.base_rate) for t, o in enumerate(objectives)])
+    true_logits = raw + true_bias[pair_objective]
+    labels = (rng.random(n_pairs) < _sigmoid(true_logits)).astype(np.float32)
+
+    def observed(z, columns):
+        mixing = rng.standard_normal((k, columns)) / np.sqrt(k)
+        return z @ mixing + feature_noise * rng.standard_normal((len(z), columns))
+
+    ad_x = np.concatenate([observed(z_ads, ad_features), np.eye(T)[ad_objective]], axis=1)
+    return CampaignData(objectives=tuple(o.name for o in objectives), user_features=observed(z_users, user_features),
+                        ad_features=ad_x, ad_objective=ad_objective, pairs=pairs, labels=labels,
+                        true_logits=true_logits, user_latent=z_users, ad_latent=z_ads, true_S=true_S,
+                        true_bias=true_bias)
+
+
+def _unit(S: np.ndarray) -> np.ndarray:
+    return S / np.linalg.norm(S)
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for any x
+
+
+def _bias_for_rate(scores: np.ndarray, rate: float) -> float:
+    """The b with mean(sigmoid(scores + b)) = rate (bisection; the mean rises with b)."""
+    if scores.size == 0:
+        return float(np.log(rate / (1 - rate)))
+    low, high = -30.0, 30.0
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if _sigmoid(scores + middle).mean() < rate else (low, middle)
+    return 0.5 * (low + high)
+
+
+def _array(value, name: str, dtype, ndim: int) -> np.ndarray:
+    array = np.asarray(value)
+    if array.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimension(s), got shape {array.shape}")
+    if np.dtype(dtype).kind == "i" and array.size and array.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integers, got dtype {array.dtype}")
+    if np.dtype(dtype).kind == "f" and array.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: expected numbers, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+# ---- Parquet ----------------------------------------------------------------------------------
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise ImportError("Parquet files need pyarrow (pip install pyarrow); .npz needs nothing more") from None
+    return pyarrow, pyarrow.parquet
+
+
+def _list_column(pa, rows: np.ndarray):
+    return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
+
+
+def _save_parquet(data: CampaignData, path: pathlib.Path):
+    pa, pq = _pyarrow()
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {"objectives": json.dumps(list(data.objectives))}
+    if data.has_truth:
+        meta["true_S"] = json.dumps(data.true_S.tolist())
+        meta["true_bias"] = json.dumps(data.true_bias.tolist())
+    users = {"user": np.arange(len(data.user_features)), "features": _list_column(pa, data.user_features)}
+    ads = {"ad": np.arange(len(data.ad_features)), "objective": np.array(data.objectives)[data.ad_objective],
+           "features": _list_column(pa, data.ad_features)}
+    impressions = {"user": data.pairs[:, 0], "ad": data.pairs[:, 1], "label": data.labels}
+    if data.has_truth:
+        users["latent"] = _list_column(pa, data.user_latent)
+        ads["latent"] = _list_column(pa, data.ad_latent)
+        impressions["true_logit"] = data.true_logits
+    for name, columns in (("users", users), ("ads", ads), ("impressions", impressions)):
+        table = pa.table(columns).replace_schema_metadata({key: value.encode() for key, value in meta.items()})
+        pq.write_table(table, path / f"{name}.parquet")
+
+
+def _rows(table, column: str) -> np.ndarray:
+    """A column of equal-length lists of numbers as a 2-D float32 array."""
+    import pyarrow.compute
+
+    values = table.column(column).combine_chunks()
+    lengths = np.unique(pyarrow.compute.list_value_length(values).to_numpy(zero_copy_only=False))
+    if len(lengths) > 1:
+        raise ValueError(f"column {column!r}: every row needs the same number of values, "
+                         f"got lengths {lengths.tolist()}")
+    width = int(lengths[0]) if len(lengths) else 0
+    return np.asarray(values.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(values), width)
+
+
+def _in_index_order(table, column: str, path: pathlib.Path):
+    index = table.column(column).to_numpy()
+    if not np.array_equal(np.sort(index), np.arange(len(index))):
+        raise ValueError(f"{path}: column {column!r} must hold the row indices 0..{len(index) - 1}")
+    return table.take(np.argsort(index))
+
+
+def _load_parquet(path: pathlib.Path) -> CampaignData:
+    _, pq = _pyarrow()
+    users = _in_index_order(pq.read_table(path / "users.parquet"), "user", path / "users.parquet")
+    ads = _in_index_order(pq.read_table(path / "ads.parquet"), "ad", path / "ads.parquet")
+    impressions = pq.read_table(path / "impressions.parquet")
+    meta = {key.decode(): value.decode() for key, value in (impressions.schema.metadata or {}).items()}
+    ad_names = np.asarray(ads.column("objective").to_pylist(), dtype=np.str_)
+    objectives = tuple(json.loads(meta["objectives"])) if "objectives" in meta else tuple(sorted(set(ad_names)))
+    unknown = sorted(set(ad_names) - set(objectives))
+    if unknown:
+        raise ValueError(f"{path / 'ads.parquet'}: objective(s) {unknown} not in {objectives}")
+    truth = {}
+    if "true_S" in meta and "latent" in users.column_names and "true_logit" in impressions.column_names:
+        truth = {"true_S": np.array(json.loads(meta["true_S"])), "true_bias": np.array(json.loads(meta["true_bias"])),
+                 "user_latent": _rows(users, "latent"), "ad_latent": _rows(ads, "latent"),
+                 "true_logits": impressions.column("true_logit").to_numpy()}
+    return CampaignData(
+        objectives=objectives,
+        user_features=_rows(users, "features"),
+        ad_features=_rows(ads, "features"),
+        ad_objective=np.array([objectives.index(name) for name in ad_names], np.int64),
+        pairs=np.stack([impressions.column("user").to_numpy(), impressions.column("ad").to_numpy()], axis=1),
+        labels=impressions.column("label").to_numpy(),
+        **truth,
+    )
