@@ -40,7 +40,7 @@ namespace ops_detail {
 constexpr index_t kMinWorkPerTask = index_t{1} << 18;
 constexpr index_t kBlock = 1024;           // candidates scored per top-k scan (4 KiB of scores)
 constexpr index_t kTileCandidates = 64;    // candidates per cross tile
-constexpr index_t kHeapMaxK = 2048;        // above this k, partial selection beats the heap
+constexpr index_t kSelectAboveK = 2048;    // above this k (and k > n / 8), score all, then select
 constexpr index_t kMaxBlockUsers = 256;    // users per cross tile, at most
 
 inline index_t min_rows_per_task(index_t dim, index_t work_per_row = 1) {
@@ -131,7 +131,7 @@ class OneQuery {
 inline index_t topk_range(const KernelTable& table, const OneQuery& score, index_t begin, index_t end,
                           index_t k, float* out_scores, index_t* out_ids) {
   const index_t n = end - begin;
-  if (k > kHeapMaxK && k * 8 > n) {  // large k: score everything, then select
+  if (k > kSelectAboveK && k * 8 > n) {  // large k: score everything, then select
     std::vector<float> scores(static_cast<size_t>(n));
     std::vector<index_t> ids(static_cast<size_t>(n));
     score(begin, n, scores.data());

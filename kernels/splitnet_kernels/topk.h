@@ -10,23 +10,44 @@
 
 namespace splitnet {
 
-// The best k of everything pushed. Entries that pass the gate are appended to a buffer of a
-// few times k; when it fills, partial selection keeps the best k and raises the gate to the
-// k-th score. Amortized O(1) per entry and no data-dependent branches per comparison, which a
-// binary heap pays on every push. gate() is the cheap pre-test: a score s can enter only if
-// !(s < gate()) (NaN passes; the exact order decides).
+// The best k of everything pushed, by one of two means. For small k, a binary heap whose top is
+// the worst kept entry: the gate rises with every accepted entry, which matters when there are
+// few candidates (a 1,000-ad request). For larger k, entries that pass the gate are appended to
+// a buffer of 2k and partial selection keeps the best k when it fills: amortized O(1) per entry,
+// without the mispredicted branches of sifting a deep heap. gate() is the cheap pre-test: a
+// score s can enter only if !(s < gate()) (NaN passes; the exact order decides).
 class TopK {
  public:
+  static constexpr index_t kHeapMaxK = 32;
+
   TopK(float* out_scores, index_t* out_ids, index_t k)
-      : out_scores_(out_scores), out_ids_(out_ids), k_(k), capacity_(k + std::max<index_t>(k, 16)) {
+      : out_scores_(out_scores), out_ids_(out_ids), k_(k), capacity_(k <= kHeapMaxK ? k : 2 * k) {
     buffer_.reserve(static_cast<size_t>(capacity_));
   }
 
   float gate() const { return gate_; }
 
   void push(float score, index_t id) {
-    if (static_cast<index_t>(buffer_.size()) == capacity_) compact();
-    buffer_.push_back(Entry{order_key(score), score, id});
+    const Entry entry{order_key(score), score, id};
+    if (k_ <= kHeapMaxK) {
+      if (static_cast<index_t>(buffer_.size()) < k_) {
+        buffer_.push_back(entry);
+        std::push_heap(buffer_.begin(), buffer_.end(), before);
+      } else if (before(entry, buffer_.front())) {
+        std::pop_heap(buffer_.begin(), buffer_.end(), before);
+        buffer_.back() = entry;
+        std::push_heap(buffer_.begin(), buffer_.end(), before);
+      } else {
+        return;
+      }
+      if (static_cast<index_t>(buffer_.size()) == k_) set_gate(buffer_.front().score);
+      return;
+    }
+    if (static_cast<index_t>(buffer_.size()) == capacity_) {
+      keep_best(k_);  // buffer_[k - 1] is now the k-th best
+      set_gate(buffer_[k_ - 1].score);
+    }
+    buffer_.push_back(entry);
   }
 
   // Offers the scores of candidates first, first + 1, ... (or ids[first], ids[first + 1], ...
@@ -70,11 +91,7 @@ class TopK {
     }
   }
 
-  void compact() {
-    keep_best(k_);  // buffer_[k - 1] is now the k-th best
-    const float kth = buffer_[k_ - 1].score;
-    gate_ = std::isnan(kth) ? -std::numeric_limits<float>::infinity() : kth;
-  }
+  void set_gate(float kth) { gate_ = std::isnan(kth) ? -std::numeric_limits<float>::infinity() : kth; }
 
   float* out_scores_;
   index_t* out_ids_;
