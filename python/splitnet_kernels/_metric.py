@@ -143,10 +143,12 @@ class Metric:
         return {"scaled": n + 1, "diagonal": 2 * n, "full": n * n + n}[self._kind]
 
     # ---- the algebra ----------------------------------------------------------------------
-    def fold(self, users):
+    def fold(self, users, rows_dot=None):
         """users @ S for users (n,) or (M, n): numpy in, numpy out; torch in, torch out.
 
         float64 users are folded in float64 (the reference); everything else in float32.
+        rows_dot(R, v) -> v @ R.T (R @ v for one user), if given, folds float32 users without
+        numpy's BLAS, whose idle threads would spin on the cores the scoring kernels need next.
         """
         if _is_tensor(users):
             return self._fold(users, self._tensor_params(users))
@@ -157,10 +159,25 @@ class Metric:
             users = users.astype(np.float32, copy=False)
         if users.ndim not in (1, 2) or users.shape[-1] != self._dim:
             raise ValueError(f"users: expected shape ({self._dim},) or (M, {self._dim}), got {users.shape}")
+        if rows_dot is not None and users.dtype == np.float32 and self._kind in ("full", "low_rank"):
+            rows = self._transposed()
+            if self._kind == "full":
+                return rows_dot(rows["S.T"], users)  # u S
+            folded = rows_dot(rows["Q"], rows_dot(rows["P.T"], users))  # (u P) Q^T
+            return folded + users * self._params["d"] if self._params["d"] is not None else folded
         params = self._params
         if users.dtype == np.float64:
             params = {k: (np.asarray(v, np.float64) if isinstance(v, np.ndarray) else v) for k, v in params.items()}
         return self._fold(users, params)
+
+    def _transposed(self) -> dict:
+        """S^T, P^T and Q as C-contiguous float32 rows for rows_dot, made once."""
+        key = "rows"
+        if key not in self._device_cache:
+            p = self._params
+            self._device_cache[key] = ({"S.T": np.ascontiguousarray(p["S"].T)} if self._kind == "full"
+                                       else {"P.T": np.ascontiguousarray(p["P"].T), "Q": p["Q"]})
+        return self._device_cache[key]
 
     def _fold(self, users, p):
         kind = self._kind

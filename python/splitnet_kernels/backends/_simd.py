@@ -21,6 +21,18 @@ def kernel_rows(x) -> np.ndarray:
     return x
 
 
+def rows_dot(rows: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """vectors @ rows.T with the kernels (Metric.fold's BLAS-free path): one vector on the
+    calling thread, a batch across the pool."""
+    if vectors.ndim == 1:
+        out = np.empty(rows.shape[0], np.float32)
+        _core.score_one(vectors, rows, 0.0, out, 1)
+    else:
+        out = np.empty((vectors.shape[0], rows.shape[0]), np.float32)
+        _core.score_cross(kernel_rows(vectors), rows, 0.0, out, _core.max_threads())
+    return out
+
+
 def _threads(threads):
     return _core.max_threads() if threads is None else threads
 
@@ -53,30 +65,31 @@ class SimdBackend:
             elif weights is not None:  # one streaming pass, weights applied in the kernel
                 _core.score_pairs(users, ads, None if metric.kind == "dot" else weights, bias, target, threads)
             else:
-                _core.score_pairs(kernel_rows(metric.fold(users)), ads, None, bias, target, threads)
+                _core.score_pairs(kernel_rows(metric.fold(users, rows_dot)), ads, None, bias, target, threads)
         else:
-            folded = kernel_rows(metric.fold(kernel_rows(users)))
-            if folded.ndim == 1:
-                target = _target(out, ads.shape[:1])
-                _core.score_one(folded, ads, bias, target, threads)
-            elif folded.shape[0] == 1:
-                target = _target(out, (1, ads.shape[0]))
-                _core.score_one(folded[0], ads, bias, target.reshape(-1), threads)
+            users = kernel_rows(users)
+            if users.ndim == 1 or users.shape[0] == 1:  # one user: the candidates split across threads
+                target = _target(out, ads.shape[:1] if users.ndim == 1 else (1, ads.shape[0]))
+                _core.score_one(self._fold_one(metric, users), ads, bias, target.reshape(-1), threads)
             else:
-                target = _target(out, (folded.shape[0], ads.shape[0]))
-                _core.score_cross(folded, ads, bias, target, threads)
+                target = _target(out, (users.shape[0], ads.shape[0]))
+                _core.score_cross(kernel_rows(metric.fold(users, rows_dot)), ads, bias, target, threads)
         if out is not None and target is not out:
             out[...] = target
             return out
         return target
 
+    @staticmethod
+    def _fold_one(metric, users):
+        """One user folded as a vector, the same bits for score and topk."""
+        return kernel_rows(metric.fold(users.reshape(-1), rows_dot))
+
     def topk(self, users, ads, k, metric, *, threads):
-        ads = kernel_rows(ads)
-        folded = kernel_rows(metric.fold(kernel_rows(users)))
-        scores = np.empty((folded.shape[0], k), np.float32)
-        ids = np.empty((folded.shape[0], k), np.int64)
-        if folded.shape[0] == 1:  # one user: the candidates are split across threads
-            _core.topk_one(folded[0], ads, k, metric.bias, scores[0], ids[0], _threads(threads))
+        ads, users = kernel_rows(ads), kernel_rows(users)
+        scores = np.empty((users.shape[0], k), np.float32)
+        ids = np.empty((users.shape[0], k), np.int64)
+        if users.shape[0] == 1:  # one user: the candidates split across threads
+            _core.topk_one(self._fold_one(metric, users), ads, k, metric.bias, scores[0], ids[0], _threads(threads))
         else:
-            _core.topk_cross(folded, ads, k, metric.bias, scores, ids, _threads(threads))
+            _core.topk_cross(kernel_rows(metric.fold(users, rows_dot)), ads, k, metric.bias, scores, ids, _threads(threads))
         return scores, ids
