@@ -147,8 +147,8 @@ class Metric:
         """users @ S for users (n,) or (M, n): numpy in, numpy out; torch in, torch out.
 
         float64 users are folded in float64 (the reference); everything else in float32.
-        rows_dot(R, v) -> v @ R.T (R @ v for one user), if given, folds float32 users without
-        numpy's BLAS, whose idle threads would spin on the cores the scoring kernels need next.
+        rows_dot(R, v) -> R @ v, if given, folds one float32 user (n,) without numpy's BLAS,
+        whose idle threads would spin on the cores the scoring kernels need next.
         """
         if _is_tensor(users):
             return self._fold(users, self._tensor_params(users))
@@ -159,11 +159,11 @@ class Metric:
             users = users.astype(np.float32, copy=False)
         if users.ndim not in (1, 2) or users.shape[-1] != self._dim:
             raise ValueError(f"users: expected shape ({self._dim},) or (M, {self._dim}), got {users.shape}")
-        if rows_dot is not None and users.dtype == np.float32 and self._kind in ("full", "low_rank"):
+        if rows_dot is not None and users.ndim == 1 and users.dtype == np.float32 and self._kind in ("full", "low_rank"):
             rows = self._transposed()
             if self._kind == "full":
-                return rows_dot(rows["S.T"], users)  # u S
-            folded = rows_dot(rows["Q"], rows_dot(rows["P.T"], users))  # (u P) Q^T
+                return rows_dot(rows["S.T"], users)  # S^T u
+            folded = rows_dot(rows["Q"], rows_dot(rows["P.T"], users))  # Q (P^T u)
             return folded + users * self._params["d"] if self._params["d"] is not None else folded
         params = self._params
         if users.dtype == np.float64:

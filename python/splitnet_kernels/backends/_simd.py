@@ -21,15 +21,10 @@ def kernel_rows(x) -> np.ndarray:
     return x
 
 
-def rows_dot(rows: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """vectors @ rows.T with the kernels (Metric.fold's BLAS-free path): one vector on the
-    calling thread, a batch across the pool."""
-    if vectors.ndim == 1:
-        out = np.empty(rows.shape[0], np.float32)
-        _core.score_one(vectors, rows, 0.0, out, 1)
-    else:
-        out = np.empty((vectors.shape[0], rows.shape[0]), np.float32)
-        _core.score_cross(kernel_rows(vectors), rows, 0.0, out, _core.max_threads())
+def rows_dot(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """rows @ vector on the calling thread with the kernels (Metric.fold's BLAS-free path)."""
+    out = np.empty(rows.shape[0], np.float32)
+    _core.score_one(vector, rows, 0.0, out, 1)
     return out
 
 
@@ -65,7 +60,7 @@ class SimdBackend:
             elif weights is not None:  # one streaming pass, weights applied in the kernel
                 _core.score_pairs(users, ads, None if metric.kind == "dot" else weights, bias, target, threads)
             else:
-                _core.score_pairs(kernel_rows(metric.fold(users, rows_dot)), ads, None, bias, target, threads)
+                _core.score_pairs(kernel_rows(metric.fold(users)), ads, None, bias, target, threads)
         else:
             users = kernel_rows(users)
             if users.ndim == 1 or users.shape[0] == 1:  # one user: the candidates split across threads
@@ -73,7 +68,7 @@ class SimdBackend:
                 _core.score_one(self._fold_one(metric, users), ads, bias, target.reshape(-1), threads)
             else:
                 target = _target(out, (users.shape[0], ads.shape[0]))
-                _core.score_cross(kernel_rows(metric.fold(users, rows_dot)), ads, bias, target, threads)
+                _core.score_cross(kernel_rows(metric.fold(users)), ads, bias, target, threads)
         if out is not None and target is not out:
             out[...] = target
             return out
@@ -91,5 +86,5 @@ class SimdBackend:
         if users.shape[0] == 1:  # one user: the candidates split across threads
             _core.topk_one(self._fold_one(metric, users), ads, k, metric.bias, scores[0], ids[0], _threads(threads))
         else:
-            _core.topk_cross(kernel_rows(metric.fold(users, rows_dot)), ads, k, metric.bias, scores, ids, _threads(threads))
+            _core.topk_cross(kernel_rows(metric.fold(users)), ads, k, metric.bias, scores, ids, _threads(threads))
         return scores, ids
