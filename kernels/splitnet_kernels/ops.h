@@ -311,19 +311,46 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& 
   }
 }
 
+namespace ops_detail {
+// Sums 64-byte lines with four independent vector accumulators, so the loop is bound by memory,
+// not by the adds (a baseline build's 16-byte adds fall short of DRAM bandwidth here).
+#if SPLITNET_KERNELS_HAVE_X86
+__attribute__((target("avx2"))) inline std::uint64_t sum_lines_avx2(const std::uint64_t* words, index_t n) {
+  __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+  index_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const auto* p = reinterpret_cast<const __m256i*>(words + i);
+    acc0 = _mm256_add_epi64(acc0, _mm256_loadu_si256(p));
+    acc1 = _mm256_add_epi64(acc1, _mm256_loadu_si256(p + 1));
+    acc2 = _mm256_add_epi64(acc2, _mm256_loadu_si256(p + 2));
+    acc3 = _mm256_add_epi64(acc3, _mm256_loadu_si256(p + 3));
+  }
+  alignas(32) std::uint64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes),
+                     _mm256_add_epi64(_mm256_add_epi64(acc0, acc1), _mm256_add_epi64(acc2, acc3)));
+  std::uint64_t sum = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+  for (; i < n; ++i) sum += words[i];
+  return sum;
+}
+#endif
+
+inline std::uint64_t sum_words(const std::uint64_t* words, index_t n) {
+#if SPLITNET_KERNELS_HAVE_X86
+  if (isa_supported(Isa::avx2)) return sum_lines_avx2(words, n);
+#endif
+  std::uint64_t sum = 0;
+  for (index_t i = 0; i < n; ++i) sum += words[i];
+  return sum;
+}
+}  // namespace ops_detail
+
 // Reads every byte of [data, data + bytes) once, across threads: the memory-read floor that
 // the benchmarks compare the streaming kernels against. Returns a checksum so nothing is elided.
 inline std::uint64_t read_bytes(const void* data, index_t bytes, int threads) {
   const auto* words = static_cast<const std::uint64_t*>(data);
-  const index_t n = bytes / 8;
   std::vector<std::uint64_t> partial(static_cast<size_t>(std::max(threads, 1)), 0);
-  parallel_chunks(n, threads, index_t{1} << 16, 64, [&](int t, index_t begin, index_t end) {
-    std::uint64_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // independent lanes: integer adds vectorize
-    index_t i = begin;
-    for (; i + 8 <= end; i += 8)
-      for (int j = 0; j < 8; ++j) acc[j] += words[i + j];
-    for (; i < end; ++i) acc[0] += words[i];
-    for (int j = 0; j < 8; ++j) partial[t] += acc[j];
+  parallel_chunks(bytes / 8, threads, index_t{1} << 16, 64, [&](int t, index_t begin, index_t end) {
+    partial[t] = ops_detail::sum_words(words + begin, end - begin);
   });
   std::uint64_t sum = 0;
   for (auto p : partial) sum += p;
