@@ -24,7 +24,7 @@ def kernel_rows(x) -> np.ndarray:
 def rows_dot(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """rows @ vector on the calling thread with the kernels (Metric.fold's BLAS-free path)."""
     out = np.empty(rows.shape[0], np.float32)
-    _core.score_one(vector, rows, 0.0, out, 1)
+    _core.score_one(kernel_rows(vector), rows, 0.0, out, 1)
     return out
 
 
