@@ -64,15 +64,17 @@ inline index_t pack_users(const Rows& users, index_t begin, index_t end, std::ve
   return pad;
 }
 
-// Combines per-task top-k lists (each sorted, `counts[t]` entries at stride k) into one.
+// Combines n_lists top-k lists into one: list t holds counts[first + t * step] entries at
+// (first + t * step) * k in scores / ids (one list per task, or per task and user).
 inline void merge_lists(const std::vector<float>& scores, const std::vector<index_t>& ids,
-                        const std::vector<index_t>& counts, index_t k, float* out_scores,
-                        index_t* out_ids) {
+                        const std::vector<index_t>& counts, index_t first, index_t step, index_t n_lists,
+                        index_t k, float* out_scores, index_t* out_ids) {
   std::vector<float> all_scores;
   std::vector<index_t> all_ids;
-  for (size_t t = 0; t < counts.size(); ++t) {
-    all_scores.insert(all_scores.end(), scores.begin() + t * k, scores.begin() + t * k + counts[t]);
-    all_ids.insert(all_ids.end(), ids.begin() + t * k, ids.begin() + t * k + counts[t]);
+  for (index_t t = 0; t < n_lists; ++t) {
+    const index_t slot = first + t * step;
+    all_scores.insert(all_scores.end(), scores.begin() + slot * k, scores.begin() + slot * k + counts[slot]);
+    all_ids.insert(all_ids.end(), ids.begin() + slot * k, ids.begin() + slot * k + counts[slot]);
   }
   select_best(all_scores.data(), all_ids.data(), static_cast<index_t>(all_scores.size()), k,
               out_scores, out_ids);
@@ -242,7 +244,7 @@ inline void topk_one(const KernelTable& table, const float* query, const PackedR
   parallel_chunks(n, static_cast<int>(tasks), min_chunk, kBlock, [&](int t, index_t begin, index_t end) {
     counts[t] = topk_range(table, score, begin, end, k, scores.data() + t * k, found.data() + t * k);
   });
-  merge_lists(scores, found, counts, k, out_scores, out_ids);
+  merge_lists(scores, found, counts, 0, 1, tasks, k, out_scores, out_ids);
 }
 
 inline void topk_one(const KernelTable& table, const float* query, const Rows& rows, index_t k, float bias,
@@ -297,17 +299,8 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& 
                       }
                       for (index_t u = 0; u < n_users; ++u) counts[t * n_users + u] = heaps[u].finish();
                     });
-    for (index_t u = 0; u < n_users; ++u) {
-      std::vector<float> user_scores;
-      std::vector<index_t> user_ids, user_counts;
-      for (index_t t = 0; t < max_tasks; ++t) {
-        const index_t slot = t * n_users + u;
-        user_scores.insert(user_scores.end(), scores.begin() + slot * k, scores.begin() + slot * k + counts[slot]);
-        user_ids.insert(user_ids.end(), ids.begin() + slot * k, ids.begin() + slot * k + counts[slot]);
-      }
-      select_best(user_scores.data(), user_ids.data(), static_cast<index_t>(user_scores.size()), k,
-                  out_scores + (u0 + u) * k, out_ids + (u0 + u) * k);
-    }
+    for (index_t u = 0; u < n_users; ++u)
+      merge_lists(scores, ids, counts, u, n_users, max_tasks, k, out_scores + (u0 + u) * k, out_ids + (u0 + u) * k);
   }
 }
 

@@ -48,14 +48,14 @@ def _scalar(value, name: str) -> float:
 class Metric:
     """The similarity S of score = u^T S a + bias. Immutable; parameters are float32."""
 
-    __slots__ = ("_kind", "_dim", "_bias", "_params", "_device_cache")
+    __slots__ = ("_kind", "_dim", "_bias", "_params", "_cache")
 
     def __init__(self, kind: str, dim: int, bias: float, **params):
         if kind not in KINDS:
             raise ValueError(f"unknown metric kind {kind!r} (known: {', '.join(KINDS)})")
         self._kind, self._dim, self._bias = kind, dim, _scalar(bias, "bias")
         self._params = params
-        self._device_cache = {}
+        self._cache = {}
 
     # ---- constructors ---------------------------------------------------------------------
     @classmethod
@@ -173,11 +173,11 @@ class Metric:
     def _transposed(self) -> dict:
         """S^T, P^T and Q as C-contiguous float32 rows for rows_dot, made once."""
         key = "rows"
-        if key not in self._device_cache:
+        if key not in self._cache:
             p = self._params
-            self._device_cache[key] = ({"S.T": np.ascontiguousarray(p["S"].T)} if self._kind == "full"
+            self._cache[key] = ({"S.T": np.ascontiguousarray(p["S"].T)} if self._kind == "full"
                                        else {"P.T": np.ascontiguousarray(p["P"].T), "Q": p["Q"]})
-        return self._device_cache[key]
+        return self._cache[key]
 
     def _fold(self, users, p):
         kind = self._kind
@@ -197,11 +197,11 @@ class Metric:
         import torch
 
         key = (str(like.device), like.dtype)
-        cached = self._device_cache.get(key)
+        cached = self._cache.get(key)
         if cached is None:
             cached = {k: (torch.tensor(v, device=like.device, dtype=like.dtype) if isinstance(v, np.ndarray) else v)
                       for k, v in self._params.items()}
-            self._device_cache[key] = cached
+            self._cache[key] = cached
         return cached
 
 

@@ -54,21 +54,17 @@ def chunked_topk(score_chunk, n_users: int, n_cands: int, k: int, topk=None):
         end = min(n_cands, begin + chunk)
         scores = score_chunk(begin, end)
         if isinstance(scores, np.ndarray):
+            cat, take = np.concatenate, np.take_along_axis
             ids = np.broadcast_to(np.arange(begin, end, dtype=np.int64), scores.shape)
-            if best_scores is not None:
-                scores = np.concatenate([best_scores, scores], -1)
-                ids = np.concatenate([best_ids, ids], -1)
-            best_scores, positions = topk(scores, k)
-            best_ids = np.take_along_axis(ids, positions, -1)
         else:
             import torch
 
+            cat, take = torch.cat, (lambda a, positions, axis: torch.gather(a, axis, positions))
             ids = torch.arange(begin, end, dtype=torch.int64, device=scores.device).expand(scores.shape)
-            if best_scores is not None:
-                scores = torch.cat([best_scores, scores], -1)
-                ids = torch.cat([best_ids, ids], -1)
-            best_scores, positions = topk(scores, k)
-            best_ids = torch.gather(ids, -1, positions)
+        if best_scores is not None:
+            scores, ids = cat([best_scores, scores], -1), cat([best_ids, ids], -1)
+        best_scores, positions = topk(scores, k)
+        best_ids = take(ids, positions, -1)
     return best_scores, best_ids
 
 
