@@ -196,7 +196,7 @@ def test_merge_signed_zero_ties():
     assert to_numpy(ids).tolist() == [1, 3, 5, 7]
 
 
-@pytest.mark.parametrize("m", (1, 2, 17, 33))
+@pytest.mark.parametrize("m", (1, 2, 17, 33, 100, 130))
 def test_cross_users_match_per_user_topk(backend, m, rng):
     n, count, k = 9, 300, 25
     users = rng.standard_normal((m, n)).astype(np.float32)
@@ -212,7 +212,7 @@ def test_cross_users_match_per_user_topk(backend, m, rng):
         np.testing.assert_allclose(to_numpy(s1), to_numpy(scores)[row], rtol=1e-6)
 
 
-@pytest.mark.parametrize("m", (1, 2, 17, 33))
+@pytest.mark.parametrize("m", (1, 2, 17, 33, 100, 130))
 def test_cross_users_exact_with_integer_data(backend, m, rng):
     n, count = 6, 257
     users, ads = _integer_data(rng, (m, n), count, n, -2, 3)

@@ -67,9 +67,12 @@ SPLITNET_AVX2 inline void pairs(const float* a, index_t a_stride, const float* b
     out[i] = reduce1(pair_acc<Weighted>(a + i * a_stride, b + i * b_stride, w, dim)) + bias;
 }
 
+// One block of NC candidates x 8 NV users, stored; with gates, bit c of the result says whether
+// candidate c reaches some user's gate.
 template <int NC, int NV>
-SPLITNET_AVX2 inline void tile_block(const float* users_t, index_t users_pad, const float* rows,
-                                     index_t dim, index_t row_stride, float bias, float* tile) {
+SPLITNET_AVX2 inline unsigned tile_block(const float* users_t, index_t users_pad, const float* rows,
+                                         index_t dim, index_t row_stride, float bias, const float* gates,
+                                         float* tile) {
   __m256 acc[NC][NV];
   for (int c = 0; c < NC; ++c)
     for (int v = 0; v < NV; ++v) acc[c][v] = _mm256_setzero_ps();
@@ -83,14 +86,30 @@ SPLITNET_AVX2 inline void tile_block(const float* users_t, index_t users_pad, co
   }
   const __m256 b = _mm256_set1_ps(bias);
   for (int c = 0; c < NC; ++c)
-    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(tile + c * users_pad + 8 * v, _mm256_add_ps(acc[c][v], b));
+    for (int v = 0; v < NV; ++v) {
+      acc[c][v] = _mm256_add_ps(acc[c][v], b);
+      _mm256_storeu_ps(tile + c * users_pad + 8 * v, acc[c][v]);
+    }
+  if (gates == nullptr) return 0;
+  unsigned hits = 0;
+  for (int c = 0; c < NC; ++c) {
+    int any = 0;
+    for (int v = 0; v < NV; ++v)
+      any |= _mm256_movemask_ps(_mm256_cmp_ps(acc[c][v], _mm256_loadu_ps(gates + 8 * v), _CMP_NLT_UQ));
+    hits |= static_cast<unsigned>(any != 0) << c;
+  }
+  return hits;
 }
 
 template <int NC>
-SPLITNET_AVX2 inline void tile_columns(const float* users_t, index_t users_pad, const float* rows,
-                                       index_t dim, index_t row_stride, float bias, float* tile) {
+SPLITNET_AVX2 inline unsigned tile_columns(const float* users_t, index_t users_pad, const float* rows,
+                                           index_t dim, index_t row_stride, float bias, const float* gates,
+                                           float* tile) {
+  unsigned hits = 0;
   for (index_t u = 0; u < users_pad; u += 16)  // users_pad is a multiple of 16
-    tile_block<NC, 2>(users_t + u, users_pad, rows, dim, row_stride, bias, tile + u);
+    hits |= tile_block<NC, 2>(users_t + u, users_pad, rows, dim, row_stride, bias, gates ? gates + u : nullptr,
+                              tile + u);
+  return hits;
 }
 
 }  // namespace avx2_detail
@@ -125,21 +144,26 @@ SPLITNET_AVX2 inline void score_rows_f32_avx2(const float* query, const float* r
   for (; i < n_rows; ++i) out[i] = reduce1(pair_acc<false>(query, rows + i * row_stride, nullptr, dim)) + bias;
 }
 
-SPLITNET_AVX2 inline void score_tile_f32_avx2(const float* users_t, index_t users_pad,
-                                              const float* rows, index_t n_rows, index_t dim,
-                                              index_t row_stride, float bias, float* tile) {
+SPLITNET_AVX2 inline std::uint64_t score_tile_f32_avx2(const float* users_t, index_t users_pad,
+                                                       const float* rows, index_t n_rows, index_t dim,
+                                                       index_t row_stride, float bias, const float* gates,
+                                                       float* tile) {
   using namespace avx2_detail;
+  std::uint64_t hits = 0;
   index_t c = 0;
   for (; c + 4 <= n_rows; c += 4)
-    tile_columns<4>(users_t, users_pad, rows + c * row_stride, dim, row_stride, bias, tile + c * users_pad);
+    hits |= std::uint64_t{tile_columns<4>(users_t, users_pad, rows + c * row_stride, dim, row_stride, bias, gates,
+                                          tile + c * users_pad)} << c;
   const float* r = rows + c * row_stride;
   float* t = tile + c * users_pad;
+  unsigned tail = 0;
   switch (n_rows - c) {
-    case 3: tile_columns<3>(users_t, users_pad, r, dim, row_stride, bias, t); break;
-    case 2: tile_columns<2>(users_t, users_pad, r, dim, row_stride, bias, t); break;
-    case 1: tile_columns<1>(users_t, users_pad, r, dim, row_stride, bias, t); break;
+    case 3: tail = tile_columns<3>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
+    case 2: tail = tile_columns<2>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
+    case 1: tail = tile_columns<1>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
     default: break;
   }
+  return hits | std::uint64_t{tail} << c;
 }
 
 SPLITNET_AVX2 inline void score_pairs_f32_avx2(const float* a, index_t a_stride, const float* b,

@@ -79,9 +79,12 @@ SPLITNET_AVX512 inline void pairs(const float* a, index_t a_stride, const float*
     out[i] = reduce1(pair_acc<Weighted>(a + i * a_stride, b + i * b_stride, w, dim)) + bias;
 }
 
+// One block of NC candidates x 16 NV users, stored; with gates, bit c of the result says whether
+// candidate c reaches some user's gate.
 template <int NC, int NV>
-SPLITNET_AVX512 inline void tile_block(const float* users_t, index_t users_pad, const float* rows,
-                                       index_t dim, index_t row_stride, float bias, float* tile) {
+SPLITNET_AVX512 inline unsigned tile_block(const float* users_t, index_t users_pad, const float* rows,
+                                           index_t dim, index_t row_stride, float bias,
+                                           const float* gates, float* tile) {
   __m512 acc[NC][NV];
   for (int c = 0; c < NC; ++c)
     for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_setzero_ps();
@@ -95,16 +98,38 @@ SPLITNET_AVX512 inline void tile_block(const float* users_t, index_t users_pad, 
   }
   const __m512 b = _mm512_set1_ps(bias);
   for (int c = 0; c < NC; ++c)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(tile + c * users_pad + 16 * v, _mm512_add_ps(acc[c][v], b));
+    for (int v = 0; v < NV; ++v) {
+      acc[c][v] = _mm512_add_ps(acc[c][v], b);
+      _mm512_storeu_ps(tile + c * users_pad + 16 * v, acc[c][v]);
+    }
+  if (gates == nullptr) return 0;
+  __m512 gate[NV];
+  for (int v = 0; v < NV; ++v) gate[v] = _mm512_loadu_ps(gates + 16 * v);
+  unsigned hits = 0;
+  for (int c = 0; c < NC; ++c) {
+    __mmask16 any = 0;
+    for (int v = 0; v < NV; ++v) any |= _mm512_cmp_ps_mask(acc[c][v], gate[v], _CMP_NLT_UQ);
+    hits |= static_cast<unsigned>(any != 0) << c;
+  }
+  return hits;
 }
 
 template <int NC>
-SPLITNET_AVX512 inline void tile_columns(const float* users_t, index_t users_pad, const float* rows,
-                                         index_t dim, index_t row_stride, float bias, float* tile) {
+SPLITNET_AVX512 inline unsigned tile_columns(const float* users_t, index_t users_pad, const float* rows,
+                                             index_t dim, index_t row_stride, float bias,
+                                             const float* gates, float* tile) {
+  unsigned hits = 0;
   index_t u = 0;
+  for (; users_pad - u >= 48 && users_pad - u != 64; u += 48)  // 64 left: two of 32, not 48 + 16
+    hits |= tile_block<NC, 3>(users_t + u, users_pad, rows, dim, row_stride, bias, gates ? gates + u : nullptr,
+                              tile + u);
   for (; u + 32 <= users_pad; u += 32)
-    tile_block<NC, 2>(users_t + u, users_pad, rows, dim, row_stride, bias, tile + u);
-  if (u < users_pad) tile_block<NC, 1>(users_t + u, users_pad, rows, dim, row_stride, bias, tile + u);
+    hits |= tile_block<NC, 2>(users_t + u, users_pad, rows, dim, row_stride, bias, gates ? gates + u : nullptr,
+                              tile + u);
+  if (u < users_pad)
+    hits |= tile_block<NC, 1>(users_t + u, users_pad, rows, dim, row_stride, bias, gates ? gates + u : nullptr,
+                              tile + u);
+  return hits;
 }
 
 }  // namespace avx512_detail
@@ -141,25 +166,30 @@ SPLITNET_AVX512 inline void score_rows_f32_avx512(const float* query, const floa
     out[i] = reduce1(pair_acc<false>(query, rows + i * row_stride, nullptr, dim)) + bias;
 }
 
-SPLITNET_AVX512 inline void score_tile_f32_avx512(const float* users_t, index_t users_pad,
-                                                  const float* rows, index_t n_rows, index_t dim,
-                                                  index_t row_stride, float bias, float* tile) {
+SPLITNET_AVX512 inline std::uint64_t score_tile_f32_avx512(const float* users_t, index_t users_pad,
+                                                           const float* rows, index_t n_rows, index_t dim,
+                                                           index_t row_stride, float bias, const float* gates,
+                                                           float* tile) {
   using namespace avx512_detail;
+  std::uint64_t hits = 0;
   index_t c = 0;
   for (; c + 8 <= n_rows; c += 8)
-    tile_columns<8>(users_t, users_pad, rows + c * row_stride, dim, row_stride, bias, tile + c * users_pad);
+    hits |= std::uint64_t{tile_columns<8>(users_t, users_pad, rows + c * row_stride, dim, row_stride, bias, gates,
+                                          tile + c * users_pad)} << c;
   const float* r = rows + c * row_stride;
   float* t = tile + c * users_pad;
+  unsigned tail = 0;
   switch (n_rows - c) {
-    case 7: tile_columns<7>(users_t, users_pad, r, dim, row_stride, bias, t); break;
-    case 6: tile_columns<6>(users_t, users_pad, r, dim, row_stride, bias, t); break;
-    case 5: tile_columns<5>(users_t, users_pad, r, dim, row_stride, bias, t); break;
-    case 4: tile_columns<4>(users_t, users_pad, r, dim, row_stride, bias, t); break;
-    case 3: tile_columns<3>(users_t, users_pad, r, dim, row_stride, bias, t); break;
-    case 2: tile_columns<2>(users_t, users_pad, r, dim, row_stride, bias, t); break;
-    case 1: tile_columns<1>(users_t, users_pad, r, dim, row_stride, bias, t); break;
+    case 7: tail = tile_columns<7>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
+    case 6: tail = tile_columns<6>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
+    case 5: tail = tile_columns<5>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
+    case 4: tail = tile_columns<4>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
+    case 3: tail = tile_columns<3>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
+    case 2: tail = tile_columns<2>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
+    case 1: tail = tile_columns<1>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
     default: break;
   }
+  return hits | std::uint64_t{tail} << c;
 }
 
 SPLITNET_AVX512 inline void score_pairs_f32_avx512(const float* a, index_t a_stride, const float* b,

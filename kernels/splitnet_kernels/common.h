@@ -43,9 +43,12 @@ struct KernelTable {
   void (*score_rows_f32)(const float* query, const float* rows, index_t n_rows, index_t dim,
                          index_t row_stride, float bias, float* out);
   // Cross tile. users_t is (dim, users_pad) - users packed transposed, users_pad a multiple of
-  // 16, padding lanes zero. tile[c * users_pad + u] = users[u] . rows[c] + bias.
-  void (*score_tile_f32)(const float* users_t, index_t users_pad, const float* rows,
-                         index_t n_rows, index_t dim, index_t row_stride, float bias, float* tile);
+  // 16, padding lanes zero. tile[c * users_pad + u] = users[u] . rows[c] + bias, n_rows <= 64.
+  // With gates (users_pad of them) it is also the top-k pre-test, done on the registers: bit c
+  // of the result is set iff !(tile[c * users_pad + u] < gates[u]) for some u. Null gates: 0.
+  std::uint64_t (*score_tile_f32)(const float* users_t, index_t users_pad, const float* rows,
+                                  index_t n_rows, index_t dim, index_t row_stride, float bias,
+                                  const float* gates, float* tile);
   // The top-k pre-tests; NaN passes them (the exact comparison decides). Bit i of bits (n + 63)
   // / 64 words) is set iff !(values[i] < gates[i]); returns whether any is. And the first i < n
   // with !(values[i] < gate), or n if there is none.

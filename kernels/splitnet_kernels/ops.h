@@ -64,6 +64,16 @@ inline index_t pack_users(const Rows& users, index_t begin, index_t end, std::ve
   return pad;
 }
 
+// Asks for rows [begin, end) to be brought into the cache. The compute-bound loops (cross tiles,
+// full pairs) call it a block ahead: the hardware prefetcher alone leaves them waiting on memory.
+inline void prefetch_rows(const Rows& rows, index_t begin, index_t end) {
+  for (index_t r = begin; r < end; ++r) {
+    const float* row = rows.row(r);
+    for (index_t d = 0; d < rows.dim; d += 16) __builtin_prefetch(row + d);
+    __builtin_prefetch(row + rows.dim - 1);
+  }
+}
+
 // Combines n_lists top-k lists into one: list t holds counts[first + t * step] entries at
 // (first + t * step) * k in scores / ids (one list per task, or per task and user).
 inline void merge_lists(const std::vector<float>& scores, const std::vector<index_t>& ids,
@@ -179,8 +189,9 @@ inline void score_cross(const KernelTable& table, const Rows& users, const Rows&
                       std::vector<float> tile(static_cast<size_t>(kTileCandidates * pad));
                       for (index_t c0 = begin; c0 < end; c0 += kTileCandidates) {
                         const index_t count = std::min(kTileCandidates, end - c0);
+                        prefetch_rows(rows, c0 + kTileCandidates, std::min(end, c0 + 2 * kTileCandidates));
                         table.score_tile_f32(packed.data(), pad, rows.row(c0), count, rows.dim,
-                                             rows.stride, bias, tile.data());
+                                             rows.stride, bias, nullptr, tile.data());
                         for (index_t u = u0; u < u1; ++u) {
                           float* dst = out + u * out_stride + c0;
                           const float* src = tile.data() + (u - u0);
@@ -206,7 +217,8 @@ inline void score_pairs(const KernelTable& table, const Rows& users, const Rows&
 // users stand), then a row-wise dot with the ads: a GEMM fused with the dot, no (B, n) array.
 inline void score_pairs_full(const KernelTable& table, const Rows& users, const Rows& rows,
                              const float* S, float bias, float* out, int threads) {
-  constexpr index_t kPairBlock = 64;
+  using namespace ops_detail;
+  constexpr index_t kPairBlock = 64, kPairStep = 8;
   const index_t dim = rows.dim, pad = (dim + 15) / 16 * 16;
   std::vector<float> s_padded(static_cast<size_t>(dim * pad), 0.0f);
   for (index_t r = 0; r < dim; ++r)
@@ -216,10 +228,16 @@ inline void score_pairs_full(const KernelTable& table, const Rows& users, const 
                     std::vector<float> folded(static_cast<size_t>(kPairBlock * pad));
                     for (index_t b = begin; b < end; b += kPairBlock) {
                       const index_t count = std::min(kPairBlock, end - b);
-                      table.score_tile_f32(s_padded.data(), pad, users.row(b), count, dim, users.stride,
-                                           0.0f, folded.data());
-                      table.score_pairs_f32(folded.data(), pad, rows.row(b), rows.stride, nullptr, count,
-                                            dim, bias, out + b);
+                      for (index_t s = b; s < b + count; s += kPairStep) {  // a block ahead, in steps
+                        const index_t step = std::min(kPairStep, b + count - s);
+                        const index_t ahead = std::min(end, s + kPairBlock + step);
+                        prefetch_rows(users, std::min(end, s + kPairBlock), ahead);
+                        prefetch_rows(rows, std::min(end, s + kPairBlock), ahead);
+                        table.score_tile_f32(s_padded.data(), pad, users.row(s), step, dim, users.stride, 0.0f,
+                                             nullptr, folded.data());
+                        table.score_pairs_f32(folded.data(), pad, rows.row(s), rows.stride, nullptr, step, dim,
+                                              bias, out + s);
+                      }
                     }
                   });
 }
@@ -273,7 +291,8 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& 
                     std::max(min_rows_per_task(rows.dim, pad), 4 * k), kTileCandidates,
                     [&](int t, index_t begin, index_t end) {
                       std::vector<TopK> heaps;
-                      std::vector<float> gates(static_cast<size_t>(n_users));
+                      // padding lanes never reach +inf (NaN may, and the exact test below drops it)
+                      std::vector<float> gates(static_cast<size_t>(pad), std::numeric_limits<float>::infinity());
                       heaps.reserve(static_cast<size_t>(n_users));
                       for (index_t u = 0; u < n_users; ++u) {
                         const index_t slot = t * n_users + u;
@@ -284,9 +303,11 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& 
                       std::uint64_t bits[(kMaxBlockUsers + 63) / 64];
                       for (index_t c0 = begin; c0 < end; c0 += kTileCandidates) {
                         const index_t count = std::min(kTileCandidates, end - c0);
-                        table.score_tile_f32(packed.data(), pad, rows.row(c0), count, rows.dim,
-                                             rows.stride, bias, tile.data());
-                        for (index_t c = 0; c < count; ++c) {
+                        prefetch_rows(rows, c0 + kTileCandidates, std::min(end, c0 + 2 * kTileCandidates));
+                        std::uint64_t hits = table.score_tile_f32(packed.data(), pad, rows.row(c0), count, rows.dim,
+                                                                  rows.stride, bias, gates.data(), tile.data());
+                        for (; hits != 0; hits &= hits - 1) {
+                          const index_t c = __builtin_ctzll(hits);
                           const float* row_scores = tile.data() + c * pad;
                           if (!table.not_below_bits_f32(row_scores, gates.data(), n_users, bits)) continue;
                           for (index_t w = 0; w * 64 < n_users; ++w)

@@ -16,9 +16,10 @@ inline void score_rows_f32_scalar(const float* query, const float* rows, index_t
   for (index_t i = 0; i < n_rows; ++i) out[i] = dot_f32_scalar(query, rows + i * row_stride, dim) + bias;
 }
 
-inline void score_tile_f32_scalar(const float* users_t, index_t users_pad, const float* rows,
-                                  index_t n_rows, index_t dim, index_t row_stride, float bias,
-                                  float* tile) {
+inline std::uint64_t score_tile_f32_scalar(const float* users_t, index_t users_pad, const float* rows,
+                                           index_t n_rows, index_t dim, index_t row_stride, float bias,
+                                           const float* gates, float* tile) {
+  std::uint64_t hits = 0;
   for (index_t c = 0; c < n_rows; ++c) {
     const float* row = rows + c * row_stride;
     float* scores = tile + c * users_pad;
@@ -28,8 +29,12 @@ inline void score_tile_f32_scalar(const float* users_t, index_t users_pad, const
       const float* column = users_t + d * users_pad;
       for (index_t u = 0; u < users_pad; ++u) scores[u] += column[u] * value;
     }
-    for (index_t u = 0; u < users_pad; ++u) scores[u] += bias;
+    for (index_t u = 0; u < users_pad; ++u) {
+      scores[u] += bias;
+      if (gates != nullptr && !(scores[u] < gates[u])) hits |= std::uint64_t{1} << c;
+    }
   }
+  return hits;
 }
 
 inline void score_pairs_f32_scalar(const float* a, index_t a_stride, const float* b,
