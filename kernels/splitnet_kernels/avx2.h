@@ -206,6 +206,18 @@ SPLITNET_AVX2 inline index_t first_not_below_f32_avx2(const float* values, index
   return i + first_not_below_f32_scalar(values + i, n - i, gate);
 }
 
+SPLITNET_AVX2 inline void max_lanes_f32_avx2(const float* values, index_t n, float* lanes) {
+  __m256 lo = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), hi = lo;
+  index_t i = 0;
+  for (; i + 16 <= n; i += 16) {  // max(x, acc) keeps acc where x is NaN
+    lo = _mm256_max_ps(_mm256_loadu_ps(values + i), lo);
+    hi = _mm256_max_ps(_mm256_loadu_ps(values + i + 8), hi);
+  }
+  _mm256_storeu_ps(lanes, lo);
+  _mm256_storeu_ps(lanes + 8, hi);
+  for (index_t j = 0; i + j < n; ++j) lanes[j] = std::max(lanes[j], values[i + j]);
+}
+
 namespace avx2_detail {
 template <bool Bf16>
 SPLITNET_AVX2 inline __m256 widen8(const std::uint16_t* p) {
@@ -277,7 +289,7 @@ SPLITNET_AVX2 inline void score_rows_i8_avx2(const std::int8_t* query, float que
 }
 
 inline constexpr KernelTable kAvx2Table{Isa::avx2, score_rows_f32_avx2, score_tile_f32_avx2,
-                                        not_below_bits_f32_avx2, first_not_below_f32_avx2,
+                                        not_below_bits_f32_avx2, first_not_below_f32_avx2, max_lanes_f32_avx2,
                                         score_rows_f16_avx2, score_rows_bf16_avx2, score_rows_i8_avx2,
                                         score_pairs_f32_avx2};
 

@@ -232,6 +232,15 @@ SPLITNET_AVX512 inline index_t first_not_below_f32_avx512(const float* values, i
   return n;
 }
 
+SPLITNET_AVX512 inline void max_lanes_f32_avx512(const float* values, index_t n, float* lanes) {
+  using namespace avx512_detail;
+  __m512 acc = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  index_t i = 0;
+  for (; i + 16 <= n; i += 16) acc = _mm512_max_ps(_mm512_loadu_ps(values + i), acc);  // NaN keeps acc
+  if (i < n) acc = _mm512_mask_max_ps(acc, tail_mask(n - i), _mm512_maskz_loadu_ps(tail_mask(n - i), values + i), acc);
+  _mm512_storeu_ps(lanes, acc);
+}
+
 namespace avx512_detail {
 // Sixteen stored values widened exactly to float32.
 template <bool Bf16>
@@ -308,6 +317,7 @@ SPLITNET_AVX512 inline void score_rows_i8_avx512(const std::int8_t* query, float
 
 inline constexpr KernelTable kAvx512Table{Isa::avx512, score_rows_f32_avx512, score_tile_f32_avx512,
                                           not_below_bits_f32_avx512, first_not_below_f32_avx512,
+                                          max_lanes_f32_avx512,
                                           score_rows_f16_avx512, score_rows_bf16_avx512,
                                           score_rows_i8_avx512, score_pairs_f32_avx512};
 

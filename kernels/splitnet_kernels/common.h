@@ -54,6 +54,8 @@ struct KernelTable {
   // with !(values[i] < gate), or n if there is none.
   bool (*not_below_bits_f32)(const float* values, const float* gates, index_t n, std::uint64_t* bits);
   index_t (*first_not_below_f32)(const float* values, index_t n, float gate);
+  // lanes[j] = the largest values[i] over i % 16 == j, NaN skipped, -inf if there is none.
+  void (*max_lanes_f32)(const float* values, index_t n, float* lanes);
   // Reduced-precision candidates (sk.Candidates), one float32 query: out[i] = query . row_i +
   // bias with the row widened exactly to float32. Rows are IEEE half or bfloat16 bits.
   void (*score_rows_f16)(const float* query, const std::uint16_t* rows, index_t n_rows,

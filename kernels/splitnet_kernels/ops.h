@@ -155,7 +155,7 @@ inline index_t topk_range(const KernelTable& table, const OneQuery& score, index
   for (index_t b = begin; b < end; b += kBlock) {
     const index_t count = std::min(kBlock, end - b);
     score(b, count, block);
-    heap.scan(block, count, b, score.ids(), table.first_not_below_f32);
+    heap.scan(block, count, b, score.ids(), table);
   }
   return heap.finish();
 }

@@ -1,6 +1,9 @@
 // The scalar reference kernels: the specification every ISA variant must match (to float32
 // rounding). Plain C++ with float accumulation, in the order a reader expects.
 #pragma once
+#include <algorithm>
+#include <limits>
+
 #include "common.h"
 
 namespace splitnet {
@@ -67,6 +70,11 @@ inline index_t first_not_below_f32_scalar(const float* values, index_t n, float 
   return n;
 }
 
+inline void max_lanes_f32_scalar(const float* values, index_t n, float* lanes) {
+  std::fill(lanes, lanes + 16, -std::numeric_limits<float>::infinity());
+  for (index_t i = 0; i < n; ++i) lanes[i % 16] = std::max(lanes[i % 16], values[i]);  // NaN never wins
+}
+
 template <float (*Widen)(std::uint16_t)>
 inline void rows_16bit_scalar(const float* query, const std::uint16_t* rows, index_t n_rows, index_t dim,
                               index_t row_stride, float bias, float* out) {
@@ -101,7 +109,7 @@ inline void score_rows_i8_scalar(const std::int8_t* query, float query_scale, co
 
 inline constexpr KernelTable kScalarTable{Isa::scalar, score_rows_f32_scalar,
                                           score_tile_f32_scalar, not_below_bits_f32_scalar,
-                                          first_not_below_f32_scalar, score_rows_f16_scalar,
+                                          first_not_below_f32_scalar, max_lanes_f32_scalar, score_rows_f16_scalar,
                                           score_rows_bf16_scalar, score_rows_i8_scalar,
                                           score_pairs_f32_scalar};
 
