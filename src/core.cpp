@@ -54,7 +54,7 @@ Rows rows_of(const py::array& a, const char* name, int ndim) {
   const index_t count = ndim == 1 ? 1 : a.shape(0);
   const index_t dim = a.shape(ndim - 1);
   require(dim <= 1 || a.strides(ndim - 1) == 4, name, ": rows must be contiguous");
-  const index_t row_bytes = ndim == 1 ? dim * 4 : a.strides(0);
+  const index_t row_bytes = count <= 1 ? dim * 4 : a.strides(0);  // one row: its stride is never used
   require(row_bytes % 4 == 0 && reinterpret_cast<std::uintptr_t>(a.data()) % 4 == 0,
           name, ": data must be aligned to 4 bytes");
   return Rows{static_cast<const float*>(a.data()), count, dim, row_bytes / 4};
@@ -176,16 +176,44 @@ PYBIND11_MODULE(_core, m) {
     splitnet::score_pairs(table(), u, a, w, bias, o, t);
   }, py::arg("users"), py::arg("ads"), py::arg("weights"), py::arg("bias"), py::arg("out"), py::arg("threads"));
 
-  m.def("score_pairs_full", [](py::array users, py::array ads, py::array S, float bias, py::array out, int threads) {
-    const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2), s = rows_of(S, "S", 2);
+  m.def("score_pairs_factored", [](py::array users, py::array ads, py::array left, py::object right, py::object diag,
+                                   float bias, py::array out, int threads) {
+    const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2), l = rows_of(left, "left", 2);
     require_same_dim(u, a);
     require(u.count == a.count, "pairwise: users and ads differ in count");
-    require(s.count == a.dim && s.dim == a.dim && s.stride == a.dim, "S must be a C-contiguous (dim, dim) matrix");
+    require(l.count == a.dim && l.stride == l.dim, "left must be a C-contiguous (dim, rank) matrix");
+    py::array right_array, diag_array;  // keep the optional operands alive for the call
+    const float* r = nullptr;
+    const float* d = nullptr;
+    if (!right.is_none()) {
+      right_array = right.cast<py::array>();
+      const Rows rr = rows_of(right_array, "right", 2);
+      require(rr.count == l.count && rr.dim == l.dim && rr.stride == rr.dim, "right must be C-contiguous, shaped like left");
+      r = rr.data;
+    } else {
+      require(l.dim == a.dim, "without right, left must be (dim, dim)");
+    }
+    if (!diag.is_none()) {
+      diag_array = diag.cast<py::array>();
+      const Rows dr = rows_of(diag_array, "diag", 1);
+      require(dr.dim == a.dim, "diag: expected one weight per dimension");
+      d = dr.data;
+    }
     float* o = output_of(out, "out", {a.count});
     const int t = thread_count(threads);
     py::gil_scoped_release release;
-    splitnet::score_pairs_full(table(), u, a, s.data, bias, o, t);
-  }, py::arg("users"), py::arg("ads"), py::arg("S"), py::arg("bias"), py::arg("out"), py::arg("threads"));
+    splitnet::score_pairs_factored(table(), u, a, l.data, r, l.dim, d, bias, o, t);
+  }, py::arg("users"), py::arg("ads"), py::arg("left"), py::arg("right"), py::arg("diag"), py::arg("bias"),
+     py::arg("out"), py::arg("threads"));
+
+  m.def("matmul", [](py::array x, py::array w, py::array out, int threads) {
+    const Rows xr = rows_of(x, "x", 2), wr = rows_of(w, "w", 2);
+    require(wr.count == xr.dim && wr.stride == wr.dim, "w must be a C-contiguous (dim, cols) matrix");
+    float* o = output_of(out, "out", {xr.count, wr.dim});
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    splitnet::matmul(table(), xr, wr.data, wr.dim, o, wr.dim, t);
+  }, py::arg("x"), py::arg("w"), py::arg("out"), py::arg("threads"));
 
   m.def("topk_one", [](py::array query, py::array ads, index_t k, float bias, py::array out_scores, py::array out_ids, int threads) {
     const Rows q = rows_of(query, "users", 1), a = rows_of(ads, "ads", 2);

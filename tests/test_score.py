@@ -360,6 +360,21 @@ def test_many_users_span_several_user_blocks(backend, kind, n, m, rng):
     assert_within(got, reference_scores(users, ads, metric), tolerance(users, ads, metric))
 
 
+@pytest.mark.parametrize("rank", (1, 16, 17, 49, 70))
+@pytest.mark.parametrize("with_d", (False, True))
+def test_low_rank_of_any_rank(backend, rank, with_d, rng):
+    # the folds and the fused pairwise kernel pack P and Q in column blocks of 16, 32 and 48
+    n = 70
+    P, Q = rng.standard_normal((n, rank)) / np.sqrt(rank), rng.standard_normal((n, rank)) / np.sqrt(rank)
+    metric = sk.Metric.low_rank(P, Q, d=rng.standard_normal(n) if with_d else None, bias=BIAS)
+    users = rng.standard_normal((37, n)).astype(np.float32)
+    ads = rng.standard_normal((37, n)).astype(np.float32)
+    for args, pairwise in (((users[3], ads), False), ((users, ads), False), ((users, ads), True)):
+        got = sk.score(*args, metric, pairwise=pairwise, backend=backend)
+        assert_within(got, reference_scores(*args, metric, pairwise=pairwise),
+                      tolerance(*args, metric, pairwise=pairwise))
+
+
 # ---- concurrency -------------------------------------------------------------------------------
 _CONCURRENT_CALLS = """
 import sys, threading

@@ -64,6 +64,15 @@ inline index_t pack_users(const Rows& users, index_t begin, index_t end, std::ve
   return pad;
 }
 
+// w (dim, cols) row-major with its rows padded to a multiple of 16 columns: the packed form in
+// which the cross tile reads users, so the tile multiplies rows by w. Returns the padded width.
+inline index_t pack_columns(const float* w, index_t dim, index_t cols, std::vector<float>& packed) {
+  const index_t pad = (cols + 15) / 16 * 16;
+  packed.assign(static_cast<size_t>(dim * pad), 0.0f);
+  for (index_t r = 0; r < dim; ++r) std::copy(w + r * cols, w + (r + 1) * cols, packed.begin() + r * pad);
+  return pad;
+}
+
 // Asks for rows [begin, end) to be brought into the cache. The compute-bound loops (cross tiles,
 // full pairs) call it a block ahead: the hardware prefetcher alone leaves them waiting on memory.
 inline void prefetch_rows(const Rows& rows, index_t begin, index_t end) {
@@ -212,32 +221,71 @@ inline void score_pairs(const KernelTable& table, const Rows& users, const Rows&
                   });
 }
 
-// out[i] = users[i]^T S rows[i] + bias, S (dim, dim) row-major. Blocks of pairs form
-// T = U_block S with the cross-tile kernel (S, its columns padded, stands where the packed
-// users stand), then a row-wise dot with the ads: a GEMM fused with the dot, no (B, n) array.
-inline void score_pairs_full(const KernelTable& table, const Rows& users, const Rows& rows,
-                             const float* S, float bias, float* out, int threads) {
+// out[i] = (users[i] L) . (rows[i] R) + sum_d users[i][d] diag[d] rows[i][d] + bias, with L and R
+// (dim, rank) row-major: a low-rank S = L R^T + diag(d). Null R stands for the identity (rank =
+// dim), so L alone is a full S; null diag adds nothing. Steps of pairs go through the cross tile
+// (L, R packed where the users stand) and a row-wise dot: a GEMM fused with the dot, no (B, n)
+// array, and the next rows prefetched a block ahead (the loop is compute-bound).
+inline void score_pairs_factored(const KernelTable& table, const Rows& users, const Rows& rows, const float* left,
+                                 const float* right, index_t rank, const float* diag, float bias, float* out,
+                                 int threads) {
   using namespace ops_detail;
-  constexpr index_t kPairBlock = 64, kPairStep = 8;
-  const index_t dim = rows.dim, pad = (dim + 15) / 16 * 16;
-  std::vector<float> s_padded(static_cast<size_t>(dim * pad), 0.0f);
-  for (index_t r = 0; r < dim; ++r)
-    std::copy(S + r * dim, S + (r + 1) * dim, s_padded.begin() + r * pad);
-  parallel_chunks(rows.count, threads, ops_detail::min_rows_per_task(dim, dim), kPairBlock,
+  constexpr index_t kStep = 8, kAhead = 64;
+  const index_t dim = rows.dim;
+  std::vector<float> left_packed, right_packed;
+  const index_t pad = pack_columns(left, dim, rank, left_packed);
+  if (right != nullptr) pack_columns(right, dim, rank, right_packed);
+  parallel_chunks(rows.count, threads, min_rows_per_task(dim, right ? 2 * rank : rank), kAhead,
                   [&](int, index_t begin, index_t end) {
-                    std::vector<float> folded(static_cast<size_t>(kPairBlock * pad));
-                    for (index_t b = begin; b < end; b += kPairBlock) {
-                      const index_t count = std::min(kPairBlock, end - b);
-                      for (index_t s = b; s < b + count; s += kPairStep) {  // a block ahead, in steps
-                        const index_t step = std::min(kPairStep, b + count - s);
-                        const index_t ahead = std::min(end, s + kPairBlock + step);
-                        prefetch_rows(users, std::min(end, s + kPairBlock), ahead);
-                        prefetch_rows(rows, std::min(end, s + kPairBlock), ahead);
-                        table.score_tile_f32(s_padded.data(), pad, users.row(s), step, dim, users.stride, 0.0f,
-                                             nullptr, folded.data());
-                        table.score_pairs_f32(folded.data(), pad, rows.row(s), rows.stride, nullptr, step, dim,
-                                              bias, out + s);
+                    std::vector<float> x(static_cast<size_t>(kStep * pad)), y(right ? x.size() : 0);
+                    float extra[kStep];
+                    for (index_t s = begin; s < end; s += kStep) {
+                      const index_t step = std::min(kStep, end - s);
+                      const index_t ahead = std::min(end, s + kAhead), ahead_end = std::min(end, s + kAhead + step);
+                      prefetch_rows(users, ahead, ahead_end);
+                      prefetch_rows(rows, ahead, ahead_end);
+                      table.score_tile_f32(left_packed.data(), pad, users.row(s), step, dim, users.stride, 0.0f,
+                                           nullptr, x.data());
+                      if (right != nullptr) {
+                        table.score_tile_f32(right_packed.data(), pad, rows.row(s), step, dim, rows.stride, 0.0f,
+                                             nullptr, y.data());
+                        table.score_pairs_f32(x.data(), pad, y.data(), pad, nullptr, step, rank, bias, out + s);
+                      } else {
+                        table.score_pairs_f32(x.data(), pad, rows.row(s), rows.stride, nullptr, step, dim, bias,
+                                              out + s);
                       }
+                      if (diag != nullptr) {
+                        table.score_pairs_f32(users.row(s), users.stride, rows.row(s), rows.stride, diag, step, dim,
+                                              0.0f, extra);
+                        for (index_t i = 0; i < step; ++i) out[s + i] += extra[i];
+                      }
+                    }
+                  });
+}
+
+// out[i] = users[i]^T S rows[i] + bias, S (dim, dim) row-major.
+inline void score_pairs_full(const KernelTable& table, const Rows& users, const Rows& rows, const float* S,
+                             float bias, float* out, int threads) {
+  score_pairs_factored(table, users, rows, S, nullptr, rows.dim, nullptr, bias, out, threads);
+}
+
+// out[i * out_stride + j] = sum_d x[i][d] w[d][j] for j < cols, w (x.dim, cols) row-major: a
+// small GEMM on the cross tile, which folds users (users S, users P) without a BLAS whose idle
+// threads would spin on the cores that the scoring needs next.
+inline void matmul(const KernelTable& table, const Rows& x, const float* w, index_t cols, float* out,
+                   index_t out_stride, int threads) {
+  using namespace ops_detail;
+  std::vector<float> packed;
+  const index_t pad = pack_columns(w, x.dim, cols, packed);
+  parallel_chunks(x.count, threads, min_rows_per_task(x.dim, pad), kTileCandidates,
+                  [&](int, index_t begin, index_t end) {
+                    std::vector<float> tile(static_cast<size_t>(kTileCandidates * pad));
+                    for (index_t r0 = begin; r0 < end; r0 += kTileCandidates) {
+                      const index_t count = std::min(kTileCandidates, end - r0);
+                      table.score_tile_f32(packed.data(), pad, x.row(r0), count, x.dim, x.stride, 0.0f, nullptr,
+                                           tile.data());
+                      for (index_t i = 0; i < count; ++i)
+                        std::copy(tile.data() + i * pad, tile.data() + i * pad + cols, out + (r0 + i) * out_stride);
                     }
                   });
 }

@@ -11,7 +11,7 @@ import numpy as np
 from . import _dispatch
 from ._metric import Metric, _is_tensor
 from ._order import merge_numpy
-from .backends._simd import rows_dot
+from .backends._simd import matmul
 
 
 # ---- argument checks ------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def _fast_operands(users, ads, metric, backend, threads):
         return users, 0.0
     if type(metric) is not Metric or metric.dim != users.shape[0]:
         return None
-    return metric.fold(users, rows_dot), metric.bias
+    return metric.fold(users, matmul), metric.bias
 
 
 # ---- the public calls -----------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _api, _dispatch
 from ._metric import _is_tensor
-from .backends._simd import rows_dot
+from .backends._simd import matmul
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 _STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int8": np.int8}
@@ -110,7 +110,7 @@ class Candidates:
     def _query(self, user, metric) -> np.ndarray:
         """The folded user, float32, zero-padded to the stored row width."""
         query = np.zeros(self._data.shape[1], np.float32)
-        query[:self._dim] = metric.fold(np.ascontiguousarray(user, np.float32), rows_dot)
+        query[:self._dim] = metric.fold(np.ascontiguousarray(user, np.float32), matmul)
         return query
 
     def _allowed(self, allowed):

@@ -143,12 +143,12 @@ class Metric:
         return {"scaled": n + 1, "diagonal": 2 * n, "full": n * n + n}[self._kind]
 
     # ---- the algebra ----------------------------------------------------------------------
-    def fold(self, users, rows_dot=None):
+    def fold(self, users, matmul=None):
         """users @ S for users (n,) or (M, n): numpy in, numpy out; torch in, torch out.
 
         float64 users are folded in float64 (the reference); everything else in float32.
-        rows_dot(R, v) -> R @ v, if given, folds one float32 user (n,) without numpy's BLAS,
-        whose idle threads would spin on the cores the scoring kernels need next.
+        matmul(X, W) -> X @ W, if given, folds float32 users without numpy's BLAS, whose idle
+        threads would spin on the cores the scoring kernels need next.
         """
         if _is_tensor(users):
             return self._fold(users, self._tensor_params(users))
@@ -159,25 +159,22 @@ class Metric:
             users = users.astype(np.float32, copy=False)
         if users.ndim not in (1, 2) or users.shape[-1] != self._dim:
             raise ValueError(f"users: expected shape ({self._dim},) or (M, {self._dim}), got {users.shape}")
-        if rows_dot is not None and users.ndim == 1 and users.dtype == np.float32 and self._kind in ("full", "low_rank"):
-            rows = self._transposed()
+        if matmul is not None and users.dtype == np.float32 and self._kind in ("full", "low_rank"):
+            p = self._params
             if self._kind == "full":
-                return rows_dot(rows["S.T"], users)  # S^T u
-            folded = rows_dot(rows["Q"], rows_dot(rows["P.T"], users))  # Q (P^T u)
-            return folded + users * self._params["d"] if self._params["d"] is not None else folded
+                return matmul(users, p["S"])
+            folded = matmul(matmul(users, p["P"]), self._q_transposed())  # (u P) Q^T
+            return folded + users * p["d"] if p["d"] is not None else folded
         params = self._params
         if users.dtype == np.float64:
             params = {k: (np.asarray(v, np.float64) if isinstance(v, np.ndarray) else v) for k, v in params.items()}
         return self._fold(users, params)
 
-    def _transposed(self) -> dict:
-        """S^T, P^T and Q as C-contiguous float32 rows for rows_dot, made once."""
-        key = "rows"
-        if key not in self._cache:
-            p = self._params
-            self._cache[key] = ({"S.T": np.ascontiguousarray(p["S"].T)} if self._kind == "full"
-                                       else {"P.T": np.ascontiguousarray(p["P"].T), "Q": p["Q"]})
-        return self._cache[key]
+    def _q_transposed(self) -> np.ndarray:
+        """Q^T, C-contiguous float32, made once."""
+        if "Q.T" not in self._cache:
+            self._cache["Q.T"] = np.ascontiguousarray(self._params["Q"].T)
+        return self._cache["Q.T"]
 
     def _fold(self, users, p):
         kind = self._kind

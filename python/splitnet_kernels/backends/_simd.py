@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 try:
@@ -21,11 +23,13 @@ def kernel_rows(x) -> np.ndarray:
     return x
 
 
-def rows_dot(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """rows @ vector on the calling thread with the kernels (Metric.fold's BLAS-free path)."""
-    out = np.empty(rows.shape[0], np.float32)
-    _core.score_one(kernel_rows(vector), rows, 0.0, out, 1)
-    return out
+def matmul(x: np.ndarray, w: np.ndarray, threads: int = 1) -> np.ndarray:
+    """x @ w, x (n,) or (M, n) and w (n, c) C-contiguous float32, on the kernels' cross tile:
+    Metric.fold's BLAS-free path. One user folds with the same bits as a batch."""
+    rows = kernel_rows(x).reshape(-1, x.shape[-1])
+    out = np.empty((rows.shape[0], w.shape[1]), np.float32)
+    _core.matmul(rows, w, out, threads)
+    return out.reshape(x.shape[:-1] + (w.shape[1],))
 
 
 def _threads(threads):
@@ -54,13 +58,14 @@ class SimdBackend:
         if pairwise:
             target = _target(out, ads.shape[:1])
             users = kernel_rows(users)
-            weights = metric.diag_weights()
+            p = metric.params
             if metric.kind == "full":  # U S fused with the row-wise dot, no (B, n) temporary
-                _core.score_pairs_full(users, ads, metric.params["S"], bias, target, threads)
-            elif weights is not None:  # one streaming pass, weights applied in the kernel
-                _core.score_pairs(users, ads, None if metric.kind == "dot" else weights, bias, target, threads)
-            else:
-                _core.score_pairs(kernel_rows(metric.fold(users)), ads, None, bias, target, threads)
+                _core.score_pairs_factored(users, ads, p["S"], None, None, bias, target, threads)
+            elif metric.kind == "low_rank":  # (U P) . (A Q) + the diagonal, fused the same way
+                _core.score_pairs_factored(users, ads, p["P"], p["Q"], p["d"], bias, target, threads)
+            else:  # one streaming pass, weights applied in the kernel
+                weights = None if metric.kind == "dot" else metric.diag_weights()
+                _core.score_pairs(users, ads, weights, bias, target, threads)
         else:
             users = kernel_rows(users)
             if users.ndim == 1 or users.shape[0] == 1:  # one user: the candidates split across threads
@@ -68,7 +73,8 @@ class SimdBackend:
                 _core.score_one(self._fold_one(metric, users), ads, bias, target.reshape(-1), threads)
             else:
                 target = _target(out, (users.shape[0], ads.shape[0]))
-                _core.score_cross(kernel_rows(metric.fold(users)), ads, bias, target, threads)
+                folded = metric.fold(users, functools.partial(matmul, threads=threads))
+                _core.score_cross(kernel_rows(folded), ads, bias, target, threads)
         if out is not None and target is not out:
             out[...] = target
             return out
@@ -77,7 +83,7 @@ class SimdBackend:
     @staticmethod
     def _fold_one(metric, users):
         """One user folded as a vector, the same bits for score and topk."""
-        return kernel_rows(metric.fold(users.reshape(-1), rows_dot))
+        return kernel_rows(metric.fold(users.reshape(-1), matmul))
 
     def topk(self, users, ads, k, metric, *, threads):
         ads, users = kernel_rows(ads), kernel_rows(users)
@@ -86,5 +92,7 @@ class SimdBackend:
         if users.shape[0] == 1:  # one user: the candidates split across threads
             _core.topk_one(self._fold_one(metric, users), ads, k, metric.bias, scores[0], ids[0], _threads(threads))
         else:
-            _core.topk_cross(kernel_rows(metric.fold(users)), ads, k, metric.bias, scores, ids, _threads(threads))
+            threads = _threads(threads)
+            folded = metric.fold(users, functools.partial(matmul, threads=threads))
+            _core.topk_cross(kernel_rows(folded), ads, k, metric.bias, scores, ids, threads)
         return scores, ids
