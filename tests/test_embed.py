@@ -232,3 +232,55 @@ def test_cpp_example_builds_runs_and_agrees(tmp_path):
 
 def test_cpp_headers_are_warning_clean(tmp_path):
     _build_example(tmp_path, "-Wall", "-Wextra", "-Werror")
+
+
+_NO_ALLOCATION = r"""
+#include <splitnet_kernels/ops.h>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <new>
+
+static std::atomic<long> allocations{0};
+void* operator new(std::size_t size) {
+  ++allocations;
+  if (void* p = std::malloc(size ? size : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+int main() {
+  using namespace splitnet;
+  const index_t n = 64, count = 1000;
+  std::vector<float> rows(count * n), query(n), out(count), scores(32);
+  std::vector<index_t> ids(32);
+  for (index_t i = 0; i < count * n; ++i) rows[i] = static_cast<float>((i * 7919) % 1001) / 1001.0f - 0.5f;
+  for (index_t d = 0; d < n; ++d) query[d] = static_cast<float>(d % 13) - 6.0f;
+  const Rows r{rows.data(), count, n, n};
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512bf16, Isa::neon}) {
+    if (!isa_supported(isa)) continue;
+    const KernelTable& table = kernel_table(isa);
+    const long before = allocations.load();
+    for (index_t k : {1, 10, 32}) {
+      score_one(table, query.data(), r, 0.5f, out.data(), 2);
+      topk_one(table, query.data(), r, k, 0.5f, scores.data(), ids.data(), 2);
+    }
+    std::printf("%s %ld\n", isa_name(isa), allocations.load() - before);
+  }
+}
+"""
+
+
+def test_small_calls_allocate_nothing(tmp_path):
+    # a serving call (1,000 candidates, k <= 32) runs on the calling thread and never calls new
+    source, binary = tmp_path / "no_allocation.cpp", tmp_path / "no_allocation"
+    source.write_text(_NO_ALLOCATION)
+    command = [_compiler(), "-std=c++17", "-O2", f"-I{sk.get_include()}", str(source), "-pthread", "-o", str(binary)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stderr}"
+    done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    counts = dict(line.split() for line in done.stdout.splitlines())
+    assert set(counts) == set(sk.info()["isa_supported"])
+    assert all(value == "0" for value in counts.values()), counts

@@ -21,9 +21,10 @@ class TopK {
   static constexpr index_t kHeapMaxK = 32;
   static constexpr index_t kLanes = 16;
 
+  // Small k (the serving case) keeps its heap inside the object: a small call allocates nothing.
   TopK(float* out_scores, index_t* out_ids, index_t k)
       : out_scores_(out_scores), out_ids_(out_ids), k_(k), capacity_(k <= kHeapMaxK ? k : 2 * k) {
-    buffer_.reserve(static_cast<size_t>(capacity_));
+    if (capacity_ > kHeapMaxK) spill_.resize(static_cast<size_t>(capacity_));
   }
 
   float gate() const { return gate_; }
@@ -31,24 +32,24 @@ class TopK {
   void push(float score, index_t id) {
     const Entry entry{order_key(score), score, id};
     if (k_ <= kHeapMaxK) {
-      if (static_cast<index_t>(buffer_.size()) < k_) {
-        buffer_.push_back(entry);
-        std::push_heap(buffer_.begin(), buffer_.end(), before);
-      } else if (before(entry, buffer_.front())) {
-        std::pop_heap(buffer_.begin(), buffer_.end(), before);
-        buffer_.back() = entry;
-        std::push_heap(buffer_.begin(), buffer_.end(), before);
+      if (size_ < k_) {
+        begin()[size_++] = entry;
+        std::push_heap(begin(), end(), before);
+      } else if (before(entry, *begin())) {
+        std::pop_heap(begin(), end(), before);
+        end()[-1] = entry;
+        std::push_heap(begin(), end(), before);
       } else {
         return;
       }
-      if (static_cast<index_t>(buffer_.size()) == k_) set_gate(buffer_.front().score);
+      if (size_ == k_) set_gate(begin()->score);
       return;
     }
-    if (static_cast<index_t>(buffer_.size()) == capacity_) {
-      keep_best(k_);  // buffer_[k - 1] is now the k-th best
-      set_gate(buffer_[k_ - 1].score);
+    if (size_ == capacity_) {
+      keep_best(k_);  // begin()[k - 1] is now the k-th best
+      set_gate(begin()[k_ - 1].score);
     }
-    buffer_.push_back(entry);
+    begin()[size_++] = entry;
   }
 
   // Offers the scores of candidates first, first + 1, ... (or ids[first], ids[first + 1], ...
@@ -67,12 +68,12 @@ class TopK {
 
   // Writes the kept entries best first to the outputs; returns how many (min(k, pushed)).
   index_t finish() {
-    const index_t count = std::min<index_t>(k_, static_cast<index_t>(buffer_.size()));
+    const index_t count = std::min(k_, size_);
     keep_best(count);
-    std::sort(buffer_.begin(), buffer_.end(), before);
+    std::sort(begin(), end(), before);
     for (index_t i = 0; i < count; ++i) {
-      out_scores_[i] = buffer_[i].score;
-      out_ids_[i] = buffer_[i].id;
+      out_scores_[i] = begin()[i].score;
+      out_ids_[i] = begin()[i].id;
     }
     return count;
   }
@@ -85,10 +86,13 @@ class TopK {
   };
   static bool before(const Entry& a, const Entry& b) { return a.key > b.key || (a.key == b.key && a.id < b.id); }
 
+  Entry* begin() { return spill_.empty() ? inline_ : spill_.data(); }
+  Entry* end() { return begin() + size_; }
+
   void keep_best(index_t count) {
-    if (static_cast<index_t>(buffer_.size()) > count) {
-      std::nth_element(buffer_.begin(), buffer_.begin() + (count - 1), buffer_.end(), before);
-      buffer_.resize(static_cast<size_t>(count));
+    if (size_ > count) {
+      std::nth_element(begin(), begin() + (count - 1), end(), before);
+      size_ = count;
     }
   }
 
@@ -112,8 +116,9 @@ class TopK {
 
   float* out_scores_;
   index_t* out_ids_;
-  index_t k_, capacity_;
-  std::vector<Entry> buffer_;
+  index_t k_, capacity_, size_ = 0;
+  Entry inline_[kHeapMaxK];   // the entries while capacity <= kHeapMaxK,
+  std::vector<Entry> spill_;  // else here
   float floor_ = -std::numeric_limits<float>::infinity();  // a lower bound on the k-th best
   float gate_ = std::numeric_limits<float>::quiet_NaN();  // NaN: not yet k entries, all may enter
 };
