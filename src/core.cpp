@@ -253,33 +253,46 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("score_packed", [](py::array query, py::array data, const std::string& dtype, py::object scales,
                            py::object allowed, float bias, py::array out, int threads) {
-    const Rows q = rows_of(query, "users", 1);
+    const bool cross = query.ndim() == 2;  // many users: (M, dim) queries, no allowed subset
+    const Rows q = rows_of(query, "users", cross ? 2 : 1);
     py::array scale_array = scales.is_none() ? py::array() : scales.cast<py::array>();  // alive for the call
     const splitnet::PackedRows rows = packed_of(data, dtype, scales.is_none() ? py::object(py::none()) : py::object(scale_array));
     require(q.dim == rows.dim, "users and candidates differ in dimension");
     py::array allowed_array = allowed.is_none() ? py::array() : allowed.cast<py::array>();
     const auto [ids, n_ids] = ids_of(allowed.is_none() ? py::object(py::none()) : py::object(allowed_array), rows.count);
-    float* o = output_of(out, "out", {ids ? n_ids : rows.count});
+    require(!cross || ids == nullptr, "allowed: only with one user");
+    float* o = cross ? output_of(out, "out", {q.count, rows.count}) : output_of(out, "out", {ids ? n_ids : rows.count});
     const int t = thread_count(threads);
     py::gil_scoped_release release;
-    splitnet::score_one(table(), q.data, rows, bias, o, t, ids, n_ids);
+    if (cross) {
+      splitnet::score_cross(table(), q, rows, bias, o, rows.count, t);
+    } else {
+      splitnet::score_one(table(), q.data, rows, bias, o, t, ids, n_ids);
+    }
   }, py::arg("query"), py::arg("data"), py::arg("dtype"), py::arg("scales"), py::arg("allowed"), py::arg("bias"),
      py::arg("out"), py::arg("threads"));
 
   m.def("topk_packed", [](py::array query, py::array data, const std::string& dtype, py::object scales,
                           py::object allowed, index_t k, float bias, py::array out_scores, py::array out_ids, int threads) {
-    const Rows q = rows_of(query, "users", 1);
+    const bool cross = query.ndim() == 2;  // many users: (M, dim) queries, no allowed subset
+    const Rows q = rows_of(query, "users", cross ? 2 : 1);
     py::array scale_array = scales.is_none() ? py::array() : scales.cast<py::array>();
     const splitnet::PackedRows rows = packed_of(data, dtype, scales.is_none() ? py::object(py::none()) : py::object(scale_array));
     require(q.dim == rows.dim, "users and candidates differ in dimension");
     py::array allowed_array = allowed.is_none() ? py::array() : allowed.cast<py::array>();
     const auto [ids, n_ids] = ids_of(allowed.is_none() ? py::object(py::none()) : py::object(allowed_array), rows.count);
     require(k >= 0 && k <= (ids ? n_ids : rows.count), "k must be in [0, number of candidates]");
-    float* s = output_of(out_scores, "scores", {k});
-    auto* i = reinterpret_cast<index_t*>(output_of(out_ids, "ids", {k}, 'i'));
+    require(!cross || ids == nullptr, "allowed: only with one user");
+    float* s = cross ? output_of(out_scores, "scores", {q.count, k}) : output_of(out_scores, "scores", {k});
+    auto* i = reinterpret_cast<index_t*>(cross ? output_of(out_ids, "ids", {q.count, k}, 'i')
+                                               : output_of(out_ids, "ids", {k}, 'i'));
     const int t = thread_count(threads);
     py::gil_scoped_release release;
-    if (k > 0) splitnet::topk_one(table(), q.data, rows, k, bias, s, i, t, ids, n_ids);
+    if (k > 0 && cross) {
+      splitnet::topk_cross(table(), q, rows, k, bias, s, i, t);
+    } else if (k > 0) {
+      splitnet::topk_one(table(), q.data, rows, k, bias, s, i, t, ids, n_ids);
+    }
   }, py::arg("query"), py::arg("data"), py::arg("dtype"), py::arg("scales"), py::arg("allowed"), py::arg("k"),
      py::arg("bias"), py::arg("out_scores"), py::arg("out_ids"), py::arg("threads"));
 

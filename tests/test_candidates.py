@@ -111,6 +111,22 @@ def test_reduced_storage_within_rounding(backend, dtype, kind, users_2d, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_many_users_span_user_blocks(backend, dtype, rng):
+    # 130 users: two user blocks of the cross tile, over 16-bit rows widened a tile at a time
+    users, ads = _data(rng, (130, 24), 200)
+    metric = make_metric("full", 24, rng, bias=0.5)
+    cands = sk.Candidates(ads, dtype=dtype)
+    got = cands.score(users, metric, backend=backend)
+    tol = tolerance(users, ads, metric) + _storage_error(users, ads, metric, dtype)
+    assert_within(got, reference_scores(users, ads, metric), tol)
+    scores, ids = (to_numpy(x) for x in cands.topk(users, 7, metric, backend=backend))
+    own = to_numpy(got).astype(np.float64)
+    for row in range(0, 130, 13):
+        np.testing.assert_array_equal(ids[row], np.lexsort((np.arange(200), -own[row]))[:7])
+        np.testing.assert_array_equal(scores[row], own[row][ids[row]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_rows_within_storage_rounding(dtype, rng):
     _, ads = _data(rng, (24,), 100, 24)
     ads[3] = 0.0  # an all-zero row must not divide by zero

@@ -163,7 +163,7 @@ SPLITNET_AVX2 inline std::uint64_t score_tile_f32_avx2(const float* users_t, ind
     case 1: tail = tile_columns<1>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
     default: break;
   }
-  return hits | std::uint64_t{tail} << c;
+  return c < n_rows ? hits | std::uint64_t{tail} << c : hits;  // c may be 64: no tail, no shift
 }
 
 SPLITNET_AVX2 inline void score_pairs_f32_avx2(const float* a, index_t a_stride, const float* b,
@@ -280,6 +280,18 @@ SPLITNET_AVX2 inline void score_rows_bf16_avx2(const float* query, const std::ui
   avx2_detail::rows_16bit<true>(query, rows, n_rows, dim, row_stride, bias, out);
 }
 
+SPLITNET_AVX2 inline void widen_f16_avx2(const std::uint16_t* in, index_t n, float* out) {
+  index_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, avx2_detail::widen8<false>(in + i));
+  widen_f16_scalar(in + i, n - i, out + i);
+}
+
+SPLITNET_AVX2 inline void widen_bf16_avx2(const std::uint16_t* in, index_t n, float* out) {
+  index_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, avx2_detail::widen8<true>(in + i));
+  widen_bf16_scalar(in + i, n - i, out + i);
+}
+
 SPLITNET_AVX2 inline void score_rows_i8_avx2(const std::int8_t* query, float query_scale, const std::int8_t* rows,
                                              const float* row_scales, index_t n_rows, index_t dim,
                                              index_t row_stride, float bias, float* out) {
@@ -290,7 +302,8 @@ SPLITNET_AVX2 inline void score_rows_i8_avx2(const std::int8_t* query, float que
 
 inline constexpr KernelTable kAvx2Table{Isa::avx2, score_rows_f32_avx2, score_tile_f32_avx2,
                                         not_below_bits_f32_avx2, first_not_below_f32_avx2, max_lanes_f32_avx2,
-                                        score_rows_f16_avx2, score_rows_bf16_avx2, score_rows_i8_avx2,
+                                        score_rows_f16_avx2, score_rows_bf16_avx2, widen_f16_avx2, widen_bf16_avx2,
+                                        score_rows_i8_avx2,
                                         score_pairs_f32_avx2};
 
 }  // namespace splitnet

@@ -189,7 +189,7 @@ SPLITNET_AVX512 inline std::uint64_t score_tile_f32_avx512(const float* users_t,
     case 1: tail = tile_columns<1>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
     default: break;
   }
-  return hits | std::uint64_t{tail} << c;
+  return c < n_rows ? hits | std::uint64_t{tail} << c : hits;  // c may be 64: no tail, no shift
 }
 
 SPLITNET_AVX512 inline void score_pairs_f32_avx512(const float* a, index_t a_stride, const float* b,
@@ -306,6 +306,18 @@ SPLITNET_AVX512 inline void score_rows_bf16_avx512(const float* query, const std
   avx512_detail::rows_16bit<true>(query, rows, n_rows, dim, row_stride, bias, out);
 }
 
+SPLITNET_AVX512 inline void widen_f16_avx512(const std::uint16_t* in, index_t n, float* out) {
+  index_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, avx512_detail::widen16<false>(in + i));
+  widen_f16_scalar(in + i, n - i, out + i);
+}
+
+SPLITNET_AVX512 inline void widen_bf16_avx512(const std::uint16_t* in, index_t n, float* out) {
+  index_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, avx512_detail::widen16<true>(in + i));
+  widen_bf16_scalar(in + i, n - i, out + i);
+}
+
 SPLITNET_AVX512 inline void score_rows_i8_avx512(const std::int8_t* query, float query_scale,
                                                  const std::int8_t* rows, const float* row_scales,
                                                  index_t n_rows, index_t dim, index_t row_stride,
@@ -318,8 +330,8 @@ SPLITNET_AVX512 inline void score_rows_i8_avx512(const std::int8_t* query, float
 inline constexpr KernelTable kAvx512Table{Isa::avx512, score_rows_f32_avx512, score_tile_f32_avx512,
                                           not_below_bits_f32_avx512, first_not_below_f32_avx512,
                                           max_lanes_f32_avx512,
-                                          score_rows_f16_avx512, score_rows_bf16_avx512,
-                                          score_rows_i8_avx512, score_pairs_f32_avx512};
+                                          score_rows_f16_avx512, score_rows_bf16_avx512, widen_f16_avx512,
+                                          widen_bf16_avx512, score_rows_i8_avx512, score_pairs_f32_avx512};
 
 }  // namespace splitnet
 

@@ -97,6 +97,7 @@ SPLITNET_AVX512BF16 inline void score_rows_i8_avx512bf16(const std::int8_t* quer
 inline constexpr KernelTable kAvx512Bf16Table{
     Isa::avx512bf16, score_rows_f32_avx512, score_tile_f32_avx512, not_below_bits_f32_avx512,
     first_not_below_f32_avx512, max_lanes_f32_avx512, score_rows_f16_avx512, score_rows_bf16_avx512bf16,
+    widen_f16_avx512, widen_bf16_avx512,
     score_rows_i8_avx512bf16, score_pairs_f32_avx512};
 
 }  // namespace splitnet

@@ -62,6 +62,10 @@ struct KernelTable {
                          index_t dim, index_t row_stride, float bias, float* out);
   void (*score_rows_bf16)(const float* query, const std::uint16_t* rows, index_t n_rows,
                           index_t dim, index_t row_stride, float bias, float* out);
+  // out[i] = in[i] widened exactly to float32, i < n: 16-bit candidates as float32 rows for the
+  // cross tile (many users against float16 / bfloat16 candidates).
+  void (*widen_f16)(const std::uint16_t* in, index_t n, float* out);
+  void (*widen_bf16)(const std::uint16_t* in, index_t n, float* out);
   // int8 rows with one scale each, against a query quantized by quantize_query_i8:
   // out[i] = float(sum_d query[d] * rows[i][d]) * (query_scale * row_scales[i]) + bias. The
   // integer sum is exact, so every ISA gives the same bits.

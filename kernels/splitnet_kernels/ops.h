@@ -75,12 +75,28 @@ inline index_t pack_columns(const float* w, index_t dim, index_t cols, std::vect
 
 // Asks for rows [begin, end) to be brought into the cache. The compute-bound loops (cross tiles,
 // full pairs) call it a block ahead: the hardware prefetcher alone leaves them waiting on memory.
-inline void prefetch_rows(const Rows& rows, index_t begin, index_t end) {
+inline void prefetch_rows(const PackedRows& rows, index_t begin, index_t end) {
+  const index_t size = rows.dtype == Dtype::f32 ? 4 : rows.dtype == Dtype::i8 ? 1 : 2;
   for (index_t r = begin; r < end; ++r) {
-    const float* row = rows.row(r);
-    for (index_t d = 0; d < rows.dim; d += 16) __builtin_prefetch(row + d);
-    __builtin_prefetch(row + rows.dim - 1);
+    const char* row = static_cast<const char*>(rows.data) + r * rows.stride * size;
+    for (index_t byte = 0; byte < rows.dim * size; byte += 64) __builtin_prefetch(row + byte);
+    __builtin_prefetch(row + rows.dim * size - 1);
   }
+}
+
+inline void prefetch_rows(const Rows& rows, index_t begin, index_t end) { prefetch_rows(packed(rows), begin, end); }
+
+// Candidates [first, first + count) as float32 rows for the cross tile: the stored rows for
+// float32, else widened (exactly) into scratch. int8 rows have no float32 form here: their
+// query is quantized (see OneQuery), so the cross operations score them user by user.
+inline Rows float_rows(const KernelTable& table, const PackedRows& rows, index_t first, index_t count,
+                       std::vector<float>& scratch) {
+  if (rows.dtype == Dtype::f32) return {static_cast<const float*>(rows.data) + first * rows.stride, count, rows.dim, rows.stride};
+  scratch.resize(static_cast<size_t>(count * rows.dim));
+  const auto widen = rows.dtype == Dtype::f16 ? table.widen_f16 : table.widen_bf16;
+  const auto* data = static_cast<const std::uint16_t*>(rows.data) + first * rows.stride;
+  for (index_t i = 0; i < count; ++i) widen(data + i * rows.stride, rows.dim, scratch.data() + i * rows.dim);
+  return {scratch.data(), count, rows.dim, rows.dim};
 }
 
 // Combines n_lists top-k lists into one: list t holds counts[first + t * step] entries at
@@ -184,10 +200,14 @@ inline void score_one(const KernelTable& table, const float* query, const Rows& 
   score_one(table, query, packed(rows), bias, out, threads);
 }
 
-// out[u * out_stride + c] = users[u] . rows[c] + bias.
-inline void score_cross(const KernelTable& table, const Rows& users, const Rows& rows, float bias,
+// out[u * out_stride + c] = users[u] . rows[c] + bias, for candidates in any storage type.
+inline void score_cross(const KernelTable& table, const Rows& users, const PackedRows& rows, float bias,
                         float* out, index_t out_stride, int threads) {
   using namespace ops_detail;
+  if (rows.dtype == Dtype::i8) {
+    for (index_t u = 0; u < users.count; ++u) score_one(table, users.row(u), rows, bias, out + u * out_stride, threads);
+    return;
+  }
   const index_t block_users = users_per_block(users.dim);
   std::vector<float> packed;
   for (index_t u0 = 0; u0 < users.count; u0 += block_users) {
@@ -195,12 +215,13 @@ inline void score_cross(const KernelTable& table, const Rows& users, const Rows&
     const index_t pad = pack_users(users, u0, u1, packed);
     parallel_chunks(rows.count, threads, min_rows_per_task(rows.dim, pad), kTileCandidates,
                     [&](int, index_t begin, index_t end) {
-                      std::vector<float> tile(static_cast<size_t>(kTileCandidates * pad));
+                      std::vector<float> tile(static_cast<size_t>(kTileCandidates * pad)), scratch;
                       for (index_t c0 = begin; c0 < end; c0 += kTileCandidates) {
                         const index_t count = std::min(kTileCandidates, end - c0);
                         prefetch_rows(rows, c0 + kTileCandidates, std::min(end, c0 + 2 * kTileCandidates));
-                        table.score_tile_f32(packed.data(), pad, rows.row(c0), count, rows.dim,
-                                             rows.stride, bias, nullptr, tile.data());
+                        const Rows tile_rows = float_rows(table, rows, c0, count, scratch);
+                        table.score_tile_f32(packed.data(), pad, tile_rows.data, count, rows.dim, tile_rows.stride,
+                                             bias, nullptr, tile.data());
                         for (index_t u = u0; u < u1; ++u) {
                           float* dst = out + u * out_stride + c0;
                           const float* src = tile.data() + (u - u0);
@@ -209,6 +230,11 @@ inline void score_cross(const KernelTable& table, const Rows& users, const Rows&
                       }
                     });
   }
+}
+
+inline void score_cross(const KernelTable& table, const Rows& users, const Rows& rows, float bias, float* out,
+                        index_t out_stride, int threads) {
+  score_cross(table, users, packed(rows), bias, out, out_stride, threads);
 }
 
 // out[i] = sum_d users[i][d] * weights[d] * rows[i][d] + bias; weights null means all ones.
@@ -320,10 +346,16 @@ inline void topk_one(const KernelTable& table, const float* query, const Rows& r
 
 // For each user u, the best k (k <= rows.count) of users[u] . rows[c] + bias, best first, in
 // out_scores[u * k ...]. The (users x rows) score matrix is never formed: tiles of it are
-// scanned into per-user heaps as they are computed.
-inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& rows, index_t k,
+// scanned into per-user heaps as they are computed. 16-bit candidates are widened a tile at a
+// time, so the matrix is read once for all users; int8 candidates go user by user.
+inline void topk_cross(const KernelTable& table, const Rows& users, const PackedRows& rows, index_t k,
                        float bias, float* out_scores, index_t* out_ids, int threads) {
   using namespace ops_detail;
+  if (rows.dtype == Dtype::i8) {
+    for (index_t u = 0; u < users.count; ++u)
+      topk_one(table, users.row(u), rows, k, bias, out_scores + u * k, out_ids + u * k, threads);
+    return;
+  }
   const index_t block_users = users_per_block(users.dim);
   const index_t max_tasks = std::max<index_t>(1, std::min<index_t>(threads, rows.count / std::max<index_t>(4 * k, kTileCandidates)));
   std::vector<float> packed;
@@ -347,13 +379,14 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& 
                         heaps.emplace_back(scores.data() + slot * k, ids.data() + slot * k, k);
                         gates[u] = heaps.back().gate();
                       }
-                      std::vector<float> tile(static_cast<size_t>(kTileCandidates * pad));
+                      std::vector<float> tile(static_cast<size_t>(kTileCandidates * pad)), scratch;
                       std::uint64_t bits[(kMaxBlockUsers + 63) / 64];
                       for (index_t c0 = begin; c0 < end; c0 += kTileCandidates) {
                         const index_t count = std::min(kTileCandidates, end - c0);
                         prefetch_rows(rows, c0 + kTileCandidates, std::min(end, c0 + 2 * kTileCandidates));
-                        std::uint64_t hits = table.score_tile_f32(packed.data(), pad, rows.row(c0), count, rows.dim,
-                                                                  rows.stride, bias, gates.data(), tile.data());
+                        const Rows tile_rows = float_rows(table, rows, c0, count, scratch);
+                        std::uint64_t hits = table.score_tile_f32(packed.data(), pad, tile_rows.data, count, rows.dim,
+                                                                  tile_rows.stride, bias, gates.data(), tile.data());
                         for (; hits != 0; hits &= hits - 1) {
                           const index_t c = __builtin_ctzll(hits);
                           const float* row_scores = tile.data() + c * pad;
@@ -371,6 +404,11 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& 
     for (index_t u = 0; u < n_users; ++u)
       merge_lists(scores, ids, counts, u, n_users, max_tasks, k, out_scores + (u0 + u) * k, out_ids + (u0 + u) * k);
   }
+}
+
+inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& rows, index_t k, float bias,
+                       float* out_scores, index_t* out_ids, int threads) {
+  topk_cross(table, users, packed(rows), k, bias, out_scores, out_ids, threads);
 }
 
 namespace ops_detail {

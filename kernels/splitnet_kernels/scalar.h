@@ -96,6 +96,14 @@ inline void score_rows_bf16_scalar(const float* query, const std::uint16_t* rows
   rows_16bit_scalar<bf16_to_f32>(query, rows, n_rows, dim, row_stride, bias, out);
 }
 
+inline void widen_f16_scalar(const std::uint16_t* in, index_t n, float* out) {
+  for (index_t i = 0; i < n; ++i) out[i] = f16_to_f32(in[i]);
+}
+
+inline void widen_bf16_scalar(const std::uint16_t* in, index_t n, float* out) {
+  for (index_t i = 0; i < n; ++i) out[i] = bf16_to_f32(in[i]);
+}
+
 inline void score_rows_i8_scalar(const std::int8_t* query, float query_scale, const std::int8_t* rows,
                                  const float* row_scales, index_t n_rows, index_t dim,
                                  index_t row_stride, float bias, float* out) {
@@ -110,7 +118,8 @@ inline void score_rows_i8_scalar(const std::int8_t* query, float query_scale, co
 inline constexpr KernelTable kScalarTable{Isa::scalar, score_rows_f32_scalar,
                                           score_tile_f32_scalar, not_below_bits_f32_scalar,
                                           first_not_below_f32_scalar, max_lanes_f32_scalar, score_rows_f16_scalar,
-                                          score_rows_bf16_scalar, score_rows_i8_scalar,
+                                          score_rows_bf16_scalar, widen_f16_scalar, widen_bf16_scalar,
+                                          score_rows_i8_scalar,
                                           score_pairs_f32_scalar};
 
 }  // namespace splitnet

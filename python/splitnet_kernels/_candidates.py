@@ -107,11 +107,11 @@ class Candidates:
             return False
         return _dispatch.status("simd")[0]
 
-    def _query(self, user, metric) -> np.ndarray:
-        """The folded user, float32, zero-padded to the stored row width."""
-        query = np.zeros(self._data.shape[1], np.float32)
-        query[:self._dim] = metric.fold(np.ascontiguousarray(user, np.float32), matmul)
-        return query
+    def _queries(self, users, metric) -> np.ndarray:
+        """The folded user (n,) or users (M, n), float32, zero-padded to the stored row width."""
+        queries = np.zeros(users.shape[:-1] + (self._data.shape[1],), np.float32)
+        queries[..., :self._dim] = metric.fold(np.ascontiguousarray(users, np.float32), matmul)
+        return queries
 
     def _allowed(self, allowed):
         """The allowed subset as ascending unique int64 ids, from a mask or an id list."""
@@ -141,10 +141,10 @@ class Candidates:
         _api._check_out(out, shape, device is not None)
         result = np.empty(shape, np.float32)
         if self._direct(users, backend):
+            # many users: one pass over the candidates (16-bit rows widened a tile at a time)
             n_threads = _dispatch.MAX_THREADS if threads is None else threads
-            for row, user in zip(result.reshape(-1, len(self)), np.atleast_2d(users)):
-                _dispatch.FAST_CORE.score_packed(self._query(user, metric), self._data, self._dtype, self._scale,
-                                                 None, metric.bias, row, n_threads)
+            _dispatch.FAST_CORE.score_packed(self._queries(users, metric), self._data, self._dtype, self._scale,
+                                             None, metric.bias, result, n_threads)
             if sigmoid:
                 _api._sigmoid_(result)
         else:
@@ -175,9 +175,12 @@ class Candidates:
         numpy_users = np.atleast_2d(_api._to_numpy(users))
         if self._direct(users, backend):
             n_threads = _dispatch.MAX_THREADS if threads is None else threads
-            for u in range(n_users):
-                if k:
-                    _dispatch.FAST_CORE.topk_packed(self._query(numpy_users[u], metric), self._data, self._dtype,
+            if k and ids is None and n_users > 1:  # one pass over the candidates for all users
+                _dispatch.FAST_CORE.topk_packed(self._queries(numpy_users, metric), self._data, self._dtype,
+                                                self._scale, None, k, metric.bias, scores, found, n_threads)
+            elif k:
+                for u in range(n_users):
+                    _dispatch.FAST_CORE.topk_packed(self._queries(numpy_users[u], metric), self._data, self._dtype,
                                                     self._scale, ids, k, metric.bias, scores[u], found[u], n_threads)
         elif k:
             parts = []  # widened blocks, ranked by score; sigmoid only on the merged result
