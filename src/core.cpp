@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <string>
+#include <type_traits>
 
 #include "splitnet_kernels/ops.h"
 
@@ -33,10 +34,15 @@ std::string shape_of(const py::array& a) {
 struct ShapeOf {
   const py::array& array;
 };
-std::string piece(const char* text) { return text; }
-std::string piece(long value) { return std::to_string(value); }
-std::string piece(int value) { return std::to_string(value); }
 std::string piece(ShapeOf shape) { return shape_of(shape.array); }
+template <class T>
+std::string piece(const T& value) {
+  if constexpr (std::is_arithmetic_v<T>) {
+    return std::to_string(value);
+  } else {
+    return std::string(value);
+  }
+}
 
 template <class... Parts>
 void require(bool ok, const Parts&... parts) {

@@ -371,7 +371,8 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Packed
                     std::max(min_rows_per_task(rows.dim, pad), 4 * k), kTileCandidates,
                     [&](int t, index_t begin, index_t end) {
                       std::vector<TopK> heaps;
-                      // padding lanes never reach +inf (NaN may, and the exact test below drops it)
+                      // the padding lanes' gates are +inf: their scores pass only as NaN, which the
+                      // exact per-user test below then drops
                       std::vector<float> gates(static_cast<size_t>(pad), std::numeric_limits<float>::infinity());
                       heaps.reserve(static_cast<size_t>(n_users));
                       for (index_t u = 0; u < n_users; ++u) {
