@@ -389,7 +389,7 @@ def w7(ctx) -> Table:
         out = np.empty(N, np.float32)
         sk.score(users, ads, pairwise=True, out=out)  # touch every page before timing
         metrics = _metrics_for(n, rng)
-        time.sleep(0.2)  # lets BLAS's idle threads (the low_rank batch fold) stop spinning first
+        time.sleep(0.2)  # lets the idle BLAS threads of the peers measured before stop spinning first
         folded = {kind: median_time(lambda: sk.score(users[0], ads, m, out=out), ctx.repeat_w7) / N
                   for kind, m in metrics.items()}
         for kind, m in metrics.items():
