@@ -15,9 +15,13 @@ from hypothesis import HealthCheck, settings
 import splitnet_kernels as sk
 
 # No example database on disk (the suite writes nothing outside tests/), and the backend
-# fixture is function scoped but idempotent per example (it only sets the active ISA).
-settings.register_profile("splitnet", database=None, deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# fixture is function scoped but idempotent per example (it only sets the active ISA). The
+# default profile is derandomized, so CI sees the same examples every run; to search further,
+# run with --hypothesis-profile=explore: new random examples on every run.
+_common = dict(database=None, deadline=None,
+               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+settings.register_profile("splitnet", derandomize=True, **_common)
+settings.register_profile("explore", derandomize=False, **_common)
 settings.load_profile("splitnet")
 
 EPS32 = float(np.finfo(np.float32).eps)  # 2**-23

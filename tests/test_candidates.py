@@ -8,7 +8,7 @@ import pytest
 
 import splitnet_kernels as sk
 
-from conftest import (assert_within, make_metric, reference_scores, sigmoid_tolerance, to_numpy,
+from conftest import (EPS32, assert_within, make_metric, reference_scores, sigmoid_tolerance, to_numpy,
                       tolerance, _abs_metric)
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
@@ -124,6 +124,58 @@ def test_many_users_span_user_blocks(backend, dtype, rng):
     for row in range(0, 130, 13):
         np.testing.assert_array_equal(ids[row], np.lexsort((np.arange(200), -own[row]))[:7])
         np.testing.assert_array_equal(scores[row], own[row][ids[row]])
+
+
+@pytest.mark.parametrize("isa", sk.info()["isa_supported"])
+@pytest.mark.parametrize("dim", (4, 70, 129))
+def test_int8_many_users_match_one_user_at_a_time(isa, dim, rng):
+    # the int8 cross tile (vpdpbusd) and the one-user kernel take the same exact integer sums:
+    # only the scaling's float32 rounding may differ. Raw rows of any width, tails included.
+    core = sk._core
+    previous = sk.set_isa(isa)
+    try:
+        _int8_many_against_one(core, dim, rng)
+    finally:
+        sk.set_isa(previous)
+
+
+def _int8_many_against_one(core, dim, rng):
+    n_users, count, bias = 37, 203, 0.375
+    data = rng.integers(-127, 128, (count, dim)).astype(np.int8)
+    scales = rng.uniform(0.5, 2.0, count).astype(np.float32)
+    users = rng.standard_normal((n_users, dim)).astype(np.float32)
+    users[3] = 0.0  # an all-zero user: scale 0, every score the bias
+    cross = np.empty((n_users, count), np.float32)
+    core.score_packed(users, data, "int8", scales, None, bias, cross, 2)
+    one = np.empty_like(cross)
+    for u in range(n_users):
+        core.score_packed(users[u], data, "int8", scales, None, bias, one[u], 1)
+    np.testing.assert_allclose(cross, one, rtol=4 * EPS32, atol=4 * EPS32 * abs(bias))
+    assert np.all(cross[3] == np.float32(bias))
+    scores, ids = np.empty((n_users, 9), np.float32), np.empty((n_users, 9), np.int64)
+    core.topk_packed(users, data, "int8", scales, None, 9, bias, scores, ids, 2)
+    for u in range(n_users):
+        np.testing.assert_array_equal(ids[u], np.lexsort((np.arange(count), -cross[u].astype(np.float64)))[:9])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_users_with_nan_or_infinity(backend, dtype, rng):
+    # a non-finite user gives what float32 arithmetic gives over the stored rows, never finite
+    # numbers made up by a split or quantized query (int8 kernels, which quantize the query,
+    # give NaN: no int8 query stands for infinity)
+    _, ads = _data(rng, (24,), 50)
+    cands = sk.Candidates(ads, dtype=dtype)
+    users = rng.standard_normal((3, 24)).astype(np.float32)
+    users[0, 5], users[1, 7] = np.nan, np.inf
+    for u in (users, users[0], users[1]):
+        got = np.atleast_2d(to_numpy(cands.score(u, backend=backend)))
+        with np.errstate(invalid="ignore"):  # inf * 0 in the float64 reference
+            expected = np.atleast_2d(to_numpy(sk.score(u, cands.rows(), backend="numpy")))
+        bad_user = ~np.isfinite(np.atleast_2d(u)).all(axis=1)
+        assert np.isfinite(got[~bad_user]).all() and not np.isfinite(got[bad_user]).any()
+        if dtype != "int8":
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+            np.testing.assert_array_equal(got[np.isinf(expected)], expected[np.isinf(expected)])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

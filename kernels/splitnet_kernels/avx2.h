@@ -303,7 +303,7 @@ SPLITNET_AVX2 inline void score_rows_i8_avx2(const std::int8_t* query, float que
 inline constexpr KernelTable kAvx2Table{Isa::avx2, score_rows_f32_avx2, score_tile_f32_avx2,
                                         not_below_bits_f32_avx2, first_not_below_f32_avx2, max_lanes_f32_avx2,
                                         score_rows_f16_avx2, score_rows_bf16_avx2, widen_f16_avx2, widen_bf16_avx2,
-                                        score_rows_i8_avx2,
+                                        score_rows_i8_avx2, nullptr,
                                         score_pairs_f32_avx2};
 
 }  // namespace splitnet

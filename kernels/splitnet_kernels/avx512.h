@@ -79,8 +79,27 @@ SPLITNET_AVX512 inline void pairs(const float* a, index_t a_stride, const float*
     out[i] = reduce1(pair_acc<Weighted>(a + i * a_stride, b + i * b_stride, w, dim)) + bias;
 }
 
-// One block of NC candidates x 16 NV users, stored; with gates, bit c of the result says whether
-// candidate c reaches some user's gate.
+// Stores a finished block of scores (NC candidates x 16 NV users) into the tile; with gates, bit c
+// of the result says whether candidate c reaches some user's gate. Shared by the float32 and the
+// int8 (avx512bf16.h) cross tiles.
+template <int NC, int NV>
+SPLITNET_AVX512 inline unsigned store_block(const __m512 (&scores)[NC][NV], index_t users_pad, const float* gates,
+                                            float* tile) {
+  for (int c = 0; c < NC; ++c)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(tile + c * users_pad + 16 * v, scores[c][v]);
+  if (gates == nullptr) return 0;
+  __m512 gate[NV];
+  for (int v = 0; v < NV; ++v) gate[v] = _mm512_loadu_ps(gates + 16 * v);
+  unsigned hits = 0;
+  for (int c = 0; c < NC; ++c) {
+    __mmask16 any = 0;
+    for (int v = 0; v < NV; ++v) any |= _mm512_cmp_ps_mask(scores[c][v], gate[v], _CMP_NLT_UQ);
+    hits |= static_cast<unsigned>(any != 0) << c;
+  }
+  return hits;
+}
+
+// One block of NC candidates x 16 NV users.
 template <int NC, int NV>
 SPLITNET_AVX512 inline unsigned tile_block(const float* users_t, index_t users_pad, const float* rows,
                                            index_t dim, index_t row_stride, float bias,
@@ -98,20 +117,8 @@ SPLITNET_AVX512 inline unsigned tile_block(const float* users_t, index_t users_p
   }
   const __m512 b = _mm512_set1_ps(bias);
   for (int c = 0; c < NC; ++c)
-    for (int v = 0; v < NV; ++v) {
-      acc[c][v] = _mm512_add_ps(acc[c][v], b);
-      _mm512_storeu_ps(tile + c * users_pad + 16 * v, acc[c][v]);
-    }
-  if (gates == nullptr) return 0;
-  __m512 gate[NV];
-  for (int v = 0; v < NV; ++v) gate[v] = _mm512_loadu_ps(gates + 16 * v);
-  unsigned hits = 0;
-  for (int c = 0; c < NC; ++c) {
-    __mmask16 any = 0;
-    for (int v = 0; v < NV; ++v) any |= _mm512_cmp_ps_mask(acc[c][v], gate[v], _CMP_NLT_UQ);
-    hits |= static_cast<unsigned>(any != 0) << c;
-  }
-  return hits;
+    for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_add_ps(acc[c][v], b);
+  return store_block<NC, NV>(acc, users_pad, gates, tile);
 }
 
 template <int NC>
@@ -331,7 +338,8 @@ inline constexpr KernelTable kAvx512Table{Isa::avx512, score_rows_f32_avx512, sc
                                           not_below_bits_f32_avx512, first_not_below_f32_avx512,
                                           max_lanes_f32_avx512,
                                           score_rows_f16_avx512, score_rows_bf16_avx512, widen_f16_avx512,
-                                          widen_bf16_avx512, score_rows_i8_avx512, score_pairs_f32_avx512};
+                                          widen_bf16_avx512, score_rows_i8_avx512, nullptr,
+                                          score_pairs_f32_avx512};
 
 }  // namespace splitnet
 

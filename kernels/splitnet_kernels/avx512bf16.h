@@ -12,6 +12,7 @@
 #if defined(__GNUC__) && !defined(__clang__)  // as in avx512.h: GCC 12's headers, not our code
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"  // _mm512_cvtepi32_ps's _mm512_undefined_ps
 #endif
 
 namespace splitnet {
@@ -22,6 +23,8 @@ SPLITNET_AVX512BF16 inline void score_rows_bf16_avx512bf16(const float* query, c
   constexpr index_t kMaxDim = 1024;  // query halves live on the stack; wider rows go the plain way
   const index_t full = dim / 32 * 32;
   if (dim > kMaxDim) return score_rows_bf16_avx512(query, rows, n_rows, dim, row_stride, bias, out);
+  for (index_t d = 0; d < dim; ++d)  // NaN, infinity or beyond bfloat16's range: the split would make NaN
+    if (!(std::fabs(query[d]) < 3.0e38f)) return score_rows_bf16_avx512(query, rows, n_rows, dim, row_stride, bias, out);
   __m512bh high[kMaxDim / 32], low[kMaxDim / 32];
   for (index_t d = 0; d < full; d += 32) {
     const __m512 q0 = _mm512_loadu_ps(query + d), q1 = _mm512_loadu_ps(query + d + 16);
@@ -94,11 +97,103 @@ SPLITNET_AVX512BF16 inline void score_rows_i8_avx512bf16(const std::int8_t* quer
   }
 }
 
+namespace avx512bf16_detail {
+// Adds group g (bytes 4 g .. 4 g + 3) of NC rows against 16 NV users: each row's four bytes,
+// sign-flipped to unsigned and broadcast, against the users' signed words (the flip's 128 * sum
+// comes off through the offsets). The last group of a row whose dim is not a multiple of 4
+// reads only its `bytes` bytes.
+template <int NC, int NV>
+SPLITNET_AVX512BF16 inline void dot_group(__m512i (&acc)[NC][NV], const std::int32_t* users_g,
+                                          const std::int8_t* rows, index_t row_stride, index_t g,
+                                          index_t bytes = 4) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512i column[NV];
+  for (int v = 0; v < NV; ++v) column[v] = _mm512_loadu_si512(users_g + 16 * v);
+  for (int c = 0; c < NC; ++c) {
+    std::int32_t word = 0;
+    std::memcpy(&word, rows + c * row_stride + 4 * g, static_cast<size_t>(bytes));
+    const __m512i flipped = _mm512_xor_si512(_mm512_set1_epi32(word), flip);
+    for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_dpbusd_epi32(acc[c][v], flipped, column[v]);
+  }
+}
+
+// NC candidates x 16 NV users, the int8 counterpart of avx512_detail::tile_block.
+template <int NC, int NV>
+SPLITNET_AVX512BF16 inline unsigned tile_block_i8(const std::int32_t* users_t, index_t users_pad,
+                                                  const std::int32_t* offsets, const float* user_scales,
+                                                  const std::int8_t* rows, const float* row_scales, index_t dim,
+                                                  index_t row_stride, float bias, const float* gates, float* tile) {
+  __m512i acc[NC][NV];
+  for (int c = 0; c < NC; ++c)
+    for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_setzero_si512();
+  const index_t full = dim / 4;
+  for (index_t g = 0; g < full; ++g) dot_group<NC, NV>(acc, users_t + g * users_pad, rows, row_stride, g);
+  if (full * 4 < dim) dot_group<NC, NV>(acc, users_t + full * users_pad, rows, row_stride, full, dim - full * 4);
+  const __m512 b = _mm512_set1_ps(bias);
+  __m512 scores[NC][NV];
+  for (int v = 0; v < NV; ++v) {
+    const __m512i offset = _mm512_loadu_si512(offsets + 16 * v);
+    const __m512 scale = _mm512_loadu_ps(user_scales + 16 * v);
+    for (int c = 0; c < NC; ++c) {
+      const __m512 sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[c][v], offset));
+      scores[c][v] = _mm512_add_ps(_mm512_mul_ps(sum, _mm512_mul_ps(scale, _mm512_set1_ps(row_scales[c]))), b);
+    }
+  }
+  return avx512_detail::store_block<NC, NV>(scores, users_pad, gates, tile);
+}
+
+template <int NC>
+SPLITNET_AVX512BF16 inline unsigned tile_columns_i8(const std::int32_t* users_t, index_t users_pad,
+                                                    const std::int32_t* offsets, const float* user_scales,
+                                                    const std::int8_t* rows, const float* row_scales, index_t dim,
+                                                    index_t row_stride, float bias, const float* gates, float* tile) {
+  unsigned hits = 0;
+  index_t u = 0;
+  for (; u + 32 <= users_pad; u += 32)
+    hits |= tile_block_i8<NC, 2>(users_t + u, users_pad, offsets + u, user_scales + u, rows, row_scales, dim,
+                                 row_stride, bias, gates ? gates + u : nullptr, tile + u);
+  if (u < users_pad)
+    hits |= tile_block_i8<NC, 1>(users_t + u, users_pad, offsets + u, user_scales + u, rows, row_scales, dim,
+                                 row_stride, bias, gates ? gates + u : nullptr, tile + u);
+  return hits;
+}
+}  // namespace avx512bf16_detail
+
+SPLITNET_AVX512BF16 inline std::uint64_t score_tile_i8_avx512bf16(const std::int32_t* users_t, index_t users_pad,
+                                                                  const std::int32_t* offsets,
+                                                                  const float* user_scales, const std::int8_t* rows,
+                                                                  const float* row_scales, index_t n_rows,
+                                                                  index_t dim, index_t row_stride, float bias,
+                                                                  const float* gates, float* tile) {
+  using namespace avx512bf16_detail;
+  std::uint64_t hits = 0;
+  index_t c = 0;
+  for (; c + 8 <= n_rows; c += 8)
+    hits |= std::uint64_t{tile_columns_i8<8>(users_t, users_pad, offsets, user_scales, rows + c * row_stride,
+                                             row_scales + c, dim, row_stride, bias, gates, tile + c * users_pad)}
+            << c;
+  const std::int8_t* r = rows + c * row_stride;
+  const float* rs = row_scales + c;
+  float* t = tile + c * users_pad;
+  unsigned tail = 0;
+  switch (n_rows - c) {
+    case 7: tail = tile_columns_i8<7>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
+    case 6: tail = tile_columns_i8<6>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
+    case 5: tail = tile_columns_i8<5>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
+    case 4: tail = tile_columns_i8<4>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
+    case 3: tail = tile_columns_i8<3>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
+    case 2: tail = tile_columns_i8<2>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
+    case 1: tail = tile_columns_i8<1>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
+    default: break;
+  }
+  return c < n_rows ? hits | std::uint64_t{tail} << c : hits;  // c may be 64: no tail, no shift
+}
+
 inline constexpr KernelTable kAvx512Bf16Table{
     Isa::avx512bf16, score_rows_f32_avx512, score_tile_f32_avx512, not_below_bits_f32_avx512,
     first_not_below_f32_avx512, max_lanes_f32_avx512, score_rows_f16_avx512, score_rows_bf16_avx512bf16,
     widen_f16_avx512, widen_bf16_avx512,
-    score_rows_i8_avx512bf16, score_pairs_f32_avx512};
+    score_rows_i8_avx512bf16, score_tile_i8_avx512bf16, score_pairs_f32_avx512};
 
 }  // namespace splitnet
 

@@ -72,6 +72,17 @@ struct KernelTable {
   void (*score_rows_i8)(const std::int8_t* query, float query_scale, const std::int8_t* rows,
                         const float* row_scales, index_t n_rows, index_t dim, index_t row_stride,
                         float bias, float* out);
+  // The int8 cross tile, many quantized users against int8 rows; null where the ISA has no byte
+  // dot product (the cross operations then go user by user). users_t is ((dim + 3) / 4,
+  // users_pad) words, each four consecutive bytes of one user's quantized query (zero past dim
+  // and in padding lanes); offsets[u] = 128 * the sum of user u's bytes; user_scales[u] its
+  // scale. tile[c * users_pad + u] = float(users[u] . rows[c]) * (user_scales[u] * row_scales[c])
+  // + bias, the integer sum exact as in score_rows_i8; n_rows <= 64, gates and result as in
+  // score_tile_f32.
+  std::uint64_t (*score_tile_i8)(const std::int32_t* users_t, index_t users_pad, const std::int32_t* offsets,
+                                 const float* user_scales, const std::int8_t* rows, const float* row_scales,
+                                 index_t n_rows, index_t dim, index_t row_stride, float bias, const float* gates,
+                                 float* tile);
   // Pairwise: out[i] = sum_d a[i][d] * w[d] * b[i][d] + bias, w = weights, or all ones when
   // weights is null (a diagonal S; a full S goes through score_tile, see ops.h).
   void (*score_pairs_f32)(const float* a, index_t a_stride, const float* b, index_t b_stride,
@@ -111,13 +122,19 @@ inline float f16_to_f32(std::uint16_t h) {
 }
 
 // The int8 query: q[d] ~= scale * out[d], |out[d]| <= 127, rounded to nearest. Returns the
-// scale (0 for an all-zero query). One definition, so every ISA sees the same integers.
+// scale (0 for an all-zero query; NaN, with every score NaN, when the query holds NaN or
+// infinity, which no int8 query can stand for). One definition, so every ISA sees the same
+// integers.
 inline float quantize_query_i8(const float* query, index_t dim, std::int8_t* out) {
   float peak = 0.0f;
-  for (index_t d = 0; d < dim; ++d) peak = std::fmax(peak, std::fabs(query[d]));
-  if (!(peak > 0.0f) || !std::isfinite(peak)) {
+  bool finite = true;
+  for (index_t d = 0; d < dim; ++d) {
+    finite = finite && std::isfinite(query[d]);
+    peak = std::fmax(peak, std::fabs(query[d]));
+  }
+  if (!finite || peak == 0.0f) {
     for (index_t d = 0; d < dim; ++d) out[d] = 0;
-    return peak > 0.0f ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+    return finite ? 0.0f : std::numeric_limits<float>::quiet_NaN();
   }
   const float scale = peak / 127.0f;
   for (index_t d = 0; d < dim; ++d) {

@@ -40,7 +40,7 @@ inline constexpr KernelTable kNeonTable{Isa::neon, score_rows_f32_neon, score_ti
                                         not_below_bits_f32_scalar, first_not_below_f32_scalar, max_lanes_f32_scalar,
                                         score_rows_f16_scalar, score_rows_bf16_scalar, widen_f16_scalar,
                                         widen_bf16_scalar,
-                                        score_rows_i8_scalar, score_pairs_f32_neon};
+                                        score_rows_i8_scalar, nullptr, score_pairs_f32_neon};
 
 }  // namespace splitnet
 #endif  // SPLITNET_KERNELS_HAVE_NEON

@@ -3,6 +3,7 @@
 // Each takes float32 rows, contiguous along dim, with a row stride in elements.
 #pragma once
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -87,8 +88,8 @@ inline void prefetch_rows(const PackedRows& rows, index_t begin, index_t end) {
 inline void prefetch_rows(const Rows& rows, index_t begin, index_t end) { prefetch_rows(packed(rows), begin, end); }
 
 // Candidates [first, first + count) as float32 rows for the cross tile: the stored rows for
-// float32, else widened (exactly) into scratch. int8 rows have no float32 form here: their
-// query is quantized (see OneQuery), so the cross operations score them user by user.
+// float32, else float16 / bfloat16 widened (exactly) into scratch. Not for int8 rows, which are
+// scored against quantized users (UserBlock).
 inline Rows float_rows(const KernelTable& table, const PackedRows& rows, index_t first, index_t count,
                        std::vector<float>& scratch) {
   if (rows.dtype == Dtype::f32) return {static_cast<const float*>(rows.data) + first * rows.stride, count, rows.dim, rows.stride};
@@ -98,6 +99,51 @@ inline Rows float_rows(const KernelTable& table, const PackedRows& rows, index_t
   for (index_t i = 0; i < count; ++i) widen(data + i * rows.stride, rows.dim, scratch.data() + i * rows.dim);
   return {scratch.data(), count, rows.dim, rows.dim};
 }
+
+// Users [begin, end) prepared for the cross tile of the candidates' storage type: packed
+// transposed as float32, or quantized (as OneQuery quantizes one user) into the int8 tile's
+// words. score() fills a tile of candidates [c0, c0 + count) against all of them.
+class UserBlock {
+ public:
+  UserBlock(const KernelTable& table, const Rows& users, index_t begin, index_t end, const PackedRows& rows)
+      : table_(table), rows_(rows) {
+    if (rows.dtype != Dtype::i8) {
+      pad_ = pack_users(users, begin, end, packed_);
+      return;
+    }
+    const index_t count = end - begin, groups = (users.dim + 3) / 4;
+    pad_ = (count + 15) / 16 * 16;
+    words_.assign(static_cast<size_t>(groups * pad_), 0);
+    offsets_.assign(static_cast<size_t>(pad_), 0);
+    scales_.assign(static_cast<size_t>(pad_), 0.0f);
+    std::vector<std::int8_t> bytes(static_cast<size_t>(groups * 4), 0);
+    for (index_t u = 0; u < count; ++u) {
+      scales_[u] = quantize_query_i8(users.row(begin + u), users.dim, bytes.data());
+      for (index_t d = 0; d < users.dim; ++d) offsets_[u] += 128 * bytes[d];
+      for (index_t g = 0; g < groups; ++g) std::memcpy(&words_[g * pad_ + u], bytes.data() + 4 * g, 4);
+    }
+  }
+
+  index_t pad() const { return pad_; }
+
+  std::uint64_t score(index_t c0, index_t count, float bias, const float* gates, float* tile,
+                      std::vector<float>& scratch) const {
+    if (rows_.dtype == Dtype::i8)
+      return table_.score_tile_i8(words_.data(), pad_, offsets_.data(), scales_.data(),
+                                  static_cast<const std::int8_t*>(rows_.data) + c0 * rows_.stride, rows_.scales + c0,
+                                  count, rows_.dim, rows_.stride, bias, gates, tile);
+    const Rows r = float_rows(table_, rows_, c0, count, scratch);
+    return table_.score_tile_f32(packed_.data(), pad_, r.data, count, rows_.dim, r.stride, bias, gates, tile);
+  }
+
+ private:
+  const KernelTable& table_;
+  const PackedRows& rows_;
+  index_t pad_ = 0;
+  std::vector<float> packed_;                  // float32 users, transposed
+  std::vector<std::int32_t> words_, offsets_;  // int8 users
+  std::vector<float> scales_;
+};
 
 // Combines n_lists top-k lists into one: list t holds counts[first + t * step] entries at
 // (first + t * step) * k in scores / ids (one list per task, or per task and user).
@@ -204,24 +250,22 @@ inline void score_one(const KernelTable& table, const float* query, const Rows& 
 inline void score_cross(const KernelTable& table, const Rows& users, const PackedRows& rows, float bias,
                         float* out, index_t out_stride, int threads) {
   using namespace ops_detail;
-  if (rows.dtype == Dtype::i8) {
+  if (rows.dtype == Dtype::i8 && table.score_tile_i8 == nullptr) {  // no byte dot product: user by user
     for (index_t u = 0; u < users.count; ++u) score_one(table, users.row(u), rows, bias, out + u * out_stride, threads);
     return;
   }
   const index_t block_users = users_per_block(users.dim);
-  std::vector<float> packed;
   for (index_t u0 = 0; u0 < users.count; u0 += block_users) {
     const index_t u1 = std::min(users.count, u0 + block_users);
-    const index_t pad = pack_users(users, u0, u1, packed);
+    const UserBlock block(table, users, u0, u1, rows);
+    const index_t pad = block.pad();
     parallel_chunks(rows.count, threads, min_rows_per_task(rows.dim, pad), kTileCandidates,
                     [&](int, index_t begin, index_t end) {
                       std::vector<float> tile(static_cast<size_t>(kTileCandidates * pad)), scratch;
                       for (index_t c0 = begin; c0 < end; c0 += kTileCandidates) {
                         const index_t count = std::min(kTileCandidates, end - c0);
                         prefetch_rows(rows, c0 + kTileCandidates, std::min(end, c0 + 2 * kTileCandidates));
-                        const Rows tile_rows = float_rows(table, rows, c0, count, scratch);
-                        table.score_tile_f32(packed.data(), pad, tile_rows.data, count, rows.dim, tile_rows.stride,
-                                             bias, nullptr, tile.data());
+                        block.score(c0, count, bias, nullptr, tile.data(), scratch);
                         for (index_t u = u0; u < u1; ++u) {
                           float* dst = out + u * out_stride + c0;
                           const float* src = tile.data() + (u - u0);
@@ -346,24 +390,25 @@ inline void topk_one(const KernelTable& table, const float* query, const Rows& r
 
 // For each user u, the best k (k <= rows.count) of users[u] . rows[c] + bias, best first, in
 // out_scores[u * k ...]. The (users x rows) score matrix is never formed: tiles of it are
-// scanned into per-user heaps as they are computed. 16-bit candidates are widened a tile at a
-// time, so the matrix is read once for all users; int8 candidates go user by user.
+// scanned into per-user heaps as they are computed. The candidates are read once for all
+// users in any storage type (16-bit rows widened a tile at a time, int8 rows on the int8 tile),
+// except int8 on an ISA without a byte dot product, which goes user by user.
 inline void topk_cross(const KernelTable& table, const Rows& users, const PackedRows& rows, index_t k,
                        float bias, float* out_scores, index_t* out_ids, int threads) {
   using namespace ops_detail;
-  if (rows.dtype == Dtype::i8) {
+  if (rows.dtype == Dtype::i8 && table.score_tile_i8 == nullptr) {  // no byte dot product: user by user
     for (index_t u = 0; u < users.count; ++u)
       topk_one(table, users.row(u), rows, k, bias, out_scores + u * k, out_ids + u * k, threads);
     return;
   }
   const index_t block_users = users_per_block(users.dim);
   const index_t max_tasks = std::max<index_t>(1, std::min<index_t>(threads, rows.count / std::max<index_t>(4 * k, kTileCandidates)));
-  std::vector<float> packed;
   std::vector<float> scores;
   std::vector<index_t> ids, counts;
   for (index_t u0 = 0; u0 < users.count; u0 += block_users) {
     const index_t u1 = std::min(users.count, u0 + block_users), n_users = u1 - u0;
-    const index_t pad = pack_users(users, u0, u1, packed);
+    const UserBlock block(table, users, u0, u1, rows);
+    const index_t pad = block.pad();
     scores.assign(static_cast<size_t>(max_tasks * n_users * k), 0.0f);
     ids.assign(scores.size(), 0);
     counts.assign(static_cast<size_t>(max_tasks * n_users), 0);
@@ -385,9 +430,7 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Packed
                       for (index_t c0 = begin; c0 < end; c0 += kTileCandidates) {
                         const index_t count = std::min(kTileCandidates, end - c0);
                         prefetch_rows(rows, c0 + kTileCandidates, std::min(end, c0 + 2 * kTileCandidates));
-                        const Rows tile_rows = float_rows(table, rows, c0, count, scratch);
-                        std::uint64_t hits = table.score_tile_f32(packed.data(), pad, tile_rows.data, count, rows.dim,
-                                                                  tile_rows.stride, bias, gates.data(), tile.data());
+                        std::uint64_t hits = block.score(c0, count, bias, gates.data(), tile.data(), scratch);
                         for (; hits != 0; hits &= hits - 1) {
                           const index_t c = __builtin_ctzll(hits);
                           const float* row_scores = tile.data() + c * pad;

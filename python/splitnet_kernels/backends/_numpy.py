@@ -31,8 +31,10 @@ class NumpyBackend:
             raw = ads @ folded if folded.ndim == 1 else folded @ ads.T
         return (raw + bias).astype(np.float32)
 
+    # IEEE arithmetic, quietly: inf * 0 is NaN and a float64 past the float32 range is inf, as
+    # in the compiled kernels, without a RuntimeWarning for every such input.
     def score(self, users, ads, metric, *, pairwise, threads, out):
-        with _blas_threads(threads):
+        with _blas_threads(threads), np.errstate(invalid="ignore", over="ignore"):
             folded = metric.fold(np.asarray(users, np.float64))
             result = self._scores(folded, np.asarray(ads, np.float64), metric.bias, pairwise)
         if out is None:
@@ -42,7 +44,7 @@ class NumpyBackend:
 
     def topk(self, users, ads, k, metric, *, threads):
         ads = np.asarray(ads, np.float64)
-        with _blas_threads(threads):
+        with _blas_threads(threads), np.errstate(invalid="ignore", over="ignore"):
             folded = metric.fold(np.asarray(users, np.float64))
             return chunked_topk(lambda b, e: self._scores(folded, ads[b:e], metric.bias, False),
                                 folded.shape[0], ads.shape[0], k)
