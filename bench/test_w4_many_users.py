@@ -35,3 +35,10 @@ def test_w4_faiss(benchmark, ads, users):
     index = faiss.IndexFlatIP(DIM)
     index.add(ads)
     benchmark(index.search, users, K)
+
+
+@pytest.mark.benchmark(group="W4 prepared sets")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int8"])
+def test_w4_candidates(benchmark, ads, users, dtype):
+    cands = sk.Candidates(ads, dtype=dtype)
+    benchmark(cands.topk, users, K)
