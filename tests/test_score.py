@@ -360,7 +360,19 @@ def test_many_users_span_several_user_blocks(backend, kind, n, m, rng):
     assert_within(got, reference_scores(users, ads, metric), tolerance(users, ads, metric))
 
 
-@pytest.mark.parametrize("rank", (1, 16, 17, 49, 70))
+@pytest.mark.parametrize("n", (16, 64))
+def test_full_with_lane_multiple_dims(backend, n, rng):
+    # n a multiple of 16: the folds and the fused pairwise kernel read S in place, unpadded
+    metric = make_metric("full", n, rng, bias=BIAS)
+    users = rng.standard_normal((37, n)).astype(np.float32)
+    ads = rng.standard_normal((37, n)).astype(np.float32)
+    for args, pairwise in (((users[3], ads), False), ((users, ads), False), ((users, ads), True)):
+        got = sk.score(*args, metric, pairwise=pairwise, backend=backend)
+        assert_within(got, reference_scores(*args, metric, pairwise=pairwise),
+                      tolerance(*args, metric, pairwise=pairwise))
+
+
+@pytest.mark.parametrize("rank", (1, 16, 17, 32, 49, 70))
 @pytest.mark.parametrize("with_d", (False, True))
 def test_low_rank_of_any_rank(backend, rank, with_d, rng):
     # the folds and the fused pairwise kernel pack P and Q in column blocks of 16, 32 and 48

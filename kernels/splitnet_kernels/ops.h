@@ -65,13 +65,15 @@ inline index_t pack_users(const Rows& users, index_t begin, index_t end, std::ve
   return pad;
 }
 
-// w (dim, cols) row-major with its rows padded to a multiple of 16 columns: the packed form in
-// which the cross tile reads users, so the tile multiplies rows by w. Returns the padded width.
-inline index_t pack_columns(const float* w, index_t dim, index_t cols, std::vector<float>& packed) {
-  const index_t pad = (cols + 15) / 16 * 16;
-  packed.assign(static_cast<size_t>(dim * pad), 0.0f);
-  for (index_t r = 0; r < dim; ++r) std::copy(w + r * cols, w + (r + 1) * cols, packed.begin() + r * pad);
-  return pad;
+// w (dim, cols) row-major in the form in which the cross tile reads users, rows a multiple of 16
+// columns wide, so the tile multiplies rows by w: w itself when cols is one already, else a
+// zero-padded copy in `copy`. Returns the matrix; `pad` is its width.
+inline const float* pack_columns(const float* w, index_t dim, index_t cols, std::vector<float>& copy, index_t& pad) {
+  pad = (cols + 15) / 16 * 16;
+  if (pad == cols) return w;
+  copy.assign(static_cast<size_t>(dim * pad), 0.0f);
+  for (index_t r = 0; r < dim; ++r) std::copy(w + r * cols, w + (r + 1) * cols, copy.begin() + r * pad);
+  return copy.data();
 }
 
 // Asks for rows [begin, end) to be brought into the cache. The compute-bound loops (cross tiles,
@@ -305,9 +307,10 @@ inline void score_pairs_factored(const KernelTable& table, const Rows& users, co
   using namespace ops_detail;
   constexpr index_t kStep = 8, kAhead = 64;
   const index_t dim = rows.dim;
-  std::vector<float> left_packed, right_packed;
-  const index_t pad = pack_columns(left, dim, rank, left_packed);
-  if (right != nullptr) pack_columns(right, dim, rank, right_packed);
+  std::vector<float> left_copy, right_copy;
+  index_t pad = 0;
+  const float* left_packed = pack_columns(left, dim, rank, left_copy, pad);
+  const float* right_packed = right ? pack_columns(right, dim, rank, right_copy, pad) : nullptr;
   parallel_chunks(rows.count, threads, min_rows_per_task(dim, right ? 2 * rank : rank), kAhead,
                   [&](int, index_t begin, index_t end) {
                     std::vector<float> x(static_cast<size_t>(kStep * pad)), y(right ? x.size() : 0);
@@ -317,10 +320,10 @@ inline void score_pairs_factored(const KernelTable& table, const Rows& users, co
                       const index_t ahead = std::min(end, s + kAhead), ahead_end = std::min(end, s + kAhead + step);
                       prefetch_rows(users, ahead, ahead_end);
                       prefetch_rows(rows, ahead, ahead_end);
-                      table.score_tile_f32(left_packed.data(), pad, users.row(s), step, dim, users.stride, 0.0f,
+                      table.score_tile_f32(left_packed, pad, users.row(s), step, dim, users.stride, 0.0f,
                                            nullptr, x.data());
                       if (right != nullptr) {
-                        table.score_tile_f32(right_packed.data(), pad, rows.row(s), step, dim, rows.stride, 0.0f,
+                        table.score_tile_f32(right_packed, pad, rows.row(s), step, dim, rows.stride, 0.0f,
                                              nullptr, y.data());
                         table.score_pairs_f32(x.data(), pad, y.data(), pad, nullptr, step, rank, bias, out + s);
                       } else {
@@ -348,14 +351,15 @@ inline void score_pairs_full(const KernelTable& table, const Rows& users, const 
 inline void matmul(const KernelTable& table, const Rows& x, const float* w, index_t cols, float* out,
                    index_t out_stride, int threads) {
   using namespace ops_detail;
-  std::vector<float> packed;
-  const index_t pad = pack_columns(w, x.dim, cols, packed);
+  std::vector<float> copy;
+  index_t pad = 0;
+  const float* packed = pack_columns(w, x.dim, cols, copy, pad);
   parallel_chunks(x.count, threads, min_rows_per_task(x.dim, pad), kTileCandidates,
                   [&](int, index_t begin, index_t end) {
                     std::vector<float> tile(static_cast<size_t>(kTileCandidates * pad));
                     for (index_t r0 = begin; r0 < end; r0 += kTileCandidates) {
                       const index_t count = std::min(kTileCandidates, end - r0);
-                      table.score_tile_f32(packed.data(), pad, x.row(r0), count, x.dim, x.stride, 0.0f, nullptr,
+                      table.score_tile_f32(packed, pad, x.row(r0), count, x.dim, x.stride, 0.0f, nullptr,
                                            tile.data());
                       for (index_t i = 0; i < count; ++i)
                         std::copy(tile.data() + i * pad, tile.data() + i * pad + cols, out + (r0 + i) * out_stride);

@@ -8,6 +8,7 @@ read bandwidth, flops over the measured sgemm rate. Ratios, not absolute times, 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -42,6 +43,20 @@ def median_time(fn, repeat: int, min_seconds: float = 0.0) -> float:
             fn()
         rounds.append((time.perf_counter() - start) / calls)
     return statistics.median(rounds)
+
+
+def median_times_in_turns(fns: dict, repeat: int) -> dict:
+    """Median seconds of one call of each fn, timed in turns (every fn once per round, after a
+    warm-up call each), so a drift in this host's memory bandwidth falls on all of them alike."""
+    for fn in fns.values():
+        fn()
+    rounds = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            rounds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(r) for name, r in rounds.items()}
 
 
 def _cpu_name() -> str:
@@ -404,11 +419,11 @@ def w7(ctx) -> Table:
         sk.score(users, ads, pairwise=True, out=out)  # touch every page before timing
         metrics = _metrics_for(n, rng)
         time.sleep(0.2)  # lets the idle BLAS threads of the peers measured before stop spinning first
-        folded = {kind: median_time(lambda: sk.score(users[0], ads, m, out=out), ctx.repeat_w7) / N
-                  for kind, m in metrics.items()}
+        folded = median_times_in_turns({kind: functools.partial(sk.score, users[0], ads, m, out=out)
+                                        for kind, m in metrics.items()}, 2 * ctx.repeat_w7)
         for kind, m in metrics.items():
-            grid[(n, kind)] = (folded[kind], median_time(lambda: sk.score(users, ads, m, pairwise=True, out=out),
-                                                         ctx.repeat_w7) / N)
+            grid[(n, kind)] = (folded[kind] / N, median_time(lambda: sk.score(users, ads, m, pairwise=True, out=out),
+                                                             ctx.repeat_w7) / N)
         ctx.progress.step(f"W7 n={n}")
     kinds = list(_metrics_for(16, rng))
     header = "  n    " + "".join(f"{k + ' fold':>14s}{k + ' pair':>14s}" for k in kinds)
