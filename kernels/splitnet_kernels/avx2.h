@@ -57,6 +57,8 @@ SPLITNET_AVX2 inline void pairs(const float* a, index_t a_stride, const float* b
   for (; i + 4 <= n_pairs; i += 4) {
     const float* x = a + i * a_stride;
     const float* y = b + i * b_stride;
+    prefetch_four_rows(a, i, n_pairs, dim, a_stride);
+    prefetch_four_rows(b, i, n_pairs, dim, b_stride);
     const __m128 sums = reduce4(pair_acc<Weighted>(x, y, w, dim),
                                 pair_acc<Weighted>(x + a_stride, y + b_stride, w, dim),
                                 pair_acc<Weighted>(x + 2 * a_stride, y + 2 * b_stride, w, dim),
@@ -123,6 +125,7 @@ SPLITNET_AVX2 inline void score_rows_f32_avx2(const float* query, const float* r
   index_t i = 0;
   for (; i + 4 <= n_rows; i += 4) {
     const float* r = rows + i * row_stride;
+    prefetch_four_rows(rows, i, n_rows, dim, row_stride);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
            acc3 = _mm256_setzero_ps();
     for (index_t d = 0; d < full; d += 8) {  // full vectors: plain loads
@@ -232,6 +235,7 @@ SPLITNET_AVX2 inline void rows_16bit(const float* query, const std::uint16_t* ro
   const index_t full = dim / 8 * 8;
   for (index_t i = 0; i < n_rows; i += 4) {
     const index_t count = std::min<index_t>(4, n_rows - i);
+    prefetch_four_rows(rows, i, n_rows, dim, row_stride);
     const std::uint16_t* r[4];
     for (index_t j = 0; j < 4; ++j) r[j] = rows + (i + std::min<index_t>(j, count - 1)) * row_stride;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),

@@ -77,6 +77,7 @@ SPLITNET_AVX512BF16 inline void score_rows_i8_avx512bf16(const std::int8_t* quer
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   for (index_t i = 0; i < n_rows; i += 4) {  // four rows share each query load and one reduction
     const index_t count = std::min<index_t>(4, n_rows - i);
+    prefetch_four_rows(rows, i, n_rows, dim, row_stride);
     const std::int8_t* r[4];
     for (index_t j = 0; j < 4; ++j) r[j] = rows + (i + std::min<index_t>(j, count - 1)) * row_stride;
     __m512i dot0 = _mm512_setzero_si512(), dot1 = dot0, dot2 = dot0, dot3 = dot0;

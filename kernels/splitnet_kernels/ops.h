@@ -79,15 +79,9 @@ inline const float* pack_columns(const float* w, index_t dim, index_t cols, std:
 // Asks for rows [begin, end) to be brought into the cache. The compute-bound loops (cross tiles,
 // full pairs) call it a block ahead: the hardware prefetcher alone leaves them waiting on memory.
 inline void prefetch_rows(const PackedRows& rows, index_t begin, index_t end) {
-  // A function of prefetches alone looks pure to GCC, which then deletes the calls to it (the
-  // full-pair loop lost its prefetch that way and ran 2x slower). Volatile asm keeps them.
-  asm volatile("");
   const index_t size = rows.dtype == Dtype::f32 ? 4 : rows.dtype == Dtype::i8 ? 1 : 2;
-  for (index_t r = begin; r < end; ++r) {
-    const char* row = static_cast<const char*>(rows.data) + r * rows.stride * size;
-    for (index_t byte = 0; byte < rows.dim * size; byte += 64) __builtin_prefetch(row + byte);
-    __builtin_prefetch(row + rows.dim * size - 1);
-  }
+  for (index_t r = begin; r < end; ++r)
+    prefetch_bytes(static_cast<const char*>(rows.data) + r * rows.stride * size, rows.dim * size);
 }
 
 inline void prefetch_rows(const Rows& rows, index_t begin, index_t end) { prefetch_rows(packed(rows), begin, end); }
@@ -464,13 +458,15 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Rows& 
 
 namespace ops_detail {
 // Sums 64-byte lines with four independent vector accumulators, so the loop is bound by memory,
-// not by the adds (a baseline build's 16-byte adds fall short of DRAM bandwidth here).
+// not by the adds (a baseline build's 16-byte adds fall short of DRAM bandwidth here), and with
+// the same software prefetch as the streaming kernels, or the floor would be theirs to beat.
 #if SPLITNET_KERNELS_HAVE_X86
 __attribute__((target("avx2"))) inline std::uint64_t sum_lines_avx2(const std::uint64_t* words, index_t n) {
   __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
   index_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const auto* p = reinterpret_cast<const __m256i*>(words + i);
+    if (i + 528 <= n) prefetch_bytes(words + i + 512, 128);  // 4 KiB ahead, as the kernels ask
     acc0 = _mm256_add_epi64(acc0, _mm256_loadu_si256(p));
     acc1 = _mm256_add_epi64(acc1, _mm256_loadu_si256(p + 1));
     acc2 = _mm256_add_epi64(acc2, _mm256_loadu_si256(p + 2));

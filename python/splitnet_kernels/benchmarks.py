@@ -195,11 +195,11 @@ def _numpy_topk(scores: np.ndarray, k: int):
 def w1(ctx) -> Table:
     n, N = 64, ctx.n_cands
     ads, user = _data(N, n, 1), _data(1, n, 2)[0]
-    floor = ctx.read_floor(ads, extra_bytes=N * 4)
-    t = Table("W1", f"one user x {N:,} candidates, all scores (n={n})", floor,
-              "reading the candidates once, measured beside it, + writing the scores")
     out = np.empty(N, np.float32)
-    t.add("splitnet_kernels simd", median_time(lambda: sk.score(user, ads, out=out), ctx.repeat))
+    floor, ours = ctx.floor_beside({"ours": lambda: sk.score(user, ads, out=out)}, ads, extra_bytes=N * 4)
+    t = Table("W1", f"one user x {N:,} candidates, all scores (n={n})", floor,
+              "reading the candidates once, timed in turns with ours, + writing the scores")
+    t.add("splitnet_kernels simd", ours["ours"])
     t.add("numpy  A @ u", median_time(lambda: ads @ user, ctx.repeat))
     if ctx.peers.torch is not None:
         ta, tu = ctx.peers.torch.from_numpy(ads), ctx.peers.torch.from_numpy(user)
@@ -216,9 +216,9 @@ def w1(ctx) -> Table:
 def w2(ctx) -> Table:
     n, N, k = 64, ctx.n_cands, 100
     ads, user = _data(N, n, 1), _data(1, n, 2)[0]
-    floor = ctx.read_floor(ads)
-    t = Table("W2", f"one user x {N:,} candidates, top-{k}", floor, "reading the candidates once, measured beside it")
-    t.add("splitnet_kernels simd", median_time(lambda: sk.topk(user, ads, k), ctx.repeat))
+    floor, ours = ctx.floor_beside({"ours": lambda: sk.topk(user, ads, k)}, ads)
+    t = Table("W2", f"one user x {N:,} candidates, top-{k}", floor, "reading the candidates once, timed in turns with ours")
+    t.add("splitnet_kernels simd", ours["ours"])
     t.add("numpy  A @ u + argpartition", median_time(lambda: _numpy_topk(ads @ user, k), ctx.repeat))
     if ctx.peers.faiss is not None:
         index = ctx.peers.faiss_index(ads)
@@ -239,14 +239,12 @@ def w2(ctx) -> Table:
 def w3(ctx) -> list[Table]:
     n, N, k = 64, ctx.n_cands, 100
     ads, user = _data(N, n, 1), _data(1, n, 2)[0]
-    floor = ctx.read_floor(ads)
-    t = Table("W3", f"W2 with reduced-precision candidates (one user x {N:,}, top-{k})", floor,
-              "reading the float32 candidates once, measured beside it")
     _, exact = sk.topk(user, ads, k)
     sets = {dtype: sk.Candidates(ads, dtype=dtype) for dtype in ("float32", "bfloat16", "float16", "int8")}
-    times = {}
+    floor, times = ctx.floor_beside({dtype: functools.partial(cands.topk, user, k) for dtype, cands in sets.items()}, ads)
+    t = Table("W3", f"W2 with reduced-precision candidates (one user x {N:,}, top-{k})", floor,
+              "reading the float32 candidates once, timed in turns with the sets")
     for dtype, cands in sets.items():
-        times[dtype] = median_time(lambda: cands.topk(user, k), ctx.repeat)
         t.add(f"Candidates {dtype}", times[dtype])
         recall = len(np.intersect1d(cands.topk(user, k)[1], exact)) / k
         t.notes.append(f"{dtype}: {cands.nbytes / 2**20:.0f} MiB, recall@{k} {recall:.3f}")
@@ -327,16 +325,17 @@ def w5(ctx) -> list[Table]:
     S = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
     torch = ctx.peers.torch
     tables = []
-    stream_floor = ctx.read_floor(users, ads, extra_bytes=B * 4)
+    out = np.empty(B, np.float32)
     for kind, metric in (("dot", None), ("diagonal", sk.Metric.diagonal(s)), ("full", sk.Metric.full(S))):
+        stream_floor, ours = ctx.floor_beside({"ours": lambda: sk.score(users, ads, metric, pairwise=True, out=out)},
+                                              users, ads, extra_bytes=B * 4)
         if kind == "full":
             floor = max(2 * B * n * n / ctx.gemm_flops, stream_floor)
             note = "max(flops over sgemm rate, bytes over read bandwidth)"
         else:
-            floor, note = stream_floor, "reading both inputs once, measured beside it, + writing the scores"
+            floor, note = stream_floor, "reading both inputs once, timed in turns with ours, + writing the scores"
         t = Table("W5", f"{B:,} (user, ad) pairs, {kind} (n={n})", floor, note)
-        out = np.empty(B, np.float32)
-        t.add("splitnet_kernels simd", median_time(lambda: sk.score(users, ads, metric, pairwise=True, out=out), ctx.repeat))
+        t.add("splitnet_kernels simd", ours["ours"])
         if kind == "dot":
             numpy_ways = {"numpy  einsum('ij,ij->i')": lambda: np.einsum("ij,ij->i", users, ads),
                           "numpy  (U * A).sum(1)": lambda: (users * ads).sum(1)}
@@ -465,11 +464,14 @@ def plot_w7(table: Table, path: str):
 
 
 class Context:
-    def read_floor(self, *arrays, extra_bytes: int = 0) -> float:
-        """Seconds to read these arrays once, measured now, beside the workload (this machine's
-        bandwidth drifts between runs), plus extra_bytes at the same rate."""
-        seconds = sum(median_time(lambda a=a: _core.read_bytes(a, _core.max_threads()), 5) for a in arrays)
-        return seconds * (1 + extra_bytes / sum(a.nbytes for a in arrays))
+    def floor_beside(self, fns: dict, *arrays, extra_bytes: int = 0):
+        """(floor, {name: seconds}): the seconds to read these arrays once (plus extra_bytes at the
+        same rate) and of one call of each fn, timed in turns, so that this host's drifting memory
+        bandwidth (41-78 GB/s seen) falls on the floor and the kernels alike."""
+        reads = {("read", i): functools.partial(_core.read_bytes, a, _core.max_threads()) for i, a in enumerate(arrays)}
+        times = median_times_in_turns({**reads, **fns}, self.repeat)
+        floor = sum(times.pop(key) for key in reads) * (1 + extra_bytes / sum(a.nbytes for a in arrays))
+        return floor, times
 
     def __init__(self, quick: bool, progress: Progress, facts: dict):
         self.quick = quick
