@@ -360,16 +360,20 @@ def test_many_users_span_several_user_blocks(backend, kind, n, m, rng):
     assert_within(got, reference_scores(users, ads, metric), tolerance(users, ads, metric))
 
 
-@pytest.mark.parametrize("n", (16, 64))
-def test_full_with_lane_multiple_dims(backend, n, rng):
-    # n a multiple of 16: the folds and the fused pairwise kernel read S in place, unpadded
-    metric = make_metric("full", n, rng, bias=BIAS)
-    users = rng.standard_normal((37, n)).astype(np.float32)
-    ads = rng.standard_normal((37, n)).astype(np.float32)
+def _one_cross_and_pairwise_match_the_oracle(metric, backend, rng):
+    """One user, 37 users and 37 pairs against the float64 oracle."""
+    users = rng.standard_normal((37, metric.dim)).astype(np.float32)
+    ads = rng.standard_normal((37, metric.dim)).astype(np.float32)
     for args, pairwise in (((users[3], ads), False), ((users, ads), False), ((users, ads), True)):
         got = sk.score(*args, metric, pairwise=pairwise, backend=backend)
         assert_within(got, reference_scores(*args, metric, pairwise=pairwise),
                       tolerance(*args, metric, pairwise=pairwise))
+
+
+@pytest.mark.parametrize("n", (16, 64))
+def test_full_with_lane_multiple_dims(backend, n, rng):
+    # n a multiple of 16: the folds and the fused pairwise kernel read S in place, unpadded
+    _one_cross_and_pairwise_match_the_oracle(make_metric("full", n, rng, bias=BIAS), backend, rng)
 
 
 @pytest.mark.parametrize("rank", (1, 16, 17, 32, 49, 70))
@@ -379,12 +383,7 @@ def test_low_rank_of_any_rank(backend, rank, with_d, rng):
     n = 70
     P, Q = rng.standard_normal((n, rank)) / np.sqrt(rank), rng.standard_normal((n, rank)) / np.sqrt(rank)
     metric = sk.Metric.low_rank(P, Q, d=rng.standard_normal(n) if with_d else None, bias=BIAS)
-    users = rng.standard_normal((37, n)).astype(np.float32)
-    ads = rng.standard_normal((37, n)).astype(np.float32)
-    for args, pairwise in (((users[3], ads), False), ((users, ads), False), ((users, ads), True)):
-        got = sk.score(*args, metric, pairwise=pairwise, backend=backend)
-        assert_within(got, reference_scores(*args, metric, pairwise=pairwise),
-                      tolerance(*args, metric, pairwise=pairwise))
+    _one_cross_and_pairwise_match_the_oracle(metric, backend, rng)
 
 
 # ---- concurrency -------------------------------------------------------------------------------
