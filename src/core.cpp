@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 #include "splitnet_kernels/ops.h"
@@ -82,6 +83,16 @@ float* output_of(py::array& out, const char* name, std::initializer_list<index_t
   return static_cast<float*>(out.mutable_data());
 }
 
+// An optional float32 vector argument of `length` values: null for None. `keep` holds the array
+// for the call (a conversion from another type makes a new one).
+const float* optional_vector(const py::object& x, const char* name, index_t length, py::array& keep) {
+  if (x.is_none()) return nullptr;
+  keep = x.cast<py::array>();
+  const Rows v = rows_of(keep, name, 1);
+  require(v.dim == length, name, ": expected ", length, " values, got ", v.dim);
+  return v.data;
+}
+
 void require_same_dim(const Rows& a, const Rows& b) {
   require(a.dim == b.dim, "users and ads differ in dimension: ", a.dim, " vs ", b.dim);
 }
@@ -103,7 +114,8 @@ Isa isa_from_name(const std::string& name) {
 
 // Candidate storage from sk.Candidates: float32, float16 (IEEE half), bfloat16 (as uint16) or
 // int8 with float32 scales; rows contiguous and aligned to their element.
-splitnet::PackedRows packed_of(const py::array& data, const std::string& dtype, const py::object& scales) {
+splitnet::PackedRows packed_of(const py::array& data, const std::string& dtype, const py::object& scales,
+                               py::array& keep_scales) {
   using splitnet::Dtype;
   const std::pair<const char*, std::pair<Dtype, char>> kinds[] = {
       {"float32", {Dtype::f32, 'f'}}, {"float16", {Dtype::f16, 'f'}}, {"bfloat16", {Dtype::bf16, 'u'}}, {"int8", {Dtype::i8, 'i'}}};
@@ -120,9 +132,7 @@ splitnet::PackedRows packed_of(const py::array& data, const std::string& dtype, 
     if (kind.first == Dtype::i8) {
       require(!scales.is_none(), "int8 data needs scales");
       require(rows.dim <= (index_t{1} << 17), "int8 rows longer than 131072 would overflow int32 sums");
-      const Rows s = rows_of(scales.cast<py::array>(), "scales", 1);
-      require(s.dim == rows.count, "scales: expected one per row");
-      rows.scales = s.data;
+      rows.scales = optional_vector(scales, "scales", rows.count, keep_scales);
     }
     return rows;
   }
@@ -130,9 +140,9 @@ splitnet::PackedRows packed_of(const py::array& data, const std::string& dtype, 
 }
 
 // The allowed subset: ascending, unique, in range (checked here, since kernels index with it).
-std::pair<const index_t*, index_t> ids_of(const py::object& ids, index_t count) {
+std::pair<const index_t*, index_t> ids_of(const py::object& ids, index_t count, py::array& keep) {
   if (ids.is_none()) return {nullptr, 0};
-  const auto array = ids.cast<py::array>();
+  const py::array& array = keep = ids.cast<py::array>();
   if (array.dtype().kind() != 'i' || array.itemsize() != 8 || array.ndim() != 1 || (array.shape(0) > 1 && array.strides(0) != 8))
     throw py::type_error("allowed ids: expected a contiguous 1-D int64 array");
   const auto* p = static_cast<const index_t*>(array.data());
@@ -140,6 +150,28 @@ std::pair<const index_t*, index_t> ids_of(const py::object& ids, index_t count) 
     require(p[i] >= 0 && p[i] < count && (i == 0 || p[i] > p[i - 1]), "allowed ids: must be ascending, unique and in [0, N)");
   return {p, array.shape(0)};
 }
+
+// The operands of score_packed and topk_packed: one query (dim,) or many (M, dim, no allowed
+// subset), the stored rows, and the allowed ids; `keep_*` hold converted arrays for the call.
+struct PackedOperands {
+  py::array keep_scales, keep_ids;
+  bool cross = false;
+  Rows queries{};
+  splitnet::PackedRows rows{};
+  const index_t* ids = nullptr;
+  index_t n_ids = 0;
+
+  PackedOperands(const py::array& query, const py::array& data, const std::string& dtype, const py::object& scales,
+                 const py::object& allowed)
+      : cross(query.ndim() == 2), queries(rows_of(query, "users", cross ? 2 : 1)),
+        rows(packed_of(data, dtype, scales, keep_scales)) {
+    require(queries.dim == rows.dim, "users and candidates differ in dimension");
+    std::tie(ids, n_ids) = ids_of(allowed, rows.count, keep_ids);
+    require(!cross || ids == nullptr, "allowed: only with one user");
+  }
+
+  index_t candidates() const { return ids ? n_ids : rows.count; }
+};
 
 }  // namespace
 
@@ -168,14 +200,8 @@ PYBIND11_MODULE(_core, m) {
     const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2);
     require_same_dim(u, a);
     require(u.count == a.count, "pairwise: users and ads differ in count");
-    const float* w = nullptr;
-    py::array weight_array;  // keeps the weights alive for the call
-    if (!weights.is_none()) {
-      weight_array = weights.cast<py::array>();
-      const Rows wr = rows_of(weight_array, "weights", 1);
-      require(wr.dim == a.dim, "weights: expected one weight per dimension");
-      w = wr.data;
-    }
+    py::array keep;
+    const float* w = optional_vector(weights, "weights", a.dim, keep);
     float* o = output_of(out, "out", {a.count});
     const int t = thread_count(threads);
     py::gil_scoped_release release;
@@ -188,23 +214,17 @@ PYBIND11_MODULE(_core, m) {
     require_same_dim(u, a);
     require(u.count == a.count, "pairwise: users and ads differ in count");
     require(l.count == a.dim && l.stride == l.dim, "left must be a C-contiguous (dim, rank) matrix");
-    py::array right_array, diag_array;  // keep the optional operands alive for the call
+    py::array keep_right, keep_diag;  // converted operands, alive for the call
     const float* r = nullptr;
-    const float* d = nullptr;
     if (!right.is_none()) {
-      right_array = right.cast<py::array>();
-      const Rows rr = rows_of(right_array, "right", 2);
+      keep_right = right.cast<py::array>();
+      const Rows rr = rows_of(keep_right, "right", 2);
       require(rr.count == l.count && rr.dim == l.dim && rr.stride == rr.dim, "right must be C-contiguous, shaped like left");
       r = rr.data;
     } else {
       require(l.dim == a.dim, "without right, left must be (dim, dim)");
     }
-    if (!diag.is_none()) {
-      diag_array = diag.cast<py::array>();
-      const Rows dr = rows_of(diag_array, "diag", 1);
-      require(dr.dim == a.dim, "diag: expected one weight per dimension");
-      d = dr.data;
-    }
+    const float* d = optional_vector(diag, "diag", a.dim, keep_diag);
     float* o = output_of(out, "out", {a.count});
     const int t = thread_count(threads);
     py::gil_scoped_release release;
@@ -259,45 +279,31 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("score_packed", [](py::array query, py::array data, const std::string& dtype, py::object scales,
                            py::object allowed, float bias, py::array out, int threads) {
-    const bool cross = query.ndim() == 2;  // many users: (M, dim) queries, no allowed subset
-    const Rows q = rows_of(query, "users", cross ? 2 : 1);
-    py::array scale_array = scales.is_none() ? py::array() : scales.cast<py::array>();  // alive for the call
-    const splitnet::PackedRows rows = packed_of(data, dtype, scales.is_none() ? py::object(py::none()) : py::object(scale_array));
-    require(q.dim == rows.dim, "users and candidates differ in dimension");
-    py::array allowed_array = allowed.is_none() ? py::array() : allowed.cast<py::array>();
-    const auto [ids, n_ids] = ids_of(allowed.is_none() ? py::object(py::none()) : py::object(allowed_array), rows.count);
-    require(!cross || ids == nullptr, "allowed: only with one user");
-    float* o = cross ? output_of(out, "out", {q.count, rows.count}) : output_of(out, "out", {ids ? n_ids : rows.count});
+    const PackedOperands p(query, data, dtype, scales, allowed);
+    float* o = p.cross ? output_of(out, "out", {p.queries.count, p.rows.count}) : output_of(out, "out", {p.candidates()});
     const int t = thread_count(threads);
     py::gil_scoped_release release;
-    if (cross) {
-      splitnet::score_cross(table(), q, rows, bias, o, rows.count, t);
+    if (p.cross) {
+      splitnet::score_cross(table(), p.queries, p.rows, bias, o, p.rows.count, t);
     } else {
-      splitnet::score_one(table(), q.data, rows, bias, o, t, ids, n_ids);
+      splitnet::score_one(table(), p.queries.data, p.rows, bias, o, t, p.ids, p.n_ids);
     }
   }, py::arg("query"), py::arg("data"), py::arg("dtype"), py::arg("scales"), py::arg("allowed"), py::arg("bias"),
      py::arg("out"), py::arg("threads"));
 
   m.def("topk_packed", [](py::array query, py::array data, const std::string& dtype, py::object scales,
                           py::object allowed, index_t k, float bias, py::array out_scores, py::array out_ids, int threads) {
-    const bool cross = query.ndim() == 2;  // many users: (M, dim) queries, no allowed subset
-    const Rows q = rows_of(query, "users", cross ? 2 : 1);
-    py::array scale_array = scales.is_none() ? py::array() : scales.cast<py::array>();
-    const splitnet::PackedRows rows = packed_of(data, dtype, scales.is_none() ? py::object(py::none()) : py::object(scale_array));
-    require(q.dim == rows.dim, "users and candidates differ in dimension");
-    py::array allowed_array = allowed.is_none() ? py::array() : allowed.cast<py::array>();
-    const auto [ids, n_ids] = ids_of(allowed.is_none() ? py::object(py::none()) : py::object(allowed_array), rows.count);
-    require(k >= 0 && k <= (ids ? n_ids : rows.count), "k must be in [0, number of candidates]");
-    require(!cross || ids == nullptr, "allowed: only with one user");
-    float* s = cross ? output_of(out_scores, "scores", {q.count, k}) : output_of(out_scores, "scores", {k});
-    auto* i = reinterpret_cast<index_t*>(cross ? output_of(out_ids, "ids", {q.count, k}, 'i')
-                                               : output_of(out_ids, "ids", {k}, 'i'));
+    const PackedOperands p(query, data, dtype, scales, allowed);
+    require(k >= 0 && k <= p.candidates(), "k must be in [0, number of candidates]");
+    float* s = p.cross ? output_of(out_scores, "scores", {p.queries.count, k}) : output_of(out_scores, "scores", {k});
+    auto* i = reinterpret_cast<index_t*>(p.cross ? output_of(out_ids, "ids", {p.queries.count, k}, 'i')
+                                                 : output_of(out_ids, "ids", {k}, 'i'));
     const int t = thread_count(threads);
     py::gil_scoped_release release;
-    if (k > 0 && cross) {
-      splitnet::topk_cross(table(), q, rows, k, bias, s, i, t);
+    if (k > 0 && p.cross) {
+      splitnet::topk_cross(table(), p.queries, p.rows, k, bias, s, i, t);
     } else if (k > 0) {
-      splitnet::topk_one(table(), q.data, rows, k, bias, s, i, t, ids, n_ids);
+      splitnet::topk_one(table(), p.queries.data, p.rows, k, bias, s, i, t, p.ids, p.n_ids);
     }
   }, py::arg("query"), py::arg("data"), py::arg("dtype"), py::arg("scales"), py::arg("allowed"), py::arg("k"),
      py::arg("bias"), py::arg("out_scores"), py::arg("out_ids"), py::arg("threads"));
