@@ -141,6 +141,22 @@ SPLITNET_AVX512 inline unsigned tile_columns(const float* users_t, index_t users
   return hits;
 }
 
+// score_tile_f32's operands, scored eight candidates at a time (over_candidate_blocks).
+struct Tile {
+  const float* users_t;
+  index_t users_pad;
+  const float* rows;
+  index_t dim, row_stride;
+  float bias;
+  const float* gates;
+  float* tile;
+
+  template <int NC>
+  SPLITNET_AVX512 unsigned columns(index_t c) const {
+    return tile_columns<NC>(users_t, users_pad, rows + c * row_stride, dim, row_stride, bias, gates, tile + c * users_pad);
+  }
+};
+
 }  // namespace avx512_detail
 
 SPLITNET_AVX512 inline void score_rows_f32_avx512(const float* query, const float* rows,
@@ -180,26 +196,8 @@ SPLITNET_AVX512 inline std::uint64_t score_tile_f32_avx512(const float* users_t,
                                                            const float* rows, index_t n_rows, index_t dim,
                                                            index_t row_stride, float bias, const float* gates,
                                                            float* tile) {
-  using namespace avx512_detail;
-  std::uint64_t hits = 0;
-  index_t c = 0;
-  for (; c + 8 <= n_rows; c += 8)
-    hits |= std::uint64_t{tile_columns<8>(users_t, users_pad, rows + c * row_stride, dim, row_stride, bias, gates,
-                                          tile + c * users_pad)} << c;
-  const float* r = rows + c * row_stride;
-  float* t = tile + c * users_pad;
-  unsigned tail = 0;
-  switch (n_rows - c) {
-    case 7: tail = tile_columns<7>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
-    case 6: tail = tile_columns<6>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
-    case 5: tail = tile_columns<5>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
-    case 4: tail = tile_columns<4>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
-    case 3: tail = tile_columns<3>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
-    case 2: tail = tile_columns<2>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
-    case 1: tail = tile_columns<1>(users_t, users_pad, r, dim, row_stride, bias, gates, t); break;
-    default: break;
-  }
-  return c < n_rows ? hits | std::uint64_t{tail} << c : hits;  // c may be 64: no tail, no shift
+  return over_candidate_blocks<8>(n_rows,
+                                  avx512_detail::Tile{users_t, users_pad, rows, dim, row_stride, bias, gates, tile});
 }
 
 SPLITNET_AVX512 inline void score_pairs_f32_avx512(const float* a, index_t a_stride, const float* b,

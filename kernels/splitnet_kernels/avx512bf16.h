@@ -158,6 +158,25 @@ SPLITNET_AVX512BF16 inline unsigned tile_columns_i8(const std::int32_t* users_t,
                                  row_stride, bias, gates ? gates + u : nullptr, tile + u);
   return hits;
 }
+// score_tile_i8's operands, scored eight candidates at a time (over_candidate_blocks).
+struct TileI8 {
+  const std::int32_t* users_t;
+  index_t users_pad;
+  const std::int32_t* offsets;
+  const float* user_scales;
+  const std::int8_t* rows;
+  const float* row_scales;
+  index_t dim, row_stride;
+  float bias;
+  const float* gates;
+  float* tile;
+
+  template <int NC>
+  SPLITNET_AVX512BF16 unsigned columns(index_t c) const {
+    return tile_columns_i8<NC>(users_t, users_pad, offsets, user_scales, rows + c * row_stride, row_scales + c, dim,
+                               row_stride, bias, gates, tile + c * users_pad);
+  }
+};
 }  // namespace avx512bf16_detail
 
 SPLITNET_AVX512BF16 inline std::uint64_t score_tile_i8_avx512bf16(const std::int32_t* users_t, index_t users_pad,
@@ -166,28 +185,8 @@ SPLITNET_AVX512BF16 inline std::uint64_t score_tile_i8_avx512bf16(const std::int
                                                                   const float* row_scales, index_t n_rows,
                                                                   index_t dim, index_t row_stride, float bias,
                                                                   const float* gates, float* tile) {
-  using namespace avx512bf16_detail;
-  std::uint64_t hits = 0;
-  index_t c = 0;
-  for (; c + 8 <= n_rows; c += 8)
-    hits |= std::uint64_t{tile_columns_i8<8>(users_t, users_pad, offsets, user_scales, rows + c * row_stride,
-                                             row_scales + c, dim, row_stride, bias, gates, tile + c * users_pad)}
-            << c;
-  const std::int8_t* r = rows + c * row_stride;
-  const float* rs = row_scales + c;
-  float* t = tile + c * users_pad;
-  unsigned tail = 0;
-  switch (n_rows - c) {
-    case 7: tail = tile_columns_i8<7>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
-    case 6: tail = tile_columns_i8<6>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
-    case 5: tail = tile_columns_i8<5>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
-    case 4: tail = tile_columns_i8<4>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
-    case 3: tail = tile_columns_i8<3>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
-    case 2: tail = tile_columns_i8<2>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
-    case 1: tail = tile_columns_i8<1>(users_t, users_pad, offsets, user_scales, r, rs, dim, row_stride, bias, gates, t); break;
-    default: break;
-  }
-  return c < n_rows ? hits | std::uint64_t{tail} << c : hits;  // c may be 64: no tail, no shift
+  return over_candidate_blocks<8>(n_rows, avx512bf16_detail::TileI8{users_t, users_pad, offsets, user_scales, rows,
+                                                                    row_scales, dim, row_stride, bias, gates, tile});
 }
 
 inline constexpr KernelTable kAvx512Bf16Table{
