@@ -332,8 +332,8 @@ SPLITNET_AVX512 inline void score_rows_i8_avx512(const std::int8_t* query, float
                                                  index_t n_rows, index_t dim, index_t row_stride,
                                                  float bias, float* out) {
   for (index_t i = 0; i < n_rows; ++i)
-    out[i] = static_cast<float>(avx512_detail::dot_i8(query, rows + i * row_stride, dim)) *
-                 (query_scale * row_scales[i]) + bias;
+    out[i] = score_i8(static_cast<float>(avx512_detail::dot_i8(query, rows + i * row_stride, dim)), query_scale,
+                      row_scales[i], bias);
 }
 
 inline constexpr KernelTable kAvx512Table{Isa::avx512, score_rows_f32_avx512, score_tile_f32_avx512,

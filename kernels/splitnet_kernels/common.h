@@ -68,7 +68,8 @@ struct KernelTable {
   void (*widen_bf16)(const std::uint16_t* in, index_t n, float* out);
   // int8 rows with one scale each, against a query quantized by quantize_query_i8:
   // out[i] = float(sum_d query[d] * rows[i][d]) * (query_scale * row_scales[i]) + bias. The
-  // integer sum is exact, so every ISA gives the same bits.
+  // integer sum is exact and every ISA ends it with score_i8's float operations (below), so
+  // every ISA gives the same bits.
   void (*score_rows_i8)(const std::int8_t* query, float query_scale, const std::int8_t* rows,
                         const float* row_scales, index_t n_rows, index_t dim, index_t row_stride,
                         float bias, float* out);
@@ -130,6 +131,30 @@ inline std::uint64_t over_candidate_blocks(index_t n_rows, const Tile& tile) {
   for (; c + Block <= n_rows; c += Block) hits |= std::uint64_t{tile.template columns<Block>(c)} << c;
   if (c < n_rows) hits |= std::uint64_t{tail_columns<Block - 1>(tile, c, n_rows - c)} << c;  // c < 64 here
   return hits;
+}
+
+// Forbids the compiler to fuse the multiply that produced x with a later add: GCC contracts
+// a * b + c into one FMA (one rounding instead of two) wherever the function's target has FMA,
+// which the avx2 / avx512 kernels and all of aarch64 have and x86 baseline code (scalar.h) has
+// not, so the same expression gave different bits per ISA. The empty asm makes x opaque (as
+// glibc's math_opt_barrier does); it emits no instruction. "v": any SSE/AVX register, so it
+// takes a float or an __m512 alike ("w" on aarch64; elsewhere through memory, slower but right).
+#if SPLITNET_KERNELS_HAVE_X86
+#define SPLITNET_KERNELS_ROUNDED(x) asm("" : "+v"(x))
+#elif SPLITNET_KERNELS_HAVE_NEON
+#define SPLITNET_KERNELS_ROUNDED(x) asm("" : "+w"(x))
+#else
+#define SPLITNET_KERNELS_ROUNDED(x) asm("" : "+m"(x))
+#endif
+
+// The int8 score from its exact integer sum, as every ISA's int8 kernels end (the cross tile
+// does the same operations on 16 lanes, see avx512bf16.h): float(sum) * (query_scale *
+// row_scale) + bias, the product rounded before the add. sum is the exact integer converted
+// once to float (the same float from an int32 or an int64).
+inline float score_i8(float sum, float query_scale, float row_scale, float bias) {
+  float product = sum * (query_scale * row_scale);
+  SPLITNET_KERNELS_ROUNDED(product);
+  return product + bias;
 }
 
 // ---- Storage types -------------------------------------------------------------------------

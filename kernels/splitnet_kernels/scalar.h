@@ -111,7 +111,7 @@ inline void score_rows_i8_scalar(const std::int8_t* query, float query_scale, co
     const std::int8_t* row = rows + i * row_stride;
     std::int64_t sum = 0;
     for (index_t d = 0; d < dim; ++d) sum += static_cast<std::int32_t>(query[d]) * row[d];
-    out[i] = static_cast<float>(sum) * (query_scale * row_scales[i]) + bias;
+    out[i] = score_i8(static_cast<float>(sum), query_scale, row_scales[i], bias);
   }
 }
 

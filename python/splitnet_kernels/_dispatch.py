@@ -9,7 +9,8 @@ auto, for each call:
 Both environment variables are read once, at import. SPLITNET_KERNELS_BACKEND replaces
 `auto` (an explicit backend= argument still wins); SPLITNET_KERNELS_ISA forces the kernels'
 instruction set. A bad value of either is an error at the first call that depends on it, never
-a silent fallback.
+a silent fallback. A successful sk.set_isa replaces a bad SPLITNET_KERNELS_ISA: the kernels then
+run an ISA that was asked for by name, so the error is over (isa_changed).
 """
 
 from __future__ import annotations
@@ -81,7 +82,24 @@ def resolve(backend, on_torch_device: bool):
     return BACKENDS["numpy"]
 
 
+def _fast_core():
+    return _core if (ENV_BACKEND in ("auto", "simd") and not ISA_ERROR and status("simd")[0]) else None
+
+
 # The compiled module when `auto` resolves to it for CPU data, for the one-user fast path in
-# _api; None when auto means anything else.
-FAST_CORE = _core if (ENV_BACKEND in ("auto", "simd") and not ISA_ERROR and status("simd")[0]) else None
+# _api; None when auto means anything else. Callers read it as _dispatch.FAST_CORE at each
+# call, so isa_changed can turn it on.
+FAST_CORE = _fast_core()
+
+
+def isa_changed() -> None:
+    """Called after every successful set_isa. It clears a bad SPLITNET_KERNELS_ISA's error
+    (otherwise `auto` would raise it, and the fast path would stay off, for the rest of the
+    process), drops the cached simd status (its reason names the active ISA) and works the
+    fast path out again, which SPLITNET_KERNELS_BACKEND may still keep off."""
+    global ISA_ERROR, FAST_CORE
+    ISA_ERROR = ""
+    _status_cache.pop("simd", None)
+    FAST_CORE = _fast_core()
+
 MAX_THREADS = _core.max_threads() if _core is not None else 1

@@ -19,11 +19,13 @@ def set_isa(name: str) -> str:
     """Makes the simd kernels use instruction set `name` (one of info()["isa_supported"]).
 
     Returns the previous one. For testing and comparison: the detected ISA is the fastest.
+    Replaces a bad SPLITNET_KERNELS_ISA: after it succeeds, that error is no longer raised.
     """
     if _core is None:
         raise RuntimeError(f"the compiled kernels are not available: {_dispatch.status('simd')[1]}")
     previous = _core.active_isa()
-    _core.set_isa(str(name).lower())
+    _core.set_isa(str(name).lower())  # raises ValueError, changing nothing, for an unknown or unsupported ISA
+    _dispatch.isa_changed()
     return previous
 
 
