@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import numbers
+import os
 
 import numpy as np
 
 from . import _dispatch
 from ._metric import Metric, _is_tensor
-from ._order import merge_numpy
+from ._order import merge_numpy, topk_numpy
 from .backends._simd import matmul
 
 
@@ -24,6 +25,10 @@ def _embeddings(x, name: str, ndims: tuple):
     if _is_tensor(x):
         if not x.dtype.is_floating_point:
             raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+        if str(x.layout) != "torch.strided":
+            raise TypeError(f"{name}: expected a dense tensor, got layout {x.layout} (call .to_dense())")
+        if x.device.type == "meta":
+            raise ValueError(f"{name}: a meta tensor holds no values to score (shape {_shape(x)})")
     else:
         if not isinstance(x, np.ndarray):
             try:
@@ -40,14 +45,18 @@ def _embeddings(x, name: str, ndims: tuple):
     return x
 
 
+_CPUS = os.cpu_count() or 1
+
+
 def check_threads(threads):
+    """threads is an upper bound: more than this machine's CPUs means all of them, on every backend."""
     if threads is None:
         return None
     if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, numbers.Integral):
         raise TypeError(f"threads: expected None or an integer, got {type(threads).__name__}")
     if threads < 1:
         raise ValueError(f"threads: must be >= 1, got {threads}")
-    return int(threads)
+    return min(int(threads), _CPUS)
 
 
 def check_k(k) -> int:
@@ -71,6 +80,7 @@ def check_metric(metric, dim: int, users, ads) -> Metric:
     if metric.dim != dim:
         raise ValueError(f"metric has dimension {metric.dim}, but users {_shape(users)} and ads "
                          f"{_shape(ads)} have dimension {dim}")
+    metric.check_fold_range(users)
     return metric
 
 
@@ -119,6 +129,11 @@ def _to_numpy(x):
     return x.cpu().numpy()
 
 
+def _host(x) -> np.ndarray:
+    """A numpy view (or host copy) of an array or tensor, keeping its dtype."""
+    return x.detach().cpu().numpy() if _is_tensor(x) else np.asarray(x)
+
+
 def _to_torch(x, device):
     import torch
 
@@ -151,20 +166,62 @@ def _device(users, ads):
     return None
 
 
+_byte_bounds = getattr(np, "byte_bounds", None) or np.lib.array_utils.byte_bounds
+
+
+def _memory_range(x):
+    """(device, first byte, end byte) that an array or tensor spans, whatever its type."""
+    if _is_tensor(x):
+        start, size = x.data_ptr(), x.element_size()
+        low = start + size * sum((n - 1) * s for n, s in zip(x.shape, x.stride()) if s < 0)
+        high = start + size * (1 + sum((n - 1) * s for n, s in zip(x.shape, x.stride()) if s > 0))
+        return str(x.device), low, high if x.numel() else low
+    x = np.asarray(x)
+    low, high = _byte_bounds(x)
+    return "cpu", low, high if x.size else low
+
+
 def _may_share_memory(a, b) -> bool:
-    if _is_tensor(a) or _is_tensor(b):
-        return (_is_tensor(a) and _is_tensor(b) and a.device == b.device
-                and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
-    return np.may_share_memory(a, b)
+    """Whether a and b may overlap in memory, decided from their byte ranges (numpy arrays,
+    tensors, torch.from_numpy views and any mix of them alike)."""
+    device_a, low_a, high_a = _memory_range(a)
+    device_b, low_b, high_b = _memory_range(b)
+    return device_a == device_b and low_a < high_b and low_b < high_a
 
 
 def _sigmoid_(x):
-    """In place, stable for every float32 input (no overflow, small probabilities kept)."""
-    if _is_tensor(x):
-        return x.sigmoid_()
-    e = np.exp(-np.abs(x))
-    x[...] = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    """In place: the probability rounded from float64, stable for every input (no overflow,
+    small probabilities kept) and monotone in x, so ranking by it never contradicts the score."""
+    if _is_tensor(x) and x.device.type != "cpu":
+        import torch
+
+        return x.copy_(torch.sigmoid(x.to(torch.float64)))
+    values = x.numpy() if _is_tensor(x) else x
+    wide = values.astype(np.float64)
+    e = np.exp(-np.abs(wide))
+    values[...] = np.where(wide >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     return x
+
+
+def rank_by_probability(n_candidates: int, k: int, raw_topk, probabilities):
+    """Top k by sigmoid(score) -- what topk(sigmoid=True) returns -- ties to the lower id.
+
+    Ranking by the reported probability is what makes per-shard lists merge into the answer of
+    one call: distinct scores can round to one float32 probability, which then ties by id.
+    The sigmoid is monotone, so the best k by probability are among the best k + 1 by score,
+    unless the (k+1)-th probability equals the k-th; only then are that user's probabilities
+    formed in full. raw_topk(k) -> (scores, ids) numpy (M, k) ranked by score;
+    probabilities(u) -> (p, ids) over every eligible candidate of user u, ids ascending.
+    """
+    scores, ids = raw_topk(min(k + 1, n_candidates))
+    probs = _sigmoid_(np.array(scores, np.float32))
+    best, best_ids = merge_numpy(probs, ids, k)
+    if probs.shape[-1] > k:
+        for u in np.flatnonzero(~(probs[:, k] < probs[:, k - 1])):  # a tie across the k-th place, or NaN
+            p, candidate_ids = probabilities(u)
+            top, positions = topk_numpy(p[None], k)
+            best[u], best_ids[u] = top[0], candidate_ids[positions[0]]
+    return best, best_ids
 
 
 # ---- the fast path --------------------------------------------------------------------------
@@ -185,6 +242,7 @@ def _fast_operands(users, ads, metric, backend, threads):
         return users, 0.0
     if type(metric) is not Metric or metric.dim != users.shape[0]:
         return None
+    metric.check_fold_range(users)
     return metric.fold(users, matmul), metric.bias
 
 
@@ -245,10 +303,11 @@ def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=N
 
     users (n,) -> scores (k,), ids (k,) int64; users (M, n) -> (M, k) each. Equal scores: the
     lower ad index first; NaN ranks below every number; k > N returns N results; N = 0 returns
-    empty results. With sigmoid=True the reported scores are sigmoid(score + bias); the ranking
-    is by score.
+    empty results. With sigmoid=True the reported scores are sigmoid(score + bias), and the
+    ranking is by them (equal probabilities: the lower index first), so that per-shard lists
+    merge into the answer of one call.
     """
-    fast = _fast_operands(users, ads, metric, backend, threads)
+    fast = None if sigmoid else _fast_operands(users, ads, metric, backend, threads)
     if fast is not None and type(k) is int and 0 < k <= ads.shape[0]:
         scores, ids = np.empty(k, _F32), np.empty(k, np.int64)
         try:
@@ -256,7 +315,7 @@ def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=N
         except ValueError:
             pass  # a layout or shape the general path handles (or reports)
         else:
-            return (_sigmoid_(scores) if sigmoid else scores), ids
+            return scores, ids
     users, ads = _check_pair(users, ads, False)
     metric = check_metric(metric, ads.shape[-1], users, ads)
     k = min(check_k(k), ads.shape[0])
@@ -269,9 +328,18 @@ def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=N
         scores, ids = np.empty((n_users, k), np.float32), np.empty((n_users, k), np.int64)
     else:
         u, a = _inputs_for(chosen, users, ads, torch_input, device)
-        scores, ids = chosen.topk(u.reshape(1, -1) if u.ndim == 1 else u, a, k, metric, threads=threads)
+        u = u.reshape(1, -1) if u.ndim == 1 else u
         if sigmoid:
-            _sigmoid_(scores)
+            def raw_topk(count):
+                return tuple(_host(x) for x in chosen.topk(u, a, count, metric, threads=threads))
+
+            def probabilities(i):
+                raw = chosen.score(u[i], a, metric, pairwise=False, threads=threads, out=None)
+                return _sigmoid_(np.array(_host(raw), np.float32)), np.arange(a.shape[0])
+
+            scores, ids = rank_by_probability(a.shape[0], k, raw_topk, probabilities)
+        else:
+            scores, ids = chosen.topk(u, a, k, metric, threads=threads)
     if users.ndim == 1:
         scores, ids = scores[0], ids[0]
     return _result_for(scores, torch_input, device), _result_for(ids, torch_input, device)
@@ -282,7 +350,9 @@ def merge_topk(parts, k):
 
     Each part is 1-D (k_i,) or, for M users, 2-D (M, k_i); ids are global candidate ids. The
     result equals topk over the concatenation: sorted best first, equal scores by the lower id,
-    NaN below every number.
+    NaN below every number. Scores are compared in their own precision and come back in the
+    widest type given (float64 parts stay float64); ids come back as int64, or as uint64 when
+    some id is beyond the int64 range (a mix of those with negative ids is refused).
     """
     k = check_k(k)
     try:
@@ -308,7 +378,20 @@ def merge_topk(parts, k):
             raise ValueError(f"parts[{i}]: scores {scores.shape} and ids {ids.shape} must have one 1-D or 2-D shape")
         if all_scores and (scores.ndim != all_scores[0].ndim or scores.shape[:-1] != all_scores[0].shape[:-1]):
             raise ValueError(f"parts[{i}]: shape {scores.shape} does not match parts[0] {all_scores[0].shape}")
-        all_scores.append(scores.astype(np.float32, copy=False))
-        all_ids.append(ids.astype(np.int64, copy=False))
-    merged = merge_numpy(np.concatenate(all_scores, -1), np.concatenate(all_ids, -1), k)
+        all_scores.append(scores)
+        all_ids.append(ids)
+    merged = merge_numpy(np.concatenate(all_scores, -1), _common_ids(all_ids), k)
     return tuple(_result_for(x, torch_input, device) for x in merged)
+
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _common_ids(parts) -> np.ndarray:
+    """The id parts concatenated as int64, or as uint64 when some id does not fit int64."""
+    huge = any(p.dtype == np.uint64 and p.size and p.max() > _INT64_MAX for p in parts)
+    if not huge:
+        return np.concatenate([p.astype(np.int64, copy=False) for p in parts], -1)
+    if any(p.dtype.kind == "i" and p.size and p.min() < 0 for p in parts):
+        raise ValueError("parts: ids mix negative values with values beyond the int64 range")
+    return np.concatenate([p.astype(np.uint64, copy=False) for p in parts], -1)

@@ -31,8 +31,13 @@ def _parameter(value, name: str, ndim: int) -> np.ndarray:
         array = np.array(array, dtype=np.float32, order="C")  # an owned float32 copy
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name}: contains NaN, infinity or values beyond the float32 range")
-    array.flags.writeable = False
-    return array
+    return _frozen(array)
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only float32 copy backed by an immutable bytes object: unlike an array that owns
+    its memory, it cannot be made writeable again, so a Metric (and its caches) never goes stale."""
+    return np.frombuffer(np.ascontiguousarray(array, np.float32).tobytes(), np.float32).reshape(array.shape)
 
 
 def _scalar(value, name: str) -> float:
@@ -48,7 +53,7 @@ def _scalar(value, name: str) -> float:
 class Metric:
     """The similarity S of score = u^T S a + bias. Immutable; parameters are float32."""
 
-    __slots__ = ("_kind", "_dim", "_bias", "_params", "_cache")
+    __slots__ = ("_kind", "_dim", "_bias", "_params", "_cache", "_fold_gain")
 
     def __init__(self, kind: str, dim: int, bias: float, **params):
         if kind not in KINDS:
@@ -56,6 +61,18 @@ class Metric:
         self._kind, self._dim, self._bias = kind, dim, _scalar(bias, "bias")
         self._params = params
         self._cache = {}
+        self._fold_gain = _fold_gain(self)
+
+    # Immutable: a copy is the object itself, and unpickling rebuilds through the constructors'
+    # checks, so no copy can carry writeable parameters.
+    def __copy__(self) -> "Metric":
+        return self
+
+    def __deepcopy__(self, memo) -> "Metric":
+        return self
+
+    def __reduce__(self):
+        return _rebuild, (self._kind, self._dim, self._bias, self._params)
 
     # ---- constructors ---------------------------------------------------------------------
     @classmethod
@@ -143,6 +160,34 @@ class Metric:
         return {"scaled": n + 1, "diagonal": 2 * n, "full": n * n + n}[self._kind]
 
     # ---- the algebra ----------------------------------------------------------------------
+    def check_fold_range(self, users) -> None:
+        """Raises ValueError if folding a finite user could leave the float32 range.
+
+        The policy, the same on every backend: a fold entry, or any partial sum of it in any
+        order, is bounded by (|u|^T |S|)_j; when that bound passes the float32 range the call is
+        refused, because float32 kernels would return inf or NaN where the float64 reference
+        returns a number. Users holding NaN or infinity are not refused: their scores follow
+        IEEE arithmetic. Cheap for ordinary users: one squared norm per user (Cauchy-Schwarz
+        against the largest column norm of S) decides, and the exact bound is formed only for
+        users that fail it.
+        """
+        if self._fold_gain is None:
+            return  # |S| <= I on the diagonal: |fold_j| <= |u_j|, never beyond float32
+        if _is_tensor(users):
+            users = users.detach().cpu().numpy()  # rare: the check before a tensor call
+        norms = np.einsum("...i,...i->...", users, users, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            doubtful = ~(norms * self._fold_gain[0] <= _FOLD_LIMIT**2)  # NaN norms are checked below
+        if not np.any(doubtful):
+            return
+        rows = np.abs(np.asarray(users, np.float64).reshape(-1, self._dim)[np.reshape(doubtful, -1)])
+        rows = rows[np.all(np.isfinite(rows), axis=1)]
+        if rows.size:
+            bound = max(float((rows @ magnitude).max()) for magnitude in self._fold_gain[1])
+            if bound > _FOLD_LIMIT:
+                raise ValueError(f"users: folding through {self!r} can leave the float32 range "
+                                 f"(|u|^T |S| reaches {bound:.3g} > {_FOLD_LIMIT:.3g}); rescale the users or the metric")
+
     def fold(self, users, matmul=None):
         """users @ S for users (n,) or (M, n): numpy in, numpy out; torch in, torch out.
 
@@ -200,6 +245,44 @@ class Metric:
                       for k, v in self._params.items()}
             self._cache[key] = cached
         return cached
+
+
+# The float32 range, less the rounding of a sum of up to 2^20 terms (a relative 2^20 * 2^-24).
+_FOLD_LIMIT = float(np.finfo(np.float32).max) * (1.0 - 2.0**-4)
+
+
+def _fold_gain(metric: Metric):
+    """None when no finite user can fold out of range (diagonal S with |s| <= 1), else
+    (the largest squared column norm among the magnitude matrices, the matrices as float64):
+    |S|, or for low_rank |P| |Q|^T + |diag(d)| and |P| itself, which bounds the partial u P."""
+    weights = metric.diag_weights()
+    if weights is not None and float(np.abs(weights).max()) <= 1.0:
+        return None
+    p = metric._params
+    if weights is not None:
+        matrices = [np.diag(np.abs(weights.astype(np.float64)))]
+    elif metric.kind == "full":
+        matrices = [np.abs(p["S"].astype(np.float64))]
+    else:
+        left, right = np.abs(p["P"].astype(np.float64)), np.abs(p["Q"].astype(np.float64))
+        product = left @ right.T
+        if p["d"] is not None:
+            product[np.diag_indices(metric.dim)] += np.abs(p["d"])
+        matrices = [product, left]
+    return max(float(np.square(m).sum(axis=0).max()) for m in matrices), matrices
+
+
+def _rebuild(kind: str, dim: int, bias: float, params: dict) -> Metric:
+    """Metric from __reduce__'s state, through the constructors and their checks."""
+    if kind == "dot":
+        return Metric.dot(dim, bias)
+    if kind == "scaled":
+        return Metric.scaled(dim, params["w"], bias)
+    if kind == "diagonal":
+        return Metric.diagonal(params["s"], bias)
+    if kind == "full":
+        return Metric.full(params["S"], bias)
+    return Metric.low_rank(params["P"], params["Q"], params["d"], bias)
 
 
 def _dimension(dim) -> int:

@@ -69,13 +69,15 @@ def chunked_topk(score_chunk, n_users: int, n_cands: int, k: int, topk=None):
 
 
 def merge_numpy(scores: np.ndarray, ids: np.ndarray, k: int):
-    """Best k of each row of (scores, ids) with arbitrary int64 ids, ties to the lower id."""
+    """Best k of each row of (scores, ids): scores of any float type compared in that type, ids
+    of any integer type, ties (and +0 / -0) to the lower id, NaN last."""
     k = min(k, scores.shape[-1])
-    keys = order_keys(scores)
-    out_scores = np.empty(scores.shape[:-1] + (k,), np.float32)
-    out_ids = np.empty(scores.shape[:-1] + (k,), np.int64)
+    nan = np.isnan(scores)
+    descending = -np.where(nan, 0, scores)
+    out_scores = np.empty(scores.shape[:-1] + (k,), scores.dtype)
+    out_ids = np.empty(scores.shape[:-1] + (k,), ids.dtype)
     for row in np.ndindex(scores.shape[:-1]):
-        order = np.lexsort((ids[row], -keys[row]))[:k]
+        order = np.lexsort((ids[row], descending[row], nan[row]))[:k]
         out_scores[row], out_ids[row] = scores[row][order], ids[row][order]
     return out_scores, out_ids
 

@@ -1,0 +1,325 @@
+"""Hostile files and inputs for sk.Candidates (issue 9): saving under a process that maps the file,
+values that overflow the storage, tiny int8 rows, damaged and malformed headers, hostile
+`allowed` subsets, and int8 rows longer than the kernels take."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import splitnet_kernels as sk
+from splitnet_kernels import _candidates
+
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+
+
+def _child_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pathlib.Path(sk.__file__).resolve().parents[1]),
+                                                      env.get("PYTHONPATH")]))
+    return env
+
+
+# ---- 1. save never disturbs a process that maps the file ------------------------------------------
+# In a child process: before the fix, save truncated the mapped file in place and the reader died
+# of SIGBUS, which must fail this test rather than end the test run.
+_MAPPED_READER = """
+import os, sys
+import numpy as np
+import splitnet_kernels as sk
+dtype, path = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(3)
+users = rng.standard_normal((2, 24)).astype(np.float32)
+for new_count in (4000, 10):  # the new file bigger, then smaller, than the mapped one
+    sk.Candidates(rng.standard_normal((500, 24)).astype(np.float32), dtype=dtype).save(path)
+    mapped = sk.Candidates.load(path, mmap=True)
+    copy = sk.Candidates.load(path, mmap=False)
+    other = sk.Candidates(rng.standard_normal((new_count, 24)).astype(np.float32), dtype=dtype)
+    other.save(path)
+    assert np.array_equal(mapped.score(users), copy.score(users)), "the mapped set changed under its reader"
+    assert all(np.array_equal(a, b) for a, b in zip(mapped.topk(users, 9), copy.topk(users, 9)))
+    assert np.array_equal(sk.Candidates.load(path).score(users), other.score(users)), "the new file is not read"
+    mapped.save(path)  # re-saving a mapped set to the very file it reads
+    assert np.array_equal(mapped.score(users), copy.score(users))
+    assert np.array_equal(sk.Candidates.load(path).score(users), copy.score(users))
+    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)], os.listdir(os.path.dirname(path))
+print("survived")
+"""
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_save_never_disturbs_a_mapped_reader(tmp_path, dtype):
+    folder = tmp_path / "sets"
+    folder.mkdir()
+    done = subprocess.run([sys.executable, "-c", _MAPPED_READER, dtype, str(folder / "cands.bin")],
+                          env=_child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "survived", \
+        f"exit {done.returncode} (-7 is SIGBUS): {done.stderr.strip()[-1500:]}"
+
+
+def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "cands.bin"
+    old = sk.Candidates(np.ones((3, 8), np.float32))
+    old.save(path)
+    before = path.read_bytes()
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        sk.Candidates(np.zeros((5, 8), np.float32)).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["cands.bin"]
+
+
+def test_save_writes_through_a_symlink(tmp_path):
+    target, link = tmp_path / "target.bin", tmp_path / "link.bin"
+    sk.Candidates(np.ones((3, 8), np.float32)).save(target)
+    link.symlink_to(target)
+    sk.Candidates(np.full((4, 8), 2.0, np.float32)).save(link)
+    assert link.is_symlink() and len(sk.Candidates.load(target)) == 4
+
+
+# ---- 2. finite values that do not fit the storage are refused -------------------------------------
+@pytest.mark.parametrize("dtype, value", [
+    ("bfloat16", np.float32(3.4e38)),  # finite float32, rounds (to nearest even) to bfloat16 infinity
+    ("bfloat16", np.float64(1e39)),
+    ("int8", np.float64(1e300)),  # its scale, 1e300 / 127, is beyond float32
+    ("int8", np.float64(1e39)),  # the scale fits, but 127 * scale does not
+    ("float32", np.float64(1e39)),
+    ("float32", np.float64(-1e300)),
+    ("float16", np.float32(70000.0)),
+])
+def test_values_beyond_the_storage_range_are_refused(dtype, value):
+    ads = np.ones((3, 5), type(value))
+    ads[1, 2] = value
+    with pytest.raises(ValueError, match=rf"ads: .*\[1, 2\].*{dtype}"):
+        sk.Candidates(ads, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype, value", [
+    ("bfloat16", np.float32(np.uint32(0x7F7F0000).view(np.float32))),  # the largest finite bfloat16
+    ("int8", np.finfo(np.float32).max),
+    ("int8", -np.finfo(np.float32).max),
+    ("float32", np.float64(np.finfo(np.float32).max)),
+    ("float16", np.float32(65504.0)),
+])
+def test_values_at_the_top_of_the_storage_range_are_kept(dtype, value):
+    ads = np.ones((2, 5), type(value))
+    ads[0, 3] = value
+    rows = sk.Candidates(ads, dtype=dtype).rows()
+    assert np.all(np.isfinite(rows))
+    np.testing.assert_allclose(rows[0, 3], float(value), rtol=1e-2)
+
+
+def test_float32_storage_still_takes_nan_and_infinity():
+    ads = np.array([[np.nan, 1.0], [np.inf, -np.inf]], np.float32)
+    np.testing.assert_array_equal(sk.Candidates(ads).rows(), ads)
+
+
+# ---- 3. tiny int8 rows keep a usable scale ---------------------------------------------------------
+def test_tiny_int8_rows_save_load_and_reconstruct(tmp_path):
+    tiny = np.finfo(np.float32).smallest_subnormal
+    ads = np.array([[1e-44, -5e-45, 0.0], [tiny, 0.0, -tiny], [1e-300, 0.0, 0.0], [0.0, 0.0, 0.0],
+                    [1e-38, 3e-39, 0.0], [1.0, -0.25, 0.5]], np.float64)
+    cands = sk.Candidates(ads, dtype="int8")
+    path = tmp_path / "tiny.bin"
+    cands.save(path)
+    for loaded in (sk.Candidates.load(path, mmap=True), sk.Candidates.load(path, mmap=False)):
+        scales = loaded._scale
+        assert scales.dtype == np.float32 and np.all(np.isfinite(scales)) and np.all(scales > 0), scales
+        # |row - scale * q| <= scale / 2 (rounding to nearest), plus float32 rounding of the product
+        error = np.abs(loaded.rows().astype(np.float64) - ads)
+        assert np.all(error <= 0.5 * scales[:, None].astype(np.float64) + 2 * 2.0**-24 * np.abs(ads) + 1e-300), error
+        np.testing.assert_array_equal(loaded.rows(), cands.rows())
+
+
+# ---- 4. the header is inside a checksum ------------------------------------------------------------
+def _data_start(raw: bytes) -> int:
+    """Where the stored rows begin: after the magic, the header length, the header and its CRC-32."""
+    length = int.from_bytes(raw[len(_candidates._MAGIC):len(_candidates._MAGIC) + 8], "little")
+    return -(-(len(_candidates._MAGIC) + 8 + length + 4) // 64) * 64
+
+
+@pytest.mark.parametrize("dtype", ("float32", "int8"))
+def test_every_single_bit_flip_in_the_header_is_refused(tmp_path, dtype):
+    path = tmp_path / "good.bin"
+    sk.Candidates(np.arange(15, dtype=np.float32).reshape(5, 3), dtype=dtype).save(path)
+    raw = path.read_bytes()
+    assert len(sk.Candidates.load(path)) == 5
+    bad = tmp_path / "bad.bin"
+    start = _data_start(raw)
+    assert 0 < start < len(raw)
+    for bit in range(8 * start):
+        flipped = bytearray(raw)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        bad.write_bytes(bytes(flipped))
+        with pytest.raises(ValueError):
+            sk.Candidates.load(bad)
+            pytest.fail(f"loaded with bit {bit} of the header flipped")
+
+
+def test_an_older_format_asks_to_be_saved_again(tmp_path):
+    path = tmp_path / "old.bin"
+    sk.Candidates(np.ones((2, 4), np.float32)).save(path)
+    raw = bytearray(path.read_bytes())
+    raw[:len(_candidates._MAGIC)] = b"SPLITNET-CANDIDATES\x00v1\x00"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="older .*format.*save"):
+        sk.Candidates.load(path)
+
+
+# ---- 5. malformed headers are ValueErrors ----------------------------------------------------------
+_GOOD = {"dtype": "float32", "count": 2, "dim": 3, "stored_dim": 64,
+         "arrays": {"data": {"offset": 0, "nbytes": 512, "crc32": zlib.crc32(bytes(512))}}}
+
+
+def _crafted(header: bytes, *, crc_ok: bool = True, length: int | None = None, data: bytes = bytes(1024)) -> bytes:
+    """A file of the current format around `header` (JSON bytes), with a header CRC-32 that is
+    right (so that the parser is reached) or wrong, and a header length that may lie."""
+    length = len(header) if length is None else length
+    block = bytearray(-(-(len(_candidates._MAGIC) + 8 + len(header) + 4) // 64) * 64)
+    block[:len(_candidates._MAGIC) + 8 + len(header)] = _candidates._MAGIC + length.to_bytes(8, "little") + header
+    block[-4:] = (zlib.crc32(bytes(block[:-4])) ^ (0 if crc_ok else 1)).to_bytes(4, "little")
+    return bytes(block) + data
+
+
+def _with(**changes) -> bytes:
+    header = json.loads(json.dumps(_GOOD))
+    for key, value in changes.items():
+        target = header
+        *parents, last = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+    return json.dumps(header).encode()
+
+
+_MALFORMED = {
+    "count 1e400": json.dumps(_GOOD).replace('"count": 2', '"count": 1e400').encode(),
+    "dim Infinity": json.dumps(_GOOD).replace('"dim": 3', '"dim": Infinity').encode(),
+    "dim -Infinity": json.dumps(_GOOD).replace('"dim": 3', '"dim": -Infinity').encode(),
+    "count NaN": json.dumps(_GOOD).replace('"count": 2', '"count": NaN').encode(),
+    "offset 1e400": json.dumps(_GOOD).replace('"offset": 0', '"offset": 1e400').encode(),
+    "deep nesting": b"[" * 100000 + b"]" * 100000,
+    "deep nesting in a field": json.dumps(_GOOD).replace('"count": 2', '"count": ' + "[" * 100000 + "]" * 100000).encode(),
+    "size beyond int64": _with(count=2**62, **{"arrays.data.nbytes": 2**62 * 64 * 4}),
+    "count beyond int64": _with(count=2**70),
+    "count true": _with(count=True),
+    "dim true": _with(dim=True),
+    "stored_dim true": _with(stored_dim=True),
+    "count float": _with(count=2.0),
+    "dim string": _with(dim="3"),
+    "offset true": _with(**{"arrays.data.offset": True}),
+    "offset negative": _with(**{"arrays.data.offset": -64}),
+    "offset unaligned": _with(**{"arrays.data.offset": 1}),
+    "offset float": _with(**{"arrays.data.offset": 0.0}),
+    "nbytes true": _with(**{"arrays.data.nbytes": True}),
+    "crc32 string": _with(**{"arrays.data.crc32": "0"}),
+    "count negative": _with(count=-1),
+    "dim zero": _with(dim=0),
+    "stored_dim not the padded dim": _with(stored_dim=128, **{"arrays.data.nbytes": 1024}),
+    "dtype a list": _with(dtype=["float32"]),
+    "dtype unknown": _with(dtype="float64"),
+    "arrays a list": _with(arrays=[]),
+    "arrays missing data": _with(arrays={}),
+    "data a number": _with(**{"arrays.data": 5}),
+    "header a list": b"[1, 2]",
+    "header a string": b'"float32"',
+    "header a number": b"7",
+    "header null": b"null",
+    "not json": b"{not json",
+    "not utf-8": b'{"dtype": "\xff\xfe"}',
+    "empty header": b"",
+    "int8 rows longer than the kernels take": _with(dtype="int8", dim=131073, stored_dim=131136),
+}
+
+
+def test_the_crafted_good_header_loads(tmp_path):
+    path = tmp_path / "good.bin"
+    path.write_bytes(_crafted(json.dumps(_GOOD).encode()))
+    loaded = sk.Candidates.load(path)
+    assert (len(loaded), loaded.dim, loaded.dtype) == (2, 3, "float32")
+
+
+@pytest.mark.parametrize("crc_ok", (True, False), ids=("right-crc", "wrong-crc"))
+@pytest.mark.parametrize("name", list(_MALFORMED))
+def test_malformed_headers_are_value_errors(tmp_path, name, crc_ok):
+    path = tmp_path / "bad.bin"
+    path.write_bytes(_crafted(_MALFORMED[name], crc_ok=crc_ok))
+    with pytest.raises(ValueError, match="header"):
+        sk.Candidates.load(path)
+
+
+@pytest.mark.parametrize("length", (2**64 - 1, 2**63, 10**6, 600))
+def test_a_header_length_beyond_the_file_is_refused(tmp_path, length):
+    path = tmp_path / "bad.bin"
+    path.write_bytes(_crafted(json.dumps(_GOOD).encode(), length=length))
+    with pytest.raises(ValueError, match="header"):
+        sk.Candidates.load(path)
+
+
+# ---- 6. hostile `allowed` subsets ------------------------------------------------------------------
+@pytest.fixture(params=DTYPES)
+def subset_case(request):
+    rng = np.random.default_rng(11)
+    ads = rng.standard_normal((50, 12)).astype(np.float32)
+    return sk.Candidates(ads, dtype=request.param), rng.standard_normal(12).astype(np.float32)
+
+
+@pytest.mark.parametrize("bad", [
+    np.array([2**63], np.uint64), np.array([3, 2**63], np.uint64), np.array([2**64 - 1], np.uint64),
+    np.array([50], np.uint8), np.array([-1], np.int8), np.array([5, -(2**63)], np.int64),
+    torch.tensor([50]), torch.tensor([-1, 3]),
+], ids=lambda x: f"{type(x).__module__.split('.')[0]}-{x.dtype}-{x.tolist()}")
+def test_allowed_ids_out_of_range_are_refused(backend, subset_case, bad):
+    cands, user = subset_case
+    with pytest.raises(ValueError, match=r"allowed: .*\[0, 50\)"):
+        cands.topk(user, 7, allowed=bad, backend=backend)
+
+
+def test_allowed_tensors_keep_their_dtype(backend, subset_case):
+    cands, user = subset_case
+    mask = np.zeros(50, bool)
+    mask[[1, 4, 9, 16, 25, 36, 49, 3, 8]] = True
+    expected = np.asarray(cands.topk(user, 7, allowed=np.flatnonzero(mask), backend=backend)[1])
+    assert expected.shape == (7,)
+    for allowed in (torch.from_numpy(mask), torch.from_numpy(np.flatnonzero(mask)),
+                    torch.from_numpy(np.flatnonzero(mask).astype(np.int32)), np.flatnonzero(mask).astype(np.uint64),
+                    np.flatnonzero(mask).astype(np.uint8), list(np.flatnonzero(mask))):
+        scores, found = cands.topk(user, 7, allowed=allowed, backend=backend)
+        np.testing.assert_array_equal(np.asarray(found), expected, err_msg=repr(allowed))
+
+
+def test_an_empty_allowed_sequence_allows_none(backend, subset_case):
+    cands, user = subset_case
+    for allowed in ([], (), np.zeros(0, np.int64), torch.zeros(0, dtype=torch.int64), np.zeros(50, bool),
+                    torch.zeros(50, dtype=torch.bool)):
+        scores, found = cands.topk(user, 7, allowed=allowed, backend=backend)
+        assert np.shape(scores) == np.shape(found) == (0,), repr(allowed)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([1.0, 2.0]), torch.tensor([1, 2], dtype=torch.bfloat16),
+                                 np.array([1.0]), [0.5], [[1, 2]], [[]], "ab", [1, [2, 3]]],
+                         ids=repr)
+def test_allowed_of_another_type_is_a_type_error(backend, subset_case, bad):
+    cands, user = subset_case
+    with pytest.raises(TypeError, match="allowed"):
+        cands.topk(user, 7, allowed=bad, backend=backend)
+
+
+# ---- 7. int8 rows longer than the kernels take are refused when the set is built ------------------
+def test_int8_rows_longer_than_the_kernels_take_are_refused_when_built():
+    with pytest.raises(ValueError, match=r"ads: .*131072.*\(1, 131073\)"):
+        sk.Candidates(np.ones((1, 131073), np.float32), dtype="int8")
+    longest = sk.Candidates(np.ones((2, 131072), np.float32), dtype="int8")
+    scores = longest.score(np.ones(131072, np.float32))
+    np.testing.assert_allclose(scores, [131072.0, 131072.0], rtol=1e-2)
