@@ -2,21 +2,27 @@
 
 import numpy as np
 import pytest
-from conftest import data, optional, scaled
+from conftest import optional, scaled
 
 import splitnet_kernels as sk
+from splitnet_kernels.bench import workloads as wl
 
-N, DIM, K = scaled(1_000_000), 64, 100
-
-
-@pytest.fixture(scope="module")
-def ads():
-    return data(N, DIM, 1)
+N, DIM, K = scaled(wl.CANDIDATES), wl.DIM, wl.TOP_K
 
 
 @pytest.fixture(scope="module")
-def user():
-    return data(1, DIM, 2)[0]
+def one_user():
+    return wl.one_user(N)
+
+
+@pytest.fixture(scope="module")
+def ads(one_user):
+    return one_user[0]
+
+
+@pytest.fixture(scope="module")
+def user(one_user):
+    return one_user[1]
 
 
 @pytest.mark.benchmark(group="W1 score")
@@ -44,12 +50,7 @@ def test_w2_ours(benchmark, ads, user, backend):
 
 @pytest.mark.benchmark(group="W2 top-k")
 def test_w2_numpy(benchmark, ads, user):
-    def numpy_topk():
-        scores = ads @ user
-        part = np.argpartition(-scores, K - 1)[:K]
-        return part[np.argsort(-scores[part])]
-
-    benchmark(numpy_topk)
+    benchmark(lambda: wl.numpy_topk(ads @ user, K))
 
 
 @pytest.mark.benchmark(group="W2 top-k")
@@ -68,7 +69,7 @@ def test_w2_torch(benchmark, ads, user):
 
 
 @pytest.mark.benchmark(group="W3 reduced precision")
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", wl.DTYPES)
 def test_w3_candidates(benchmark, ads, user, dtype):
     cands = sk.Candidates(ads, dtype=dtype)
     benchmark(cands.topk, user, K)

@@ -2,21 +2,27 @@
 
 import numpy as np
 import pytest
-from conftest import data, optional, scaled
+from conftest import optional, scaled
 
 import splitnet_kernels as sk
+from splitnet_kernels.bench import workloads as wl
 
-N, M, DIM, K = scaled(1_000_000), 128, 64, 100
-
-
-@pytest.fixture(scope="module")
-def ads():
-    return data(N, DIM, 1)
+N, DIM, K = scaled(wl.CANDIDATES), wl.DIM, wl.TOP_K
 
 
 @pytest.fixture(scope="module")
-def users():
-    return data(M, DIM, 3)
+def many_users():
+    return wl.many_users(N)
+
+
+@pytest.fixture(scope="module")
+def ads(many_users):
+    return many_users[0]
+
+
+@pytest.fixture(scope="module")
+def users(many_users):
+    return many_users[1]
 
 
 @pytest.mark.benchmark(group="W4")
@@ -38,7 +44,7 @@ def test_w4_faiss(benchmark, ads, users):
 
 
 @pytest.mark.benchmark(group="W4 prepared sets")
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int8"])
+@pytest.mark.parametrize("dtype", wl.DTYPES)
 def test_w4_candidates(benchmark, ads, users, dtype):
     cands = sk.Candidates(ads, dtype=dtype)
     benchmark(cands.topk, users, K)

@@ -1,5 +1,6 @@
-// The pybind11 module splitnet_kernels._core. Each function checks its arguments, releases the
-// GIL and makes one call into kernels/; conversions and copies happen in Python, in the open.
+// The pybind11 module splitnet_kernels._core: one entry per operation. Each checks its
+// arguments, releases the GIL and makes one call into kernels/ (folding the users under the
+// metric's canonical form happens inside that call); conversions and copies happen in Python.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -12,17 +13,22 @@
 #include "splitnet_kernels/ops.h"
 
 namespace py = pybind11;
+using splitnet::Dtype;
 using splitnet::index_t;
 using splitnet::Isa;
 using splitnet::KernelTable;
+using splitnet::MetricForm;
 using splitnet::Rows;
+using splitnet::StoredRows;
 
 namespace {
 
-std::atomic<const KernelTable*> active_table{&splitnet::kernel_table(splitnet::detect_isa())};
+// The active ISA, shared with Cython modules that cimport kernels.pxd through the capsule
+// `_active_isa` (separate shared objects do not share C++ inline variables): an int holding an
+// Isa, so each module maps it to the kernel table of the headers it was built with.
+std::atomic<int> active_isa{static_cast<int>(splitnet::detect_isa())};
 
-const std::pair<const char*, Isa> kIsaNames[] = {
-    {"scalar", Isa::scalar}, {"avx2", Isa::avx2}, {"avx512", Isa::avx512}, {"avx512bf16", Isa::avx512bf16}, {"neon", Isa::neon}};
+const KernelTable& table() { return splitnet::kernel_table(static_cast<Isa>(active_isa.load(std::memory_order_acquire))); }
 
 std::string shape_of(const py::array& a) {
   std::string s = "(";
@@ -67,6 +73,23 @@ Rows rows_of(const py::array& a, const char* name, int ndim) {
   return Rows{static_cast<const float*>(a.data()), count, dim, row_bytes / 4};
 }
 
+// users: one (n,) or many (M, n).
+Rows users_of(const py::array& users) {
+  require(users.ndim() == 1 || users.ndim() == 2, "users: expected shape (n,) or (M, n), got ", ShapeOf{users});
+  return rows_of(users, "users", static_cast<int>(users.ndim()));
+}
+
+// A C-contiguous float32 (rows, cols) matrix; `keep` holds the array for the call (a py::object:
+// a default py::array is a fresh numpy array, which would cost the serving call a tenth of its time).
+Rows matrix_of(const py::object& x, const char* name, py::object& keep) {
+  const py::array array = x.cast<py::array>();
+  keep = array;
+  const Rows m = rows_of(array, name, 2);
+  require(m.count <= 1 || m.stride == m.dim, name, ": must be C-contiguous");
+  return m;
+}
+
+
 float* output_of(py::array& out, const char* name, std::initializer_list<index_t> shape, char kind = 'f') {
   require(out.writeable(), name, ": must be writable");
   const bool dtype_ok = kind == 'f' ? (out.dtype().kind() == 'f' && out.itemsize() == 4)
@@ -83,91 +106,141 @@ float* output_of(py::array& out, const char* name, std::initializer_list<index_t
   return static_cast<float*>(out.mutable_data());
 }
 
+// The output of `rows` per user: (n,) for one user given as (n,), else (M, n).
+float* output_for(py::array& out, const char* name, const py::array& users, index_t count, index_t n, char kind = 'f') {
+  return users.ndim() == 1 ? output_of(out, name, {n}, kind) : output_of(out, name, {count, n}, kind);
+}
+
 // An optional float32 vector argument of `length` values: null for None. `keep` holds the array
 // for the call (a conversion from another type makes a new one).
-const float* optional_vector(const py::object& x, const char* name, index_t length, py::array& keep) {
+const float* optional_vector(const py::object& x, const char* name, index_t length, py::object& keep) {
   if (x.is_none()) return nullptr;
-  keep = x.cast<py::array>();
-  const Rows v = rows_of(keep, name, 1);
+  const py::array array = x.cast<py::array>();
+  keep = array;
+  const Rows v = rows_of(array, name, 1);
   require(v.dim == length, name, ": expected ", length, " values, got ", v.dim);
   return v.data;
 }
 
-void require_same_dim(const Rows& a, const Rows& b) {
-  require(a.dim == b.dim, "users and ads differ in dimension: ", a.dim, " vs ", b.dim);
-}
+// The metric's canonical form for users of `dim`: S = diag(diag) + left right^T (MetricForm).
+struct FormOperands {
+  py::object keep_diag, keep_left, keep_right;  // converted operands, alive for the call
+  MetricForm form;
+
+  FormOperands(const py::object& diag, const py::object& left, const py::object& right, index_t dim) {
+    form.dim = dim;
+    form.diag = optional_vector(diag, "diag", dim, keep_diag);
+    if (!left.is_none()) {
+      const py::array left_array = left.cast<py::array>();
+      keep_left = left_array;
+      const Rows l = matrix_of(left_array, "left", keep_left);
+      require(l.count == dim, "left: expected (", dim, ", rank) for users of dimension ", dim, ", got shape ",
+              ShapeOf{left_array});
+      require(l.dim >= 1, "left: rank must be >= 1, got shape ", ShapeOf{left_array});
+      form.left = l.data;
+      form.rank = l.dim;
+      if (!right.is_none()) {
+        const py::array right_array = right.cast<py::array>();
+        const Rows r = matrix_of(right_array, "right", keep_right);
+        require(r.count == l.count && r.dim == l.dim, "right: expected the shape of left ", ShapeOf{left_array},
+                ", got ", ShapeOf{right_array});
+        form.right = r.data;
+      } else {
+        require(l.dim == dim, "left: without right, left is all of S and must be (", dim, ", ", dim, "), got shape ",
+                ShapeOf{left_array});
+      }
+    } else {
+      require(right.is_none(), "right: given without left");
+    }
+    require(form.diag != nullptr || form.left != nullptr, "diag and left are both None: the metric has no term");
+  }
+};
 
 int thread_count(int threads) {
   require(threads >= 1, "threads must be >= 1, got ", threads);
   return std::min(threads, splitnet::default_pool().size());
 }
 
-const KernelTable& table() { return *active_table.load(std::memory_order_acquire); }
-
-Isa isa_from_name(const std::string& name) {
-  for (const auto& [n, isa] : kIsaNames)
-    if (name == n) return isa;
-  std::string known;
-  for (const auto& entry : kIsaNames) known += std::string(known.empty() ? "" : ", ") + entry.first;
-  throw py::value_error("unknown ISA '" + name + "' (known: " + known + ")");
+// The storage type's name, as a str.
+Dtype dtype_of(const py::handle& name) {
+  if (!PyUnicode_Check(name.ptr()))
+    throw py::type_error("dtype: expected a str, got " + std::string(py::str(py::type::handle_of(name))));
+  Py_ssize_t length = 0;
+  const char* text = PyUnicode_AsUTF8AndSize(name.ptr(), &length);
+  if (text == nullptr) throw py::error_already_set();
+  Dtype dtype;
+  if (!splitnet::dtype_from_name(text, static_cast<std::size_t>(length), &dtype)) {
+    std::string known;
+    for (const auto& entry : splitnet::kDtypes) known += std::string(known.empty() ? "" : ", ") + entry.name;
+    throw py::value_error("dtype: unknown candidate dtype '" + std::string(text, length) + "' (known: " + known + ")");
+  }
+  return dtype;
 }
 
-// Candidate storage from sk.Candidates: float32, float16 (IEEE half), bfloat16 (as uint16) or
-// int8 with float32 scales; rows contiguous and aligned to their element.
-splitnet::PackedRows packed_of(const py::array& data, const std::string& dtype, const py::object& scales,
-                               py::array& keep_scales) {
-  using splitnet::Dtype;
-  const std::pair<const char*, std::pair<Dtype, char>> kinds[] = {
-      {"float32", {Dtype::f32, 'f'}}, {"float16", {Dtype::f16, 'f'}}, {"bfloat16", {Dtype::bf16, 'u'}}, {"int8", {Dtype::i8, 'i'}}};
-  for (const auto& [name, kind] : kinds) {
-    if (dtype != name) continue;
-    const index_t itemsize = kind.first == Dtype::f32 ? 4 : kind.first == Dtype::i8 ? 1 : 2;
-    if (data.dtype().kind() != kind.second || data.itemsize() != itemsize)
-      throw py::type_error("data: " + std::string(py::str(data.dtype())) + " does not hold " + dtype);
-    require(data.ndim() == 2, "data: expected 2 dimensions, got shape ", ShapeOf{data});
-    require(data.shape(1) <= 1 || data.strides(1) == itemsize, "data: rows must be contiguous");
-    require(data.strides(0) % itemsize == 0 && reinterpret_cast<std::uintptr_t>(data.data()) % itemsize == 0,
-            "data: must be aligned to its element size");
-    splitnet::PackedRows rows{kind.first, data.data(), data.shape(0), data.shape(1), data.strides(0) / itemsize};
-    if (kind.first == Dtype::i8) {
-      require(!scales.is_none(), "int8 data needs scales");
-      require(rows.dim <= (index_t{1} << 17), "int8 rows longer than 131072 would overflow int32 sums");
-      rows.scales = optional_vector(scales, "scales", rows.count, keep_scales);
-    }
-    return rows;
+// The numpy kind of each storage type's array: float16 as numpy's float16, bfloat16 as uint16.
+char array_kind(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::f32: return 'f';
+    case Dtype::f16: return 'f';
+    case Dtype::bf16: return 'u';
+    case Dtype::i8: return 'i';
   }
-  throw py::value_error("unknown candidate dtype '" + dtype + "'");
+  return '?';
+}
+
+// Candidate storage: (N, stored) rows contiguous and aligned to their element; int8 rows with
+// (N,) float32 scales, other types with none.
+StoredRows stored_of(const py::array& data, const py::handle& dtype_name, const py::object& scales,
+                     py::object& keep_scales) {
+  const Dtype dtype = dtype_of(dtype_name);
+  const index_t itemsize = splitnet::element_size(dtype);
+  if (data.dtype().kind() != array_kind(dtype) || data.itemsize() != itemsize)
+    throw py::type_error("data: " + std::string(py::str(data.dtype())) + " does not hold " + splitnet::dtype_name(dtype));
+  require(data.ndim() == 2, "data: expected 2 dimensions, got shape ", ShapeOf{data});
+  require(data.shape(1) <= 1 || data.strides(1) == itemsize, "data: rows must be contiguous");
+  require(data.strides(0) % itemsize == 0 && reinterpret_cast<std::uintptr_t>(data.data()) % itemsize == 0,
+          "data: must be aligned to its element size");
+  StoredRows rows{dtype, data.data(), data.shape(0), data.shape(1), data.strides(0) / itemsize};
+  if (rows.count <= 1) rows.stride = rows.dim;  // one row: its stride is never used
+  if (dtype == Dtype::i8) {
+    require(!scales.is_none(), "scales: int8 data needs scales");
+    require(rows.dim <= (index_t{1} << 17), "data: int8 rows longer than 131072 would overflow int32 sums");
+    rows.scales = optional_vector(scales, "scales", rows.count, keep_scales);
+  } else {
+    require(scales.is_none(), "scales: only int8 data has scales, got ", splitnet::dtype_name(dtype), " data");
+  }
+  return rows;
 }
 
 // The allowed subset: ascending, unique, in range (checked here, since kernels index with it).
-std::pair<const index_t*, index_t> ids_of(const py::object& ids, index_t count, py::array& keep) {
+std::pair<const index_t*, index_t> ids_of(const py::object& ids, index_t count, py::object& keep) {
   if (ids.is_none()) return {nullptr, 0};
-  const py::array& array = keep = ids.cast<py::array>();
+  const py::array array = ids.cast<py::array>();
+  keep = array;
   if (array.dtype().kind() != 'i' || array.itemsize() != 8 || array.ndim() != 1 || (array.shape(0) > 1 && array.strides(0) != 8))
-    throw py::type_error("allowed ids: expected a contiguous 1-D int64 array");
+    throw py::type_error("allowed: expected a contiguous 1-D int64 array");
   const auto* p = static_cast<const index_t*>(array.data());
   for (index_t i = 0; i < array.shape(0); ++i)
-    require(p[i] >= 0 && p[i] < count && (i == 0 || p[i] > p[i - 1]), "allowed ids: must be ascending, unique and in [0, N)");
+    require(p[i] >= 0 && p[i] < count && (i == 0 || p[i] > p[i - 1]), "allowed: ids must be ascending, unique and in [0, ",
+            count, ")");
   return {p, array.shape(0)};
 }
 
-// The operands of score_packed and topk_packed: one query (dim,) or many (M, dim, no allowed
-// subset), the stored rows, and the allowed ids; `keep_*` hold converted arrays for the call.
-struct PackedOperands {
-  py::array keep_scales, keep_ids;
-  bool cross = false;
-  Rows queries{};
-  splitnet::PackedRows rows{};
+// The operands of score and topk: users, candidates, allowed subset and metric form.
+struct ScanOperands {
+  py::object keep_scales, keep_ids;  // converted operands, alive for the call
+  Rows users;
+  StoredRows rows;
   const index_t* ids = nullptr;
   index_t n_ids = 0;
+  FormOperands form;
 
-  PackedOperands(const py::array& query, const py::array& data, const std::string& dtype, const py::object& scales,
-                 const py::object& allowed)
-      : cross(query.ndim() == 2), queries(rows_of(query, "users", cross ? 2 : 1)),
-        rows(packed_of(data, dtype, scales, keep_scales)) {
-    require(queries.dim == rows.dim, "users and candidates differ in dimension");
+  ScanOperands(const py::array& users_array, const py::array& data, const py::handle& dtype, const py::object& scales,
+               const py::object& allowed, const py::object& diag, const py::object& left, const py::object& right)
+      : users(users_of(users_array)), rows(stored_of(data, dtype, scales, keep_scales)),
+        form(diag, left, right, users.dim) {
+    require(rows.dim >= users.dim, "data: rows of ", rows.dim, " values are shorter than the users' ", users.dim);
     std::tie(ids, n_ids) = ids_of(allowed, rows.count, keep_ids);
-    require(!cross || ids == nullptr, "allowed: only with one user");
   }
 
   index_t candidates() const { return ids ? n_ids : rows.count; }
@@ -176,92 +249,48 @@ struct PackedOperands {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "Compiled float32 scoring kernels (see kernels/ for the C++ API).";
+  m.doc() = "Compiled scoring kernels (see kernels/ for the C++ API): score, topk and score_pairs under a metric's "
+            "canonical form S = diag(diag) + left right^T.";
 
-  m.def("score_one", [](py::array query, py::array ads, float bias, py::array out, int threads) {
-    const Rows q = rows_of(query, "users", 1), a = rows_of(ads, "ads", 2);
-    require_same_dim(q, a);
+  m.def("score", [](py::array users, py::array data, py::handle dtype, py::object scales, py::object allowed,
+                    py::object diag, py::object left, py::object right, float bias, py::array out, int threads) {
+    const ScanOperands p(users, data, dtype, scales, allowed, diag, left, right);
+    float* o = output_for(out, "out", users, p.users.count, p.candidates());
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    splitnet::score(table(), p.users, p.rows, p.form.form, bias, p.ids, p.n_ids, o, t);
+  }, py::arg("users"), py::arg("data"), py::arg("dtype"), py::arg("scales"), py::arg("allowed"), py::arg("diag"),
+     py::arg("left"), py::arg("right"), py::arg("bias"), py::arg("out"), py::arg("threads"),
+     "out = fold(users) . candidates + bias: users (n,) -> out (N,), (M, n) -> (M, N); N counts the allowed "
+     "candidates when allowed is set.");
+
+  m.def("topk", [](py::array users, py::array data, py::handle dtype, py::object scales, py::object allowed,
+                   py::object diag, py::object left, py::object right, float bias, index_t k, py::array out_scores,
+                   py::array out_ids, int threads) {
+    const ScanOperands p(users, data, dtype, scales, allowed, diag, left, right);
+    require(k >= 0 && k <= p.candidates(), "k must be in [0, ", p.candidates(), "] (the candidates), got ", k);
+    float* s = output_for(out_scores, "out_scores", users, p.users.count, k);
+    auto* i = reinterpret_cast<index_t*>(output_for(out_ids, "out_ids", users, p.users.count, k, 'i'));
+    const int t = thread_count(threads);
+    py::gil_scoped_release release;
+    splitnet::topk(table(), p.users, p.rows, p.form.form, bias, p.ids, p.n_ids, k, s, i, t);
+  }, py::arg("users"), py::arg("data"), py::arg("dtype"), py::arg("scales"), py::arg("allowed"), py::arg("diag"),
+     py::arg("left"), py::arg("right"), py::arg("bias"), py::arg("k"), py::arg("out_scores"), py::arg("out_ids"),
+     py::arg("threads"),
+     "The best k scores per user, best first, and their candidate ids: (k,) for users (n,), else (M, k).");
+
+  m.def("score_pairs", [](py::array users, py::array ads, py::object diag, py::object left, py::object right,
+                          float bias, py::array out, int threads) {
+    const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2);
+    require(u.dim == a.dim && u.count == a.count, "users and ads: expected the same shape, got ", ShapeOf{users},
+            " and ", ShapeOf{ads});
+    const FormOperands form(diag, left, right, u.dim);
     float* o = output_of(out, "out", {a.count});
     const int t = thread_count(threads);
     py::gil_scoped_release release;
-    splitnet::score_one(table(), q.data, a, bias, o, t);
-  }, py::arg("query"), py::arg("ads"), py::arg("bias"), py::arg("out"), py::arg("threads"));
-
-  m.def("score_cross", [](py::array users, py::array ads, float bias, py::array out, int threads) {
-    const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2);
-    require_same_dim(u, a);
-    float* o = output_of(out, "out", {u.count, a.count});
-    const int t = thread_count(threads);
-    py::gil_scoped_release release;
-    splitnet::score_cross(table(), u, a, bias, o, a.count, t);
-  }, py::arg("users"), py::arg("ads"), py::arg("bias"), py::arg("out"), py::arg("threads"));
-
-  m.def("score_pairs", [](py::array users, py::array ads, py::object weights, float bias, py::array out, int threads) {
-    const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2);
-    require_same_dim(u, a);
-    require(u.count == a.count, "pairwise: users and ads differ in count");
-    py::array keep;
-    const float* w = optional_vector(weights, "weights", a.dim, keep);
-    float* o = output_of(out, "out", {a.count});
-    const int t = thread_count(threads);
-    py::gil_scoped_release release;
-    splitnet::score_pairs(table(), u, a, w, bias, o, t);
-  }, py::arg("users"), py::arg("ads"), py::arg("weights"), py::arg("bias"), py::arg("out"), py::arg("threads"));
-
-  m.def("score_pairs_factored", [](py::array users, py::array ads, py::array left, py::object right, py::object diag,
-                                   float bias, py::array out, int threads) {
-    const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2), l = rows_of(left, "left", 2);
-    require_same_dim(u, a);
-    require(u.count == a.count, "pairwise: users and ads differ in count");
-    require(l.count == a.dim && l.stride == l.dim, "left must be a C-contiguous (dim, rank) matrix");
-    py::array keep_right, keep_diag;  // converted operands, alive for the call
-    const float* r = nullptr;
-    if (!right.is_none()) {
-      keep_right = right.cast<py::array>();
-      const Rows rr = rows_of(keep_right, "right", 2);
-      require(rr.count == l.count && rr.dim == l.dim && rr.stride == rr.dim, "right must be C-contiguous, shaped like left");
-      r = rr.data;
-    } else {
-      require(l.dim == a.dim, "without right, left must be (dim, dim)");
-    }
-    const float* d = optional_vector(diag, "diag", a.dim, keep_diag);
-    float* o = output_of(out, "out", {a.count});
-    const int t = thread_count(threads);
-    py::gil_scoped_release release;
-    splitnet::score_pairs_factored(table(), u, a, l.data, r, l.dim, d, bias, o, t);
-  }, py::arg("users"), py::arg("ads"), py::arg("left"), py::arg("right"), py::arg("diag"), py::arg("bias"),
-     py::arg("out"), py::arg("threads"));
-
-  m.def("matmul", [](py::array x, py::array w, py::array out, int threads) {
-    const Rows xr = rows_of(x, "x", 2), wr = rows_of(w, "w", 2);
-    require(wr.count == xr.dim && wr.stride == wr.dim, "w must be a C-contiguous (dim, cols) matrix");
-    float* o = output_of(out, "out", {xr.count, wr.dim});
-    const int t = thread_count(threads);
-    py::gil_scoped_release release;
-    splitnet::matmul(table(), xr, wr.data, wr.dim, o, wr.dim, t);
-  }, py::arg("x"), py::arg("w"), py::arg("out"), py::arg("threads"));
-
-  m.def("topk_one", [](py::array query, py::array ads, index_t k, float bias, py::array out_scores, py::array out_ids, int threads) {
-    const Rows q = rows_of(query, "users", 1), a = rows_of(ads, "ads", 2);
-    require_same_dim(q, a);
-    require(k >= 0 && k <= a.count, "k must be in [0, number of ads]");
-    float* s = output_of(out_scores, "scores", {k});
-    auto* i = reinterpret_cast<index_t*>(output_of(out_ids, "ids", {k}, 'i'));
-    const int t = thread_count(threads);
-    py::gil_scoped_release release;
-    if (k > 0) splitnet::topk_one(table(), q.data, a, k, bias, s, i, t);
-  }, py::arg("query"), py::arg("ads"), py::arg("k"), py::arg("bias"), py::arg("out_scores"), py::arg("out_ids"), py::arg("threads"));
-
-  m.def("topk_cross", [](py::array users, py::array ads, index_t k, float bias, py::array out_scores, py::array out_ids, int threads) {
-    const Rows u = rows_of(users, "users", 2), a = rows_of(ads, "ads", 2);
-    require_same_dim(u, a);
-    require(k >= 0 && k <= a.count, "k must be in [0, number of ads]");
-    float* s = output_of(out_scores, "scores", {u.count, k});
-    auto* i = reinterpret_cast<index_t*>(output_of(out_ids, "ids", {u.count, k}, 'i'));
-    const int t = thread_count(threads);
-    py::gil_scoped_release release;
-    if (k > 0) splitnet::topk_cross(table(), u, a, k, bias, s, i, t);
-  }, py::arg("users"), py::arg("ads"), py::arg("k"), py::arg("bias"), py::arg("out_scores"), py::arg("out_ids"), py::arg("threads"));
+    splitnet::score_pairs(table(), u, a, form.form, bias, o, t);
+  }, py::arg("users"), py::arg("ads"), py::arg("diag"), py::arg("left"), py::arg("right"), py::arg("bias"),
+     py::arg("out"), py::arg("threads"), "out[i] = users[i]^T S ads[i] + bias, users and ads (B, n), out (B,).");
 
   m.def("read_bytes", [](py::buffer buffer, int threads) {
     const py::buffer_info info = buffer.request();
@@ -274,55 +303,30 @@ PYBIND11_MODULE(_core, m) {
     const index_t bytes = info.size * info.itemsize;
     const int t = thread_count(threads);
     py::gil_scoped_release release;
-    return splitnet::read_bytes(info.ptr, bytes, t);
+    return splitnet::read_bytes(table(), info.ptr, bytes, t);
   }, py::arg("buffer"), py::arg("threads"), "Reads a contiguous buffer once (the read-bandwidth floor).");
-
-  m.def("score_packed", [](py::array query, py::array data, const std::string& dtype, py::object scales,
-                           py::object allowed, float bias, py::array out, int threads) {
-    const PackedOperands p(query, data, dtype, scales, allowed);
-    float* o = p.cross ? output_of(out, "out", {p.queries.count, p.rows.count}) : output_of(out, "out", {p.candidates()});
-    const int t = thread_count(threads);
-    py::gil_scoped_release release;
-    if (p.cross) {
-      splitnet::score_cross(table(), p.queries, p.rows, bias, o, p.rows.count, t);
-    } else {
-      splitnet::score_one(table(), p.queries.data, p.rows, bias, o, t, p.ids, p.n_ids);
-    }
-  }, py::arg("query"), py::arg("data"), py::arg("dtype"), py::arg("scales"), py::arg("allowed"), py::arg("bias"),
-     py::arg("out"), py::arg("threads"));
-
-  m.def("topk_packed", [](py::array query, py::array data, const std::string& dtype, py::object scales,
-                          py::object allowed, index_t k, float bias, py::array out_scores, py::array out_ids, int threads) {
-    const PackedOperands p(query, data, dtype, scales, allowed);
-    require(k >= 0 && k <= p.candidates(), "k must be in [0, number of candidates]");
-    float* s = p.cross ? output_of(out_scores, "scores", {p.queries.count, k}) : output_of(out_scores, "scores", {k});
-    auto* i = reinterpret_cast<index_t*>(p.cross ? output_of(out_ids, "ids", {p.queries.count, k}, 'i')
-                                                 : output_of(out_ids, "ids", {k}, 'i'));
-    const int t = thread_count(threads);
-    py::gil_scoped_release release;
-    if (k > 0 && p.cross) {
-      splitnet::topk_cross(table(), p.queries, p.rows, k, bias, s, i, t);
-    } else if (k > 0) {
-      splitnet::topk_one(table(), p.queries.data, p.rows, k, bias, s, i, t, p.ids, p.n_ids);
-    }
-  }, py::arg("query"), py::arg("data"), py::arg("dtype"), py::arg("scales"), py::arg("allowed"), py::arg("k"),
-     py::arg("bias"), py::arg("out_scores"), py::arg("out_ids"), py::arg("threads"));
 
   m.def("detected_isa", [] { return splitnet::isa_name(splitnet::detect_isa()); },
         "The best instruction set this CPU supports.");
   m.def("active_isa", [] { return splitnet::isa_name(table().isa); }, "The instruction set the kernels use now.");
   m.def("supported_isas", [] {
     std::vector<std::string> names;
-    for (const auto& [name, isa] : kIsaNames)
-      if (splitnet::isa_supported(isa)) names.emplace_back(name);
+    for (const auto& entry : splitnet::kIsaNames)
+      if (splitnet::isa_supported(entry.isa)) names.emplace_back(entry.name);
     return names;
   }, "Every instruction set this CPU can run, the scalar reference first.");
   m.def("set_isa", [](const std::string& name) {
-    const Isa isa = isa_from_name(name);
+    Isa isa;
+    if (!splitnet::isa_from_name(name.data(), name.size(), &isa)) {
+      std::string known;
+      for (const auto& entry : splitnet::kIsaNames) known += std::string(known.empty() ? "" : ", ") + entry.name;
+      throw py::value_error("unknown ISA '" + name + "' (known: " + known + ")");
+    }
     if (!splitnet::isa_supported(isa))
       throw py::value_error("ISA '" + name + "' is not supported by this CPU (detected: " +
                             splitnet::isa_name(splitnet::detect_isa()) + ")");
-    active_table.store(&splitnet::kernel_table(isa), std::memory_order_release);
-  }, py::arg("name"), "Use the kernels of a supported instruction set from now on.");
+    active_isa.store(static_cast<int>(isa), std::memory_order_release);
+  }, py::arg("name"), "Use the kernels of a supported instruction set from now on (here and in kernels.pxd users).");
   m.def("max_threads", [] { return splitnet::default_pool().size(); }, "Threads one call can use.");
+  m.attr("_active_isa") = py::capsule(static_cast<void*>(&active_isa), "splitnet_kernels._core._active_isa");
 }

@@ -106,15 +106,9 @@ def make_metric(kind: str, n: int, rng, bias: float = 0.0, rank: int = 3) -> sk.
 
 
 def _abs_metric(metric: sk.Metric) -> np.ndarray:
-    """|S| for the error bound. For low_rank, the fold forms u P then (u P) Q^T, so its rounding
-    scales with |d| + |P| |Q|^T, which can exceed |diag(d) + P Q^T| when the product cancels."""
-    if metric.kind == "low_rank":
-        p = metric.params
-        bound = np.abs(p["P"].astype(np.float64)) @ np.abs(p["Q"].astype(np.float64)).T
-        if p["d"] is not None:
-            bound[np.diag_indices(metric.dim)] += np.abs(p["d"].astype(np.float64))
-        return bound
-    return np.abs(metric.dense().astype(np.float64))
+    """|S| for the error bound: |diag| + |L| |R|^T, which bounds the fold's rounding (for
+    low_rank, u P then (u P) Q^T, |P| |Q|^T can exceed |P Q^T| when the product cancels)."""
+    return metric.magnitude()[0]
 
 
 def _as64(x) -> np.ndarray:

@@ -146,14 +146,15 @@ def _int8_many_against_one(core, dim, rng):
     users = rng.standard_normal((n_users, dim)).astype(np.float32)
     users[3] = 0.0  # an all-zero user: scale 0, every score the bias
     cross = np.empty((n_users, count), np.float32)
-    core.score_packed(users, data, "int8", scales, None, bias, cross, 2)
+    dot = (np.ones(dim, np.float32), None, None)  # the binding's metric form of a dot product
+    core.score(users, data, "int8", scales, None, *dot, bias, cross, 2)
     one = np.empty_like(cross)
     for u in range(n_users):
-        core.score_packed(users[u], data, "int8", scales, None, bias, one[u], 1)
+        core.score(users[u], data, "int8", scales, None, *dot, bias, one[u], 1)
     np.testing.assert_allclose(cross, one, rtol=4 * EPS32, atol=4 * EPS32 * abs(bias))
     assert np.all(cross[3] == np.float32(bias))
     scores, ids = np.empty((n_users, 9), np.float32), np.empty((n_users, 9), np.int64)
-    core.topk_packed(users, data, "int8", scales, None, 9, bias, scores, ids, 2)
+    core.topk(users, data, "int8", scales, None, *dot, bias, 9, scores, ids, 2)
     for u in range(n_users):
         np.testing.assert_array_equal(ids[u], np.lexsort((np.arange(count), -cross[u].astype(np.float64)))[:9])
 

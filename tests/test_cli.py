@@ -1,4 +1,5 @@
-"""The command line (`splitnet-kernels info`) and the environment overrides read at import."""
+"""The command line (`splitnet-kernels info`, what each command imports) and the environment
+overrides read at import."""
 
 from __future__ import annotations
 
@@ -66,6 +67,47 @@ def test_python_dash_m_info():
     assert done.returncode == 0, done.stderr
     for name in NAMES:
         assert name in done.stdout
+
+
+_MODULES_AFTER = """
+import sys
+from splitnet_kernels import cli
+try:
+    cli.main({argv!r})
+except ValueError:
+    pass
+print("MODULES " + " ".join(sorted(sys.modules)))
+"""
+
+
+def _modules_after(argv) -> set:
+    done = _run_python(_MODULES_AFTER.format(argv=argv))
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split("MODULES ", 1)[1].split())
+
+
+def test_info_imports_no_other_command():
+    modules = _modules_after(["info"])
+    loaded = sorted(m for m in modules if m.startswith(("splitnet_kernels.experiment", "splitnet_kernels.bench",
+                                                        "splitnet_kernels.nn")))
+    assert not loaded, f"`splitnet-kernels info` imported {loaded}"
+    # torch only where sk.info() itself needs it: the torch backend's status reports its version
+    info_alone = _run_python("import sys, splitnet_kernels as sk; sk.info(); print('torch' in sys.modules)")
+    assert info_alone.returncode == 0, info_alone.stderr
+    assert ("torch" in modules) == (info_alone.stdout.strip() == "True")
+
+
+def test_bench_imports_no_experiment():
+    modules = _modules_after(["bench", "--workload", "W0", "--no-progress"])  # unknown: stops before timing
+    assert "splitnet_kernels.bench.driver" in modules
+    loaded = sorted(m for m in modules if m.startswith(("splitnet_kernels.experiment", "splitnet_kernels.nn")))
+    assert not loaded, f"`splitnet-kernels bench` imported {loaded}"
+
+
+def test_experiment_variants_in_the_help_are_the_experiments():
+    from splitnet_kernels import experiment
+
+    assert cli.EXPERIMENT_VARIANTS == tuple(v.name for v in experiment.VARIANTS)
 
 
 def test_info_keys():

@@ -1,5 +1,7 @@
 """Embedding the C++ kernels without the pybind11 module: a Cython module that cimports
-splitnet_kernels/kernels.pxd, and examples/cpp/score_example.cpp built against the headers alone."""
+splitnet_kernels/kernels.pxd, and examples/cpp/score_example.cpp built against the headers alone.
+References are float64 NumPy (scores) and the helpers' own scores ranked in NumPy (top-k: the
+kernels give one user's scores the same bits in score and top-k)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ EMBED_PYX = textwrap.dedent("""
     # distutils: language = c++
     from libc.stdint cimport int64_t
     from splitnet_kernels.kernels cimport (
-        Isa, Rows, index_t, isa_name, isa_supported, kernel_table, score_one, score_one_f32,
+        Isa, Rows, active_isa, index_t, isa_name, isa_supported, kernel_table, score_one, score_one_f32,
         score_cross_f32, score_pairs_f32, score_pairs_full_f32, topk_one_f32, topk_cross_f32)
     import numpy as np
 
@@ -83,6 +85,9 @@ EMBED_PYX = textwrap.dedent("""
         cdef int64_t[::1] ids = np.empty(k, np.int64)
         with nogil:
             topk_one_f32(query, ads, k, 0.0, scores, ids, 1)
+
+    def active_isa_py():
+        return active_isa().decode()
 
     def score_one_isa(const float[::1] query, const float[:, ::1] ads, str name):
         # The raw declarations: one chosen ISA's table, Rows filled by hand.
@@ -145,41 +150,57 @@ def _close(got, want, dim):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(dim, 1) ** 0.5)
 
 
+def _exact(users, ads, S=None):
+    """users @ S @ ads^T in float64: (N,) for one user, (M, N) for many."""
+    users = users.astype(np.float64)
+    if S is not None:
+        users = users @ S.astype(np.float64)
+    return users @ ads.astype(np.float64).T
+
+
+def _ranked(scores, k):
+    """The best k of float32 scores (one row), best first, ties to the lower index: sk.topk's order."""
+    order = np.lexsort((np.arange(len(scores)), -scores.astype(np.float64)))[:k]
+    return scores[order], order
+
+
 @pytest.mark.parametrize(("n_ads", "dim"), [(1, 1), (300, 17), (5000, 64), (0, 8)])
 def test_cython_scores_match_the_package(embed, n_ads, dim):
     users, ads = _data(4, n_ads, dim)
     for threads in (1, 2):
-        _close(embed.score_one_py(users[0], ads, 0.5, threads), sk.score(users[0], ads) + 0.5, dim)
-        _close(embed.score_cross_py(users, ads, -1.0, threads), sk.score(users, ads) - 1.0, dim)
+        _close(embed.score_one_py(users[0], ads, 0.5, threads), _exact(users[0], ads) + 0.5, dim)
+        _close(embed.score_cross_py(users, ads, -1.0, threads), _exact(users, ads) - 1.0, dim)
     pairs = min(n_ads, 4)
     weights = np.linspace(0.5, 2.0, dim, dtype=np.float32)
     S = np.random.default_rng(3).standard_normal((dim, dim)).astype(np.float32)
-    _close(embed.score_pairs_py(users[:pairs], ads[:pairs], None, 0.0, 2),
-           sk.score(users[:pairs], ads[:pairs], pairwise=True), dim)
-    _close(embed.score_pairs_py(users[:pairs], ads[:pairs], weights, 0.25, 2),
-           sk.score(users[:pairs], ads[:pairs], sk.Metric.diagonal(weights, bias=0.25), pairwise=True), dim)
-    _close(embed.score_pairs_full_py(users[:pairs], ads[:pairs], S, 0.0, 2),
-           sk.score(users[:pairs], ads[:pairs], sk.Metric.full(S), pairwise=True), dim)
+    u, a = users[:pairs], ads[:pairs]
+    _close(embed.score_pairs_py(u, a, None, 0.0, 2), np.diag(_exact(u, a)).copy(), dim)
+    _close(embed.score_pairs_py(u, a, weights, 0.25, 2), np.diag(_exact(u, a, np.diag(weights))) + 0.25, dim)
+    _close(embed.score_pairs_full_py(u, a, S, 0.0, 2), np.diag(_exact(u, a, S)).copy(), dim)
 
 
 @pytest.mark.parametrize(("n_ads", "k"), [(3000, 10), (127, 200), (0, 5)])
 def test_cython_topk_matches_the_package(embed, n_ads, k):
     users, ads = _data(5, n_ads, 33)
     ads[1::7] = ads[:1]  # exact ties: the lower index must come first
+    one = embed.score_one_py(users[0], ads, 0.0, 1)
+    cross = embed.score_cross_py(users, ads, 1.0, 1)
+    _close(cross, _exact(users, ads) + 1.0, 33)
     for threads in (1, 2):
         scores, ids = embed.topk_one_py(users[0], ads, k, 0.0, threads)
-        want_scores, want_ids = sk.topk(users[0], ads, k)
+        want_scores, want_ids = _ranked(one, k)
         np.testing.assert_array_equal(ids, want_ids)
-        _close(scores, want_scores, 33)
+        np.testing.assert_array_equal(scores, want_scores)
         scores, ids = embed.topk_cross_py(users, ads, k, 1.0, threads)
-        want_scores, want_ids = sk.topk(users, ads, k)
-        np.testing.assert_array_equal(ids, want_ids)
-        _close(scores, want_scores + 1.0, 33)
+        for u in range(len(users)):
+            want_scores, want_ids = _ranked(cross[u], k)
+            np.testing.assert_array_equal(ids[u], want_ids)
+            np.testing.assert_array_equal(scores[u], want_scores)
 
 
 def test_cython_helpers_run_from_many_threads_at_once(embed):
     users, ads = _data(8, 20000, 64)
-    want = [sk.topk(user, ads, 50)[1] for user in users]
+    want = [_ranked(embed.score_one_py(user, ads, 0.0, 1), 50)[1] for user in users]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:  # the helpers run without the GIL
         got = list(pool.map(lambda user: embed.topk_one_py(user, ads, 50, 0.0, 2)[1], users))
     for got_ids, want_ids in zip(got, want):
@@ -192,6 +213,24 @@ def test_cython_raw_declarations_on_every_isa(embed):
         got_name, scores = embed.score_one_isa(users[0], ads, name)
         assert got_name == name
         _close(scores, ads.astype(np.float64) @ users[0].astype(np.float64), 19)
+
+
+def test_cython_helpers_follow_set_isa(embed):
+    # the helpers run the package's active ISA, not the detected one: set_isa reaches them
+    users, ads = _data(3, 257, 19)
+    previous = sk.set_isa("scalar")
+    try:
+        assert embed.active_isa_py() == "scalar"
+        _, want = embed.score_one_isa(users[0], ads, "scalar")
+        np.testing.assert_array_equal(embed.score_one_py(users[0], ads, 0.0, 1), want)
+        for name in sk.info()["isa_supported"]:
+            sk.set_isa(name)
+            assert embed.active_isa_py() == name
+            np.testing.assert_array_equal(embed.score_one_py(users[0], ads, 0.0, 1),
+                                          embed.score_one_isa(users[0], ads, name)[1])
+    finally:
+        sk.set_isa(previous)
+    assert embed.active_isa_py() == previous
 
 
 def test_cython_helpers_reject_bad_shapes(embed):
@@ -253,11 +292,14 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 int main() {
   using namespace splitnet;
   const index_t n = 64, count = 1000;
-  std::vector<float> rows(count * n), query(n), out(count), scores(32);
+  std::vector<float> rows(count * n), query(n), out(count), scores(32), ones(n, 1.0f);
   std::vector<index_t> ids(32);
   for (index_t i = 0; i < count * n; ++i) rows[i] = static_cast<float>((i * 7919) % 1001) / 1001.0f - 0.5f;
   for (index_t d = 0; d < n; ++d) query[d] = static_cast<float>(d % 13) - 6.0f;
-  const Rows r{rows.data(), count, n, n};
+  const Rows r{rows.data(), count, n, n}, user{query.data(), 1, n, n};
+  MetricForm dot;  // the package's dot metric: diag = ones
+  dot.dim = n;
+  dot.diag = ones.data();
   for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512bf16, Isa::neon}) {
     if (!isa_supported(isa)) continue;
     const KernelTable& table = kernel_table(isa);
@@ -265,6 +307,8 @@ int main() {
     for (index_t k : {1, 10, 32}) {
       score_one(table, query.data(), r, 0.5f, out.data(), 2);
       topk_one(table, query.data(), r, k, 0.5f, scores.data(), ids.data(), 2);
+      score(table, user, stored(r), dot, 0.5f, nullptr, 0, out.data(), 2);  // folding inside the call
+      topk(table, user, stored(r), dot, 0.5f, nullptr, 0, k, scores.data(), ids.data(), 2);
     }
     std::printf("%s %ld\n", isa_name(isa), allocations.load() - before);
   }
@@ -273,7 +317,8 @@ int main() {
 
 
 def test_small_calls_allocate_nothing(tmp_path):
-    # a serving call (1,000 candidates, k <= 32) runs on the calling thread and never calls new
+    # a serving call (1,000 candidates, k <= 32) runs on the calling thread and never calls new,
+    # folding included (the binding's score and topk entries)
     source, binary = tmp_path / "no_allocation.cpp", tmp_path / "no_allocation"
     source.write_text(_NO_ALLOCATION)
     command = [_compiler(), "-std=c++17", "-O2", f"-I{sk.get_include()}", str(source), "-pthread", "-o", str(binary)]

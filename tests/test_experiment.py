@@ -3,7 +3,6 @@ generator and its files, and a tiny run end to end (API and command line)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -11,7 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from splitnet_kernels import campaign, experiment
+from splitnet_kernels import cli, experiment
+from splitnet_kernels.experiment import campaign
 
 
 def tiny_campaign(seed: int = 0) -> campaign.CampaignData:
@@ -173,17 +173,14 @@ def test_experiment_command_line_on_own_data(tmp_path, capsys):
                                    ad_features=data.ad_features, ad_objective=data.ad_objective, pairs=data.pairs,
                                    labels=data.labels)
     path = logged.save(tmp_path / "logged.npz")
-    parser = argparse.ArgumentParser()
-    experiment.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["experiment", "--quick", "--data", str(path), "--epochs", "1", "--variants",
-                              "scaled,diagonal+obj", "--json", str(tmp_path / "out.json"), "--no-progress"])
-    assert args.run(args) == 0
+    assert cli.main(["experiment", "--quick", "--data", str(path), "--epochs", "1", "--variants",
+                     "scaled,diagonal+obj", "--json", str(tmp_path / "out.json"), "--no-progress"]) == 0
     assert "diagonal+obj" in capsys.readouterr().out
     result = json.loads((tmp_path / "out.json").read_text())
     assert list(result["summary"]) == ["scaled", "diagonal+obj"]  # no ground truth for logged data
     assert result["summary"]["scaled"]["app_install"]["recall_at_k"]["mean"] is None  # NaN -> null
     with pytest.raises(SystemExit):
-        parser.parse_args(["experiment", "--seeds", "0"])
+        cli.main(["experiment", "--seeds", "0"])
 
 
 def test_unknown_variant():

@@ -134,7 +134,7 @@ def test_tiny_int8_rows_save_load_and_reconstruct(tmp_path):
     path = tmp_path / "tiny.bin"
     cands.save(path)
     for loaded in (sk.Candidates.load(path, mmap=True), sk.Candidates.load(path, mmap=False)):
-        scales = loaded._scale
+        scales = loaded._store.scales
         assert scales.dtype == np.float32 and np.all(np.isfinite(scales)) and np.all(scales > 0), scales
         # |row - scale * q| <= scale / 2 (rounding to nearest), plus float32 rounding of the product
         error = np.abs(loaded.rows().astype(np.float64) - ads)

@@ -152,7 +152,7 @@ def attempt(call):
 
 def state():
     return [attempt(lambda: sk.score(users, ads)), attempt(lambda: candidates.topk(users, 2)),
-            sk.info()["isa_error"], sk.backends()["simd"]["available"], _dispatch.FAST_CORE is not None]
+            sk.info()["isa_error"], sk.backends()["simd"]["available"], _dispatch.FAST is not None]
 
 print(repr(state()))
 print(repr(attempt(lambda: sk.set_isa("bogus"))))  # a failed set_isa replaces nothing

@@ -201,7 +201,7 @@ def test_bad_calls():
 
 
 def test_package_imports_without_torch():
-    code = ("import sys, splitnet_kernels, splitnet_kernels.campaign, splitnet_kernels.experiment\n"
+    code = ("import sys, splitnet_kernels, splitnet_kernels.experiment.campaign, splitnet_kernels.experiment\n"
             "print('torch' in sys.modules)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [os.path.dirname(os.path.dirname(sk.__file__)), os.environ.get("PYTHONPATH")])))

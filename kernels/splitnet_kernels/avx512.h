@@ -4,7 +4,7 @@
 #pragma once
 #include <algorithm>
 
-#include "scalar.h"
+#include "avx2.h"
 
 #if SPLITNET_KERNELS_HAVE_X86
 #include <immintrin.h>
@@ -336,12 +336,23 @@ SPLITNET_AVX512 inline void score_rows_i8_avx512(const std::int8_t* query, float
                       row_scales[i], bias);
 }
 
-inline constexpr KernelTable kAvx512Table{Isa::avx512, score_rows_f32_avx512, score_tile_f32_avx512,
-                                          not_below_bits_f32_avx512, first_not_below_f32_avx512,
-                                          max_lanes_f32_avx512,
-                                          score_rows_f16_avx512, score_rows_bf16_avx512, widen_f16_avx512,
-                                          widen_bf16_avx512, score_rows_i8_avx512, nullptr,
-                                          score_pairs_f32_avx512};
+inline constexpr KernelTable kAvx512Table = [] {
+  KernelTable t{};
+  t.isa = Isa::avx512;
+  SPLITNET_KERNELS_FILL(t, score_rows_f32, avx512);
+  SPLITNET_KERNELS_FILL(t, score_tile_f32, avx512);
+  SPLITNET_KERNELS_FILL(t, not_below_bits_f32, avx512);
+  SPLITNET_KERNELS_FILL(t, first_not_below_f32, avx512);
+  SPLITNET_KERNELS_FILL(t, max_lanes_f32, avx512);
+  SPLITNET_KERNELS_FILL(t, score_rows_f16, avx512);
+  SPLITNET_KERNELS_FILL(t, score_rows_bf16, avx512);
+  SPLITNET_KERNELS_FILL(t, widen_f16, avx512);
+  SPLITNET_KERNELS_FILL(t, widen_bf16, avx512);
+  SPLITNET_KERNELS_FILL(t, score_rows_i8, avx512);
+  SPLITNET_KERNELS_FILL(t, score_pairs_f32, avx512);
+  SPLITNET_KERNELS_FILL(t, sum_u64, avx2);  // reading memory: 32-byte loads already saturate it
+  return t;  // score_tile_i8 stays null: the byte dot product is VNNI's (avx512bf16.h)
+}();
 
 }  // namespace splitnet
 

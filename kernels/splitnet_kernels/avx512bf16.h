@@ -192,11 +192,15 @@ SPLITNET_AVX512BF16 inline std::uint64_t score_tile_i8_avx512bf16(const std::int
                                                                     row_scales, dim, row_stride, bias, gates, tile});
 }
 
-inline constexpr KernelTable kAvx512Bf16Table{
-    Isa::avx512bf16, score_rows_f32_avx512, score_tile_f32_avx512, not_below_bits_f32_avx512,
-    first_not_below_f32_avx512, max_lanes_f32_avx512, score_rows_f16_avx512, score_rows_bf16_avx512bf16,
-    widen_f16_avx512, widen_bf16_avx512,
-    score_rows_i8_avx512bf16, score_tile_i8_avx512bf16, score_pairs_f32_avx512};
+// The avx512 table with the BF16 and VNNI kernels in the entries they speed up.
+inline constexpr KernelTable kAvx512Bf16Table = [] {
+  KernelTable t = kAvx512Table;
+  t.isa = Isa::avx512bf16;
+  SPLITNET_KERNELS_FILL(t, score_rows_bf16, avx512bf16);
+  SPLITNET_KERNELS_FILL(t, score_rows_i8, avx512bf16);
+  SPLITNET_KERNELS_FILL(t, score_tile_i8, avx512bf16);
+  return t;
+}();
 
 }  // namespace splitnet
 

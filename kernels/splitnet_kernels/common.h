@@ -1,5 +1,5 @@
-// Vocabulary shared by every kernel: the index type, the ISA levels, the kernel table whose
-// entries each ISA file fills with the scalar file's exact signatures, and the top-k order.
+// What every kernel shares: the build macros, the index type, the ISA levels and their names,
+// the kernel table that each ISA file fills by name, the storage conversions and the top-k order.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -24,21 +24,37 @@ using index_t = std::int64_t;
 
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3, neon = 4 };
 
+// The ISA names, the one list of them: the binding and kernels.pxd read names through it.
+struct IsaName {
+  Isa isa;
+  const char* name;
+};
+inline constexpr IsaName kIsaNames[] = {{Isa::scalar, "scalar"},
+                                        {Isa::avx2, "avx2"},
+                                        {Isa::avx512, "avx512"},
+                                        {Isa::avx512bf16, "avx512bf16"},
+                                        {Isa::neon, "neon"}};
+
 inline const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::scalar: return "scalar";
-    case Isa::avx2: return "avx2";
-    case Isa::avx512: return "avx512";
-    case Isa::avx512bf16: return "avx512bf16";
-    case Isa::neon: return "neon";
-  }
+  for (const IsaName& entry : kIsaNames)
+    if (entry.isa == isa) return entry.name;
   return "unknown";
+}
+
+// Sets *isa and returns true when `name` is one of kIsaNames (nul-terminated, or `length` chars).
+inline bool isa_from_name(const char* name, std::size_t length, Isa* isa) {
+  for (const IsaName& entry : kIsaNames)
+    if (std::strlen(entry.name) == length && std::memcmp(entry.name, name, length) == 0) {
+      *isa = entry.isa;
+      return true;
+    }
+  return false;
 }
 
 // Strides are in elements; every row is contiguous along `dim`. Pointers need only float
 // alignment. Every entry adds `bias` to each score so that ranking and reporting see one number.
 struct KernelTable {
-  Isa isa;
+  Isa isa = Isa::scalar;
   // out[i] = query . rows[i] + bias, for i < n_rows.
   void (*score_rows_f32)(const float* query, const float* rows, index_t n_rows, index_t dim,
                          index_t row_stride, float bias, float* out);
@@ -88,7 +104,25 @@ struct KernelTable {
   // weights is null (a diagonal S; a full S goes through score_tile, see ops.h).
   void (*score_pairs_f32)(const float* a, index_t a_stride, const float* b, index_t b_stride,
                           const float* weights, index_t n_pairs, index_t dim, float bias, float* out);
+  // The benchmark's read floor: the sum (mod 2^64) of words[0..n), read once, as fast as the
+  // ISA reads memory, with the streaming kernels' software prefetch (or the floor would be theirs
+  // to beat).
+  std::uint64_t (*sum_u64)(const std::uint64_t* words, index_t n);
 };
+
+// Fills entry `op` of `table` with the kernel op_<suffix>: the field and the function share
+// their name on the grid {op}_{dtype}_{isa}, so no entry can be filled with another's kernel
+// (two pairs of entries share a signature, which a positional table would let swap silently).
+#define SPLITNET_KERNELS_FILL(table, op, suffix) ((table).op = op##_##suffix)
+
+// Whether every entry is filled (score_tile_i8 may be null: no byte dot product on that ISA).
+// The spec test (tests/cpp/test_kernels.cpp) checks it for every table; not a static_assert,
+// which GCC cannot evaluate on function addresses under -fsanitize=undefined.
+constexpr bool table_complete(const KernelTable& t) {
+  return t.score_rows_f32 && t.score_tile_f32 && t.not_below_bits_f32 && t.first_not_below_f32 &&
+         t.max_lanes_f32 && t.score_rows_f16 && t.score_rows_bf16 && t.widen_f16 && t.widen_bf16 &&
+         t.score_rows_i8 && t.score_pairs_f32 && t.sum_u64;
+}
 
 // Asks for the bytes [p, p + bytes) to be brought into the cache. GCC 12 takes a function that
 // holds nothing but prefetches for pure and deletes the calls to it (which once cost the

@@ -36,11 +36,14 @@ inline void score_pairs_f32_neon(const float* a, index_t a_stride, const float* 
     out[i] = dot_f32_neon(a + i * a_stride, b + i * b_stride, dim) + bias;
 }
 
-inline constexpr KernelTable kNeonTable{Isa::neon, score_rows_f32_neon, score_tile_f32_scalar,
-                                        not_below_bits_f32_scalar, first_not_below_f32_scalar, max_lanes_f32_scalar,
-                                        score_rows_f16_scalar, score_rows_bf16_scalar, widen_f16_scalar,
-                                        widen_bf16_scalar,
-                                        score_rows_i8_scalar, nullptr, score_pairs_f32_neon};
+// The scalar table with NEON kernels in the entries that have one.
+inline constexpr KernelTable kNeonTable = [] {
+  KernelTable t = kScalarTable;
+  t.isa = Isa::neon;
+  SPLITNET_KERNELS_FILL(t, score_rows_f32, neon);
+  SPLITNET_KERNELS_FILL(t, score_pairs_f32, neon);
+  return t;
+}();
 
 }  // namespace splitnet
 #endif  // SPLITNET_KERNELS_HAVE_NEON

@@ -115,11 +115,28 @@ inline void score_rows_i8_scalar(const std::int8_t* query, float query_scale, co
   }
 }
 
-inline constexpr KernelTable kScalarTable{Isa::scalar, score_rows_f32_scalar,
-                                          score_tile_f32_scalar, not_below_bits_f32_scalar,
-                                          first_not_below_f32_scalar, max_lanes_f32_scalar, score_rows_f16_scalar,
-                                          score_rows_bf16_scalar, widen_f16_scalar, widen_bf16_scalar,
-                                          score_rows_i8_scalar, nullptr,
-                                          score_pairs_f32_scalar};
+inline std::uint64_t sum_u64_scalar(const std::uint64_t* words, index_t n) {
+  std::uint64_t sum = 0;
+  for (index_t i = 0; i < n; ++i) sum += words[i];
+  return sum;
+}
+
+inline constexpr KernelTable kScalarTable = [] {
+  KernelTable t{};
+  t.isa = Isa::scalar;
+  SPLITNET_KERNELS_FILL(t, score_rows_f32, scalar);
+  SPLITNET_KERNELS_FILL(t, score_tile_f32, scalar);
+  SPLITNET_KERNELS_FILL(t, not_below_bits_f32, scalar);
+  SPLITNET_KERNELS_FILL(t, first_not_below_f32, scalar);
+  SPLITNET_KERNELS_FILL(t, max_lanes_f32, scalar);
+  SPLITNET_KERNELS_FILL(t, score_rows_f16, scalar);
+  SPLITNET_KERNELS_FILL(t, score_rows_bf16, scalar);
+  SPLITNET_KERNELS_FILL(t, widen_f16, scalar);
+  SPLITNET_KERNELS_FILL(t, widen_bf16, scalar);
+  SPLITNET_KERNELS_FILL(t, score_rows_i8, scalar);
+  SPLITNET_KERNELS_FILL(t, score_pairs_f32, scalar);
+  SPLITNET_KERNELS_FILL(t, sum_u64, scalar);
+  return t;  // score_tile_i8 stays null: no byte dot product to tile with
+}();
 
 }  // namespace splitnet

@@ -12,7 +12,7 @@ import numpy as np
 from . import _dispatch
 from ._metric import Metric, _is_tensor
 from ._order import merge_numpy, topk_numpy
-from .backends._simd import matmul
+from ._storage import count, is_plain
 
 
 # ---- argument checks ------------------------------------------------------------------------
@@ -143,12 +143,6 @@ def _to_torch(x, device):
     return torch.as_tensor(x if x.flags.writeable else x.copy(), device=device)
 
 
-def _inputs_for(backend, users, ads, torch_input: bool, device):
-    if backend.native == "torch":
-        return _to_torch(users, device), _to_torch(ads, device)
-    return _to_numpy(users), _to_numpy(ads)
-
-
 def _result_for(x, torch_input: bool, device):
     if torch_input and not _is_tensor(x):
         import torch
@@ -159,8 +153,9 @@ def _result_for(x, torch_input: bool, device):
     return x
 
 
-def _device(users, ads):
-    for x in (users, ads):
+def _device(users, store):
+    """The device of the first tensor among the users and a plain store, or None."""
+    for x in (users, store):
         if _is_tensor(x):
             return x.device
     return None
@@ -224,6 +219,85 @@ def rank_by_probability(n_candidates: int, k: int, raw_topk, probabilities):
     return best, best_ids
 
 
+# ---- the one route ---------------------------------------------------------------------------
+# Every scoring call, Candidates' included, ends in score_store or topk_store with checked
+# operands, and from there in one backend call: backend.score / topk over a candidate store (a
+# plain float array of ads, or packed Storage) or backend.score_pairs. The fast path below skips
+# checks the binding makes anyway, never the route.
+def _native(backend, x, device):
+    """x (users, or a plain store) as the backend computes on it; packed Storage stays as it is."""
+    if not is_plain(x):
+        return x
+    return _to_torch(x, device) if backend.native == "torch" else _to_numpy(x)
+
+
+def _native_out(backend, out, torch_input: bool):
+    """Where the backend may write: out itself, a numpy view of a CPU tensor, or None."""
+    if out is None or (backend.native == "torch") == torch_input:
+        return out
+    if backend.native == "numpy" and out.device.type == "cpu":
+        return _to_numpy(out)  # a view: the kernels write straight into the tensor
+    return None  # computed apart, copied into out
+
+
+def score_store(users, store, metric, *, ids, sigmoid, backend, threads, out, pairwise=False):
+    """Scores checked users against a store (or pairwise against plain ads rows)."""
+    device = _device(users, store)
+    torch_input = device is not None
+    n_candidates = count(store) if ids is None else len(ids)
+    shape = (n_candidates,) if pairwise or users.ndim == 1 else (users.shape[0], n_candidates)
+    out = _check_out(out, shape, torch_input)
+    if out is not None and any(_may_share_memory(out, x) for x in ((users, store) if is_plain(store) else (users,))):
+        result = score_store(users, store, metric, ids=ids, sigmoid=sigmoid, backend=backend, threads=threads,
+                             out=None, pairwise=pairwise)
+        out.copy_(result) if torch_input else np.copyto(out, result)
+        return out  # out overlaps an input: computed apart first, so no input is read after a write
+    chosen = _dispatch.resolve(backend, torch_input and device.type != "cpu")
+    if 0 in shape:
+        return out if out is not None else _result_for(np.empty(shape, np.float32), torch_input, device)
+    u, s, native_out = _native(chosen, users, device), _native(chosen, store, device), _native_out(chosen, out, torch_input)
+    if pairwise:
+        result = chosen.score_pairs(u, s, metric, threads=threads, out=native_out)
+    else:
+        result = chosen.score(u, s, metric, ids=ids, threads=threads, out=native_out)
+    if sigmoid:
+        _sigmoid_(result)
+    result = _result_for(result, torch_input, device)
+    if out is not None and result is not out:
+        out.copy_(result) if torch_input else np.copyto(out, result)
+        return out
+    return result
+
+
+def topk_store(users, store, k, metric, *, ids, sigmoid, backend, threads):
+    """The best k of a store for checked users; sigmoid ranks by the probability."""
+    device = _device(users, store)
+    torch_input = device is not None
+    chosen = _dispatch.resolve(backend, torch_input and device.type != "cpu")
+    k = min(k, count(store) if ids is None else len(ids))
+    n_users = 1 if users.ndim == 1 else users.shape[0]
+    if k == 0 or n_users == 0:
+        scores, found = np.empty((n_users, k), np.float32), np.empty((n_users, k), np.int64)
+    else:
+        u, s = _native(chosen, users, device), _native(chosen, store, device)
+        u = u.reshape(1, -1) if u.ndim == 1 else u
+        if sigmoid:
+            def raw_topk(how_many):
+                return tuple(_host(x) for x in chosen.topk(u, s, how_many, metric, ids=ids, threads=threads))
+
+            def probabilities(i):
+                raw = chosen.score(u[i], s, metric, ids=ids, threads=threads, out=None)
+                return (_sigmoid_(np.array(_host(raw), np.float32)),
+                        np.arange(count(store)) if ids is None else ids)
+
+            scores, found = rank_by_probability(count(store) if ids is None else len(ids), k, raw_topk, probabilities)
+        else:
+            scores, found = chosen.topk(u, s, k, metric, ids=ids, threads=threads)
+    if users.ndim == 1:
+        scores, found = scores[0], found[0]
+    return _result_for(scores, torch_input, device), _result_for(found, torch_input, device)
+
+
 # ---- the fast path --------------------------------------------------------------------------
 # One user, float32 NumPy arrays, auto picking simd: the overhead-bound serving call (W6: a
 # 1 x 1,000 top-10 is ~2 us of arithmetic). It checks only what it relies on and leaves every
@@ -233,17 +307,18 @@ _F32 = np.dtype(np.float32)
 _ndarray = np.ndarray
 
 
-def _fast_operands(users, ads, metric, backend, threads):
-    if (backend != "auto" or threads is not None or _dispatch.FAST_CORE is None or type(users) is not _ndarray
+def _fast_metric(users, ads, metric, backend, threads):
+    """The metric when the fast path may take this call, else None."""
+    if (backend != "auto" or threads is not None or _dispatch.FAST is None or type(users) is not _ndarray
             or type(ads) is not _ndarray or users.dtype is not _F32 or ads.dtype is not _F32 or users.ndim != 1
             or ads.ndim != 2 or users.shape[0] != ads.shape[1]):
         return None
     if metric is None:
-        return users, 0.0
+        return _dot_metric(users.shape[0])
     if type(metric) is not Metric or metric.dim != users.shape[0]:
         return None
     metric.check_fold_range(users)
-    return metric.fold(users, matmul), metric.bias
+    return metric
 
 
 # ---- the public calls -----------------------------------------------------------------------
@@ -254,48 +329,19 @@ def score(users, ads, metric=None, *, pairwise=False, sigmoid=False, backend="au
     and ads (B, n) -> (B,), pair i being (users[i], ads[i]). Scores are float32; torch tensors
     in give torch tensors out. `out`, if given, receives the result and is returned.
     """
-    fast = None if pairwise or out is not None else _fast_operands(users, ads, metric, backend, threads)
+    fast = None if pairwise or out is not None else _fast_metric(users, ads, metric, backend, threads)
     if fast is not None and ads.shape[0]:
         result = np.empty(ads.shape[0], _F32)
         try:
-            _dispatch.FAST_CORE.score_one(fast[0], ads, fast[1], result, _dispatch.MAX_THREADS)
+            _dispatch.FAST.score_plain(users, ads, fast, result)
         except ValueError:
             pass  # a layout or shape the general path handles (or reports)
         else:
             return _sigmoid_(result) if sigmoid else result
     users, ads = _check_pair(users, ads, pairwise)
     metric = check_metric(metric, ads.shape[-1], users, ads)
-    threads = check_threads(threads)
-    device = _device(users, ads)
-    torch_input = device is not None
-    if pairwise or users.ndim == 1:
-        shape = (ads.shape[0],)
-    else:
-        shape = (users.shape[0], ads.shape[0])
-    out = _check_out(out, shape, torch_input)
-    if out is not None and any(_may_share_memory(out, x) for x in (users, ads)):
-        result = score(users, ads, metric, pairwise=pairwise, sigmoid=sigmoid, backend=backend, threads=threads)
-        out.copy_(result) if torch_input else np.copyto(out, result)
-        return out  # out overlaps an input: computed apart first, so no input is read after a write
-    chosen = _dispatch.resolve(backend, torch_input and device.type != "cpu")
-    if 0 in shape:
-        result = out if out is not None else _result_for(np.empty(shape, np.float32), torch_input, device)
-        return result
-    u, a = _inputs_for(chosen, users, ads, torch_input, device)
-    if out is None or (chosen.native == "torch") == torch_input:
-        native_out = out
-    elif chosen.native == "numpy" and out.device.type == "cpu":
-        native_out = _to_numpy(out)  # a view: the kernels write straight into the tensor
-    else:
-        native_out = None  # computed apart, copied into out below
-    result = chosen.score(u, a, metric, pairwise=pairwise, threads=threads, out=native_out)
-    if sigmoid:
-        _sigmoid_(result)
-    result = _result_for(result, torch_input, device)
-    if out is not None and result is not out:
-        out.copy_(result) if torch_input else np.copyto(out, result)
-        return out
-    return result
+    return score_store(users, ads, metric, ids=None, sigmoid=sigmoid, backend=backend,
+                       threads=check_threads(threads), out=out, pairwise=pairwise)
 
 
 def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=None):
@@ -307,42 +353,19 @@ def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=N
     ranking is by them (equal probabilities: the lower index first), so that per-shard lists
     merge into the answer of one call.
     """
-    fast = None if sigmoid else _fast_operands(users, ads, metric, backend, threads)
+    fast = None if sigmoid else _fast_metric(users, ads, metric, backend, threads)
     if fast is not None and type(k) is int and 0 < k <= ads.shape[0]:
         scores, ids = np.empty(k, _F32), np.empty(k, np.int64)
         try:
-            _dispatch.FAST_CORE.topk_one(fast[0], ads, k, fast[1], scores, ids, _dispatch.MAX_THREADS)
+            _dispatch.FAST.topk_plain(users, ads, k, fast, scores, ids)
         except ValueError:
             pass  # a layout or shape the general path handles (or reports)
         else:
             return scores, ids
     users, ads = _check_pair(users, ads, False)
     metric = check_metric(metric, ads.shape[-1], users, ads)
-    k = min(check_k(k), ads.shape[0])
-    threads = check_threads(threads)
-    device = _device(users, ads)
-    torch_input = device is not None
-    chosen = _dispatch.resolve(backend, torch_input and device.type != "cpu")
-    n_users = 1 if users.ndim == 1 else users.shape[0]
-    if k == 0 or n_users == 0:
-        scores, ids = np.empty((n_users, k), np.float32), np.empty((n_users, k), np.int64)
-    else:
-        u, a = _inputs_for(chosen, users, ads, torch_input, device)
-        u = u.reshape(1, -1) if u.ndim == 1 else u
-        if sigmoid:
-            def raw_topk(count):
-                return tuple(_host(x) for x in chosen.topk(u, a, count, metric, threads=threads))
-
-            def probabilities(i):
-                raw = chosen.score(u[i], a, metric, pairwise=False, threads=threads, out=None)
-                return _sigmoid_(np.array(_host(raw), np.float32)), np.arange(a.shape[0])
-
-            scores, ids = rank_by_probability(a.shape[0], k, raw_topk, probabilities)
-        else:
-            scores, ids = chosen.topk(u, a, k, metric, threads=threads)
-    if users.ndim == 1:
-        scores, ids = scores[0], ids[0]
-    return _result_for(scores, torch_input, device), _result_for(ids, torch_input, device)
+    return topk_store(users, ads, check_k(k), metric, ids=None, sigmoid=sigmoid, backend=backend,
+                      threads=check_threads(threads))
 
 
 def merge_topk(parts, k):

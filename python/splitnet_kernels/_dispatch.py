@@ -19,7 +19,8 @@ import os
 
 from .backends._numba import NumbaBackend
 from .backends._numpy import NumpyBackend
-from .backends._simd import SimdBackend, _core
+from .backends import _simd
+from .backends._simd import SimdBackend
 from .backends._torch import TorchBackend
 
 BACKENDS = {b.name: b for b in (SimdBackend(), NumbaBackend(), TorchBackend(), NumpyBackend())}
@@ -31,10 +32,10 @@ _status_cache: dict = {}
 def _isa_error() -> str:
     """Applies SPLITNET_KERNELS_ISA once, at import; returns the error text or ''."""
     name = os.environ.get("SPLITNET_KERNELS_ISA", "").strip().lower()
-    if not name or _core is None:
+    if not name or not _simd.compiled():
         return ""
     try:
-        _core.set_isa(name)
+        _simd.set_isa(name)
     except ValueError as error:
         return f"SPLITNET_KERNELS_ISA={name!r}: {error}"
     return ""
@@ -82,14 +83,14 @@ def resolve(backend, on_torch_device: bool):
     return BACKENDS["numpy"]
 
 
-def _fast_core():
-    return _core if (ENV_BACKEND in ("auto", "simd") and not ISA_ERROR and status("simd")[0]) else None
+def _fast():
+    return BACKENDS["simd"] if (ENV_BACKEND in ("auto", "simd") and not ISA_ERROR and status("simd")[0]) else None
 
 
-# The compiled module when `auto` resolves to it for CPU data, for the one-user fast path in
-# _api; None when auto means anything else. Callers read it as _dispatch.FAST_CORE at each
-# call, so isa_changed can turn it on.
-FAST_CORE = _fast_core()
+# The simd backend when `auto` resolves to it for CPU data, for the one-user fast path in
+# _api; None when auto means anything else. Callers read it as _dispatch.FAST at each call,
+# so isa_changed can turn it on.
+FAST = _fast()
 
 
 def isa_changed() -> None:
@@ -97,9 +98,7 @@ def isa_changed() -> None:
     (otherwise `auto` would raise it, and the fast path would stay off, for the rest of the
     process), drops the cached simd status (its reason names the active ISA) and works the
     fast path out again, which SPLITNET_KERNELS_BACKEND may still keep off."""
-    global ISA_ERROR, FAST_CORE
+    global ISA_ERROR, FAST
     ISA_ERROR = ""
     _status_cache.pop("simd", None)
-    FAST_CORE = _fast_core()
-
-MAX_THREADS = _core.max_threads() if _core is not None else 1
+    FAST = _fast()

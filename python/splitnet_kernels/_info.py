@@ -7,7 +7,7 @@ import pathlib
 
 from . import _dispatch
 from ._version import __version__
-from .backends._simd import _core
+from .backends import _simd
 
 
 def backends() -> dict:
@@ -21,24 +21,24 @@ def set_isa(name: str) -> str:
     Returns the previous one. For testing and comparison: the detected ISA is the fastest.
     Replaces a bad SPLITNET_KERNELS_ISA: after it succeeds, that error is no longer raised.
     """
-    if _core is None:
+    if not _simd.compiled():
         raise RuntimeError(f"the compiled kernels are not available: {_dispatch.status('simd')[1]}")
-    previous = _core.active_isa()
-    _core.set_isa(str(name).lower())  # raises ValueError, changing nothing, for an unknown or unsupported ISA
+    previous = _simd.active_isa()
+    _simd.set_isa(str(name).lower())  # raises ValueError, changing nothing, for an unknown or unsupported ISA
     _dispatch.isa_changed()
     return previous
 
 
 def info() -> dict:
     """Version, detected and active ISA, backends, default threads."""
-    compiled = _core is not None
+    compiled = _simd.compiled()
     return {
         "version": __version__,
-        "isa_detected": _core.detected_isa() if compiled else None,
-        "isa_active": _core.active_isa() if compiled else None,
-        "isa_supported": list(_core.supported_isas()) if compiled else [],
+        "isa_detected": _simd.detected_isa() if compiled else None,
+        "isa_active": _simd.active_isa() if compiled else None,
+        "isa_supported": _simd.supported_isas() if compiled else [],
         "isa_error": _dispatch.ISA_ERROR or None,
-        "default_threads": _core.max_threads() if compiled else os.cpu_count(),
+        "default_threads": _simd.max_threads() if compiled else os.cpu_count(),
         "backends": backends(),
     }
 

@@ -1,16 +1,58 @@
-"""The learned similarity S and its algebra: every backend scores through Metric.fold.
+"""The learned similarity S and its algebra: every kind is one canonical form that every
+backend reads, and the kind is known to the constructors alone.
 
-score(u, a) = u^T S a + bias = fold(u) . a + bias, with fold(u) = u^T S. Folding happens once
-per user, so one user against many candidates costs a plain dot product per candidate.
+score(u, a) = u^T S a + bias = fold(u) . a + bias, with fold(u) = u^T S and S = diag(w) + L R^T.
+Folding happens once per user, so one user against many candidates costs a plain dot product
+per candidate.
 """
 
 from __future__ import annotations
 
 import numbers
+from typing import Any, NamedTuple
 
 import numpy as np
 
 KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")
+
+
+class Part(NamedTuple):
+    """One parameter of a kind: its name (the constructor's and nn's), its role in the
+    canonical form S = diag(w) + L R^T, its shape ("scalar", "vector" (n,), "square" (n, n),
+    "factor" (n, r)) and how a trainable head starts it ("ones", "eye", "small")."""
+
+    name: str
+    role: str
+    shape: str
+    init: str
+
+
+# The one place that knows what each kind is made of. Everything else reads the form.
+PARTS = {
+    "dot": (),
+    "scaled": (Part("w", "diag", "scalar", "ones"),),
+    "diagonal": (Part("s", "diag", "vector", "ones"),),
+    "low_rank": (Part("d", "diag", "vector", "ones"), Part("P", "left", "factor", "small"),
+                 Part("Q", "right", "factor", "small")),
+    "full": (Part("S", "left", "square", "eye"),),
+}
+
+
+def takes_rank(kind: str) -> bool:
+    """Whether a kind has factors of a chosen rank r (and so needs `rank`)."""
+    return any(part.shape == "factor" for part in PARTS[kind])
+
+
+class Form(NamedTuple):
+    """The canonical form every backend reads: S = diag(diag) + left right^T, float32, read-only.
+
+    diag None: no diagonal term; left None: no factor term; right None with left: the identity,
+    so left is the whole (n, n) S. dot is diag = ones, scaled diag = w ones.
+    """
+
+    diag: Any  # numpy arrays in a Metric; tensors in its torch cache and in nn's heads
+    left: Any
+    right: Any
 
 
 def _is_tensor(x) -> bool:
@@ -53,15 +95,22 @@ def _scalar(value, name: str) -> float:
 class Metric:
     """The similarity S of score = u^T S a + bias. Immutable; parameters are float32."""
 
-    __slots__ = ("_kind", "_dim", "_bias", "_params", "_cache", "_fold_gain")
+    __slots__ = ("_kind", "_dim", "_bias", "_params", "_form", "_cache", "_fold_gain")
 
     def __init__(self, kind: str, dim: int, bias: float, **params):
         if kind not in KINDS:
             raise ValueError(f"unknown metric kind {kind!r} (known: {', '.join(KINDS)})")
         self._kind, self._dim, self._bias = kind, dim, _scalar(bias, "bias")
         self._params = params
-        self._cache = {}
-        self._fold_gain = _fold_gain(self)
+        roles = {part.role: params[part.name] for part in PARTS[kind] if params.get(part.name) is not None}
+        diag = roles.get("diag")
+        if diag is None and "left" not in roles:
+            diag = 1.0  # dot: the identity
+        if diag is not None and np.ndim(diag) == 0:
+            diag = _frozen(np.full(dim, diag, np.float32))
+        self._form = Form(diag, roles.get("left"), roles.get("right"))
+        self._cache: dict = {}
+        self._fold_gain = _fold_gain(self._form)
 
     # Immutable: a copy is the object itself, and unpickling rebuilds through the constructors'
     # checks, so no copy can carry writeable parameters.
@@ -119,45 +168,45 @@ class Metric:
         """The parameters by name (read-only float32 arrays, or a float for w)."""
         return dict(self._params)
 
+    @property
+    def form(self) -> Form:
+        """S = diag(form.diag) + form.left form.right^T (see Form): what every backend reads."""
+        return self._form
+
     def __repr__(self) -> str:
-        extra = f", rank={self._params['P'].shape[1]}" if self._kind == "low_rank" else ""
+        diag, left, right = self._form
+        extra = f", rank={left.shape[1]}" if right is not None else ""
         return f"Metric.{self._kind}(dim={self._dim}{extra}, bias={self._bias:g})"
 
     def dense(self) -> np.ndarray:
         """S as a new (n, n) float32 array."""
-        n, p = self._dim, self._params
-        if self._kind == "dot":
-            return np.eye(n, dtype=np.float32)
-        if self._kind == "scaled":
-            return np.eye(n, dtype=np.float32) * np.float32(p["w"])
-        if self._kind == "diagonal":
-            return np.diag(p["s"]).astype(np.float32)
-        if self._kind == "full":
-            return p["S"].copy()
-        S = (p["P"].astype(np.float64) @ p["Q"].T.astype(np.float64))
-        if p["d"] is not None:
-            S[np.diag_indices(n)] += p["d"]
+        diag, left, right = self._form
+        S = np.zeros((self._dim, self._dim), np.float64)
+        if left is not None:
+            S += left if right is None else left.astype(np.float64) @ right.T.astype(np.float64)
+        if diag is not None:
+            S[np.diag_indices(self._dim)] += diag
         return S.astype(np.float32)
 
     def diag_weights(self):
-        """The diagonal w of S = diag(w) for the dot, scaled and diagonal kinds (float32, (n,));
-        None for low_rank and full, whose S is not diagonal."""
-        if self._kind == "dot":
-            return np.ones(self._dim, np.float32)
-        if self._kind == "scaled":
-            return np.full(self._dim, self._params["w"], np.float32)
-        if self._kind == "diagonal":
-            return self._params["s"]
-        return None
+        """The diagonal w when S = diag(w) (the dot, scaled and diagonal kinds), float32 (n,);
+        None when S has a factor term."""
+        return self._form.diag if self._form.left is None else None
 
     def cost_per_candidate(self, folded: bool = True) -> int:
-        """Multiply-adds per (user, candidate) pair: n when folded, else the kind's own cost."""
-        n = self._dim
-        if folded or self._kind == "dot":
+        """Multiply-adds per (user, candidate) pair: n when folded, else the form's own cost
+        (the pair's dot product, plus the diagonal, plus u L and a R)."""
+        n, (diag, left, right), parts = self._dim, self._form, PARTS[self._kind]
+        if folded or not parts:
             return n
-        if self._kind == "low_rank":
-            return 2 * n + 2 * n * self._params["P"].shape[1]
-        return {"scaled": n + 1, "diagonal": 2 * n, "full": n * n + n}[self._kind]
+        diagonal = 0 if diag is None else 1 if any(p.shape == "scalar" for p in parts) else n
+        factors = 0 if left is None else left.size + (0 if right is None else right.size)
+        return n + diagonal + factors
+
+    def magnitude(self) -> list:
+        """|S| as float64 matrices bounding the fold's partial sums: |diag| + |L| |R|^T (n, n),
+        and |L| itself (n, r) when R is given (it bounds the partial product u L)."""
+        return _fold_gain(self._form, always=True)[1]
 
     # ---- the algebra ----------------------------------------------------------------------
     def check_fold_range(self, users) -> None:
@@ -175,11 +224,16 @@ class Metric:
             return  # |S| <= I on the diagonal: |fold_j| <= |u_j|, never beyond float32
         if _is_tensor(users):
             users = users.detach().cpu().numpy()  # rare: the check before a tensor call
-        norms = np.einsum("...i,...i->...", users, users, dtype=np.float64)
-        with np.errstate(over="ignore", invalid="ignore"):
-            doubtful = ~(norms * self._fold_gain[0] <= _FOLD_LIMIT**2)  # NaN norms are checked below
-        if not np.any(doubtful):
-            return
+        # float32 squared norms are within n eps of exact, far inside the limit's slack
+        if users.ndim == 1:  # the serving call: one dot product, no temporaries, no errstate
+            if float(users.dot(users)) * self._fold_gain[0] <= _FOLD_LIMIT_SQUARED:
+                return
+            doubtful = np.ones(1, bool)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                doubtful = ~(np.square(users).sum(-1, dtype=np.float64) * self._fold_gain[0] <= _FOLD_LIMIT_SQUARED)
+            if not doubtful.any():  # NaN norms are doubtful, and checked below
+                return
         rows = np.abs(np.asarray(users, np.float64).reshape(-1, self._dim)[np.reshape(doubtful, -1)])
         rows = rows[np.all(np.isfinite(rows), axis=1)]
         if rows.size:
@@ -188,12 +242,11 @@ class Metric:
                 raise ValueError(f"users: folding through {self!r} can leave the float32 range "
                                  f"(|u|^T |S| reaches {bound:.3g} > {_FOLD_LIMIT:.3g}); rescale the users or the metric")
 
-    def fold(self, users, matmul=None):
+    def fold(self, users):
         """users @ S for users (n,) or (M, n): numpy in, numpy out; torch in, torch out.
 
-        float64 users are folded in float64 (the reference); everything else in float32.
-        matmul(X, W) -> X @ W, if given, folds float32 users without numpy's BLAS, whose idle
-        threads would spin on the cores the scoring kernels need next.
+        float64 users are folded in float64 (the reference); everything else in float32. The
+        compiled backend folds inside its kernels call instead, with the same operations.
         """
         if _is_tensor(users):
             return self._fold(users, self._tensor_params(users))
@@ -204,85 +257,84 @@ class Metric:
             users = users.astype(np.float32, copy=False)
         if users.ndim not in (1, 2) or users.shape[-1] != self._dim:
             raise ValueError(f"users: expected shape ({self._dim},) or (M, {self._dim}), got {users.shape}")
-        if matmul is not None and users.dtype == np.float32 and self._kind in ("full", "low_rank"):
-            p = self._params
-            if self._kind == "full":
-                return matmul(users, p["S"])
-            folded = matmul(matmul(users, p["P"]), self._q_transposed())  # (u P) Q^T
-            return folded + users * p["d"] if p["d"] is not None else folded
-        params = self._params
+        form = self._form
         if users.dtype == np.float64:
-            params = {k: (np.asarray(v, np.float64) if isinstance(v, np.ndarray) else v) for k, v in params.items()}
-        return self._fold(users, params)
+            form = Form(*(None if x is None else x.astype(np.float64) for x in form))
+        return self._fold(users, form)
 
-    def _q_transposed(self) -> np.ndarray:
-        """Q^T, C-contiguous float32, made once."""
-        if "Q.T" not in self._cache:
-            self._cache["Q.T"] = np.ascontiguousarray(self._params["Q"].T)
-        return self._cache["Q.T"]
+    @staticmethod
+    def _fold(users, form):
+        """users diag + (users left) right^T, the product with diag rounded before the sum."""
+        diag, left, right = form
+        if diag is None and left is None:
+            return users  # a trainable head's dot (a Metric's own dot has diag = ones)
+        folded = None
+        if left is not None:
+            folded = users @ left
+            if right is not None:
+                folded = folded @ right.T
+        if diag is None:
+            return folded
+        return users * diag if folded is None else folded + users * diag
 
-    def _fold(self, users, p):
-        kind = self._kind
-        if kind == "dot":
-            return users
-        if kind == "scaled":
-            return users * p["w"]
-        if kind == "diagonal":
-            return users * p["s"]
-        if kind == "full":
-            return users @ p["S"]
-        folded = (users @ p["P"]) @ p["Q"].T
-        return folded + users * p["d"] if p["d"] is not None else folded
-
-    def _tensor_params(self, like) -> dict:
-        """The parameters as tensors on like's device and dtype, made once per (device, dtype)."""
+    def _tensor_params(self, like) -> Form:
+        """The form as tensors on like's device and dtype, made once per (device, dtype)."""
         import torch
 
         key = (str(like.device), like.dtype)
         cached = self._cache.get(key)
         if cached is None:
-            cached = {k: (torch.tensor(v, device=like.device, dtype=like.dtype) if isinstance(v, np.ndarray) else v)
-                      for k, v in self._params.items()}
+            cached = Form(*(None if x is None else torch.tensor(x, device=like.device, dtype=like.dtype)
+                            for x in self._form))
             self._cache[key] = cached
         return cached
 
 
 # The float32 range, less the rounding of a sum of up to 2^20 terms (a relative 2^20 * 2^-24).
 _FOLD_LIMIT = float(np.finfo(np.float32).max) * (1.0 - 2.0**-4)
+_FOLD_LIMIT_SQUARED = _FOLD_LIMIT**2
 
 
-def _fold_gain(metric: Metric):
-    """None when no finite user can fold out of range (diagonal S with |s| <= 1), else
-    (the largest squared column norm among the magnitude matrices, the matrices as float64):
-    |S|, or for low_rank |P| |Q|^T + |diag(d)| and |P| itself, which bounds the partial u P."""
-    weights = metric.diag_weights()
-    if weights is not None and float(np.abs(weights).max()) <= 1.0:
+def _fold_gain(form: Form, always: bool = False):
+    """None when no finite user can fold out of range (S = diag(w) with |w| <= 1), else (the
+    largest squared column norm among the magnitude matrices, the matrices as float64 (n, n)):
+    |diag| + |L| |R|^T, and |L| itself when R is given, which bounds the partial product u L."""
+    diag, left, right = form
+    if not always and left is None and float(np.abs(diag).max()) <= 1.0:
         return None
-    p = metric._params
-    if weights is not None:
-        matrices = [np.diag(np.abs(weights.astype(np.float64)))]
-    elif metric.kind == "full":
-        matrices = [np.abs(p["S"].astype(np.float64))]
-    else:
-        left, right = np.abs(p["P"].astype(np.float64)), np.abs(p["Q"].astype(np.float64))
-        product = left @ right.T
-        if p["d"] is not None:
-            product[np.diag_indices(metric.dim)] += np.abs(p["d"])
-        matrices = [product, left]
+    dim = (diag if left is None else left).shape[0]
+    magnitude = np.zeros((dim, dim))
+    matrices = [magnitude]
+    if left is not None:
+        absolute = np.abs(left.astype(np.float64))
+        if right is None:
+            magnitude += absolute
+        else:
+            magnitude += absolute @ np.abs(right.astype(np.float64)).T
+            matrices.append(absolute)
+    if diag is not None:
+        magnitude[np.diag_indices(dim)] += np.abs(diag)
     return max(float(np.square(m).sum(axis=0).max()) for m in matrices), matrices
 
 
-def _rebuild(kind: str, dim: int, bias: float, params: dict) -> Metric:
-    """Metric from __reduce__'s state, through the constructors and their checks."""
+def build(kind: str, dim: int, parameters: dict, bias: float = 0.0) -> Metric:
+    """The Metric of `kind` from its parameters by name (PARTS), through the constructors'
+    checks: for unpickling and for heads that export their trained parameters."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown metric kind {kind!r} (known: {', '.join(KINDS)})")
     if kind == "dot":
         return Metric.dot(dim, bias)
     if kind == "scaled":
-        return Metric.scaled(dim, params["w"], bias)
+        return Metric.scaled(dim, float(parameters["w"]), bias)
     if kind == "diagonal":
-        return Metric.diagonal(params["s"], bias)
+        return Metric.diagonal(parameters["s"], bias)
     if kind == "full":
-        return Metric.full(params["S"], bias)
-    return Metric.low_rank(params["P"], params["Q"], params["d"], bias)
+        return Metric.full(parameters["S"], bias)
+    return Metric.low_rank(parameters["P"], parameters["Q"], parameters.get("d"), bias)
+
+
+def _rebuild(kind: str, dim: int, bias: float, params: dict) -> Metric:
+    return build(kind, dim, params, bias)
 
 
 def _dimension(dim) -> int:

@@ -6,6 +6,8 @@ rank by the lower candidate index. The C++ and Numba kernels implement the same 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 _INT32_MIN = -(2**31)
@@ -53,6 +55,9 @@ def chunked_topk(score_chunk, n_users: int, n_cands: int, k: int, topk=None):
     for begin in range(0, n_cands, chunk):
         end = min(n_cands, begin + chunk)
         scores = score_chunk(begin, end)
+        cat: Any
+        take: Any
+        ids: Any
         if isinstance(scores, np.ndarray):
             cat, take = np.concatenate, np.take_along_axis
             ids = np.broadcast_to(np.arange(begin, end, dtype=np.int64), scores.shape)

@@ -4,7 +4,8 @@
 # Build the cimporting module as C++17 with splitnet_kernels.get_include() on its include path:
 #     Extension(..., language="c++", include_dirs=[sk.get_include()],
 #               extra_compile_args=["-std=c++17", "-O2"], extra_link_args=["-pthread"])
-# The helpers score plain dot products on the detected ISA; for a learned metric pass
+# The helpers score plain dot products on the package's active ISA (sk.set_isa changes it here too:
+# they read it from splitnet_kernels._core, see active_table below); for a learned metric pass
 # metric.fold(user) as the query and metric.bias as the bias (the package's Metric does the algebra).
 # Each checks shapes and raises ValueError (acquiring the GIL only to raise), so a wrong shape never
 # writes past a buffer (declare your def wrappers' memoryview arguments `not None`: a None view
@@ -16,7 +17,7 @@ from libc.stdint cimport int64_t
 cdef extern from "splitnet_kernels/ops.h" namespace "splitnet" nogil:
     ctypedef int64_t index_t
 
-    enum class Isa(int):
+    enum class Isa(int):  # the names come from isa_name (common.h's one list)
         scalar
         avx2
         avx512
@@ -54,6 +55,48 @@ cdef extern from "splitnet_kernels/ops.h" namespace "splitnet" nogil:
                   float bias, float* out_scores, index_t* out_ids, int threads) except +
     void topk_cross(const KernelTable& table, const Rows& users, const Rows& rows, index_t k,
                     float bias, float* out_scores, index_t* out_ids, int threads) except +
+
+
+# The active ISA is the package's (sk.set_isa), not this module's own: separate shared objects do
+# not share C++ inline variables, so the first call imports splitnet_kernels._core and keeps a
+# pointer to the int it holds the active Isa in (the capsule _core._active_isa); every call
+# then reads that int and takes the matching table of the headers this module was built with.
+# Without the compiled package, the detected ISA. No lock is held while the GIL is taken.
+cdef extern from *:
+    """
+    #include <atomic>
+    #include "splitnet_kernels/ops.h"
+    namespace splitnet_pxd {
+    inline std::atomic<int>* active_isa_slot() {
+      static std::atomic<std::atomic<int>*> cached{nullptr};
+      std::atomic<int>* slot = cached.load(std::memory_order_acquire);
+      if (slot != nullptr) return slot;
+      const PyGILState_STATE gil = PyGILState_Ensure();
+      PyObject* core = PyImport_ImportModule("splitnet_kernels._core");
+      if (core != nullptr) {
+        slot = static_cast<std::atomic<int>*>(PyCapsule_Import("splitnet_kernels._core._active_isa", 0));
+        Py_DECREF(core);
+      }
+      if (slot == nullptr) PyErr_Clear();
+      PyGILState_Release(gil);
+      if (slot == nullptr) {
+        static std::atomic<int> detected{static_cast<int>(splitnet::detect_isa())};
+        slot = &detected;
+      }
+      cached.store(slot, std::memory_order_release);
+      return slot;
+    }
+    inline const splitnet::KernelTable& active_table() {
+      return splitnet::kernel_table(static_cast<splitnet::Isa>(active_isa_slot()->load(std::memory_order_acquire)));
+    }
+    }  // namespace splitnet_pxd
+    """
+    const KernelTable& active_table "splitnet_pxd::active_table"() nogil
+
+
+cdef inline const char* active_isa() noexcept nogil:
+    """The name of the ISA the helpers run (the package's active one)."""
+    return isa_name(active_table().isa)
 
 
 cdef inline int max_threads() except -1 nogil:
@@ -100,7 +143,7 @@ cdef inline int score_one_f32(const float[::1] query, const float[:, ::1] ads, f
     check_rows(ads, b"ads", -1, query.shape[0], b"(dim from query)")
     check_length(out.shape[0], b"out", ads.shape[0], b"(one per row of ads)")
     with cython.boundscheck(False):
-        score_one(kernel_table(detect_isa()), &query[0], rows_of(ads), bias, &out[0],
+        score_one(active_table(), &query[0], rows_of(ads), bias, &out[0],
                   threads)
     return 0
 
@@ -114,7 +157,7 @@ cdef inline int score_cross_f32(const float[:, ::1] users, const float[:, ::1] a
         raise ValueError(f"out has shape ({out.shape[0]}, {out.shape[1]}); expected "
                          f"({users.shape[0]}, {ads.shape[0]}) (users x ads)")
     with cython.boundscheck(False):
-        score_cross(kernel_table(detect_isa()), rows_of(users), rows_of(ads), bias, &out[0, 0],
+        score_cross(active_table(), rows_of(users), rows_of(ads), bias, &out[0, 0],
                     out.shape[1], threads)
     return 0
 
@@ -132,7 +175,7 @@ cdef inline int score_pairs_f32(const float[:, ::1] users, const float[:, ::1] a
         with cython.boundscheck(False):
             weight_data = &weights[0]
     with cython.boundscheck(False):
-        score_pairs(kernel_table(detect_isa()), rows_of(users), rows_of(ads), weight_data, bias,
+        score_pairs(active_table(), rows_of(users), rows_of(ads), weight_data, bias,
                     &out[0], threads)
     return 0
 
@@ -146,7 +189,7 @@ cdef inline int score_pairs_full_f32(const float[:, ::1] users, const float[:, :
     check_rows(S, b"S", users.shape[1], users.shape[1], b"(dim x dim)")
     check_length(out.shape[0], b"out", users.shape[0], b"(one per pair)")
     with cython.boundscheck(False):
-        score_pairs_full(kernel_table(detect_isa()), rows_of(users), rows_of(ads), &S[0, 0], bias,
+        score_pairs_full(active_table(), rows_of(users), rows_of(ads), &S[0, 0], bias,
                          &out[0], threads)
     return 0
 
@@ -170,7 +213,7 @@ cdef inline index_t topk_one_f32(const float[::1] query, const float[:, ::1] ads
                          f"{out_ids.shape[0]}; need at least min(k, N) = {k}")
     if k > 0:
         with cython.boundscheck(False):
-            topk_one(kernel_table(detect_isa()), &query[0], rows_of(ads), k, bias, &out_scores[0],
+            topk_one(active_table(), &query[0], rows_of(ads), k, bias, &out_scores[0],
                      &out_ids[0], threads)
     return k
 
@@ -190,6 +233,6 @@ cdef inline index_t topk_cross_f32(const float[:, ::1] users, const float[:, ::1
                          f"expected ({users.shape[0]}, {k}) (users x min(k, N))")
     if k > 0 and users.shape[0] > 0:
         with cython.boundscheck(False):
-            topk_cross(kernel_table(detect_isa()), rows_of(users), rows_of(ads), k, bias,
+            topk_cross(active_table(), rows_of(users), rows_of(ads), k, bias,
                        &out_scores[0, 0], &out_ids[0, 0], threads)
     return k

@@ -13,11 +13,21 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._api import score as _score
-from ._metric import KINDS, Metric
+from ._metric import KINDS, PARTS, Form, Metric, build, takes_rank
 
 __all__ = ["MetricHead", "SplitNet"]
 
 LOW_RANK_INIT_STD = 0.01  # P, Q start this small, so diag(1) + P Q^T starts near the identity
+
+
+def _initial(part, dim: int, rank: int | None) -> torch.Tensor:
+    """A part's starting value: S starts at the identity (diag(1) + small P Q^T for factors)."""
+    shape = {"scalar": (), "vector": (dim,), "square": (dim, dim), "factor": (dim, rank or 0)}[part.shape]
+    if part.init == "eye":
+        return torch.eye(dim)
+    if part.init == "small":
+        return torch.randn(shape) * LOW_RANK_INIT_STD
+    return torch.ones(shape)
 
 
 class MetricHead(nn.Module):
@@ -37,23 +47,16 @@ class MetricHead(nn.Module):
             raise ValueError(f"kind: unknown metric kind {kind!r} (known: {', '.join(KINDS)})")
         if dim < 1:
             raise ValueError(f"dim: must be >= 1, got {dim}")
-        if (rank is not None) != (kind == "low_rank"):
-            raise ValueError(f"rank: needed for kind 'low_rank' and only for it, got kind {kind!r}, rank {rank!r}")
+        if (rank is not None) != takes_rank(kind):
+            raise ValueError(f"rank: needed for kinds with factors (low_rank) and only for them, got kind "
+                             f"{kind!r}, rank {rank!r}")
         if rank is not None and not 1 <= rank <= dim:
             raise ValueError(f"rank: must be in [1, dim={dim}], got {rank}")
         if n_objectives is not None and n_objectives < 1:
             raise ValueError(f"n_objectives: must be None or >= 1, got {n_objectives}")
         self.kind, self.dim, self.rank, self.n_objectives = kind, dim, rank, n_objectives
-        if kind == "scaled":
-            self.w = nn.Parameter(torch.ones(()))
-        elif kind == "diagonal":
-            self.s = nn.Parameter(torch.ones(dim))
-        elif kind == "low_rank":
-            self.d = nn.Parameter(torch.ones(dim))
-            self.P = nn.Parameter(torch.randn(dim, rank) * LOW_RANK_INIT_STD)
-            self.Q = nn.Parameter(torch.randn(dim, rank) * LOW_RANK_INIT_STD)
-        elif kind == "full":
-            self.S = nn.Parameter(torch.eye(dim))
+        for part in PARTS[kind]:
+            self.register_parameter(part.name, nn.Parameter(_initial(part, dim, rank)))
         shape = () if n_objectives is None else (n_objectives,)
         self.bias = nn.Parameter(torch.zeros(shape)) if bias else None
         self.scale = None if n_objectives is None else nn.Parameter(torch.ones(shape))
@@ -63,17 +66,15 @@ class MetricHead(nn.Module):
         return f"kind={self.kind!r}, dim={self.dim}{rank}, n_objectives={self.n_objectives}"
 
     # ---- forward --------------------------------------------------------------------------
+    def form(self) -> Form:
+        """The head's S in the canonical form (diag, left, right) of its trainable parameters;
+        diag may be a scalar tensor (scaled)."""
+        roles = {part.role: getattr(self, part.name) for part in PARTS[self.kind]}
+        return Form(roles.get("diag"), roles.get("left"), roles.get("right"))
+
     def fold(self, users: torch.Tensor) -> torch.Tensor:
         """users @ S, for users (..., n)."""
-        if self.kind == "dot":
-            return users
-        if self.kind == "scaled":
-            return users * self.w
-        if self.kind == "diagonal":
-            return users * self.s
-        if self.kind == "full":
-            return users @ self.S
-        return users * self.d + (users @ self.P) @ self.Q.T
+        return Metric._fold(users, self.form())
 
     def _finish(self, raw: torch.Tensor) -> torch.Tensor:
         """raw u^T S a -> logits: (...) for one objective, (..., T) with per-objective scale and bias."""
@@ -91,8 +92,11 @@ class MetricHead(nn.Module):
     def forward(self, users: torch.Tensor, ads: torch.Tensor) -> torch.Tensor:
         """Pairwise logits: users (B, n), ads (B, n) -> (B,), or (B, T) with n_objectives=T."""
         self._check(users, ads, pairwise=True)
-        if self.kind == "low_rank":  # never forms S: n + 2 n r per pair
-            raw = (users * self.d * ads).sum(-1) + ((users @ self.P) * (ads @ self.Q)).sum(-1)
+        diag, left, right = self.form()
+        if right is not None:  # factors: never forms S, n + 2 n r per pair
+            raw = ((users @ left) * (ads @ right)).sum(-1)
+            if diag is not None:
+                raw = (users * diag * ads).sum(-1) + raw
         else:
             raw = (self.fold(users) * ads).sum(-1)
         return self._finish(raw)
@@ -107,28 +111,23 @@ class MetricHead(nn.Module):
     def to_metric(self, objective: int | None = None) -> Metric:
         """The sk.Metric scoring like this head (for objective t when n_objectives is set), with
         the objective's scale folded into S; a dot head with a scale exports as scaled."""
+        scale: torch.Tensor | None = None
+        bias: torch.Tensor | None = self.bias
         if self.n_objectives is None:
             if objective is not None:
                 raise ValueError(f"objective: this head has one objective, got objective={objective!r}")
-            scale, bias = None, self.bias
         else:
             if objective is None or not 0 <= objective < self.n_objectives:
                 raise ValueError(f"objective: expected an index in [0, {self.n_objectives}), got {objective!r}")
+            assert self.scale is not None  # a head with objectives has scales
             scale, bias = self.scale[objective], None if self.bias is None else self.bias[objective]
-        bias = 0.0 if bias is None else bias.item()
-
-        def scaled(parameter):
-            return parameter.detach() if scale is None else parameter.detach() * scale
-
-        if self.kind == "dot":
-            return Metric.dot(self.dim, bias) if scale is None else Metric.scaled(self.dim, scale.item(), bias)
-        if self.kind == "scaled":
-            return Metric.scaled(self.dim, scaled(self.w).item(), bias)
-        if self.kind == "diagonal":
-            return Metric.diagonal(scaled(self.s), bias)
-        if self.kind == "full":
-            return Metric.full(scaled(self.S), bias)
-        return Metric.low_rank(scaled(self.P), self.Q.detach(), d=scaled(self.d), bias=bias)
+        offset = 0.0 if bias is None else bias.item()
+        if scale is not None and not PARTS[self.kind]:  # a dot head with a scale is scaled
+            return Metric.scaled(self.dim, scale.item(), offset)
+        factor = 1.0 if scale is None else scale
+        parameters = {part.name: (getattr(self, part.name).detach() * (1.0 if part.role == "right" else factor))
+                      for part in PARTS[self.kind]}  # S_t = scale_t S: the diagonal and the left factor
+        return build(self.kind, self.dim, parameters, offset)
 
     def to_metrics(self) -> list[Metric]:
         """One exported metric per objective (a list of one for a single-objective head)."""

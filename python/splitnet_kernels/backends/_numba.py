@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ._arrays import ArrayBackend
+
 _INT32_MIN = -(2**31)
 _INT64_MIN = -(2**63)
 _LOW32 = 0xFFFFFFFF
@@ -254,7 +256,7 @@ def _prepare(users, ads, metric):
             np.ascontiguousarray(ads, dtype=np.float32), np.float32(metric.bias))
 
 
-class NumbaBackend:
+class NumbaBackend(ArrayBackend):
     name = "numba"
     native = "numpy"
 
@@ -265,7 +267,7 @@ class NumbaBackend:
             return False, f"numba not importable: {error}"
         return True, f"numba {numba.__version__}"
 
-    def score(self, users, ads, metric, *, pairwise, threads, out):
+    def score_rows(self, users, ads, metric, *, pairwise, threads, out):
         numba, kernels = _kernels()
         folded, ads, bias = _prepare(users, ads, metric)
         shape = np.shape(users)[:-1] + (() if pairwise else ads.shape[:1])
@@ -283,7 +285,7 @@ class NumbaBackend:
             return out
         return target
 
-    def topk(self, users, ads, k, metric, *, threads):
+    def topk_rows(self, users, ads, k, metric, *, threads):
         if ads.shape[0] > _LOW32 + 1:
             raise ValueError(f"at most 2**32 candidates per call on this backend, got {ads.shape[0]}")
         numba, kernels = _kernels()

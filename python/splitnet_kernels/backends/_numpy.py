@@ -6,6 +6,7 @@ import contextlib
 
 import numpy as np
 
+from ._arrays import ArrayBackend
 from .._order import chunked_topk, topk_numpy
 
 
@@ -17,7 +18,7 @@ def _blas_threads(threads):
     return threadpool_limits(limits=threads, user_api="blas")
 
 
-class NumpyBackend:
+class NumpyBackend(ArrayBackend):
     name = "numpy"
     native = "numpy"
 
@@ -33,7 +34,7 @@ class NumpyBackend:
 
     # IEEE arithmetic, quietly: inf * 0 is NaN and a float64 past the float32 range is inf, as
     # in the compiled kernels, without a RuntimeWarning for every such input.
-    def score(self, users, ads, metric, *, pairwise, threads, out):
+    def score_rows(self, users, ads, metric, *, pairwise, threads, out):
         with _blas_threads(threads), np.errstate(invalid="ignore", over="ignore"):
             folded = metric.fold(np.asarray(users, np.float64))
             result = self._scores(folded, np.asarray(ads, np.float64), metric.bias, pairwise)
@@ -42,7 +43,7 @@ class NumpyBackend:
         out[...] = result
         return out
 
-    def topk(self, users, ads, k, metric, *, threads):
+    def topk_rows(self, users, ads, k, metric, *, threads):
         ads = np.asarray(ads, np.float64)
         with _blas_threads(threads), np.errstate(invalid="ignore", over="ignore"):
             folded = metric.fold(np.asarray(users, np.float64))

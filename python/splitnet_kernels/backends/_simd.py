@@ -1,20 +1,54 @@
-"""The compiled backend: float32 C++ kernels (kernels/) through splitnet_kernels._core."""
+"""The compiled backend: the C++ kernels (kernels/) through splitnet_kernels._core, the only
+module that imports it. Each call checks in Python what the binding cannot, then makes one
+binding call, which folds the users through the metric's form and scores in one pass."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
+
+from .._storage import is_plain
 
 try:
     from .. import _core
 except ImportError as error:  # the package still works on the other backends
-    _core = None
+    _core = None  # type: ignore[assignment]
     _IMPORT_ERROR = f"compiled module not loaded: {error}"
 else:
     _IMPORT_ERROR = ""
+_MAX_THREADS = _core.max_threads() if _core is not None else 1
 
 
+# ---- the compiled module's facts, for _dispatch, _info and the benchmarks -----------------------
+def compiled() -> bool:
+    return _core is not None
+
+
+def set_isa(name: str) -> None:
+    _core.set_isa(name)
+
+
+def active_isa() -> str:
+    return _core.active_isa()
+
+
+def detected_isa() -> str:
+    return _core.detected_isa()
+
+
+def supported_isas() -> list:
+    return list(_core.supported_isas())
+
+
+def max_threads() -> int:
+    return _core.max_threads()
+
+
+def read_bytes(buffer, threads: int) -> int:
+    """Reads a C-contiguous, 8-byte aligned buffer once across threads: the read-bandwidth floor."""
+    return _core.read_bytes(buffer, threads)
+
+
+# ---- the backend ----------------------------------------------------------------------------------
 def kernel_rows(x) -> np.ndarray:
     """x as float32 whose rows are contiguous and float-aligned; copies only when it must."""
     x = np.asarray(x, dtype=np.float32)
@@ -23,24 +57,18 @@ def kernel_rows(x) -> np.ndarray:
     return x
 
 
-def matmul(x: np.ndarray, w: np.ndarray, threads: int = 1) -> np.ndarray:
-    """x @ w, x (n,) or (M, n) and w (n, c) C-contiguous float32, on the kernels' cross tile:
-    Metric.fold's BLAS-free path. One user folds with the same bits as a batch."""
-    rows = kernel_rows(x).reshape(-1, x.shape[-1])
-    out = np.empty((rows.shape[0], w.shape[1]), np.float32)
-    _core.matmul(rows, w, out, threads)
-    return out.reshape(x.shape[:-1] + (w.shape[1],))
-
-
-def _threads(threads):
-    return _core.max_threads() if threads is None else threads
-
-
 def _target(out, shape):
     """Where the kernel writes: `out` itself when it is C-contiguous float32, else a new array."""
     if out is not None and out.flags.c_contiguous:
         return out
     return np.empty(shape, np.float32)
+
+
+def _storage(store):
+    """(data, dtype name, scales) of a candidate store for the binding."""
+    if is_plain(store):
+        return kernel_rows(store), "float32", None
+    return store.data, store.dtype, store.scales
 
 
 class SimdBackend:
@@ -52,47 +80,45 @@ class SimdBackend:
             return False, _IMPORT_ERROR
         return True, f"compiled kernels, ISA {_core.active_isa()} (detected {_core.detected_isa()})"
 
-    def score(self, users, ads, metric, *, pairwise, threads, out):
-        ads = kernel_rows(ads)
-        bias, threads = metric.bias, _threads(threads)
-        if pairwise:
-            target = _target(out, ads.shape[:1])
-            users = kernel_rows(users)
-            p = metric.params
-            if metric.kind == "full":  # U S fused with the row-wise dot, no (B, n) temporary
-                _core.score_pairs_factored(users, ads, p["S"], None, None, bias, target, threads)
-            elif metric.kind == "low_rank":  # (U P) . (A Q) + the diagonal, fused the same way
-                _core.score_pairs_factored(users, ads, p["P"], p["Q"], p["d"], bias, target, threads)
-            else:  # one streaming pass, weights applied in the kernel
-                weights = None if metric.kind == "dot" else metric.diag_weights()
-                _core.score_pairs(users, ads, weights, bias, target, threads)
-        else:
-            users = kernel_rows(users)
-            if users.ndim == 1 or users.shape[0] == 1:  # one user: the candidates split across threads
-                target = _target(out, ads.shape[:1] if users.ndim == 1 else (1, ads.shape[0]))
-                _core.score_one(self._fold_one(metric, users), ads, bias, target.reshape(-1), threads)
-            else:
-                target = _target(out, (users.shape[0], ads.shape[0]))
-                folded = metric.fold(users, functools.partial(matmul, threads=threads))
-                _core.score_cross(kernel_rows(folded), ads, bias, target, threads)
+    @staticmethod
+    def _threads(threads):
+        return _MAX_THREADS if threads is None else threads
+
+    def score(self, users, store, metric, *, ids, threads, out):
+        data, dtype, scales = _storage(store)
+        users = kernel_rows(users)
+        count = data.shape[0] if ids is None else len(ids)
+        target = _target(out, (count,) if users.ndim == 1 else (users.shape[0], count))
+        _core.score(users, data, dtype, scales, ids, *metric.form, metric.bias, target, self._threads(threads))
         if out is not None and target is not out:
             out[...] = target
             return out
         return target
 
-    @staticmethod
-    def _fold_one(metric, users):
-        """One user folded as a vector, the same bits for score and topk."""
-        return kernel_rows(metric.fold(users.reshape(-1), matmul))
+    def topk(self, users, store, k, metric, *, ids, threads):
+        data, dtype, scales = _storage(store)
+        users = kernel_rows(users)
+        shape = (k,) if users.ndim == 1 else (users.shape[0], k)
+        scores, found = np.empty(shape, np.float32), np.empty(shape, np.int64)
+        _core.topk(users, data, dtype, scales, ids, *metric.form, metric.bias, k, scores, found,
+                   self._threads(threads))
+        return scores, found
 
-    def topk(self, users, ads, k, metric, *, threads):
-        ads, users = kernel_rows(ads), kernel_rows(users)
-        scores = np.empty((users.shape[0], k), np.float32)
-        ids = np.empty((users.shape[0], k), np.int64)
-        if users.shape[0] == 1:  # one user: the candidates split across threads
-            _core.topk_one(self._fold_one(metric, users), ads, k, metric.bias, scores[0], ids[0], _threads(threads))
-        else:
-            threads = _threads(threads)
-            folded = metric.fold(users, functools.partial(matmul, threads=threads))
-            _core.topk_cross(kernel_rows(folded), ads, k, metric.bias, scores, ids, threads)
-        return scores, ids
+    def score_pairs(self, users, ads, metric, *, threads, out):
+        target = _target(out, ads.shape[:1])
+        _core.score_pairs(kernel_rows(users), kernel_rows(ads), *metric.form, metric.bias, target,
+                          self._threads(threads))
+        if out is not None and target is not out:
+            out[...] = target
+            return out
+        return target
+
+    # The fast path's calls: float32 numpy arrays whose layout the binding checks (ValueError).
+    # They read the metric's slots directly: W6's whole call is a few microseconds.
+    def score_plain(self, user, ads, metric, out):
+        diag, left, right = metric._form
+        _core.score(user, ads, "float32", None, None, diag, left, right, metric._bias, out, _MAX_THREADS)
+
+    def topk_plain(self, user, ads, k, metric, scores, ids):
+        diag, left, right = metric._form
+        _core.topk(user, ads, "float32", None, None, diag, left, right, metric._bias, k, scores, ids, _MAX_THREADS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
+from ._arrays import ArrayBackend
 from .._order import chunked_topk, topk_torch
 
 _THREADS_LOCK = threading.Lock()  # torch's thread count is process-wide
@@ -24,7 +25,7 @@ def _torch_threads(torch, threads, device):
             torch.set_num_threads(previous)
 
 
-class TorchBackend:
+class TorchBackend(ArrayBackend):
     name = "torch"
     native = "torch"
 
@@ -44,7 +45,18 @@ class TorchBackend:
             raw = ads @ folded if folded.dim() == 1 else folded @ ads.T
         return raw + bias
 
-    def score(self, users, ads, metric, *, pairwise, threads, out):
+    def as_rows(self, rows, like):
+        import torch
+
+        return torch.from_numpy(rows if rows.flags.writeable else rows.copy()).to(like.device)
+
+    @staticmethod
+    def concatenate(parts):
+        import torch
+
+        return torch.cat(parts, -1)
+
+    def score_rows(self, users, ads, metric, *, pairwise, threads, out):
         import torch
 
         with _torch_threads(torch, threads, ads.device), torch.no_grad():
@@ -55,7 +67,7 @@ class TorchBackend:
         out.copy_(result)
         return out
 
-    def topk(self, users, ads, k, metric, *, threads):
+    def topk_rows(self, users, ads, k, metric, *, threads):
         import torch
 
         with _torch_threads(torch, threads, ads.device), torch.no_grad():

@@ -1,9 +1,6 @@
-"""The blog's experiment end to end (`splitnet-kernels experiment`): train a SplitNet with every
-metric kind on the same campaign data, then report quality per objective and serving cost per kind.
-
-Quality is measured through the serving path: the learned embeddings scored by sk.score / sk.topk
-with each head's exported sk.Metric. Torch is imported only when the experiment runs.
-"""
+"""The experiment's run: the variants and settings, training every variant per seed, evaluating
+it through the serving path, its serving cost, and the summary over seeds. Torch is imported
+only when run_experiment is called."""
 
 from __future__ import annotations
 
@@ -16,11 +13,13 @@ import numpy as np
 
 import splitnet_kernels as sk
 
+from ..bench.report import Progress
+from ..bench.timing import median_time
 from . import campaign
-from .benchmarks import Progress, median_time
+from .measures import quality, recall_at_k
+from .report import plot, render
 
-__all__ = ["Variant", "VARIANTS", "Settings", "run_experiment", "auc", "normalized_entropy", "calibration",
-           "recall_at_k", "add_parser"]
+__all__ = ["Variant", "VARIANTS", "BASELINES", "GROUND_TRUTH", "Settings", "run_experiment"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,56 +63,6 @@ class Settings:
         return dataclasses.replace(base, **overrides)
 
 
-# ---- quality measures (numpy) -------------------------------------------------------------------
-def auc(labels, scores) -> float:
-    """Area under the ROC curve from ranks (ties share their mean rank); NaN without both classes."""
-    labels = np.asarray(labels, bool)
-    scores = np.asarray(scores, np.float64)
-    positives, negatives = labels.sum(), (~labels).sum()
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    ranks = np.empty(len(scores))
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # 1-based mean rank per tie group
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def _bce(labels, logits) -> np.ndarray:
-    """Binary cross-entropy per example, from logits, without overflow."""
-    return np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))
-
-
-def normalized_entropy(labels, logits) -> float:
-    """Mean log loss over the entropy of the base rate: below 1 beats predicting the base rate."""
-    labels, logits = np.asarray(labels, np.float64), np.asarray(logits, np.float64)
-    rate = labels.mean() if labels.size else float("nan")
-    if not 0 < rate < 1:
-        return float("nan")
-    return float(_bce(labels, logits).mean() / -(rate * np.log(rate) + (1 - rate) * np.log1p(-rate)))
-
-
-def calibration(labels, logits) -> float:
-    """Sum of predicted probabilities over sum of labels: 1 is calibrated."""
-    positives = float(np.sum(labels))
-    return float(campaign._sigmoid(np.asarray(logits, np.float64)).sum() / positives) if positives else float("nan")
-
-
-def recall_at_k(data: campaign.CampaignData, users: np.ndarray, user_embeddings, ad_embeddings, metric, objective: int,
-                k: int) -> float:
-    """Mean share of each user's ground-truth top-k ads (of this objective) that sk.topk finds
-    with the learned embeddings and exported metric."""
-    ads = np.flatnonzero(data.ad_objective == objective)
-    k = min(k, len(ads))
-    if k == 0:
-        return float("nan")
-    truth = np.argpartition(-data.true_scores(users, ads, objective), k - 1, axis=1)[:, :k]
-    _, found = sk.topk(user_embeddings[users], ad_embeddings[ads], k, metric)
-    return float(np.mean([np.isin(f, t).sum() / k for f, t in zip(found, truth)]))
-
-
 # ---- training -----------------------------------------------------------------------------------
 def _train(model, data, train, settings: Settings, seed: int, progress: Progress, label: str) -> float:
     """Adam on the mean BCE-with-logits of each impression's own objective; returns the last epoch's loss."""
@@ -152,11 +101,6 @@ def _train(model, data, train, settings: Settings, seed: int, progress: Progress
     return total / count
 
 
-def _quality(labels, logits, recall: float) -> dict:
-    return {"auc": auc(labels, logits), "ne": normalized_entropy(labels, logits),
-            "calibration": calibration(labels, logits), "recall_at_k": recall}
-
-
 def _evaluate(model, data, test, recall_users, settings: Settings) -> dict:
     """Per objective: AUC, NE, calibration on the test impressions, scored by sk.score with the
     exported metric; recall@K when the data has a ground truth."""
@@ -171,14 +115,14 @@ def _evaluate(model, data, test, recall_users, settings: Settings) -> dict:
                           pairwise=True).astype(np.float64)
         recall = (recall_at_k(data, recall_users, user_embeddings, ad_embeddings, metric, t, settings.top_k)
                   if data.has_truth else float("nan"))
-        results[name] = _quality(data.labels[mine], logits, recall)
+        results[name] = quality(data.labels[mine], logits, recall)
     return results
 
 
 def _ground_truth(data, test) -> dict:
     """The same measures for the true logits: the ceiling no model can beat (but by noise)."""
     test_objective = data.pair_objective[test]
-    return {name: _quality(data.labels[test[test_objective == t]], data.true_logits[test[test_objective == t]], 1.0)
+    return {name: quality(data.labels[test[test_objective == t]], data.true_logits[test[test_objective == t]], 1.0)
             for t, name in enumerate(data.objectives)}
 
 
@@ -207,7 +151,8 @@ def run_experiment(data: campaign.CampaignData | None = None, *, seeds: int = 1,
     """
     import torch
 
-    from .nn import SplitNet
+    from .._metric import takes_rank
+    from ..nn import SplitNet
 
     if seeds < 1:
         raise ValueError(f"seeds: must be >= 1, got {seeds}")
@@ -215,7 +160,8 @@ def run_experiment(data: campaign.CampaignData | None = None, *, seeds: int = 1,
     variants = _pick_variants(variants)
     out = sys.stdout if out is None else out
     progress = Progress(seeds * len(variants) * settings.epochs + len(variants), show_progress)
-    runs, heads = [], {}
+    runs: list[dict] = []
+    heads: dict[str, SplitNet] = {}  # the seed-0 model of each variant, for the serving cost
     for seed in range(seeds):
         seed_data = data if data is not None else campaign.make_campaign(seed, **settings.campaign)
         if seed == 0:
@@ -232,7 +178,7 @@ def run_experiment(data: campaign.CampaignData | None = None, *, seeds: int = 1,
             with torch.random.fork_rng(devices=[]):  # the same towers at the start for every variant
                 torch.manual_seed(seed)
                 model = SplitNet(seed_data.user_features.shape[1], seed_data.ad_features.shape[1], settings.dim,
-                                 kind=variant.kind, rank=settings.rank if variant.kind == "low_rank" else None,
+                                 kind=variant.kind, rank=settings.rank if takes_rank(variant.kind) else None,
                                  n_objectives=len(seed_data.objectives) if variant.per_objective else None,
                                  hidden=settings.hidden)
                 start = time.perf_counter()
@@ -318,100 +264,3 @@ def _summarize(runs, cost, variants, data, seeds: int, settings: Settings) -> di
         "paired_auc_difference": paired,
         "cost": cost,
     }
-
-
-def _cell(stats: dict, digits: int = 4) -> str:
-    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
-
-
-def render(result: dict) -> str:
-    """The results table as text."""
-    settings, data = result["settings"], result["data"]
-    k = settings["top_k"]
-    lines = [f"metric learning for SplitNet: {result['seeds']} seed(s), {data['users']:,} users, {data['ads']:,} ads, "
-             f"{data['impressions']:,} impressions ({settings['test_fraction']:.0%} held out), n={settings['dim']}, "
-             f"low_rank rank {settings['rank']}, {settings['epochs']} epochs; mean ± std over seeds",
-             "  '+obj': a bias and a scale per objective; without it one shared bias"]
-    for name, facts in data["objectives"].items():
-        lines.append(f"\nobjective {name} (base rate {facts['base_rate']:.2%})")
-        lines.append(f"  {'variant':14s} {'AUC':>17s} {'NE':>17s} {'calibration':>17s} {f'recall@{k}':>17s}")
-        for variant, per_objective in result["summary"].items():
-            row = per_objective[name]
-            lines.append(f"  {variant:14s} {_cell(row['auc']):>17s} {_cell(row['ne']):>17s} "
-                         f"{_cell(row['calibration']):>17s} {_cell(row['recall_at_k']):>17s}")
-    low = result["low_rate_objective"]
-    for baseline, differences in result["paired_auc_difference"].items():
-        lines.append(f"\n{low} AUC minus {baseline}'s, paired seed by seed")
-        lines.extend(f"  {variant:14s} {stats['mean']:+.4f} ± {stats['std']:.4f}"
-                     for variant, stats in differences.items())
-    lines.append(f"\nserving cost: one user x {settings['serving_candidates']:,} candidates through sk.score "
-                 "(S folded into the user once); per pair: every pair its own user")
-    lines.append(f"  {'variant':14s} {'head params':>11s} {'ns/candidate':>12s} {'candidates/ms':>13s} "
-                 f"{'ns/pair':>9s}")
-    for variant, c in result["cost"].items():
-        lines.append(f"  {variant:14s} {c['head_parameters']:11,d} {c['ns_per_candidate']:12.3f} "
-                     f"{c['candidates_per_ms']:13,.0f} {c['ns_per_pair_unfolded']:9.3f}")
-    return "\n".join(lines)
-
-
-def plot(result: dict, path) -> None:
-    """PNG: AUC on the low-base-rate objective against cost per candidate, folded and per pair."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    low = result["low_rate_objective"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    panels = ((axes[0], "ns_per_candidate", "serving: one user x many candidates (S folded into the user)"),
-              (axes[1], "ns_per_pair_unfolded", "per pair: every pair its own user (training, re-scoring)"))
-    for ax, key, title in panels:
-        for i, (variant, cost) in enumerate(result["cost"].items()):
-            stats = result["summary"][variant][low]["auc"]
-            ax.errorbar(cost[key], stats["mean"], yerr=stats["std"], fmt="s" if variant.endswith("+obj") else "o",
-                        color=f"C{i % 10}", capsize=3, label=variant)
-        ax.set_xlim(0, 1.35 * max(cost[key] for cost in result["cost"].values()))
-        ax.set_xlabel("ns per candidate (measured)")
-        ax.set_title(title, fontsize=9)
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel(f"AUC on {low} (mean ± std, {result['seeds']} seed(s))")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ---- command line -------------------------------------------------------------------------------
-def _run(args) -> int:
-    data = campaign.load(args.data) if args.data else None
-    overrides = {"epochs": args.epochs} if args.epochs else {}
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
-    run_experiment(data, seeds=args.seeds, quick=args.quick, variants=variants,
-                   settings=Settings.default(args.quick, **overrides), show_progress=not args.no_progress,
-                   json_path=args.json, plot_path=args.plot)
-    return 0
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def add_parser(commands):
-    """Registers `experiment` on an argparse subparsers object (cli.py's `commands`)."""
-    parser = commands.add_parser("experiment", help="train every metric kind on campaign data: quality and cost",
-                                 description=__doc__)
-    parser.add_argument("--seeds", type=_positive, default=1, help="seeds (data, split, init); mean ± std when > 1")
-    parser.add_argument("--quick", action="store_true", help="smaller data, fewer epochs")
-    parser.add_argument("--epochs", type=_positive, help="training epochs (default 5, or 2 with --quick)")
-    parser.add_argument("--variants", metavar="LIST",
-                        help=f"comma-separated subset of: {', '.join(v.name for v in VARIANTS)}")
-    parser.add_argument("--data", metavar="PATH", help="your own data: .npz or .parquet directory "
-                        "(fields in splitnet_kernels.campaign.CampaignData); default: synthetic, one set per seed")
-    parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
-    parser.add_argument("--plot", metavar="PATH", help="write AUC (low-base-rate objective) against cost as PNG")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=_run)
-    return parser

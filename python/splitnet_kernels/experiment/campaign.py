@@ -129,6 +129,9 @@ class CampaignData:
         """Ground-truth logits (float64) of users (indices, (M,)) against ads (indices, (N,)): (M, N)."""
         if not self.has_truth:
             raise ValueError("true_scores: this data has no ground truth (only synthetic data does)")
+        # __post_init__ accepts all of _TRUTH or none, and has_truth says true_S is set, so all are.
+        assert self.user_latent is not None and self.ad_latent is not None and self.true_bias is not None
+        assert self.true_S is not None
         z_u = self.user_latent[np.asarray(users)].astype(np.float64)
         z_a = self.ad_latent[np.asarray(ads)].astype(np.float64)
         return z_u @ self.true_S[objective].astype(np.float64) @ z_a.T + float(self.true_bias[objective])
@@ -263,14 +266,16 @@ def _save_parquet(data: CampaignData, path: pathlib.Path):
     pa, pq = _pyarrow()
     path.mkdir(parents=True, exist_ok=True)
     meta = {"objectives": json.dumps(list(data.objectives))}
-    if data.has_truth:
-        meta["true_S"] = json.dumps(data.true_S.tolist())
-        meta["true_bias"] = json.dumps(data.true_bias.tolist())
     users = {"user": np.arange(len(data.user_features)), "features": _list_column(pa, data.user_features)}
     ads = {"ad": np.arange(len(data.ad_features)), "objective": np.array(data.objectives)[data.ad_objective],
            "features": _list_column(pa, data.ad_features)}
     impressions = {"user": data.pairs[:, 0], "ad": data.pairs[:, 1], "label": data.labels}
     if data.has_truth:
+        # __post_init__ accepts all of _TRUTH or none, and has_truth says true_S is set, so all are.
+        assert data.true_S is not None and data.true_bias is not None
+        assert data.user_latent is not None and data.ad_latent is not None and data.true_logits is not None
+        meta["true_S"] = json.dumps(data.true_S.tolist())
+        meta["true_bias"] = json.dumps(data.true_bias.tolist())
         users["latent"] = _list_column(pa, data.user_latent)
         ads["latent"] = _list_column(pa, data.ad_latent)
         impressions["true_logit"] = data.true_logits

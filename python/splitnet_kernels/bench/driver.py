@@ -1,4 +1,4 @@
-"""The benchmark driver behind `splitnet-kernels bench`: workloads W1-W7 of DESIGN.md.
+"""The benchmark driver behind `splitnet-kernels bench`: workloads W1-W7 of docs/design.md.
 
 Every table is measured in one run, side by side: our kernels, the other backends, and what a
 user would pick instead (NumPy/BLAS, PyTorch, FAISS, Numba), each as a median time, its ratio to
@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import platform
-import statistics
 import sys
 import time
 
@@ -20,84 +17,11 @@ import numpy as np
 
 import splitnet_kernels as sk
 
-from .backends._simd import _core
+from . import workloads as wl
+from .report import Progress, Table, plot_w7
+from .timing import floor_beside, machine_facts, median_time, median_times_in_turns
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
-
-
-# ---- measurement --------------------------------------------------------------------------
-def median_time(fn, repeat: int, min_seconds: float = 0.0) -> float:
-    """Median seconds of one call of fn over `repeat` rounds, after one warm-up call. A round
-    repeats fn until it lasts min_seconds, so microsecond calls are timed over many calls."""
-    fn()
-    calls = 1
-    if min_seconds > 0:
-        start = time.perf_counter()
-        fn()
-        once = max(time.perf_counter() - start, 1e-9)
-        calls = max(1, int(min_seconds / once))
-    rounds = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        rounds.append((time.perf_counter() - start) / calls)
-    return statistics.median(rounds)
-
-
-def median_times_in_turns(fns: dict, repeat: int) -> dict:
-    """Median seconds of one call of each fn, timed in turns (every fn once per round, after a
-    warm-up call each), so a drift in this host's memory bandwidth falls on all of them alike."""
-    for fn in fns.values():
-        fn()
-    rounds = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            rounds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(r) for name, r in rounds.items()}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_facts(quick: bool) -> dict:
-    """CPU, BLAS, threads, and the two floors: read bandwidth and sgemm rate, measured now."""
-    threads = _core.max_threads()
-    buffer = np.ones((64 if quick else 256) << 20 >> 3, np.float64)  # well beyond the L3
-    read_s = median_time(lambda: _core.read_bytes(buffer, threads), 5)
-    a = np.random.default_rng(0).standard_normal((2048, 512)).astype(np.float32)
-    b = np.random.default_rng(1).standard_normal((512, 2048)).astype(np.float32)
-    gemm_s = median_time(lambda: a @ b, 5)
-    blas = []
-    try:
-        from threadpoolctl import threadpool_info
-
-        blas = [{k: pool.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
-                for pool in threadpool_info() if pool.get("user_api") == "blas"]
-    except ImportError:
-        pass
-    return {
-        "cpu": _cpu_name(),
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "isa": _core.active_isa(),
-        "blas": blas,
-        "read_bandwidth_GBps": buffer.nbytes / read_s / 1e9,
-        "sgemm_GFLOPs": 2 * 2048 * 512 * 2048 / gemm_s / 1e9,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "splitnet_kernels": sk.__version__,
-    }
 
 
 # ---- the peers (real packages, loaded when present) ---------------------------------------
@@ -120,81 +44,10 @@ class Peers:
         return index
 
 
-# ---- tables ---------------------------------------------------------------------------------
-class Table:
-    def __init__(self, workload: str, title: str, floor_s: float | None, floor_note: str):
-        self.workload, self.title, self.floor_s, self.floor_note = workload, title, floor_s, floor_note
-        self.rows: list[tuple[str, float]] = []  # (name, median seconds); the first is ours
-        self.targets: list[tuple[str, bool]] = []
-        self.notes: list[str] = []
-
-    def add(self, name: str, seconds: float):
-        self.rows.append((name, seconds))
-
-    def time_of(self, name: str) -> float | None:
-        return next((s for n, s in self.rows if n == name), None)
-
-    def target(self, text: str, ok: bool):
-        self.targets.append((text, bool(ok)))
-
-    def render(self) -> str:
-        ours = self.rows[0][1] if self.rows else float("nan")
-        lines = [f"{self.workload}: {self.title}"]
-        if self.floor_s:
-            lines.append(f"  floor {self.floor_s * 1e3:.3f} ms ({self.floor_note})")
-        lines.append(f"  {'implementation':44s} {'median':>11s} {'x ours':>8s} {'floor/time':>10s}")
-        for name, seconds in self.rows:
-            efficiency = f"{self.floor_s / seconds:10.2f}" if self.floor_s else f"{'':10s}"
-            lines.append(f"  {name:44s} {_fmt_time(seconds):>11s} {seconds / ours:8.2f} {efficiency}")
-        for text, ok in self.targets:
-            lines.append(f"  [{'met' if ok else 'MISSED'}] {text}")
-        lines.extend(f"  note: {n}" for n in self.notes)
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict:
-        return {"workload": self.workload, "title": self.title, "floor_s": self.floor_s,
-                "floor_note": self.floor_note, "rows": [{"name": n, "median_s": s} for n, s in self.rows],
-                "targets": [{"target": t, "met": ok} for t, ok in self.targets], "notes": self.notes}
-
-
-def _fmt_time(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.3f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3f} ms"
-    return f"{seconds * 1e6:.2f} us"
-
-
-class Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.enabled = total, 0, enabled and total > 0
-
-    def step(self, label: str):
-        self.done += 1
-        if self.enabled:
-            width = 30
-            filled = int(width * self.done / self.total)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label:40.40s}")
-            sys.stderr.flush()
-            if self.done == self.total:
-                sys.stderr.write("\n")
-
-
 # ---- workloads ------------------------------------------------------------------------------
-def _data(n_rows: int, dim: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n_rows, dim), dtype=np.float32)
-
-
-def _numpy_topk(scores: np.ndarray, k: int):
-    part = np.argpartition(-scores, k - 1)[:k]
-    return part[np.argsort(-scores[part], kind="stable")]
-
-
 def w1(ctx) -> Table:
-    n, N = 64, ctx.n_cands
-    ads, user = _data(N, n, 1), _data(1, n, 2)[0]
+    n, N = wl.DIM, ctx.n_cands
+    ads, user = wl.one_user(N)
     out = np.empty(N, np.float32)
     floor, ours = ctx.floor_beside({"ours": lambda: sk.score(user, ads, out=out)}, ads, extra_bytes=N * 4)
     t = Table("W1", f"one user x {N:,} candidates, all scores (n={n})", floor,
@@ -209,17 +62,17 @@ def w1(ctx) -> Table:
     t.add("splitnet_kernels numpy (float64 reference)", median_time(lambda: sk.score(user, ads, backend="numpy"), 1))
     ours = t.rows[0][1]
     t.target(">= 0.90 x the read-bandwidth floor", floor / ours >= 0.90)
-    t.target("not slower than numpy A @ u", ours <= t.time_of("numpy  A @ u"))
+    t.target("not slower than numpy A @ u", ours <= t.seconds_of("numpy  A @ u"))
     return t
 
 
 def w2(ctx) -> Table:
-    n, N, k = 64, ctx.n_cands, 100
-    ads, user = _data(N, n, 1), _data(1, n, 2)[0]
+    n, N, k = wl.DIM, ctx.n_cands, wl.TOP_K
+    ads, user = wl.one_user(N)
     floor, ours = ctx.floor_beside({"ours": lambda: sk.topk(user, ads, k)}, ads)
     t = Table("W2", f"one user x {N:,} candidates, top-{k}", floor, "reading the candidates once, timed in turns with ours")
     t.add("splitnet_kernels simd", ours["ours"])
-    t.add("numpy  A @ u + argpartition", median_time(lambda: _numpy_topk(ads @ user, k), ctx.repeat))
+    t.add("numpy  A @ u + argpartition", median_time(lambda: wl.numpy_topk(ads @ user, k), ctx.repeat))
     if ctx.peers.faiss is not None:
         index = ctx.peers.faiss_index(ads)
         t.add("faiss  IndexFlatIP.search", median_time(lambda: index.search(user[None], k), ctx.repeat))
@@ -230,17 +83,18 @@ def w2(ctx) -> Table:
     if ctx.peers.numba_ok:
         t.add("splitnet_kernels numba", median_time(lambda: sk.topk(user, ads, k, backend="numba"), ctx.repeat))
     ours = t.rows[0][1]
-    if t.time_of("faiss  IndexFlatIP.search"):
-        t.target(">= 2x faster than FAISS IndexFlatIP.search", t.time_of("faiss  IndexFlatIP.search") >= 2 * ours)
-    t.target(">= 1.2x faster than A @ u + argpartition", t.time_of("numpy  A @ u + argpartition") >= 1.2 * ours)
+    faiss = t.time_of("faiss  IndexFlatIP.search")  # None without faiss
+    if faiss:
+        t.target(">= 2x faster than FAISS IndexFlatIP.search", faiss >= 2 * ours)
+    t.target(">= 1.2x faster than A @ u + argpartition", t.seconds_of("numpy  A @ u + argpartition") >= 1.2 * ours)
     return t
 
 
 def w3(ctx) -> list[Table]:
-    n, N, k = 64, ctx.n_cands, 100
-    ads, user = _data(N, n, 1), _data(1, n, 2)[0]
+    n, N, k = wl.DIM, ctx.n_cands, wl.TOP_K
+    ads, user = wl.one_user(N)
     _, exact = sk.topk(user, ads, k)
-    sets = {dtype: sk.Candidates(ads, dtype=dtype) for dtype in ("float32", "bfloat16", "float16", "int8")}
+    sets = {dtype: sk.Candidates(ads, dtype=dtype) for dtype in wl.DTYPES}
     floor, times = ctx.floor_beside({dtype: functools.partial(cands.topk, user, k) for dtype, cands in sets.items()}, ads)
     t = Table("W3", f"W2 with reduced-precision candidates (one user x {N:,}, top-{k})", floor,
               "reading the float32 candidates once, timed in turns with the sets")
@@ -281,8 +135,8 @@ def _serving_threads(ctx, cands, user) -> Table:
 
 
 def w4(ctx) -> list[Table]:
-    n, N, M, k = 64, ctx.n_cands, 128, 100
-    ads, users = _data(N, n, 1), _data(M, n, 3)
+    n, N, M, k = wl.DIM, ctx.n_cands, wl.USERS, wl.TOP_K
+    ads, users = wl.many_users(N)
     floor = 2 * M * N * n / ctx.gemm_flops
     t = Table("W4", f"{M} users x {N:,} candidates, top-{k} each", floor, "flops over measured sgemm rate")
     t.add("splitnet_kernels simd", median_time(lambda: sk.topk(users, ads, k), ctx.repeat_slow))
@@ -297,9 +151,10 @@ def w4(ctx) -> list[Table]:
     if ctx.peers.numba_ok:
         t.add("splitnet_kernels numba", median_time(lambda: sk.topk(users, ads, k, backend="numba"), ctx.repeat_slow))
     ours = t.rows[0][1]
-    if t.time_of("faiss  IndexFlatIP.search"):
-        t.target(">= 10x faster than FAISS", t.time_of("faiss  IndexFlatIP.search") >= 10 * ours)
-    t.target("<= 1.2x the time of numpy U @ A.T alone", ours <= 1.2 * t.time_of("numpy  U @ A.T (scores only)"))
+    faiss = t.time_of("faiss  IndexFlatIP.search")  # None without faiss
+    if faiss:
+        t.target(">= 10x faster than FAISS", faiss >= 10 * ours)
+    t.target("<= 1.2x the time of numpy U @ A.T alone", ours <= 1.2 * t.seconds_of("numpy  U @ A.T (scores only)"))
     return [t, _many_users_on_candidates(ctx, ads, users, k, floor)]
 
 
@@ -308,7 +163,7 @@ def _many_users_on_candidates(ctx, ads, users, k, floor) -> Table:
     t = Table("W4", f"W4 on prepared candidate sets ({users.shape[0]} users x {ads.shape[0]:,}, top-{k} each)", floor,
               "float32 flops over measured sgemm rate")
     _, exact = sk.topk(users, ads, k)
-    for dtype in ("float32", "bfloat16", "float16", "int8"):
+    for dtype in wl.DTYPES:
         cands = sk.Candidates(ads, dtype=dtype)
         t.add(f"Candidates {dtype}", median_time(lambda: cands.topk(users, k), ctx.repeat_slow))
         found = cands.topk(users, k)[1]
@@ -318,15 +173,15 @@ def _many_users_on_candidates(ctx, ads, users, k, floor) -> Table:
 
 
 def w5(ctx) -> list[Table]:
-    n, B = 64, ctx.n_pairs
-    users, ads = _data(B, n, 4), _data(B, n, 5)
-    rng = np.random.default_rng(6)
-    s = rng.standard_normal(n).astype(np.float32)
-    S = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
+    n, B = wl.DIM, ctx.n_pairs
+    users, ads = wl.pairs(B)
+    metrics = wl.pair_metrics(n)
+    s, S = metrics["diagonal"][1], metrics["full"][1]
     torch = ctx.peers.torch
     tables = []
     out = np.empty(B, np.float32)
-    for kind, metric in (("dot", None), ("diagonal", sk.Metric.diagonal(s)), ("full", sk.Metric.full(S))):
+    for kind in wl.PAIR_KINDS:
+        metric = metrics[kind][0]
         stream_floor, ours = ctx.floor_beside({"ours": lambda: sk.score(users, ads, metric, pairwise=True, out=out)},
                                               users, ads, extra_bytes=B * 4)
         if kind == "full":
@@ -372,12 +227,12 @@ def w5(ctx) -> list[Table]:
 
 
 def w6(ctx) -> Table:
-    n, N, k = 64, 1000, 10
-    ads, user = _data(N, n, 7), _data(1, n, 8)[0]
+    n, N, k = wl.DIM, wl.REQUEST_CANDIDATES, wl.REQUEST_K
+    ads, user = wl.one_request()
     t = Table("W6", f"one user x {N:,} candidates, top-{k}: latency of one Python call", None, "")
     fast = 0.2 if not ctx.quick else 0.05
     t.add("splitnet_kernels sk.topk", median_time(lambda: sk.topk(user, ads, k), ctx.repeat, fast))
-    t.add("numpy  A @ u + argpartition", median_time(lambda: _numpy_topk(ads @ user, k), ctx.repeat, fast))
+    t.add("numpy  A @ u + argpartition", median_time(lambda: wl.numpy_topk(ads @ user, k), ctx.repeat, fast))
     if ctx.peers.faiss is not None:
         index = ctx.peers.faiss_index(ads)
         query = user[None]
@@ -387,36 +242,25 @@ def w6(ctx) -> Table:
         ta, tu = torch.from_numpy(ads), torch.from_numpy(user)
         t.add("torch  topk(A @ u)", median_time(lambda: torch.topk(ta @ tu, k), ctx.repeat, fast))
     ours = t.rows[0][1]
-    t.target(">= 2x faster than A @ u + argpartition", t.time_of("numpy  A @ u + argpartition") >= 2 * ours)
-    if t.time_of("faiss  IndexFlatIP.search"):
-        t.target(">= 3x faster than FAISS", t.time_of("faiss  IndexFlatIP.search") >= 3 * ours)
+    t.target(">= 2x faster than A @ u + argpartition", t.seconds_of("numpy  A @ u + argpartition") >= 2 * ours)
+    faiss = t.time_of("faiss  IndexFlatIP.search")  # None without faiss
+    if faiss:
+        t.target(">= 3x faster than FAISS", faiss >= 3 * ours)
     return t
 
 
-def _metrics_for(n: int, rng) -> dict:
-    rank = max(1, n // 8)
-    return {
-        "dot": sk.Metric.dot(n),
-        "scaled": sk.Metric.scaled(n, 0.5),
-        "diagonal": sk.Metric.diagonal(rng.standard_normal(n)),
-        "low_rank": sk.Metric.low_rank(rng.standard_normal((n, rank)), rng.standard_normal((n, rank)),
-                                       d=rng.standard_normal(n)),
-        "full": sk.Metric.full(rng.standard_normal((n, n)) / np.sqrt(n)),
-    }
-
-
 def w7(ctx) -> Table:
-    dims = (16, 32, 64, 128, 256, 512)
+    dims = wl.W7_DIMS
     budget = ctx.w7_bytes
     t = Table("W7", "cost per candidate (ns) against n, folded (one user vs many) vs per pair", None, "")
     rng = np.random.default_rng(9)
-    grid = {}
+    grid: dict[tuple[int, str], tuple[float, float]] = {}
     for n in dims:
-        N = max(1024, budget // (4 * n))
-        ads, users = _data(N, n, 10), _data(N, n, 11)
+        N = wl.w7_rows(n, budget)
+        ads, users = wl.w7_data(N, n)
         out = np.empty(N, np.float32)
         sk.score(users, ads, pairwise=True, out=out)  # touch every page before timing
-        metrics = _metrics_for(n, rng)
+        metrics = wl.metrics_for(n, rng)
         time.sleep(0.2)  # lets the idle BLAS threads of the peers measured before stop spinning first
         folded = median_times_in_turns({kind: functools.partial(sk.score, users[0], ads, m, out=out)
                                         for kind, m in metrics.items()}, 2 * ctx.repeat_w7)
@@ -424,7 +268,7 @@ def w7(ctx) -> Table:
             grid[(n, kind)] = (folded[kind] / N, median_time(lambda: sk.score(users, ads, m, pairwise=True, out=out),
                                                              ctx.repeat_w7) / N)
         ctx.progress.step(f"W7 n={n}")
-    kinds = list(_metrics_for(16, rng))
+    kinds = list(wl.metrics_for(16, rng))
     header = "  n    " + "".join(f"{k + ' fold':>14s}{k + ' pair':>14s}" for k in kinds)
     lines = [header] + ["  " + f"{n:<5d}" + "".join(f"{grid[(n, k)][0] * 1e9:14.3f}{grid[(n, k)][1] * 1e9:14.3f}"
                                                   for k in kinds) for n in dims]
@@ -438,60 +282,31 @@ def w7(ctx) -> Table:
     return t
 
 
-def plot_w7(table: Table, path: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dims = sorted({n for n, _ in table.grid})
-    kinds = sorted({k for _, k in table.grid}, key=["dot", "scaled", "diagonal", "low_rank", "full"].index)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for i, kind in enumerate(kinds):
-        color = f"C{i}"
-        ax.plot(dims, [table.grid[(n, kind)][0] * 1e9 for n in dims], "-o", color=color, label=f"{kind}, folded")
-        ax.plot(dims, [table.grid[(n, kind)][1] * 1e9 for n in dims], "--s", color=color, label=f"{kind}, per pair")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("embedding dimension n")
-    ax.set_ylabel("ns per candidate")
-    ax.set_title("W7: one user vs many (folded) against per-pair scoring")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 class Context:
     def floor_beside(self, fns: dict, *arrays, extra_bytes: int = 0):
-        """(floor, {name: seconds}): the seconds to read these arrays once (plus extra_bytes at the
-        same rate) and of one call of each fn, timed in turns, so that this host's drifting memory
-        bandwidth (41-78 GB/s seen) falls on the floor and the kernels alike."""
-        reads = {("read", i): functools.partial(_core.read_bytes, a, _core.max_threads()) for i, a in enumerate(arrays)}
-        times = median_times_in_turns({**reads, **fns}, self.repeat)
-        floor = sum(times.pop(key) for key in reads) * (1 + extra_bytes / sum(a.nbytes for a in arrays))
-        return floor, times
+        """timing.floor_beside at this run's repeat count and threads: (floor, {name: seconds})."""
+        return floor_beside(fns, arrays, self.repeat, self.threads, extra_bytes)
 
     def __init__(self, quick: bool, progress: Progress, facts: dict):
         self.quick = quick
         self.progress = progress
         self.gemm_flops = facts["sgemm_GFLOPs"] * 1e9
-        self.n_cands = 100_000 if quick else 1_000_000
-        self.n_pairs = 100_000 if quick else 1_000_000
+        self.threads = facts["threads"]
+        self.n_cands = wl.QUICK_CANDIDATES if quick else wl.CANDIDATES
+        self.n_pairs = wl.QUICK_PAIRS if quick else wl.PAIRS
         self.repeat = 3 if quick else 7
         self.repeat_slow = 3 if quick else 5
-        self.w7_bytes = (4 if quick else 64) << 20  # default: past the L3, as in serving
+        self.w7_bytes = wl.QUICK_W7_BYTES if quick else wl.W7_BYTES
         self.repeat_w7 = 3 if quick else 9
         self.peers = Peers()
 
 
 RUNNERS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7}
-STEPS = {"W7": 6}
+STEPS = {"W7": len(wl.W7_DIMS)}  # W7 steps the progress bar once per n
 
 
 def run(workloads=WORKLOADS, quick=False, json_path=None, plot_path=None, show_progress=True, out=sys.stdout):
-    if _core is None:
+    if sk.info()["isa_active"] is None:  # the compiled kernels did not load
         raise RuntimeError(f"the compiled kernels are not available: {sk.backends()['simd']['reason']}")
     workloads = [w.upper() for w in workloads]
     unknown = [w for w in workloads if w not in RUNNERS]

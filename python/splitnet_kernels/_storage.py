@@ -1,0 +1,163 @@
+"""Candidate storage: every storage type's facts in one place, the packed rows, and the blocks
+of float rows that the array backends read.
+
+Storage types: float32; float16 (IEEE half); bfloat16 (float32 rounded to its top 16 bits, to
+nearest even); int8 with one float32 scale per row (row ~= scale * q, |q| <= 127, rounded to
+nearest). Packed rows are padded with zeros to a multiple of 64 elements and aligned to 64
+bytes, so kernels read whole vectors with no tail code. A plain float array of ads is candidate
+storage as it is (a float32 view made without copying); Storage is the packed kind.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._metric import _is_tensor
+
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int8": np.int8}
+ALIGN, PAD = 64, 64
+BLOCK_ROWS = 1 << 16  # rows widened per block: 16 MiB of float32 at n = 64
+# The kernels refuse longer int8 rows (src/core.cpp): int32 sums of 127 * 127 products could overflow.
+INT8_MAX_DIM = 1 << 17
+
+
+def stored_width(dim: int) -> int:
+    """Row length in storage: dim zero-padded to a multiple of PAD."""
+    return -(-dim // PAD) * PAD
+
+
+def _to_bfloat16(x: np.ndarray) -> np.ndarray:
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+
+
+def _int8_scales(ads: np.ndarray) -> np.ndarray:
+    """One float32 scale per row (row ~= scale * q, |q| <= 127): peak / 127 rounded down, so that
+    127 * scale never exceeds the peak (a float32 peak cannot overflow when widened), and at least
+    the smallest subnormal, so that a tiny row never gets scale 0 (which load refuses). All-zero
+    rows get 1. A peak beyond float32 gives a scale whose rows widen to infinity: refused later."""
+    peak = np.abs(ads).max(axis=1, initial=0).astype(np.float64)
+    wanted = peak / 127
+    scales = wanted.astype(np.float32)
+    scales = np.where(scales > wanted, np.nextafter(scales, np.float32(0)), scales)
+    tiny = np.finfo(np.float32).smallest_subnormal
+    return np.where(peak > 0, np.maximum(scales, tiny), np.float32(1)).astype(np.float32)
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+class Storage:
+    """Packed candidate rows (N, stored_width(dim)) of one storage type, read-only."""
+
+    __slots__ = ("data", "dtype", "scales", "dim")
+
+    def __init__(self, dtype: str, dim: int, data: np.ndarray, scales: np.ndarray | None):
+        self.dtype, self.dim, self.data, self.scales = dtype, dim, data, scales
+        for array in (data, scales):
+            if array is not None and array.flags.writeable:
+                array.flags.writeable = False
+
+    @classmethod
+    def pack(cls, ads: np.ndarray, dtype: str) -> "Storage":
+        """ads (N, n), a float numpy array, packed as `dtype`; values the type cannot hold are
+        a ValueError."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype != "float32" and not np.all(np.isfinite(ads)):
+            raise ValueError(f"ads: NaN or infinity cannot be stored as {dtype}")
+        count, dim = ads.shape
+        if dtype == "int8" and stored_width(dim) > INT8_MAX_DIM:
+            raise ValueError(f"ads: int8 storage takes rows of at most {INT8_MAX_DIM} elements (longer int32 sums "
+                             f"could overflow), got shape {ads.shape}; use float16 or bfloat16")
+        data = aligned_empty((count, stored_width(dim)), NUMPY_TYPES[dtype])
+        data[:, dim:] = 0
+        scales = None
+        with np.errstate(over="ignore"):  # values beyond the storage range are refused just below
+            if dtype == "float32" or dtype == "float16":
+                data[:, :dim] = ads
+            elif dtype == "bfloat16":
+                data[:, :dim] = _to_bfloat16(ads)
+            else:
+                scales = _int8_scales(ads)
+                # in float64: the quotient is not rounded to float32 first, which could carry it across .5
+                data[:, :dim] = np.clip(np.rint(ads / scales[:, None].astype(np.float64)), -127, 127)
+        storage = cls(dtype, dim, data, scales)
+        storage._refuse_overflow(ads)
+        return storage
+
+    def _refuse_overflow(self, ads) -> None:
+        """Refuses finite values that became infinite in storage. Checked on the stored values
+        widened back, so the limit is exact for every type and rounding mode (float16 65504,
+        bfloat16 3.39e38 after rounding to nearest even, float32 3.40e38, int8 127 * scale)."""
+        for begin in range(0, len(self), BLOCK_ROWS):
+            end = min(len(self), begin + BLOCK_ROWS)
+            with np.errstate(over="ignore", invalid="ignore"):
+                lost = np.isfinite(ads[begin:end]) & ~np.isfinite(self.rows(begin, end))
+            if lost.any():
+                row, col = (int(i) for i in np.argwhere(lost)[0])
+                raise ValueError(f"ads: {float(ads[begin + row, col]):g} at [{begin + row}, {col}] (shape {ads.shape}, "
+                                 f"{ads.dtype}) is beyond the {self.dtype} storage range")
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + (0 if self.scales is None else self.scales.nbytes)
+
+    def rows(self, begin: int = 0, end: int | None = None) -> np.ndarray:
+        """Rows [begin, end) as float32 (a view for float32 storage), shape (m, dim)."""
+        block = self.data[begin:end, :self.dim]
+        if self.dtype == "float32":
+            return block
+        if self.dtype == "float16":
+            return block.astype(np.float32)
+        if self.dtype == "bfloat16":
+            return (block.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        assert self.scales is not None  # int8
+        return block.astype(np.float32) * self.scales[begin:end, None]
+
+
+def count(store) -> int:
+    """Candidates in a store: a Storage, or plain float rows (numpy array or tensor)."""
+    return len(store) if isinstance(store, Storage) else store.shape[0]
+
+
+def is_plain(store) -> bool:
+    return not isinstance(store, Storage)
+
+
+def blocks(store, ids):
+    """(candidate ids or None for all of a plain store, float rows) blocks covering the store's
+    candidates, or only `ids` (ascending int64) when given: a plain store in one block, packed
+    storage widened BLOCK_ROWS at a time."""
+    if is_plain(store):
+        if ids is None:
+            yield None, store
+        else:
+            yield ids, store[_index(ids, store)]
+        return
+    for begin in range(0, len(store), BLOCK_ROWS):
+        end = min(len(store), begin + BLOCK_ROWS)
+        if ids is None:
+            yield np.arange(begin, end), store.rows(begin, end)
+            continue
+        block_ids = ids[(ids >= begin) & (ids < end)]
+        if block_ids.size:
+            yield block_ids, store.rows(begin, end)[block_ids - begin]
+
+
+def _index(ids, rows):
+    """ids as an index for rows' own type (a tensor for tensor rows)."""
+    if _is_tensor(rows):
+        import torch
+
+        return torch.from_numpy(ids).to(rows.device)
+    return ids

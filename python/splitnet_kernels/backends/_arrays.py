@@ -1,0 +1,51 @@
+"""What the array backends (numpy, numba, torch) share: scoring any candidate store through
+their own whole-array kernels, score_rows and topk_rows. Plain rows go straight in; packed
+storage and allowed subsets go in widened blocks, whose top-k lists are merged."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._order import merge_numpy
+from .._storage import blocks, is_plain
+
+
+def _host(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if type(x).__module__.startswith("torch") else np.asarray(x)
+
+
+class ArrayBackend:
+    """score / topk / score_pairs over candidate stores; subclasses give score_rows(users,
+    ads, metric, *, pairwise, threads, out) and topk_rows(users, ads, k, metric, *, threads)
+    on whole arrays of their native type, and as_rows(rows, like) to bring a block to it."""
+
+    def as_rows(self, rows, like):
+        return rows
+
+    def score(self, users, store, metric, *, ids, threads, out):
+        if is_plain(store) and ids is None:
+            return self.score_rows(users, store, metric, pairwise=False, threads=threads, out=out)
+        parts = [self.score_rows(users, self.as_rows(rows, users), metric, pairwise=False, threads=threads, out=None)
+                 for _, rows in blocks(store, ids)]
+        result = self.concatenate(parts)  # score_store never asks for no candidates
+        if out is None:
+            return result
+        out[...] = result
+        return out
+
+    def topk(self, users, store, k, metric, *, ids, threads):
+        if is_plain(store) and ids is None:
+            return self.topk_rows(users, store, k, metric, threads=threads)
+        scores, found = [], []
+        for block_ids, rows in blocks(store, ids):
+            s, local = self.topk_rows(users, self.as_rows(rows, users), min(k, len(block_ids)), metric, threads=threads)
+            scores.append(_host(s))
+            found.append(block_ids[_host(local)])
+        return merge_numpy(np.concatenate(scores, -1), np.concatenate(found, -1), k)
+
+    def score_pairs(self, users, ads, metric, *, threads, out):
+        return self.score_rows(users, ads, metric, pairwise=True, threads=threads, out=out)
+
+    @staticmethod
+    def concatenate(parts):
+        return np.concatenate(parts, -1)

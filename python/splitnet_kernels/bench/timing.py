@@ -1,0 +1,102 @@
+"""The clock behind every figure: median times, times taken in turns, and the two floors a run
+measures on its own host (read bandwidth, sgemm rate) with the machine facts beside them."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import statistics
+import time
+from collections.abc import Hashable
+
+import numpy as np
+
+import splitnet_kernels as sk
+
+from ..backends._simd import read_bytes
+
+
+def median_time(fn, repeat: int, min_seconds: float = 0.0) -> float:
+    """Median seconds of one call of fn over `repeat` rounds, after one warm-up call. A round
+    repeats fn until it lasts min_seconds, so microsecond calls are timed over many calls."""
+    fn()
+    calls = 1
+    if min_seconds > 0:
+        start = time.perf_counter()
+        fn()
+        once = max(time.perf_counter() - start, 1e-9)
+        calls = max(1, int(min_seconds / once))
+    rounds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - start) / calls)
+    return statistics.median(rounds)
+
+
+def median_times_in_turns(fns: dict, repeat: int) -> dict:
+    """Median seconds of one call of each fn, timed in turns (every fn once per round, after a
+    warm-up call each), so a drift in this host's memory bandwidth falls on all of them alike."""
+    for fn in fns.values():
+        fn()
+    rounds: dict[Hashable, list[float]] = {name: [] for name in fns}  # names, or ("read", i) from floor_beside
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            rounds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(r) for name, r in rounds.items()}
+
+
+def floor_beside(fns: dict, arrays, repeat: int, threads: int, extra_bytes: int = 0):
+    """(floor, {name: seconds}): the seconds to read these arrays once (plus extra_bytes at the
+    same rate) and of one call of each fn, timed in turns, so that this host's drifting memory
+    bandwidth (41-78 GB/s seen) falls on the floor and the kernels alike."""
+    reads = {("read", i): functools.partial(read_bytes, a, threads) for i, a in enumerate(arrays)}
+    times = median_times_in_turns({**reads, **fns}, repeat)
+    floor = sum(times.pop(key) for key in reads) * (1 + extra_bytes / sum(a.nbytes for a in arrays))
+    return floor, times
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_facts(quick: bool) -> dict:
+    """CPU, BLAS, threads, and the two floors: read bandwidth and sgemm rate, measured now."""
+    report = sk.info()
+    threads = report["default_threads"]
+    buffer = np.ones((64 if quick else 256) << 20 >> 3, np.float64)  # well beyond the L3
+    read_s = median_time(lambda: read_bytes(buffer, threads), 5)
+    a = np.random.default_rng(0).standard_normal((2048, 512)).astype(np.float32)
+    b = np.random.default_rng(1).standard_normal((512, 2048)).astype(np.float32)
+    gemm_s = median_time(lambda: a @ b, 5)
+    blas = []
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [{k: pool.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+                for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    except ImportError:
+        pass
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "isa": report["isa_active"],
+        "blas": blas,
+        "read_bandwidth_GBps": buffer.nbytes / read_s / 1e9,
+        "sgemm_GFLOPs": 2 * 2048 * 512 * 2048 / gemm_s / 1e9,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "splitnet_kernels": sk.__version__,
+    }

@@ -1,0 +1,358 @@
+// The specification as a test: every KernelTable entry of every ISA this machine runs, checked
+// against scalar.h (the reference) and a float64 oracle at sizes that are not lane multiples.
+// Float sums may differ from the reference by their summation order (a bound from the terms'
+// magnitudes); where the spec says the bits are equal (int8, widening, the gates and bits,
+// max_lanes, sum_u64) they must be. Plus the folding contract: one user folds with the bits of
+// a batch, and one user's scores have the same bits in score and topk.
+// Build: g++ -std=c++17 -O2 -Wall -Wextra -Werror -I<repo>/kernels test_kernels.cpp -pthread
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "splitnet_kernels/ops.h"
+
+namespace {
+
+using namespace splitnet;
+
+const index_t kSizes[] = {1, 3, 7, 15, 17, 33, 65, 127, 300};
+
+long checks = 0, failures = 0;
+std::string context;
+
+void expect(bool ok, const char* what) {
+  ++checks;
+  if (ok) return;
+  if (++failures <= 20) std::printf("FAIL %s: %s\n", context.c_str(), what);
+}
+
+struct Random {
+  std::uint64_t state;
+  std::uint64_t next() { return state = state * 6364136223846793005ULL + 1442695040888963407ULL; }
+  float uniform() { return static_cast<float>(next() >> 40) / static_cast<float>(1 << 23) - 1.0f; }  // [-1, 1)
+  std::vector<float> floats(index_t n) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float& x : v) x = uniform();
+    return v;
+  }
+};
+
+// Rows of `dim` values `stride` apart, the buffer ending right after the last row (so a read
+// past a row shows under AddressSanitizer).
+template <class T>
+std::vector<T> strided(index_t n_rows, index_t dim, index_t stride, Random& random) {
+  std::vector<T> v(static_cast<size_t>(n_rows == 0 ? 0 : (n_rows - 1) * stride + dim));
+  for (auto& x : v) {
+    if constexpr (std::is_same_v<T, float>) x = random.uniform();
+    else if constexpr (std::is_same_v<T, std::int8_t>) x = static_cast<std::int8_t>(static_cast<int>(random.next() >> 56) % 128);
+    else x = static_cast<T>(random.next() >> 48);
+  }
+  return v;
+}
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0 || (std::isnan(a) && std::isnan(b)); }
+
+// |got - exact| within float32 summation error over terms of total magnitude `magnitude`.
+bool near(float got, double exact, double magnitude, index_t terms) {
+  return std::fabs(got - exact) <= 2.0 * static_cast<double>(terms + 2) * 0x1p-24 * (magnitude + std::fabs(exact)) + 1e-30;
+}
+
+float half_bits_to_float(std::uint16_t h) { return f16_to_f32(h); }
+float bf16_bits_to_float(std::uint16_t h) { return bf16_to_f32(h); }
+
+// Half-precision rows of finite values: random bits with the exponent kept moderate.
+std::uint16_t finite_half(std::uint64_t bits) { return static_cast<std::uint16_t>((bits & 0x83FF) | (((bits >> 10) % 8 + 11) << 10)); }
+std::uint16_t finite_bf16(std::uint64_t bits) { return static_cast<std::uint16_t>((bits & 0x807F) | (((bits >> 7) % 8 + 123) << 7)); }
+
+void check_streaming(const KernelTable& t, Random& random) {
+  const float bias = 0.375f;
+  for (index_t n_rows : kSizes)
+    for (index_t dim : kSizes) {
+      const index_t stride = dim + 3;
+      context = std::string(isa_name(t.isa)) + " rows=" + std::to_string(n_rows) + " dim=" + std::to_string(dim);
+      const std::vector<float> query = random.floats(dim), rows = strided<float>(n_rows, dim, stride, random);
+      std::vector<float> out(static_cast<size_t>(n_rows));
+      t.score_rows_f32(query.data(), rows.data(), n_rows, dim, stride, bias, out.data());
+      bool ok = true;
+      for (index_t i = 0; i < n_rows; ++i) {
+        double exact = bias, magnitude = std::fabs(bias);
+        for (index_t d = 0; d < dim; ++d) {
+          exact += static_cast<double>(query[d]) * rows[i * stride + d];
+          magnitude += std::fabs(static_cast<double>(query[d]) * rows[i * stride + d]);
+        }
+        ok = ok && near(out[i], exact, magnitude, dim);
+      }
+      expect(ok, "score_rows_f32 within rounding of the float64 oracle");
+
+      // 16-bit rows
+      for (int bf16 = 0; bf16 < 2; ++bf16) {
+        std::vector<std::uint16_t> bits(static_cast<size_t>((n_rows - 1) * stride + dim));
+        for (auto& b : bits) b = bf16 ? finite_bf16(random.next() >> 20) : finite_half(random.next() >> 20);
+        (bf16 ? t.score_rows_bf16 : t.score_rows_f16)(query.data(), bits.data(), n_rows, dim, stride, bias, out.data());
+        ok = true;
+        for (index_t i = 0; i < n_rows; ++i) {
+          double exact = bias, magnitude = std::fabs(bias);
+          for (index_t d = 0; d < dim; ++d) {
+            const double term = static_cast<double>(query[d]) * (bf16 ? bf16_to_f32(bits[i * stride + d]) : f16_to_f32(bits[i * stride + d]));
+            exact += term;
+            magnitude += std::fabs(term);
+          }
+          // avx512bf16 splits the query into two bfloat16 halves: about 16 bits of it kept
+          ok = ok && (t.isa == Isa::avx512bf16 && bf16 ? std::fabs(out[i] - exact) <= 0x1p-14 * magnitude + 1e-30
+                                                       : near(out[i], exact, magnitude, dim));
+        }
+        expect(ok, bf16 ? "score_rows_bf16 within rounding" : "score_rows_f16 within rounding");
+      }
+
+      // int8: exact integer sums, score_i8's float epilogue: the reference's bits
+      std::vector<std::int8_t> q8(static_cast<size_t>(dim));
+      const float query_scale = quantize_query_i8(query.data(), dim, q8.data());
+      const std::vector<std::int8_t> rows8 = strided<std::int8_t>(n_rows, dim, stride, random);
+      const std::vector<float> scales = random.floats(n_rows);
+      std::vector<float> want(static_cast<size_t>(n_rows));
+      kScalarTable.score_rows_i8(q8.data(), query_scale, rows8.data(), scales.data(), n_rows, dim, stride, bias, want.data());
+      t.score_rows_i8(q8.data(), query_scale, rows8.data(), scales.data(), n_rows, dim, stride, bias, out.data());
+      ok = true;
+      for (index_t i = 0; i < n_rows; ++i) ok = ok && same_bits(out[i], want[i]);
+      expect(ok, "score_rows_i8 has the reference's bits");
+
+      // pairs, weighted and not
+      const std::vector<float> other = strided<float>(n_rows, dim, stride + 2, random), weights = random.floats(dim);
+      for (int weighted = 0; weighted < 2; ++weighted) {
+        t.score_pairs_f32(rows.data(), stride, other.data(), stride + 2, weighted ? weights.data() : nullptr, n_rows, dim,
+                          bias, out.data());
+        ok = true;
+        for (index_t i = 0; i < n_rows; ++i) {
+          double exact = bias, magnitude = std::fabs(bias);
+          for (index_t d = 0; d < dim; ++d) {
+            const double term = static_cast<double>(rows[i * stride + d]) * (weighted ? weights[d] : 1.0f) *
+                                other[i * (stride + 2) + d];
+            exact += term;
+            magnitude += std::fabs(term);
+          }
+          ok = ok && near(out[i], exact, magnitude, 2 * dim);
+        }
+        expect(ok, weighted ? "score_pairs_f32 (weights) within rounding" : "score_pairs_f32 within rounding");
+      }
+    }
+}
+
+void check_tiles(const KernelTable& t, Random& random) {
+  const float bias = -0.125f;
+  for (index_t users : {index_t{1}, index_t{7}, index_t{17}, index_t{33}, index_t{65}, index_t{127}})
+    for (index_t n_rows : {index_t{1}, index_t{3}, index_t{7}, index_t{15}, index_t{17}, index_t{33}, index_t{64}})
+      for (index_t dim : kSizes) {
+        const index_t pad = (users + 15) / 16 * 16, stride = dim + 1;
+        context = std::string(isa_name(t.isa)) + " tile users=" + std::to_string(users) + " rows=" +
+                  std::to_string(n_rows) + " dim=" + std::to_string(dim);
+        std::vector<float> users_t(static_cast<size_t>(dim * pad), 0.0f);
+        for (index_t d = 0; d < dim; ++d)
+          for (index_t u = 0; u < users; ++u) users_t[d * pad + u] = random.uniform();
+        const std::vector<float> rows = strided<float>(n_rows, dim, stride, random);
+        std::vector<float> tile(static_cast<size_t>(64 * pad)), gates(static_cast<size_t>(pad));
+        for (index_t u = 0; u < pad; ++u) gates[u] = u < users ? random.uniform() * 2.0f : std::numeric_limits<float>::infinity();
+        if (users > 3) gates[2] = std::numeric_limits<float>::quiet_NaN();
+        expect(t.score_tile_f32(users_t.data(), pad, rows.data(), n_rows, dim, stride, bias, nullptr, tile.data()) == 0,
+               "score_tile_f32 without gates returns no bits");
+        const std::uint64_t hits = t.score_tile_f32(users_t.data(), pad, rows.data(), n_rows, dim, stride, bias,
+                                                    gates.data(), tile.data());
+        bool ok = true;
+        std::uint64_t want_hits = 0;
+        for (index_t c = 0; c < n_rows; ++c)
+          for (index_t u = 0; u < pad; ++u) {
+            double exact = bias, magnitude = std::fabs(bias);
+            for (index_t d = 0; d < dim; ++d) {
+              exact += static_cast<double>(users_t[d * pad + u]) * rows[c * stride + d];
+              magnitude += std::fabs(static_cast<double>(users_t[d * pad + u]) * rows[c * stride + d]);
+            }
+            const float got = tile[c * pad + u];
+            ok = ok && near(got, exact, magnitude, dim);
+            if (!(got < gates[u])) want_hits |= std::uint64_t{1} << c;
+          }
+        expect(ok, "score_tile_f32 within rounding of the float64 oracle");
+        expect(hits == want_hits, "score_tile_f32's hit bits are exactly those of its own scores");
+
+        if (t.score_tile_i8 == nullptr) continue;
+        // int8 tile: users quantized as UserBlock does, scored with the reference's bits
+        const index_t groups = (dim + 3) / 4;
+        std::vector<std::int32_t> words(static_cast<size_t>(groups * pad), 0), offsets(static_cast<size_t>(pad), 0);
+        std::vector<float> user_scales(static_cast<size_t>(pad), 0.0f);
+        std::vector<std::vector<std::int8_t>> quantized(static_cast<size_t>(users));
+        for (index_t u = 0; u < users; ++u) {
+          const std::vector<float> user = random.floats(dim);
+          std::vector<std::int8_t> bytes(static_cast<size_t>(groups * 4), 0);
+          user_scales[u] = quantize_query_i8(user.data(), dim, bytes.data());
+          for (index_t d = 0; d < dim; ++d) offsets[u] += 128 * bytes[d];
+          for (index_t g = 0; g < groups; ++g) std::memcpy(&words[g * pad + u], bytes.data() + 4 * g, 4);
+          quantized[u] = bytes;
+        }
+        const std::vector<std::int8_t> rows8 = strided<std::int8_t>(n_rows, dim, stride, random);
+        const std::vector<float> row_scales = random.floats(n_rows);
+        t.score_tile_i8(words.data(), pad, offsets.data(), user_scales.data(), rows8.data(), row_scales.data(), n_rows, dim,
+                        stride, bias, nullptr, tile.data());
+        ok = true;
+        for (index_t c = 0; c < n_rows; ++c)
+          for (index_t u = 0; u < users; ++u) {
+            float want = 0.0f;
+            kScalarTable.score_rows_i8(quantized[u].data(), user_scales[u], rows8.data() + c * stride, row_scales.data() + c,
+                                       1, dim, stride, bias, &want);
+            ok = ok && same_bits(tile[c * pad + u], want);
+          }
+        expect(ok, "score_tile_i8 has score_rows_i8's bits");
+      }
+}
+
+void check_gates_and_widening(const KernelTable& t, Random& random) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (index_t n : {index_t{1}, index_t{3}, index_t{7}, index_t{15}, index_t{17}, index_t{33}, index_t{65},
+                    index_t{127}, index_t{300}, index_t{256}}) {
+    context = std::string(isa_name(t.isa)) + " n=" + std::to_string(n);
+    std::vector<float> values = random.floats(n), gates = random.floats(n);
+    for (index_t i = 0; i < n; i += 5) values[i] = nan;
+    for (index_t i = 1; i < n; i += 7) values[i] = -inf;
+    for (index_t i = 2; i < n; i += 11) gates[i] = nan;
+    for (index_t i = 3; i < n; i += 13) values[i] = gates[i];  // equal passes
+    std::vector<std::uint64_t> bits((n + 63) / 64), want_bits(bits.size());
+    const bool any = t.not_below_bits_f32(values.data(), gates.data(), n, bits.data());
+    const bool want_any = kScalarTable.not_below_bits_f32(values.data(), gates.data(), n, want_bits.data());
+    expect(any == want_any && bits == want_bits, "not_below_bits_f32 equals the reference");
+    std::vector<float> below(static_cast<size_t>(n), -1.0f);
+    expect(!t.not_below_bits_f32(below.data(), std::vector<float>(static_cast<size_t>(n), 0.0f).data(), n, bits.data()),
+           "not_below_bits_f32 is false when all are below");
+    for (float gate : {-2.0f, 0.0f, 0.5f, 2.0f, nan, -inf}) {
+      expect(t.first_not_below_f32(values.data(), n, gate) == kScalarTable.first_not_below_f32(values.data(), n, gate),
+             "first_not_below_f32 equals the reference");
+      expect(t.first_not_below_f32(below.data(), n, gate) == kScalarTable.first_not_below_f32(below.data(), n, gate),
+             "first_not_below_f32 equals the reference (all below)");
+    }
+    float lanes[16], want_lanes[16];
+    t.max_lanes_f32(values.data(), n, lanes);
+    kScalarTable.max_lanes_f32(values.data(), n, want_lanes);
+    bool ok = true;
+    for (int j = 0; j < 16; ++j) ok = ok && same_bits(lanes[j], want_lanes[j]) && !std::isnan(lanes[j]);
+    expect(ok, "max_lanes_f32 equals the reference, NaN skipped");
+
+    std::vector<std::uint64_t> words(static_cast<size_t>(n));
+    for (auto& w : words) w = random.next();
+    expect(t.sum_u64(words.data(), n) == kScalarTable.sum_u64(words.data(), n), "sum_u64 equals the reference");
+  }
+  // widening: every 16-bit pattern, at odd offsets and lengths
+  context = std::string(isa_name(t.isa)) + " widen";
+  std::vector<std::uint16_t> all(65536);
+  for (int i = 0; i < 65536; ++i) all[i] = static_cast<std::uint16_t>(i);
+  std::vector<float> got(65536), want(65536);
+  for (int bf16 = 0; bf16 < 2; ++bf16) {
+    bool ok = true;
+    for (index_t n : kSizes) {
+      for (index_t first = 0; first + n <= 65536; first += n * 37 + 1) {
+        (bf16 ? t.widen_bf16 : t.widen_f16)(all.data() + first, n, got.data());
+        for (index_t i = 0; i < n; ++i)
+          ok = ok && same_bits(got[i], bf16 ? bf16_bits_to_float(all[first + i]) : half_bits_to_float(all[first + i]));
+      }
+    }
+    (bf16 ? t.widen_bf16 : t.widen_f16)(all.data(), 65536, got.data());
+    (bf16 ? kScalarTable.widen_bf16 : kScalarTable.widen_f16)(all.data(), 65536, want.data());
+    for (int i = 0; i < 65536; ++i) ok = ok && same_bits(got[i], want[i]);
+    expect(ok, bf16 ? "widen_bf16 is exact on every pattern" : "widen_f16 is exact on every pattern");
+  }
+}
+
+// The drivers' contract on this table: folding is per user (a batch folds with the bits of
+// each user alone); one user's scores have the same bits in score and topk.
+void check_folding(const KernelTable& t, Random& random) {
+  for (index_t dim : {index_t{7}, index_t{17}, index_t{65}}) {
+    context = std::string(isa_name(t.isa)) + " fold dim=" + std::to_string(dim);
+    const index_t users_n = 37, rank = 3, width = dim + 5;
+    const std::vector<float> users = random.floats(users_n * dim), diag = random.floats(dim),
+                             left = random.floats(dim * rank), right = random.floats(dim * rank),
+                             full = random.floats(dim * dim);
+    MetricForm forms[4];
+    forms[0].diag = diag.data();
+    forms[1].left = full.data();
+    forms[1].rank = dim;
+    forms[2].diag = diag.data();
+    forms[2].left = left.data();
+    forms[2].right = right.data();
+    forms[2].rank = rank;
+    forms[3].left = left.data();
+    forms[3].right = right.data();
+    forms[3].rank = rank;
+    for (MetricForm& form : forms) {
+      form.dim = dim;
+      std::vector<float> batch(static_cast<size_t>(users_n * width), 7.0f), one(static_cast<size_t>(width), 7.0f);
+      fold_users(t, form, Rows{users.data(), users_n, dim, dim}, batch.data(), width, width, 2);
+      bool ok = true, near_ok = true;
+      for (index_t u = 0; u < users_n; ++u) {
+        fold_users(t, form, Rows{users.data() + u * dim, 1, dim, dim}, one.data(), width, width, 1);
+        for (index_t d = 0; d < width; ++d) ok = ok && same_bits(one[d], batch[u * width + d]);
+        for (index_t j = 0; j < dim; ++j) {  // q_j = sum_i u_i S_ij, S = diag + left right^T
+          double exact = 0, magnitude = 0;
+          for (index_t i = 0; i < dim; ++i) {
+            double s = (form.diag && i == j) ? form.diag[i] : 0.0;
+            if (form.left && form.right)
+              for (index_t r = 0; r < rank; ++r) s += static_cast<double>(form.left[i * rank + r]) * form.right[j * rank + r];
+            else if (form.left)
+              s += form.left[i * dim + j];
+            exact += users[u * dim + i] * s;
+            magnitude += std::fabs(users[u * dim + i] * s);
+          }
+          near_ok = near_ok && near(one[j], exact, magnitude * (1 + rank), dim * (rank + 2));
+        }
+        for (index_t d = dim; d < width; ++d) ok = ok && one[d] == 0.0f;
+      }
+      expect(ok, "fold_users: one user has the bits of the batch, zeros past dim");
+      expect(near_ok, "fold_users within rounding of the float64 oracle");
+    }
+    // score and topk agree bit for bit, one user and many
+    const index_t n_rows = 301, k = 17;
+    const std::vector<float> rows = random.floats(n_rows * dim);
+    const Rows candidates{rows.data(), n_rows, dim, dim};
+    std::vector<float> scores(static_cast<size_t>(users_n * n_rows)), top(static_cast<size_t>(users_n * k));
+    std::vector<index_t> ids(top.size());
+    for (index_t count : {index_t{1}, users_n}) {
+      const Rows u{users.data(), count, dim, dim};
+      score(t, u, stored(candidates), forms[2], 0.25f, nullptr, 0, scores.data(), 2);
+      topk(t, u, stored(candidates), forms[2], 0.25f, nullptr, 0, k, top.data(), ids.data(), 2);
+      bool ok = true;
+      for (index_t r = 0; r < count; ++r)
+        for (index_t i = 0; i < k; ++i) {
+          ok = ok && same_bits(top[r * k + i], scores[r * n_rows + ids[r * k + i]]);
+          if (i > 0) ok = ok && ranks_before(top[r * k + i - 1], ids[r * k + i - 1], top[r * k + i], ids[r * k + i]);
+          if (i == k - 1)
+            for (index_t c = 0; c < n_rows; ++c) {  // nothing left out ranks before the k-th
+              const bool kept = std::count(ids.begin() + r * k, ids.begin() + r * k + k, c) == 1;
+              ok = ok && (kept || !ranks_before(scores[r * n_rows + c], c, top[r * k + i], ids[r * k + i]));
+            }
+        }
+      expect(ok, count == 1 ? "topk of one user: the best of score's bits" : "topk of many users: the best of score's bits");
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  int isas = 0;
+  for (const IsaName& entry : kIsaNames) {
+    if (!isa_supported(entry.isa)) continue;
+    const KernelTable& t = kernel_table(entry.isa);
+    context = entry.name;
+    expect(t.isa == entry.isa, "the table is the ISA's");
+    expect(table_complete(t), "every entry is filled");
+    expect((t.score_tile_i8 != nullptr) == (entry.isa == Isa::avx512bf16), "score_tile_i8 exactly where VNNI is");
+    Random random{static_cast<std::uint64_t>(entry.isa) + 11};
+    check_streaming(t, random);
+    check_tiles(t, random);
+    check_gates_and_widening(t, random);
+    check_folding(t, random);
+    std::printf("%s: checked\n", entry.name);
+    ++isas;
+  }
+  std::printf("%ld checks on %d ISAs, %ld failed\n", checks, isas, failures);
+  return failures == 0 && isas > 0 ? 0 : 1;
+}
