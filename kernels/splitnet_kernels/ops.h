@@ -276,11 +276,14 @@ inline void topk(const KernelTable& table, const Rows& users, const StoredRows& 
 
 // out[i] = users[i]^T S ads[i] + bias under S = form: diagonal forms in one streaming pass
 // (weights = form.diag), factored ones through score_pairs_factored's fused GEMM.
+// All-ones weights (the dot form) take the unweighted pass: multiplying by one is exact, so the
+// bits are the same, and the weighted pass read 10-20 % slower on 1M pairs (W5 dot, Zen 3).
 inline void score_pairs(const KernelTable& table, const Rows& users, const Rows& ads, const MetricForm& form,
                         float bias, float* out, int threads) {
   if (form.left != nullptr)
     return score_pairs_factored(table, users, ads, form.left, form.right, form.rank, form.diag, bias, out, threads);
-  score_pairs(table, users, ads, form.diag, bias, out, threads);
+  const bool ones = std::all_of(form.diag, form.diag + form.dim, [](float w) { return w == 1.0f; });
+  score_pairs(table, users, ads, ones ? nullptr : form.diag, bias, out, threads);
 }
 
 // Reads every byte of [data, data + bytes) once (bytes / 8 words), across threads: the

@@ -224,9 +224,9 @@ class Metric:
             return  # |S| <= I on the diagonal: |fold_j| <= |u_j|, never beyond float32
         if _is_tensor(users):
             users = users.detach().cpu().numpy()  # rare: the check before a tensor call
-        # float32 squared norms are within n eps of exact, far inside the limit's slack
-        if users.ndim == 1:  # the serving call: one dot product, no temporaries, no errstate
-            if float(users.dot(users)) * self._fold_gain[0] <= _FOLD_LIMIT_SQUARED:
+        if users.ndim == 1:  # the serving call: one float64 dot product (it cannot overflow), no errstate
+            wide = users.astype(np.float64)
+            if float(wide.dot(wide)) * self._fold_gain[0] <= _FOLD_LIMIT_SQUARED:
                 return
             doubtful = np.ones(1, bool)
         else:
