@@ -9,7 +9,8 @@ from ._api import merge_topk, score, topk
 from ._candidates import Candidates
 from ._info import backends, get_include, info, set_isa
 from ._metric import Metric
+from ._objectives import ObjectiveMetrics
 from ._version import __version__
 
-__all__ = ["Candidates", "Metric", "__version__", "backends", "get_include", "info", "merge_topk",
+__all__ = ["Candidates", "Metric", "ObjectiveMetrics", "__version__", "backends", "get_include", "info", "merge_topk",
            "score", "set_isa", "topk"]

@@ -11,7 +11,8 @@ import numpy as np
 
 from . import _dispatch
 from ._metric import Metric, _is_tensor
-from ._order import merge_numpy, topk_numpy
+from ._objectives import check_output
+from ._order import merge_numpy, topk_by_id
 from ._storage import count, is_plain
 
 
@@ -198,25 +199,30 @@ def _sigmoid_(x):
     return x
 
 
-def rank_by_probability(n_candidates: int, k: int, raw_topk, probabilities):
-    """Top k by sigmoid(score) -- what topk(sigmoid=True) returns -- ties to the lower id.
+def rank_exactly(n_candidates: int, k: int, raw_topk, everything, transform):
+    """Top k by transform(score) -- the quantity a call reports -- ties to the lower id.
 
-    Ranking by the reported probability is what makes per-shard lists merge into the answer of
-    one call: distinct scores can round to one float32 probability, which then ties by id.
-    The sigmoid is monotone, so the best k by probability are among the best k + 1 by score,
-    unless the (k+1)-th probability equals the k-th; only then are that user's probabilities
-    formed in full. raw_topk(k) -> (scores, ids) numpy (M, k) ranked by score;
-    probabilities(u) -> (p, ids) over every eligible candidate of user u, ids ascending.
+    Ranking by the reported number is what makes per-shard lists merge into the answer of one
+    call: distinct scores can round to one float32 probability (or value), which then ties by id.
+    transform is monotone, so the best k by it are among the best k + 1 by score, unless the
+    (k+1)-th quantity equals the k-th (or is NaN); only then is that user's every quantity formed.
+    raw_topk(count) -> (scores, ids) numpy (M, count) ranked by score; transform(scores, ids) ->
+    quantities; everything(u) -> (quantities, ids) over every eligible candidate of user u.
     """
     scores, ids = raw_topk(min(k + 1, n_candidates))
-    probs = _sigmoid_(np.array(scores, np.float32))
-    best, best_ids = merge_numpy(probs, ids, k)
-    if probs.shape[-1] > k:
-        for u in np.flatnonzero(~(probs[:, k] < probs[:, k - 1])):  # a tie across the k-th place, or NaN
-            p, candidate_ids = probabilities(u)
-            top, positions = topk_numpy(p[None], k)
-            best[u], best_ids[u] = top[0], candidate_ids[positions[0]]
+    quantities = transform(np.array(scores, np.float32), ids)
+    best, best_ids = merge_numpy(quantities, ids, k)
+    if quantities.shape[-1] > k:
+        for u in np.flatnonzero(~(quantities[:, k] < quantities[:, k - 1])):
+            values, candidate_ids = everything(u)
+            top, top_ids = topk_by_id(values, candidate_ids, k)
+            best[u], best_ids[u] = top[0], top_ids[0]
     return best, best_ids
+
+
+def probability(scores, ids=None):
+    """The reported probability of float32 scores (a new array)."""
+    return _sigmoid_(np.array(scores, np.float32))
 
 
 # ---- the one route ---------------------------------------------------------------------------
@@ -285,12 +291,12 @@ def topk_store(users, store, k, metric, *, ids, sigmoid, backend, threads):
             def raw_topk(how_many):
                 return tuple(_host(x) for x in chosen.topk(u, s, how_many, metric, ids=ids, threads=threads))
 
-            def probabilities(i):
+            def everything(i):
                 raw = chosen.score(u[i], s, metric, ids=ids, threads=threads, out=None)
-                return (_sigmoid_(np.array(_host(raw), np.float32)),
-                        np.arange(count(store)) if ids is None else ids)
+                return probability(_host(raw)), np.arange(count(store)) if ids is None else ids
 
-            scores, found = rank_by_probability(count(store) if ids is None else len(ids), k, raw_topk, probabilities)
+            scores, found = rank_exactly(count(store) if ids is None else len(ids), k, raw_topk, everything,
+                                         probability)
         else:
             scores, found = chosen.topk(u, s, k, metric, ids=ids, threads=threads)
     if users.ndim == 1:
@@ -322,13 +328,36 @@ def _fast_metric(users, ads, metric, backend, threads):
 
 
 # ---- the public calls -----------------------------------------------------------------------
-def score(users, ads, metric=None, *, pairwise=False, sigmoid=False, backend="auto", threads=None, out=None):
+def _by_objective(metric, objectives, bids, output) -> bool:
+    """Whether a call needs the candidates grouped by objective (or bids)."""
+    return objectives is not None or bids is not None or output == "value" or not (metric is None or
+                                                                                 isinstance(metric, Metric))
+
+
+def _objective_set(ads, objectives, bids):
+    from ._candidates import Candidates
+
+    return Candidates(ads, "float32", objectives=objectives, bids=bids)
+
+
+def score(users, ads, metric=None, *, pairwise=False, sigmoid=False, backend="auto", threads=None, out=None,
+          objectives=None, bids=None, output=None):
     """Scores users against ads with the metric: u^T S a + bias (sigmoid of it if sigmoid=True).
 
     users (n,) and ads (N, n) -> (N,); users (M, n) -> (M, N); pairwise=True with users (B, n)
     and ads (B, n) -> (B,), pair i being (users[i], ads[i]). Scores are float32; torch tensors
-    in give torch tensors out. `out`, if given, receives the result and is returned.
+    in give torch tensors out. `out`, if given, receives the result and is returned. With an
+    ObjectiveMetrics, objectives (N,) gives each ad's objective and bids (N,) its bid; output is
+    "logit", "probability" or "value" (bid * probability, the default with objectives).
     """
+    if _by_objective(metric, objectives, bids, output):
+        if pairwise:
+            raise ValueError("pairwise=True scores one metric per pair; objectives, bids and output='value' are for "
+                             "candidate sets")
+        return _objective_set(ads, objectives, bids).score(users, metric, output=output, sigmoid=sigmoid,
+                                                           backend=backend, threads=threads, out=out)
+    if output is not None:
+        sigmoid = check_output(output, False, sigmoid) == "probability"
     fast = None if pairwise or out is not None else _fast_metric(users, ads, metric, backend, threads)
     if fast is not None and ads.shape[0]:
         result = np.empty(ads.shape[0], _F32)
@@ -344,15 +373,22 @@ def score(users, ads, metric=None, *, pairwise=False, sigmoid=False, backend="au
                        threads=check_threads(threads), out=out, pairwise=pairwise)
 
 
-def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=None):
+def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=None, objectives=None, bids=None,
+         output=None):
     """The k best ads per user: (scores, ids), sorted best first, never forming all scores.
 
     users (n,) -> scores (k,), ids (k,) int64; users (M, n) -> (M, k) each. Equal scores: the
     lower ad index first; NaN ranks below every number; k > N returns N results; N = 0 returns
     empty results. With sigmoid=True the reported scores are sigmoid(score + bias), and the
     ranking is by them (equal probabilities: the lower index first), so that per-shard lists
-    merge into the answer of one call.
+    merge into the answer of one call. objectives, bids and output as in score; the ranking is
+    by the quantity returned.
     """
+    if _by_objective(metric, objectives, bids, output):
+        return _objective_set(ads, objectives, bids).topk(users, k, metric, output=output, sigmoid=sigmoid,
+                                                          backend=backend, threads=threads)
+    if output is not None:
+        sigmoid = check_output(output, False, sigmoid) == "probability"
     fast = None if sigmoid else _fast_metric(users, ads, metric, backend, threads)
     if fast is not None and type(k) is int and 0 < k <= ads.shape[0]:
         scores, ids = np.empty(k, _F32), np.empty(k, np.int64)

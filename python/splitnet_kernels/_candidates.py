@@ -18,6 +18,9 @@ import numpy as np
 
 from . import _api
 from ._metric import _is_tensor
+from ._objectives import Grouping, ObjectiveMetrics, check_metric_for, check_objectives, check_output, metric_of, \
+    quantity, scan_by_value
+from ._order import topk_by_id
 from ._storage import ALIGN, DTYPES, INT8_MAX_DIM, NUMPY_TYPES, Storage, stored_width
 
 # v2: the header has its own CRC-32. v1 (no header CRC) files are refused with a word to re-save.
@@ -75,24 +78,55 @@ def _fsync_directory(directory: str) -> None:
 class Candidates:
     """An immutable, packed candidate set. .score / .topk follow sk.score / sk.topk."""
 
-    def __init__(self, ads, dtype: str = "float32"):
+    def __init__(self, ads, dtype: str = "float32", *, objectives=None, bids=None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-        self._store = Storage.pack(_api._to_numpy(_api._embeddings(ads, "ads", (2,))), dtype)
+        ads = _api._to_numpy(_api._embeddings(ads, "ads", (2,)))
+        self._grouping = None
+        if objectives is not None or bids is not None:  # packed by objective, bids descending
+            obj, bid = check_objectives(np.zeros(len(ads), np.int64) if objectives is None else objectives, bids,
+                                        len(ads))
+            self._grouping = Grouping.of(obj, bid)
+            ads = ads[self._grouping.order]
+        self._store = Storage.pack(ads, dtype)
 
     def __len__(self) -> int:
         return len(self._store)
 
     dim = property(lambda self: self._store.dim, doc="Embedding dimension n.")
     dtype = property(lambda self: self._store.dtype, doc="Storage type name.")
-    nbytes = property(lambda self: self._store.nbytes, doc="Bytes held: rows and scales.")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: rows, scales, and with objectives the order, objective ids and bids."""
+        g = self._grouping
+        return self._store.nbytes + (0 if g is None else g.order.nbytes + g.objectives.nbytes + g.bids.nbytes)
+
+    @property
+    def objectives(self):
+        """Each candidate's objective id (int64, in the order of the ads given), or None."""
+        return None if self._grouping is None else self._original(self._grouping.objectives)
+
+    @property
+    def bids(self):
+        """Each candidate's bid (float32, in the order of the ads given), or None."""
+        return None if self._grouping is None else self._original(self._grouping.bids)
+
+    def _original(self, packed: np.ndarray) -> np.ndarray:
+        result = np.empty_like(packed)
+        result[self._grouping.order] = packed
+        return result
 
     def __repr__(self) -> str:
-        return f"Candidates({len(self)} x {self.dim}, dtype={self.dtype!r}, {self.nbytes / 2**20:.1f} MiB)"
+        extra = "" if self._grouping is None else f", {self._grouping.n_objectives} objectives"
+        return f"Candidates({len(self)} x {self.dim}, dtype={self.dtype!r}{extra}, {self.nbytes / 2**20:.1f} MiB)"
 
     def rows(self, begin: int = 0, end: int | None = None) -> np.ndarray:
-        """Rows [begin, end) as float32 (a view for float32 storage), shape (m, dim)."""
-        return self._store.rows(begin, end)
+        """Rows [begin, end) of the ads as given, as float32 (a view for float32 storage without
+        objectives), shape (m, dim)."""
+        if self._grouping is None:
+            return self._store.rows(begin, end)
+        return self._store.take(self._grouping.positions(np.arange(len(self))[begin:end]))
 
     # ---- scoring ------------------------------------------------------------------------------
     def _allowed(self, allowed):
@@ -125,26 +159,111 @@ class Candidates:
             raise ValueError(f"allowed: ids must be in [0, {len(self)}), got {ids[0]}..{ids[-1]} ({ids.dtype})")
         return ids.astype(np.int64)
 
-    def _operands(self, users, metric, threads):
+    def score(self, users, metric=None, *, output=None, sigmoid=False, backend="auto", threads=None, out=None):
+        """sk.score(users, ads) for users (n,) -> (N,) or (M, n) -> (M, N). metric may be an
+        ObjectiveMetrics (a set with objectives); output is "logit", "probability" or "value"
+        (bid * probability, the default with objectives)."""
+        users, metric, threads, output = self._operands(users, metric, threads, output, sigmoid)
+        if self._grouping is None and output != "value":
+            return _api.score_store(users, self._store, metric, ids=None, sigmoid=output == "probability",
+                                    backend=backend, threads=threads, out=out)
+        device = users.device if _is_tensor(users) else None
+        shape = (len(self),) if users.ndim == 1 else (users.shape[0], len(self))
+        _api._check_out(out, shape, device is not None)
+        result = np.empty(shape, np.float32)
+        for t, begin, end, bids, ids in self._groups():
+            logits = _api._host(_api.score_store(users, self._store.slice(begin, end), metric_of(metric, t), ids=None,
+                                                 sigmoid=False, backend=backend, threads=threads, out=None))
+            result[..., ids] = quantity(logits, bids, output)
+        result = _api._result_for(result, device is not None, device)
+        if out is None:
+            return result
+        out.copy_(result) if device is not None else np.copyto(out, result)
+        return out
+
+    def topk(self, users, k, metric=None, *, allowed=None, output=None, sigmoid=False, backend="auto",
+             threads=None):
+        """sk.topk(users, ads, k) over this set, ranked by the quantity returned (see score);
+        `allowed` (a boolean mask of length N, or an id list) restricts the candidates without
+        copying them. Ids are indices into the ads as given."""
+        users, metric, threads, output = self._operands(users, metric, threads, output, sigmoid)
+        k, allowed_ids = _api.check_k(k), self._allowed(allowed)
+        if self._grouping is None and output != "value":
+            return _api.topk_store(users, self._store, k, metric, ids=allowed_ids, sigmoid=output == "probability",
+                                   backend=backend, threads=threads)
+        device = users.device if _is_tensor(users) else None
+        many = np.atleast_2d(_api._to_numpy(users))
+        mask = None
+        if allowed_ids is not None:
+            mask = np.zeros(len(self), bool)
+            mask[allowed_ids if self._grouping is None else self._grouping.positions(allowed_ids)] = True
+        lists = [self._group_topk(many, metric_of(metric, t), begin, end, bids, ids, mask, k, output, backend, threads)
+                 for t, begin, end, bids, ids in self._groups()]
+        lists = [x for x in lists if x is not None]
+        if lists:
+            scores, found = topk_by_id(np.concatenate([s for s, _ in lists], -1),
+                                       np.concatenate([i for _, i in lists], -1), k)
+        else:
+            scores, found = np.empty((len(many), 0), np.float32), np.empty((len(many), 0), np.int64)
+        if users.ndim == 1:
+            scores, found = scores[0], found[0]
+        return _api._result_for(scores, device is not None, device), _api._result_for(found, device is not None, device)
+
+    def _operands(self, users, metric, threads, output, sigmoid):
         users = _api._embeddings(users, "users", (1, 2))
         if users.shape[-1] != self.dim:
             raise ValueError(f"users {tuple(users.shape)} and candidates ({len(self)}, {self.dim}) differ in "
                              f"embedding dimension")
-        return (users, _api.check_metric(metric, self.dim, users, self._store.data[:, :self.dim]),
-                _api.check_threads(threads))
+        output = check_output(output, isinstance(metric, ObjectiveMetrics), sigmoid)
+        if isinstance(metric, ObjectiveMetrics):
+            check_metric_for(metric, self._grouping, self.dim)
+            for m in metric:
+                m.check_fold_range(users)
+        else:
+            metric = _api.check_metric(metric, self.dim, users, self._store.data[:, :self.dim])
+        return users, metric, _api.check_threads(threads), output
 
-    def score(self, users, metric=None, *, sigmoid=False, backend="auto", threads=None, out=None):
-        """sk.score(users, ads) for users (n,) -> (N,) or (M, n) -> (M, N)."""
-        users, metric, threads = self._operands(users, metric, threads)
-        return _api.score_store(users, self._store, metric, ids=None, sigmoid=sigmoid, backend=backend,
-                                threads=threads, out=out)
+    def _groups(self):
+        """(objective, first packed row, end, bids, ids) per objective; one group without objectives."""
+        g = self._grouping
+        if g is None:
+            yield 0, 0, len(self), np.float32(1.0), np.arange(len(self))
+            return
+        for t, begin, end in g.groups():
+            yield t, begin, end, g.bids[begin:end], g.order[begin:end]
 
-    def topk(self, users, k, metric=None, *, allowed=None, sigmoid=False, backend="auto", threads=None):
-        """sk.topk(users, ads, k) over this set; `allowed` (a boolean mask of length N, or an
-        id list) restricts the candidates without copying them. Ids are candidate indices."""
-        users, metric, threads = self._operands(users, metric, threads)
-        return _api.topk_store(users, self._store, _api.check_k(k), metric, ids=self._allowed(allowed),
-                               sigmoid=sigmoid, backend=backend, threads=threads)
+    def _group_topk(self, users, metric, begin, end, bids, ids, mask, k, output, backend, threads):
+        """One objective's best k by the output quantity, exactly (ties to the lower id)."""
+        sub = self._store.slice(begin, end)
+        local = None if mask is None else np.flatnonzero(mask[begin:end])
+        eligible = end - begin if local is None else len(local)
+        k = min(k, eligible)
+        if k == 0:
+            return None
+        bids = np.broadcast_to(bids, (end - begin,))
+        if output != "value" or bids[0] == bids[-1]:  # the quantity is monotone in the logit here
+            def raw_topk(count):
+                scores, positions = (_api._host(x) for x in _api.topk_store(
+                    users, sub, count, metric, ids=local, sigmoid=False, backend=backend, threads=threads))
+                return scores, ids[positions]
+
+            def everything(u):
+                logits = _api._host(_api.score_store(users[u], sub, metric, ids=local, sigmoid=False,
+                                                     backend=backend, threads=threads, out=None))
+                rows = slice(None) if local is None else local
+                return quantity(logits, bids[rows], output), ids[rows]
+
+            return _api.rank_exactly(eligible, k, raw_topk, everything,
+                                     lambda scores, _: quantity(scores, bids[0], output))
+
+        def score_rows(first, last):
+            rows = None if local is None else local[first:last]
+            block = sub.slice(first, last) if local is None else sub
+            return _api._host(_api.score_store(users, block, metric, ids=rows, sigmoid=False, backend=backend,
+                                               threads=threads, out=None)).reshape(len(users), -1)
+
+        best, best_ids, _ = scan_by_value(users, sub, metric, bids, ids, local, k, score_rows)
+        return best, best_ids
 
     # ---- files --------------------------------------------------------------------------------
     def save(self, path) -> None:
@@ -154,8 +273,10 @@ class Candidates:
         The file is written beside `path` and renamed over it, never rewritten in place: a
         process that maps the old file (even this set, loaded with mmap=True from `path`) keeps
         reading the old bytes, and a reader opening `path` sees the old file or the new one."""
-        store = self._store
+        store, grouping = self._store, self._grouping
         arrays = {"data": store.data} if store.scales is None else {"data": store.data, "scales": store.scales}
+        if grouping is not None:  # the packing by objective travels with the rows
+            arrays.update(order=grouping.order, objectives=grouping.objectives, bids=grouping.bids)
         header: dict = {"dtype": store.dtype, "count": len(self), "dim": store.dim, "stored_dim": int(store.data.shape[1]),
                   "arrays": {}}
         offset = 0
@@ -215,6 +336,9 @@ class Candidates:
             wanted: dict = {"data": (np.dtype(NUMPY_TYPES[dtype]), (count, stored))}
             if dtype == "int8":
                 wanted["scales"] = (np.dtype(np.float32), (count,))
+            if "order" in specs:  # a set with objectives
+                wanted.update(order=(np.dtype(np.int64), (count,)), objectives=(np.dtype(np.int64), (count,)),
+                              bids=(np.dtype(np.float32), (count,)))
             arrays = {}
             for name, (item, shape) in wanted.items():
                 spec = specs.get(name)
@@ -238,4 +362,9 @@ class Candidates:
             raise ValueError(f"{path}: damaged scales")
         self = cls.__new__(cls)
         self._store = Storage(dtype, dim, arrays["data"], scales)
+        self._grouping = None
+        if "order" in arrays:
+            self._grouping = Grouping(arrays["order"], arrays["objectives"], arrays["bids"])
+            if verify:
+                self._grouping.check(path)
         return self

@@ -123,6 +123,46 @@ class Metric:
     def __reduce__(self):
         return _rebuild, (self._kind, self._dim, self._bias, self._params)
 
+    # ---- files: NumPy .npz, never pickle ----------------------------------------------------
+    def arrays(self, prefix: str = "") -> dict:
+        """The metric as named arrays (kind, dim, bias and its parameters), for np.savez."""
+        arrays = {f"{prefix}kind": np.array(self._kind), f"{prefix}dim": np.array(self._dim),
+                  f"{prefix}bias": np.array(self._bias, np.float64)}
+        for name, value in self._params.items():
+            if value is not None:
+                arrays[f"{prefix}{name}"] = np.asarray(value, np.float32)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str = "", source: str = "metric") -> "Metric":
+        """The metric that arrays() wrote; a missing or malformed entry is a ValueError."""
+        try:
+            kind = str(arrays[f"{prefix}kind"][()])
+            dim = int(arrays[f"{prefix}dim"][()])
+            bias = float(arrays[f"{prefix}bias"][()])
+            if kind not in KINDS:
+                raise ValueError(f"unknown metric kind {kind!r}")
+            parameters = {part.name: (float(arrays[prefix + part.name][()]) if part.shape == "scalar"
+                                      else arrays[prefix + part.name])
+                          for part in PARTS[kind] if prefix + part.name in arrays}
+            metric = build(kind, dim, parameters, bias)
+        except (KeyError, ValueError, TypeError, IndexError) as error:
+            raise ValueError(f"{source}: not a saved splitnet_kernels metric ({type(error).__name__}: {error})") from None
+        if metric.dim != dim:
+            raise ValueError(f"{source}: the saved dim {dim} does not match the parameters ({metric.dim})")
+        return metric
+
+    def save(self, path) -> None:
+        """Writes the metric to `path` as a NumPy .npz (no pickle): kind, dim, bias, parameters."""
+        with open(path, "wb") as f:
+            np.savez(f, **self.arrays())
+
+    @classmethod
+    def load(cls, path) -> "Metric":
+        """Reads a metric written by save(), through the constructors' checks."""
+        with np.load(path, allow_pickle=False) as arrays:
+            return cls.from_arrays(arrays, source=str(path))
+
     # ---- constructors ---------------------------------------------------------------------
     @classmethod
     def dot(cls, dim: int, bias: float = 0.0) -> "Metric":
@@ -210,30 +250,28 @@ class Metric:
 
     # ---- the algebra ----------------------------------------------------------------------
     def check_fold_range(self, users) -> None:
-        """Raises ValueError if folding a finite user could leave the float32 range.
+        """Raises ValueError if folding a finite user through a factor form could leave the
+        float32 range.
 
-        The policy, the same on every backend: a fold entry, or any partial sum of it in any
-        order, is bounded by (|u|^T |S|)_j; when that bound passes the float32 range the call is
-        refused, because float32 kernels would return inf or NaN where the float64 reference
-        returns a number. Users holding NaN or infinity are not refused: their scores follow
-        IEEE arithmetic. Cheap for ordinary users: one squared norm per user (Cauchy-Schwarz
-        against the largest column norm of S) decides, and the exact bound is formed only for
-        users that fail it.
+        The policy, the same on every backend. A diagonal S folds by one product per entry,
+        which float32 rounds exactly as the float64 reference rounds its own fold to float32: an
+        entry beyond the range is +-inf everywhere, and the scores follow IEEE rules. A factor
+        form (full, low_rank) sums products, and float32 partial sums can overflow where the
+        exact fold does not; so when the bound |u|^T |S|, which bounds every partial sum in any
+        order, passes the range, the call is refused rather than giving inf or NaN on the
+        float32 backends and a number on the reference. Users holding NaN or infinity are not
+        refused. One squared norm per user (Cauchy-Schwarz against the largest column norm of
+        |S|) decides; the exact bound is formed only for users that fail it.
         """
         if self._fold_gain is None:
-            return  # |S| <= I on the diagonal: |fold_j| <= |u_j|, never beyond float32
+            return  # a diagonal form: see above
         if _is_tensor(users):
             users = users.detach().cpu().numpy()  # rare: the check before a tensor call
-        if users.ndim == 1:  # the serving call: one float64 dot product (it cannot overflow), no errstate
-            wide = users.astype(np.float64)
-            if float(wide.dot(wide)) * self._fold_gain[0] <= _FOLD_LIMIT_SQUARED:
-                return
-            doubtful = np.ones(1, bool)
-        else:
-            with np.errstate(over="ignore", invalid="ignore"):
-                doubtful = ~(np.square(users).sum(-1, dtype=np.float64) * self._fold_gain[0] <= _FOLD_LIMIT_SQUARED)
-            if not doubtful.any():  # NaN norms are doubtful, and checked below
-                return
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing norm is doubtful, checked below
+            norms = np.einsum("...i,...i->...", users, users)  # float32 norms: n eps, inside the slack
+            doubtful = ~(np.float64(norms) * self._fold_gain[0] <= _FOLD_LIMIT_SQUARED)  # the limit is no float32
+        if not np.any(doubtful):
+            return
         rows = np.abs(np.asarray(users, np.float64).reshape(-1, self._dim)[np.reshape(doubtful, -1)])
         rows = rows[np.all(np.isfinite(rows), axis=1)]
         if rows.size:
@@ -257,10 +295,12 @@ class Metric:
             users = users.astype(np.float32, copy=False)
         if users.ndim not in (1, 2) or users.shape[-1] != self._dim:
             raise ValueError(f"users: expected shape ({self._dim},) or (M, {self._dim}), got {users.shape}")
-        form = self._form
-        if users.dtype == np.float64:
-            form = Form(*(None if x is None else x.astype(np.float64) for x in form))
-        return self._fold(users, form)
+        with np.errstate(over="ignore", invalid="ignore"):  # IEEE: the fold-range policy (check_fold_range)
+            if users.dtype != np.float64:
+                return self._fold(users, self._form)
+            folded = self._fold(users, Form(*(None if x is None else x.astype(np.float64) for x in self._form)))
+            beyond = np.isinf(folded.astype(np.float32)) & np.isfinite(folded)  # overflow as float32 has it
+        return np.where(beyond, np.copysign(np.inf, folded), folded) if beyond.any() else folded
 
     @staticmethod
     def _fold(users, form):
@@ -296,11 +336,11 @@ _FOLD_LIMIT_SQUARED = _FOLD_LIMIT**2
 
 
 def _fold_gain(form: Form, always: bool = False):
-    """None when no finite user can fold out of range (S = diag(w) with |w| <= 1), else (the
+    """None for a diagonal form (its overflow is the same on every backend), else (the
     largest squared column norm among the magnitude matrices, the matrices as float64 (n, n)):
     |diag| + |L| |R|^T, and |L| itself when R is given, which bounds the partial product u L."""
     diag, left, right = form
-    if not always and left is None and float(np.abs(diag).max()) <= 1.0:
+    if not always and left is None:
         return None
     dim = (diag if left is None else left).shape[0]
     magnitude = np.zeros((dim, dim))

@@ -73,6 +73,21 @@ def chunked_topk(score_chunk, n_users: int, n_cands: int, k: int, topk=None):
     return best_scores, best_ids
 
 
+def topk_by_id(values: np.ndarray, ids: np.ndarray, k: int):
+    """Best k of each row of float32 values (M, N) whose candidates are ids (N,) or (M, N), any
+    order, ids in [0, 2**31): (values (M, k), ids (M, k)), ties to the lower id. Vectorized."""
+    values = np.atleast_2d(values)
+    ids = np.broadcast_to(ids, values.shape).astype(np.int64, copy=False)
+    k = min(k, values.shape[-1])
+    span = np.int64(2**31)
+    composite = order_keys(values) * span + (span - 1 - ids)
+    part = np.argpartition(-composite, k - 1, axis=-1)[..., :k] if k < values.shape[-1] else \
+        np.broadcast_to(np.arange(values.shape[-1]), values.shape)
+    order = np.argsort(-np.take_along_axis(composite, part, axis=-1), axis=-1)
+    positions = np.take_along_axis(part, order, axis=-1)
+    return np.take_along_axis(values, positions, axis=-1), np.take_along_axis(ids, positions, axis=-1)
+
+
 def merge_numpy(scores: np.ndarray, ids: np.ndarray, k: int):
     """Best k of each row of (scores, ids): scores of any float type compared in that type, ids
     of any integer type, ties (and +0 / -0) to the lower id, NaN last."""

@@ -108,6 +108,16 @@ class Storage:
     def __len__(self) -> int:
         return self.data.shape[0]
 
+    def slice(self, begin: int, end: int) -> "Storage":
+        """Rows [begin, end) as a Storage of their own, without copying."""
+        return Storage(self.dtype, self.dim, self.data[begin:end], None if self.scales is None else self.scales[begin:end])
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The rows at positions as float32 (m, dim)."""
+        picked = Storage(self.dtype, self.dim, self.data[positions],
+                         None if self.scales is None else self.scales[positions])
+        return picked.rows()
+
     @property
     def nbytes(self) -> int:
         return self.data.nbytes + (0 if self.scales is None else self.scales.nbytes)

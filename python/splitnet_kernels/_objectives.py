@@ -1,0 +1,236 @@
+"""Campaign objectives: one metric per objective on the same embeddings, and the quantities a
+light ranker ranks by.
+
+For a candidate of objective t with bid w: logit x = u^T S_t a + b_t; probability sigmoid(x);
+value w * sigmoid(x), the expected value the heavy ranker is fed by. Every quantity is float32,
+the probability rounded from float64 (monotone in x) and the value the float32 product of bid and
+probability, so a value never exceeds its bid.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._metric import Metric
+
+OUTPUTS = ("logit", "probability", "value")
+
+
+class ObjectiveMetrics:
+    """T metrics of one dimension, one per campaign objective; om[t] is a Metric (bias b_t)."""
+
+    __slots__ = ("_metrics", "_names")
+
+    def __init__(self, metrics, names=None):
+        try:
+            metrics = tuple(metrics)
+        except TypeError:
+            raise TypeError("metrics: expected a sequence of splitnet_kernels.Metric") from None
+        if not metrics:
+            raise ValueError("metrics: expected at least one metric")
+        for t, metric in enumerate(metrics):
+            if not isinstance(metric, Metric):
+                raise TypeError(f"metrics[{t}]: expected a splitnet_kernels.Metric, got {type(metric).__name__}")
+            if metric.dim != metrics[0].dim:
+                raise ValueError(f"metrics[{t}] has dimension {metric.dim}, metrics[0] has {metrics[0].dim}: "
+                                 f"the objectives share one embedding")
+        if names is None:
+            names = tuple(f"objective_{t}" for t in range(len(metrics)))
+        else:
+            names = tuple(names)
+            if len(names) != len(metrics) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"names: expected {len(metrics)} strings, got {names!r}")
+            if len(set(names)) != len(names):
+                raise ValueError(f"names: must be distinct, got {names!r}")
+        self._metrics, self._names = metrics, names
+
+    def __len__(self) -> int:
+        return len(self._metrics)
+
+    def __getitem__(self, t) -> Metric:
+        if isinstance(t, str):
+            if t not in self._names:
+                raise KeyError(f"no objective named {t!r} (known: {', '.join(self._names)})")
+            return self._metrics[self._names.index(t)]
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
+            raise TypeError(f"objective: expected an index or a name, got {type(t).__name__}")
+        return self._metrics[t]
+
+    def __iter__(self):
+        return iter(self._metrics)
+
+    names = property(lambda self: self._names, doc="The objectives' names, in index order.")
+    dim = property(lambda self: self._metrics[0].dim, doc="The shared embedding dimension n.")
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(f"{n}: {m.kind}" for n, m in zip(self._names, self._metrics))
+        return f"ObjectiveMetrics(dim={self.dim}, {kinds})"
+
+    def save(self, path) -> None:
+        """Writes every metric and the names to `path` as a NumPy .npz (no pickle)."""
+        arrays = {"names": np.array(self._names), "count": np.array(len(self))}
+        for t, metric in enumerate(self._metrics):
+            arrays.update(metric.arrays(prefix=f"{t}/"))
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "ObjectiveMetrics":
+        """Reads what save() wrote, through the metric constructors' checks."""
+        with np.load(path, allow_pickle=False) as arrays:
+            try:
+                count, names = int(arrays["count"][()]), [str(n) for n in arrays["names"]]
+            except (KeyError, ValueError, TypeError) as error:
+                raise ValueError(f"{path}: not saved splitnet_kernels objective metrics ({error})") from None
+            metrics = [Metric.from_arrays(arrays, prefix=f"{t}/", source=str(path)) for t in range(count)]
+        return cls(metrics, names)
+
+
+def check_output(output, objectives: bool, sigmoid: bool) -> str:
+    """The quantity a call returns: output= if given, else value with objectives, probability
+    with sigmoid=True, logit otherwise."""
+    if output is None:
+        return "probability" if sigmoid else "value" if objectives else "logit"
+    if output not in OUTPUTS:
+        raise ValueError(f"output: expected one of {', '.join(OUTPUTS)}, got {output!r}")
+    if sigmoid and output != "probability":
+        raise ValueError(f"sigmoid=True asks for probabilities, but output={output!r}")
+    return output
+
+
+def check_objectives(objectives, bids, count: int):
+    """(objective ids int64 (N,), bids float32 (N,)) checked against N candidates; bids default 1."""
+    obj = np.asarray(_host(objectives))
+    if obj.dtype.kind not in "iu" or obj.shape != (count,):
+        raise ValueError(f"objectives: expected {count} integers (one per candidate), got {obj.dtype} {obj.shape}")
+    if count and obj.min() < 0:
+        raise ValueError(f"objectives: ids must be >= 0, got {obj.min()}")
+    if bids is None:
+        bid_values = np.ones(count, np.float32)
+    else:
+        bid_values = np.asarray(_host(bids))
+        if bid_values.dtype.kind not in "fiu" or bid_values.shape != (count,):
+            raise ValueError(f"bids: expected {count} numbers (one per candidate), got {bid_values.dtype} "
+                             f"{bid_values.shape}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            bid_values = bid_values.astype(np.float32)
+        bad = ~(np.isfinite(bid_values) & (bid_values >= 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"bids: must be finite and >= 0 (as float32), got {np.asarray(_host(bids))[i]!r} at {i}")
+    return obj.astype(np.int64), bid_values
+
+
+def _host(x):
+    return x.detach().cpu().numpy() if type(x).__module__.startswith("torch") else x
+
+
+# ---- candidates grouped by objective ----------------------------------------------------------
+class Grouping:
+    """How a candidate set with objectives is packed: rows sorted by (objective, bid descending,
+    id), so each objective's rows are contiguous (scanned with that objective's folded query) and
+    a scan by value can stop once no bid left can enter the top k. Arrays in packed order."""
+
+    __slots__ = ("order", "objectives", "bids", "offsets", "_inverse")
+
+    def __init__(self, order: np.ndarray, objectives: np.ndarray, bids: np.ndarray):
+        self.order, self.objectives, self.bids = order, objectives, bids
+        top = int(objectives[-1]) + 1 if len(objectives) else 0
+        self.offsets = np.searchsorted(objectives, np.arange(top + 1))
+        self._inverse = None
+        for array in (order, objectives, bids):
+            if array.flags.writeable:
+                array.flags.writeable = False
+
+    @classmethod
+    def of(cls, objectives: np.ndarray, bids: np.ndarray) -> "Grouping":
+        order = np.lexsort((np.arange(len(objectives)), -bids, objectives)).astype(np.int64)
+        return cls(order, objectives[order], bids[order])
+
+    @property
+    def n_objectives(self) -> int:
+        """One more than the largest objective id (0 for an empty set)."""
+        return len(self.offsets) - 1
+
+    def groups(self):
+        """(objective t, first packed row, end) for every objective with candidates."""
+        for t in range(self.n_objectives):
+            if self.offsets[t] < self.offsets[t + 1]:
+                yield t, int(self.offsets[t]), int(self.offsets[t + 1])
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Packed positions of candidate ids (indices into the ads as given)."""
+        if self._inverse is None:
+            inverse = np.empty(len(self.order), np.int64)
+            inverse[self.order] = np.arange(len(self.order))
+            self._inverse = inverse
+        return self._inverse[ids]
+
+    def check(self, source) -> None:
+        """Refuses a grouping that is not a packing of its own (a damaged file)."""
+        n = len(self.order)
+        sorted_order = np.sort(self.order)
+        if (not np.array_equal(sorted_order, np.arange(n)) or (n and self.objectives[0] < 0)
+                or np.any(np.diff(self.objectives) < 0) or not np.all(np.isfinite(self.bids) & (self.bids >= 0))):
+            raise ValueError(f"{source}: damaged objectives, bids or order")
+
+
+def quantity(logits: np.ndarray, bids, output: str) -> np.ndarray:
+    """What a call reports for float32 logits: themselves, their probability, or bid times it."""
+    if output == "logit":
+        return logits
+    from ._api import probability
+
+    p = probability(logits)
+    return p if output == "probability" else p * bids
+
+
+def metric_of(metric, t: int):
+    return metric[t] if isinstance(metric, ObjectiveMetrics) else metric
+
+
+def check_metric_for(metric, grouping, dim: int):
+    """Refuses an ObjectiveMetrics that does not fit the set (dimension, objective ids)."""
+    if not isinstance(metric, ObjectiveMetrics):
+        return
+    if grouping is None:
+        raise ValueError("metric: ObjectiveMetrics needs a candidate set built with objectives= (one per "
+                         "candidate); with one metric for every candidate pass a Metric")
+    if metric.dim != dim:
+        raise ValueError(f"metric has dimension {metric.dim}, but the candidates have dimension {dim}")
+    if grouping.n_objectives > len(metric):
+        raise ValueError(f"objectives: ids must be in [0, {len(metric)}) for {len(metric)} metrics, got "
+                         f"{grouping.n_objectives - 1}")
+
+
+_FIRST_BLOCK, _LAST_BLOCK = 4096, 65536  # rows per block of a scan by value: the first is small
+
+
+def scan_by_value(users, sub, metric, bids, ids, local, k: int, score_rows):
+    """The best k by value of one objective's rows, bids descending, read block by block until
+    every user's k-th value exceeds the largest bid left (a value never exceeds its bid).
+    score_rows(sub, positions or None, begin, end) -> logits (M, end - begin)."""
+    n = len(bids) if local is None else len(local)
+    best = np.empty((len(users), 0), np.float32)
+    best_ids = np.empty((len(users), 0), np.int64)
+    begin, size, skipped = 0, _FIRST_BLOCK, 0
+    while begin < n:
+        first = begin if local is None else int(local[begin])
+        if best.shape[1] == k and np.all(best[:, -1] > bids[first]):
+            skipped = n - begin
+            break
+        end = min(n, begin + size)
+        rows = np.arange(begin, end) if local is None else local[begin:end]
+        logits = score_rows(begin, end)
+        values = quantity(logits, bids[rows], "value")
+        best, best_ids = _keep(best, best_ids, values, np.broadcast_to(ids[rows], values.shape), k)
+        begin, size = end, min(2 * size, _LAST_BLOCK)
+    return best, best_ids, skipped
+
+
+def _keep(best, best_ids, values, ids, k):
+    from ._order import topk_by_id
+
+    return topk_by_id(np.concatenate([best, values], -1), np.concatenate([best_ids, ids], -1), k)

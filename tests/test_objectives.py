@@ -1,0 +1,156 @@
+"""Campaign objectives (issue 11): one metric per objective, bids, and ranking by expected
+value, on every backend and storage type, against a float64 brute force."""
+
+import numpy as np
+import pytest
+
+import splitnet_kernels as sk
+from conftest import make_metric, to_numpy
+
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")
+
+
+def _campaign(rng, count=400, dim=12, n_objectives=3, unit_bids=False):
+    ads = rng.standard_normal((count, dim)).astype(np.float32)
+    objectives = rng.integers(0, n_objectives, count)
+    bids = np.ones(count) if unit_bids else rng.lognormal(0.0, 1.0, count)
+    metrics = [make_metric(KINDS[t % len(KINDS)], dim, rng, bias=-1.0 + t) for t in range(n_objectives)]
+    return ads, objectives, bids, sk.ObjectiveMetrics(metrics, names=[f"o{t}" for t in range(n_objectives)])
+
+
+def _reference(users, ads, objectives, bids, om, output):
+    """float64 brute force: x = u S_t a + b_t for each ad's objective t, then the output."""
+    users64 = np.atleast_2d(np.asarray(users, np.float64))
+    x = np.empty((len(users64), len(ads)))
+    for t in range(len(om)):
+        rows = objectives == t
+        x[:, rows] = users64 @ om[t].dense().astype(np.float64) @ ads[rows].astype(np.float64).T + om[t].bias
+    if output == "logit":
+        return x
+    p = 1.0 / (1.0 + np.exp(-x))
+    return p if output == "probability" else p * np.asarray(bids, np.float32)
+
+
+@pytest.mark.parametrize("output", ("value", "probability", "logit"))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scores_and_topk_by_output(backend, dtype, output, rng):
+    ads, objectives, bids, om = _campaign(rng)
+    cands = sk.Candidates(ads, dtype, objectives=objectives, bids=bids)
+    users = rng.standard_normal((3, 12)).astype(np.float32)
+    got = to_numpy(cands.score(users, om, output=output, backend=backend))
+    expected = _reference(users, cands.rows(), objectives, bids, om, output)
+    # the float32 tolerance of the logit (as tests/conftest.tolerance, with |S| <= 3 here), carried
+    # through sigmoid' <= 1/4 and the bid, plus the int8 query's rounding
+    scale = np.abs(expected).max() if output == "logit" else np.max(bids)
+    tol = (1e-4 if dtype != "int8" else 3e-2) * max(scale, 1.0) * (10 if output == "logit" else 1)
+    np.testing.assert_allclose(got, expected, atol=tol)
+    scores, ids = (to_numpy(x) for x in cands.topk(users, 25, om, output=output, backend=backend))
+    for row in range(len(users)):  # top-k is a full sort of the set's own scores
+        order = np.lexsort((np.arange(len(ads)), -got[row].astype(np.float64)))[:25]
+        np.testing.assert_array_equal(ids[row], order)
+        np.testing.assert_array_equal(scores[row], got[row][order])
+
+
+@pytest.mark.parametrize("unit_bids", (False, True))
+def test_one_user_allowed_and_functional_form(backend, unit_bids, rng):
+    ads, objectives, bids, om = _campaign(rng, unit_bids=unit_bids)
+    cands = sk.Candidates(ads, objectives=objectives, bids=bids)
+    user = rng.standard_normal(12).astype(np.float32)
+    every = to_numpy(cands.score(user, om, backend=backend))  # value is the default with objectives
+    np.testing.assert_array_equal(every, to_numpy(sk.score(user, ads, om, objectives=objectives, bids=bids,
+                                                           backend=backend)))
+    allowed = np.arange(3, 400, 5)
+    scores, ids = (to_numpy(x) for x in cands.topk(user, 30, om, allowed=allowed, backend=backend))
+    np.testing.assert_array_equal(ids, allowed[np.lexsort((allowed, -every[allowed]))[:30]])
+    scores, ids = (to_numpy(x) for x in sk.topk(user, ads, 30, om, objectives=objectives, bids=bids, backend=backend))
+    np.testing.assert_array_equal(ids, np.lexsort((np.arange(400), -every))[:30])
+
+
+def test_shards_merge_into_one_call(rng):
+    ads, objectives, bids, om = _campaign(rng, count=900)
+    user = rng.standard_normal(12).astype(np.float32)
+    whole = sk.topk(user, ads, 40, om, objectives=objectives, bids=bids)
+    parts = []
+    for begin in range(0, 900, 250):
+        end = begin + 250
+        s, i = sk.topk(user, ads[begin:end], 40, om, objectives=objectives[begin:end], bids=bids[begin:end])
+        parts.append((s, i + begin))
+    merged = sk.merge_topk(parts, 40)
+    np.testing.assert_array_equal(merged[1], whole[1])
+    np.testing.assert_array_equal(merged[0], whole[0])
+
+
+def test_equal_values_go_to_the_lower_index_and_nan_last():
+    ads = np.array([[1.0], [1.0], [1.0], [np.nan], [2.0]], np.float32)
+    om = sk.ObjectiveMetrics([sk.Metric.dot(1), sk.Metric.dot(1)])
+    objectives, bids = np.array([1, 0, 1, 0, 0]), np.array([2.0, 2.0, 2.0, 5.0, 0.0])
+    scores, ids = sk.topk(np.ones(1, np.float32), ads, 5, om, objectives=objectives, bids=bids)
+    assert ids.tolist() == [0, 1, 2, 4, 3] and np.isnan(scores[-1]) and scores[3] == 0.0
+
+
+def test_plain_metric_takes_output_and_bids(rng):
+    ads = rng.standard_normal((50, 4)).astype(np.float32)
+    user, bids = rng.standard_normal(4).astype(np.float32), rng.lognormal(size=50)
+    m = sk.Metric.diagonal(rng.standard_normal(4), bias=0.5)
+    p = sk.score(user, ads, m, output="probability")
+    np.testing.assert_array_equal(p, sk.score(user, ads, m, sigmoid=True))
+    values = sk.score(user, ads, m, bids=bids, output="value")
+    np.testing.assert_array_equal(values, p * bids.astype(np.float32))
+    assert sk.topk(user, ads, 5, m, bids=bids, output="value")[1].tolist() == np.lexsort((np.arange(50), -values))[:5].tolist()
+    assert sk.topk(user, ads, 5, m, bids=bids)[1].tolist() == sk.topk(user, ads, 5, m)[1].tolist()  # logit by default
+
+
+def test_save_and_load_keep_objectives(tmp_path, rng):
+    ads, objectives, bids, om = _campaign(rng)
+    om.save(tmp_path / "om.npz")
+    loaded = sk.ObjectiveMetrics.load(tmp_path / "om.npz")
+    assert loaded.names == om.names and len(loaded) == 3
+    for t in range(3):
+        np.testing.assert_array_equal(loaded[t].dense(), om[t].dense())
+        assert loaded[t].bias == om[t].bias and loaded[t].kind == om[t].kind
+    for dtype in DTYPES:
+        cands = sk.Candidates(ads, dtype, objectives=objectives, bids=bids)
+        cands.save(tmp_path / "c.skc")
+        for mmap in (True, False):
+            again = sk.Candidates.load(tmp_path / "c.skc", mmap=mmap)
+            np.testing.assert_array_equal(again.objectives, objectives)
+            np.testing.assert_array_equal(again.bids, bids.astype(np.float32))
+            user = rng.standard_normal(12).astype(np.float32)
+            np.testing.assert_array_equal(again.topk(user, 20, loaded)[1], cands.topk(user, 20, om)[1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_metric_save_load_round_trip(kind, tmp_path, rng):
+    metric = make_metric(kind, 6, rng, bias=0.25)
+    metric.save(tmp_path / "m.npz")
+    again = sk.Metric.load(tmp_path / "m.npz")
+    assert again.kind == metric.kind and again.bias == metric.bias
+    np.testing.assert_array_equal(again.dense(), metric.dense())
+
+
+def test_bad_input_names_the_argument(rng, tmp_path):
+    ads, objectives, bids, om = _campaign(rng, n_objectives=2)
+    user = np.ones(12, np.float32)
+    with pytest.raises(ValueError, match="objectives"):
+        sk.Candidates(ads, objectives=np.full(400, 2)).topk(user, 5, om)  # id 2 with two metrics
+    with pytest.raises(ValueError, match="objectives"):
+        sk.Candidates(ads, objectives=-np.ones(400, int))
+    with pytest.raises(ValueError, match="objectives"):
+        sk.Candidates(ads, objectives=objectives[:-1])
+    for bad in (-1.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="bids"):
+            sk.Candidates(ads, objectives=objectives, bids=np.where(np.arange(400) == 7, bad, 1.0))
+    with pytest.raises(ValueError, match="bids"):
+        sk.Candidates(ads, objectives=objectives, bids=np.ones(3))
+    with pytest.raises(ValueError, match="dimension"):
+        sk.ObjectiveMetrics([sk.Metric.dot(3), sk.Metric.dot(4)])
+    with pytest.raises(ValueError, match="output"):
+        sk.score(user, ads, om, objectives=objectives, output="odds")
+    with pytest.raises(ValueError, match="objectives="):
+        sk.Candidates(ads).score(user, om)
+    with pytest.raises(ValueError, match="sigmoid"):
+        sk.topk(user, ads, 3, output="logit", sigmoid=True)
+    (tmp_path / "bad.npz").write_bytes(b"not a file")
+    with pytest.raises(ValueError):
+        sk.Metric.load(tmp_path / "bad.npz")
