@@ -18,9 +18,8 @@ import numpy as np
 
 from . import _api
 from ._metric import _is_tensor
-from ._objectives import Grouping, ObjectiveMetrics, check_metric_for, check_objectives, check_output, metric_of, \
-    quantity, scan_by_value
-from ._order import topk_by_id
+from ._objectives import _FIRST_BLOCK, Grouping, ObjectiveMetrics, check_metric_for, check_objectives, check_output, \
+    keep_best, metric_of, quantity, scan_by_value
 from ._storage import ALIGN, DTYPES, INT8_MAX_DIM, NUMPY_TYPES, Storage, stored_width
 
 # v2: the header has its own CRC-32. v1 (no header CRC) files are refused with a word to re-save.
@@ -113,6 +112,7 @@ class Candidates:
         return None if self._grouping is None else self._original(self._grouping.bids)
 
     def _original(self, packed: np.ndarray) -> np.ndarray:
+        assert self._grouping is not None  # called for sets with objectives only
         result = np.empty_like(packed)
         result[self._grouping.order] = packed
         return result
@@ -197,14 +197,15 @@ class Candidates:
         if allowed_ids is not None:
             mask = np.zeros(len(self), bool)
             mask[allowed_ids if self._grouping is None else self._grouping.positions(allowed_ids)] = True
-        lists = [self._group_topk(many, metric_of(metric, t), begin, end, bids, ids, mask, k, output, backend, threads)
-                 for t, begin, end, bids, ids in self._groups()]
-        lists = [x for x in lists if x is not None]
-        if lists:
-            scores, found = topk_by_id(np.concatenate([s for s, _ in lists], -1),
-                                       np.concatenate([i for _, i in lists], -1), k)
-        else:
-            scores, found = np.empty((len(many), 0), np.float32), np.empty((len(many), 0), np.int64)
+        best = np.empty((len(many), 0), np.float32), np.empty((len(many), 0), np.int64)
+        # Two rounds: every objective's highest bids first, so the k-th value that each scan
+        # stops at comes from all objectives, then the rest of each, as far as the bids allow.
+        resume: dict = {}
+        for until in (_FIRST_BLOCK, None):
+            for t, begin, end, bids, ids in self._groups():
+                best = self._group_topk(many, metric_of(metric, t), begin, end, bids, ids, mask, k, output, backend,
+                                        threads, best, resume, t, until)
+        scores, found = best
         if users.ndim == 1:
             scores, found = scores[0], found[0]
         return _api._result_for(scores, device is not None, device), _api._result_for(found, device is not None, device)
@@ -232,16 +233,20 @@ class Candidates:
         for t, begin, end in g.groups():
             yield t, begin, end, g.bids[begin:end], g.order[begin:end]
 
-    def _group_topk(self, users, metric, begin, end, bids, ids, mask, k, output, backend, threads):
-        """One objective's best k by the output quantity, exactly (ties to the lower id)."""
-        sub = self._store.slice(begin, end)
+    def _group_topk(self, users, metric, begin, end, bids, ids, mask, k, output, backend, threads, best, resume, t,
+                    until):
+        """(best, best_ids) merged with one objective's candidates by the output quantity,
+        exactly (ties to the lower id): its rows up to `until` (None: all), from where the last
+        call stopped (resume[t])."""
+        start = resume.get(t, 0)
         local = None if mask is None else np.flatnonzero(mask[begin:end])
         eligible = end - begin if local is None else len(local)
-        k = min(k, eligible)
-        if k == 0:
-            return None
+        if start >= eligible:
+            return best
+        sub = self._store.slice(begin, end)
         bids = np.broadcast_to(bids, (end - begin,))
         if output != "value" or bids[0] == bids[-1]:  # the quantity is monotone in the logit here
+            resume[t] = eligible  # ranked whole, in one call
             def raw_topk(count):
                 scores, positions = (_api._host(x) for x in _api.topk_store(
                     users, sub, count, metric, ids=local, sigmoid=False, backend=backend, threads=threads))
@@ -253,8 +258,9 @@ class Candidates:
                 rows = slice(None) if local is None else local
                 return quantity(logits, bids[rows], output), ids[rows]
 
-            return _api.rank_exactly(eligible, k, raw_topk, everything,
-                                     lambda scores, _: quantity(scores, bids[0], output))
+            group_best = _api.rank_exactly(eligible, min(k, eligible), raw_topk, everything,
+                                           lambda scores, _: quantity(scores, bids[0], output))
+            return keep_best(*best, *group_best, k)
 
         def score_rows(first, last):
             rows = None if local is None else local[first:last]
@@ -262,8 +268,8 @@ class Candidates:
             return _api._host(_api.score_store(users, block, metric, ids=rows, sigmoid=False, backend=backend,
                                                threads=threads, out=None)).reshape(len(users), -1)
 
-        best, best_ids, _ = scan_by_value(users, sub, metric, bids, ids, local, k, score_rows)
-        return best, best_ids
+        *best, resume[t] = scan_by_value(users, bids, ids, local, k, score_rows, *best, begin=start, until=until)
+        return tuple(best)
 
     # ---- files --------------------------------------------------------------------------------
     def save(self, path) -> None:

@@ -74,7 +74,7 @@ class ObjectiveMetrics:
         for t, metric in enumerate(self._metrics):
             arrays.update(metric.arrays(prefix=f"{t}/"))
         with open(path, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its allow_pickle
 
     @classmethod
     def load(cls, path) -> "ObjectiveMetrics":
@@ -134,6 +134,7 @@ class Grouping:
     a scan by value can stop once no bid left can enter the top k. Arrays in packed order."""
 
     __slots__ = ("order", "objectives", "bids", "offsets", "_inverse")
+    _inverse: np.ndarray | None
 
     def __init__(self, order: np.ndarray, objectives: np.ndarray, bids: np.ndarray):
         self.order, self.objectives, self.bids = order, objectives, bids
@@ -208,29 +209,33 @@ def check_metric_for(metric, grouping, dim: int):
 _FIRST_BLOCK, _LAST_BLOCK = 4096, 65536  # rows per block of a scan by value: the first is small
 
 
-def scan_by_value(users, sub, metric, bids, ids, local, k: int, score_rows):
-    """The best k by value of one objective's rows, bids descending, read block by block until
-    every user's k-th value exceeds the largest bid left (a value never exceeds its bid).
-    score_rows(sub, positions or None, begin, end) -> logits (M, end - begin)."""
-    n = len(bids) if local is None else len(local)
-    best = np.empty((len(users), 0), np.float32)
-    best_ids = np.empty((len(users), 0), np.int64)
-    begin, size, skipped = 0, _FIRST_BLOCK, 0
+def scan_by_value(users, bids, ids, local, k: int, score_rows, best, best_ids, begin: int = 0, until=None):
+    """Continues the best-k lists (best, best_ids: (M, <= k), best first) of the rows already
+    scanned with one objective's rows [begin, until) (until None: to the end), whose bids
+    descend: block by block, each block ending where the bids fall below every user's k-th
+    value (a value never exceeds its bid, so no row past that can enter). score_rows(begin,
+    end) -> logits (M, end - begin) of rows [begin, end) of the objective (of `local`, its
+    allowed positions, when given). Returns (best, best_ids, rows passed: where to resume)."""
+    row_bids = bids if local is None else bids[local]
+    n = len(row_bids) if until is None else min(until, len(row_bids))
+    size = _FIRST_BLOCK
     while begin < n:
-        first = begin if local is None else int(local[begin])
-        if best.shape[1] == k and np.all(best[:, -1] > bids[first]):
-            skipped = n - begin
-            break
         end = min(n, begin + size)
+        if best.shape[1] == k:
+            kth = best[:, -1]
+            threshold = float(np.where(np.isnan(kth), -np.inf, kth).min())  # a NaN k-th lets every row in
+            end = begin + int(np.searchsorted(-row_bids[begin:end], -threshold, side="right"))
+            if end == begin:  # no row left can enter
+                return best, best_ids, len(row_bids)
         rows = np.arange(begin, end) if local is None else local[begin:end]
-        logits = score_rows(begin, end)
-        values = quantity(logits, bids[rows], "value")
-        best, best_ids = _keep(best, best_ids, values, np.broadcast_to(ids[rows], values.shape), k)
+        values = quantity(score_rows(begin, end), row_bids[begin:end], "value")
+        best, best_ids = keep_best(best, best_ids, values, np.broadcast_to(ids[rows], values.shape), k)
         begin, size = end, min(2 * size, _LAST_BLOCK)
-    return best, best_ids, skipped
+    return best, best_ids, begin
 
 
-def _keep(best, best_ids, values, ids, k):
+def keep_best(best, best_ids, values, ids, k):
+    """The best k of two lists of (values, ids) rows, ties to the lower id."""
     from ._order import topk_by_id
 
     return topk_by_id(np.concatenate([best, values], -1), np.concatenate([best_ids, ids], -1), k)

@@ -273,7 +273,7 @@ class ObjectiveHead(nn.Module):
     # ---- export ---------------------------------------------------------------------------
     def to_metrics(self) -> list[Metric]:
         """Each objective's exported sk.Metric (its S_t and bias b_t), in objective order."""
-        return [head.to_metric() for head in self.heads]
+        return [head.to_metric() for head in self.heads]  # type: ignore[operator]  # ModuleList items are modules
 
     def to_objective_metrics(self) -> ObjectiveMetrics:
         """The sk.ObjectiveMetrics scoring like this head, with its names."""

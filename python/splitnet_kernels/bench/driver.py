@@ -1,4 +1,4 @@
-"""The benchmark driver behind `splitnet-kernels bench`: workloads W1-W7 of docs/design.md.
+"""The benchmark driver behind `splitnet-kernels bench`: workloads W1-W8 of docs/design.md.
 
 Every table is measured in one run, side by side: our kernels, the other backends, and what a
 user would pick instead (NumPy/BLAS, PyTorch, FAISS, Numba), each as a median time, its ratio to
@@ -8,6 +8,7 @@ read bandwidth, flops over the measured sgemm rate. Ratios, not absolute times, 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -21,7 +22,7 @@ from . import workloads as wl
 from .report import Progress, Table, plot_w7
 from .timing import floor_beside, machine_facts, median_time, median_times_in_turns
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
 
 
 # ---- the peers (real packages, loaded when present) ---------------------------------------
@@ -282,6 +283,185 @@ def w7(ctx) -> Table:
     return t
 
 
+@contextlib.contextmanager
+def _counting_skips():
+    """Records (rows, rows skipped) of every scan by value that Candidates.topk runs meanwhile:
+    the library's scan_by_value, wrapped for the bench's untimed calls only (the library keeps
+    the count to itself)."""
+    from .. import _candidates
+
+    record: dict = {}  # per objective (keyed by its first candidate): [rows, rows read, blocks scored]
+    original = _candidates.scan_by_value
+
+    def counted(users, bids, ids, local, k, score_rows, best, best_ids, begin=0, until=None):
+        blocks = []
+
+        def scored(first, last):
+            blocks.append(last - first)
+            return score_rows(first, last)
+
+        result = original(users, bids, ids, local, k, scored, best, best_ids, begin=begin, until=until)
+        entry = record.setdefault(int(ids[0]), [len(bids) if local is None else len(local), 0, 0])
+        entry[1] += sum(blocks)
+        entry[2] += len(blocks)
+        return result
+
+    _candidates.scan_by_value = counted
+    try:
+        yield record
+    finally:
+        _candidates.scan_by_value = original
+
+
+def _skipped(cands, call):
+    """(fraction of the candidate rows' bytes the scan by value skipped, MiB skipped, blocks
+    scored, per objective: fraction of its rows read) in one untimed call; rows not scanned by
+    value (unit bids) are read in full."""
+    with _counting_skips() as record:
+        call()
+    scans = [record[key] for key in sorted(record)]  # objectives in packed (objective id) order
+    rows = sum(n - read for n, read, _ in scans)
+    row_bytes = cands._store.nbytes / len(cands)  # the packed rows (and int8 scales), not the bids
+    return (rows / len(cands), rows * row_bytes / 2**20, sum(blocks for *_, blocks in scans),
+            [read / n for n, read, _ in scans])
+
+
+def _scan_note(label, skip, N, store_bytes, must=None, kth=None, k=None, kth_word="final"):
+    fraction, mib, blocks, read = skip
+    text = (f"{label}: the scan skipped {fraction:.1%} of the candidate bytes ({mib:.0f} MiB of {store_bytes / 2**20:.0f}) "
+            f"in {blocks} blocks; rows read per objective {', '.join(f'{r:.1%}' for r in read) or 'all (no bid bound)'}")
+    if must is not None:
+        text += (f"; a bid bound must read at least the rows with bid >= the {kth_word} {k}th value {kth:.3g}: "
+                 f"{sum(must):,} ({sum(must) / N:.2%}; per objective {', '.join(f'{m:,}' for m in must)})")
+    return text
+
+
+def _must_read(objectives, bids, kth, n_objectives):
+    """Rows per objective whose bid is >= the final k-th value (the lowest over users): what
+    any scan bounded by bids must read at least."""
+    return [int(np.count_nonzero(bids[objectives == t] >= kth)) for t in range(n_objectives)]
+
+
+def _check_exact(cands, users, om, k, found, values, label):
+    """Asserts that a top-k by value equals a full sort of the set's own score output (ties to
+    the lower id; no NaN here)."""
+    scores = np.atleast_2d(cands.score(users, om))
+    found, values = np.atleast_2d(found), np.atleast_2d(values)
+    for u in range(scores.shape[0]):
+        order = np.argsort(-scores[u], kind="stable")[:k]
+        assert np.array_equal(found[u], order), f"W8 {label}: top-{k} ids differ from a full sort of score()"
+        assert np.array_equal(values[u], scores[u][order]), f"W8 {label}: top-{k} values differ from score()"
+
+
+def _float64_values(ads, objectives, bids, om, user):
+    """Every candidate's value in float64: the brute-force reference."""
+    out = np.empty(len(ads))
+    for t, m in enumerate(om):
+        rows = np.flatnonzero(objectives == t)
+        logits = ads[rows].astype(np.float64) @ (user.astype(np.float64) @ m.dense().astype(np.float64)) + m.bias
+        out[rows] = bids[rows] / (1 + np.exp(-logits))
+    return out
+
+
+def w8(ctx) -> list[Table]:
+    n, N, k = wl.DIM, ctx.n_cands, wl.TOP_K
+    ads, user = wl.one_user(N)
+    users = wl.many_users(N)[1]
+    objectives, lognormal, unit = wl.objectives_and_bids(N)
+    om = wl.objective_metrics(n)
+    bid_sets = {"lognormal": lognormal, "unit": unit}
+    sets = {(dtype, b): sk.Candidates(ads, dtype=dtype, objectives=objectives, bids=bids)
+            for dtype in wl.DTYPES for b, bids in bid_sets.items()}
+    peers = {b: wl.NumpyObjectives(ads, objectives, bids, om) for b, bids in bid_sets.items()}
+    single = om[wl.OBJECTIVE_KINDS.index("full")]  # W2 with the dearest kind: folded, it costs what dot does
+    kinds = ", ".join(f"{name} {m.kind} ({rate:.0%})" for name, m, rate in zip(om.names, om, wl.BASE_RATES))
+
+    # one user: every set, the NumPy expressions and W2 timed in turns with the float32 read floor
+    fns: dict = {key: functools.partial(cands.topk, user, k, om) for key, cands in sets.items()}
+    for b, peer in peers.items():
+        fns[("numpy", b)] = functools.partial(peer.topk, user, k)
+        fns[("numpy in place", b)] = functools.partial(peer.topk_in_place, user, k)
+    fns["W2"] = lambda: sk.topk(user, ads, k, single)
+    floor, times = ctx.floor_beside(fns, ads)
+    numpy_best = {b: min(times[("numpy", b)], times[("numpy in place", b)]) for b in bid_sets}
+    w2_time = times["W2"]
+
+    results = {key: cands.topk(user, k, om) for key, cands in sets.items()}
+    skips = {key: _skipped(cands, functools.partial(cands.topk, user, k, om)) for key, cands in sets.items()}
+    for b in bid_sets:
+        _check_exact(sets[("float32", b)], user, om, k, results[("float32", b)][1], results[("float32", b)][0],
+                     f"float32 {b} bids")
+    t = Table("W8", f"one user x {N:,} candidates, {len(om)} objectives, top-{k} by value = bid x p (n={n})", floor,
+              "reading the float32 candidates once, timed in turns with ours")
+    t.add("Candidates float32, lognormal bids", times[("float32", "lognormal")])
+    t.add("Candidates float32, unit bids", times[("float32", "unit")])
+    for b in bid_sets:
+        t.add(f"numpy  grouped matvecs+sigmoid+argpartition ({b})", times[("numpy", b)])
+        t.add(f"numpy  same, in place ({b})", times[("numpy in place", b)])
+    t.add("W2  sk.topk(user, ads, k, metric), same rows", w2_time)
+    ours, ours_unit = times[("float32", "lognormal")], times[("float32", "unit")]
+    t.target(f"lognormal bids >= 3x faster than the best NumPy expression ({numpy_best['lognormal'] / ours:.2f}x)",
+             numpy_best["lognormal"] >= 3 * ours)
+    t.target(f"lognormal bids within 1.25x of W2 ({ours / w2_time:.2f}x W2)", ours <= 1.25 * w2_time)
+    t.target(f"unit bids >= 1.4x faster than the best NumPy expression ({numpy_best['unit'] / ours_unit:.2f}x)",
+             numpy_best["unit"] >= 1.4 * ours_unit)
+    t.notes.append(f"objectives (kind, base rate): {kinds}; objectives uniform over the rows, bids lognormal(0, "
+                   f"{wl.BID_SIGMA:g}) or 1; NumPy gets the rows already grouped by objective")
+    kth = float(results[("float32", "lognormal")][0][-1])
+    must = _must_read(objectives, lognormal, kth, len(om))
+    store_bytes = sets[("float32", "lognormal")]._store.nbytes
+    t.notes.append(_scan_note("lognormal bids", skips[("float32", "lognormal")], N, store_bytes, must, kth, k))
+    t.notes.append(_scan_note("unit bids", skips[("float32", "unit")], N, store_bytes))
+    t.notes.append(f"exact: the float32 top-{k} (lognormal and unit bids) equals a full sort of its own score output")
+    reference = _float64_values(ads, objectives, lognormal, om, user)
+    ref_top = np.argsort(-reference, kind="stable")[:k]
+    values, found = results[("float32", "lognormal")]
+    error = float(np.max(np.abs(values - reference[found]) / reference[found]))
+    t.notes.append(f"float64 brute force (lognormal): top-{k} sets equal {set(found) == set(ref_top)}, order equal "
+                   f"{np.array_equal(found, ref_top)}, max relative value error {error:.2g}")
+
+    # every storage type
+    s = Table("W8", f"W8 on every storage type (one user x {N:,}, top-{k} by value)", floor,
+              "reading the float32 candidates once, timed in turns with the sets",
+              columns=("x numpy", "x W2", "skipped", "recall"))
+    for dtype in wl.DTYPES:
+        for b in bid_sets:
+            key = (dtype, b)
+            recall = len(np.intersect1d(results[key][1], results[("float32", b)][1])) / k
+            s.add(f"Candidates {dtype}, {b} bids", times[key],
+                  (f"{numpy_best[b] / times[key]:.2f}", f"{times[key] / w2_time:.2f}", f"{skips[key][0]:.1%}",
+                   f"{recall:.3f}"))
+    s.add("numpy  best expression, lognormal bids", numpy_best["lognormal"])
+    s.add("numpy  best expression, unit bids", numpy_best["unit"])
+    s.add("W2  sk.topk(user, ads, k, metric), same rows", w2_time)
+    s.notes.append("x numpy: the best NumPy expression (same bids) over ours; x W2: ours over W2; skipped: the "
+                   "candidate bytes the scan did not read; recall: against the float32 set's top-k (same bids)")
+    return [t, s, _w8_many_users(ctx, ads, users, objectives, bid_sets, om, k, sets)]
+
+
+def _w8_many_users(ctx, ads, users, objectives, bid_sets, om, k, sets) -> Table:
+    M, N = users.shape[0], ads.shape[0]
+    floor = 2 * M * N * ads.shape[1] / ctx.gemm_flops
+    fns: dict = {b: functools.partial(sets[("float32", b)].topk, users, k, om) for b in bid_sets}
+    fns["W4"] = lambda: sk.topk(users, ads, k)
+    times = median_times_in_turns(fns, ctx.repeat_slow)
+    t = Table("W8", f"{M} users x {N:,} candidates, {len(om)} objectives, top-{k} by value each (float32)", floor,
+              "flops over measured sgemm rate")
+    t.add("Candidates float32, lognormal bids", times["lognormal"])
+    t.add("Candidates float32, unit bids", times["unit"])
+    t.add("W4  sk.topk(users, ads, k), same rows", times["W4"])
+    t.target(f"lognormal bids within 1.3x of W4 ({times['lognormal'] / times['W4']:.2f}x W4)",
+             times["lognormal"] <= 1.3 * times["W4"])
+    cands = sets[("float32", "lognormal")]
+    values, _ = cands.topk(users, k, om)
+    kth = float(values[:, -1].min())
+    must = _must_read(objectives, bid_sets["lognormal"], kth, len(om))
+    t.notes.append(_scan_note("lognormal bids", _skipped(cands, fns["lognormal"]), N, cands._store.nbytes, must, kth, k,
+                              "lowest (over users)"))
+    t.notes.append(_scan_note("unit bids", _skipped(sets[("float32", "unit")], fns["unit"]), N, cands._store.nbytes))
+    return t
+
+
 class Context:
     def floor_beside(self, fns: dict, *arrays, extra_bytes: int = 0):
         """timing.floor_beside at this run's repeat count and threads: (floor, {name: seconds})."""
@@ -301,7 +481,7 @@ class Context:
         self.peers = Peers()
 
 
-RUNNERS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7}
+RUNNERS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8}
 STEPS = {"W7": len(wl.W7_DIMS)}  # W7 steps the progress bar once per n
 
 

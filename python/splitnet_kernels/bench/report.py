@@ -13,14 +13,21 @@ class Table:
     # Declared, not defaulted, so other tables still have no such attribute.
     grid: dict[tuple[int, str], tuple[float, float]]
 
-    def __init__(self, workload: str, title: str, floor_s: float | None, floor_note: str):
+    def __init__(self, workload: str, title: str, floor_s: float | None, floor_note: str, columns: tuple = ()):
         self.workload, self.title, self.floor_s, self.floor_note = workload, title, floor_s, floor_note
         self.rows: list[tuple[str, float]] = []  # (name, median seconds); the first is ours
+        self.columns = tuple(columns)  # the names of extra columns, shown after floor/time
+        self.extras: dict[str, tuple] = {}  # row name -> its texts in those columns (rows may have none)
         self.targets: list[tuple[str, bool]] = []
         self.notes: list[str] = []
 
-    def add(self, name: str, seconds: float):
+    def add(self, name: str, seconds: float, extras: tuple = ()):
         self.rows.append((name, seconds))
+        if extras:
+            if len(extras) != len(self.columns):
+                raise ValueError(f"{self.workload}: row {name!r} has {len(extras)} extra values for columns "
+                                 f"{self.columns}")
+            self.extras[name] = tuple(str(e) for e in extras)
 
     def time_of(self, name: str) -> float | None:
         return next((s for n, s in self.rows if n == name), None)
@@ -40,10 +47,13 @@ class Table:
         lines = [f"{self.workload}: {self.title}"]
         if self.floor_s:
             lines.append(f"  floor {self.floor_s * 1e3:.3f} ms ({self.floor_note})")
-        lines.append(f"  {'implementation':44s} {'median':>11s} {'x ours':>8s} {'floor/time':>10s}")
+        width = max([44] + [len(name) for name, _ in self.rows])
+        extra_head = "".join(f" {c:>9s}" for c in self.columns)
+        lines.append(f"  {'implementation':{width}s} {'median':>11s} {'x ours':>8s} {'floor/time':>10s}{extra_head}")
         for name, seconds in self.rows:
             efficiency = f"{self.floor_s / seconds:10.2f}" if self.floor_s else f"{'':10s}"
-            lines.append(f"  {name:44s} {_fmt_time(seconds):>11s} {seconds / ours:8.2f} {efficiency}")
+            extra = "".join(f" {e:>9s}" for e in self.extras.get(name, ("",) * len(self.columns)))
+            lines.append(f"  {name:{width}s} {_fmt_time(seconds):>11s} {seconds / ours:8.2f} {efficiency}{extra}".rstrip())
         for text, ok in self.targets:
             lines.append(f"  [{'met' if ok else 'MISSED'}] {text}")
         lines.extend(f"  note: {n}" for n in self.notes)
@@ -51,7 +61,9 @@ class Table:
 
     def as_dict(self) -> dict:
         return {"workload": self.workload, "title": self.title, "floor_s": self.floor_s,
-                "floor_note": self.floor_note, "rows": [{"name": n, "median_s": s} for n, s in self.rows],
+                "floor_note": self.floor_note,
+                "rows": [{"name": n, "median_s": s, **({"extras": dict(zip(self.columns, self.extras[n]))}
+                                                        if n in self.extras else {})} for n, s in self.rows],
                 "targets": [{"target": t, "met": ok} for t, ok in self.targets], "notes": self.notes}
 
 

@@ -1,4 +1,4 @@
-"""The workloads W1-W7 of docs/design.md: their sizes, data and metrics, defined once for both
+"""The workloads W1-W8 of docs/design.md: their sizes, data and metrics, defined once for both
 `splitnet-kernels bench` (driver.py) and the pytest-benchmark suites in bench/."""
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ PAIR_KINDS = ("dot", "diagonal", "full")  # W5
 KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")  # W7: every metric kind, cheapest first
 W7_DIMS = (16, 32, 64, 128, 256, 512)
 W7_BYTES, QUICK_W7_BYTES = 64 << 20, 4 << 20  # W7's candidates per n: past the L3, as in serving
+# W8: campaign objectives on the ads (and users) of W1-W4, ranked by value = bid * sigmoid(logit)
+OBJECTIVES = ("video_view", "click", "app_install")
+OBJECTIVE_KINDS = ("diagonal", "low_rank", "full")  # one kind per objective: kinds differ
+BASE_RATES = (0.30, 0.05, 0.01)  # each bias is set so that the mean probability is this
+LOGIT_STD = 1.0  # ||S_t||_F: the spread of u^T S_t a for standard normal u, a
+BID_SIGMA = 1.0  # bids ~ lognormal(0, BID_SIGMA)
 
 
 def data(rows: int, dim: int, seed: int) -> np.ndarray:
@@ -74,6 +80,88 @@ def metrics_for(n: int, rng) -> dict:
                                        d=rng.standard_normal(n)),
         "full": sk.Metric.full(rng.standard_normal((n, n)) / np.sqrt(n)),
     }
+
+
+def _bias_for(rate: float, std: float) -> float:
+    """The bias b with E[sigmoid(b + std Z)] = rate, Z standard normal (Gauss-Hermite, bisection)."""
+    z, w = np.polynomial.hermite_e.hermegauss(64)
+    w = w / w.sum()
+    low, high = -30.0, 30.0
+    for _ in range(100):
+        b = (low + high) / 2
+        low, high = (b, high) if np.sum(w / (1 + np.exp(-(b + std * z)))) < rate else (low, b)
+    return (low + high) / 2
+
+
+def objective_metrics(dim: int = DIM) -> sk.ObjectiveMetrics:
+    """W8: one metric per objective (OBJECTIVE_KINDS), each scaled to ||S||_F = LOGIT_STD and
+    with the bias that gives its base rate (BASE_RATES)."""
+    rng = np.random.default_rng(12)
+    metrics = []
+    for kind, rate in zip(OBJECTIVE_KINDS, BASE_RATES):
+        bias = _bias_for(rate, LOGIT_STD)
+        if kind == "diagonal":
+            s = rng.standard_normal(dim)
+            metrics.append(sk.Metric.diagonal(s * LOGIT_STD / np.linalg.norm(s), bias=bias))
+        elif kind == "low_rank":
+            rank = max(1, dim // 8)
+            P, Q, d = rng.standard_normal((dim, rank)), rng.standard_normal((dim, rank)), rng.standard_normal(dim)
+            c = LOGIT_STD / np.linalg.norm(np.diag(d) + P @ Q.T)
+            metrics.append(sk.Metric.low_rank(P * np.sqrt(c), Q * np.sqrt(c), d=d * c, bias=bias))
+        else:
+            S = rng.standard_normal((dim, dim))
+            metrics.append(sk.Metric.full(S * LOGIT_STD / np.linalg.norm(S), bias=bias))
+    return sk.ObjectiveMetrics(metrics, OBJECTIVES)
+
+
+def objectives_and_bids(candidates: int):
+    """W8: (objective ids int64, lognormal bids float32, unit bids float32), one per candidate;
+    the objectives uniform over OBJECTIVES."""
+    rng = np.random.default_rng(13)
+    objectives = rng.integers(0, len(OBJECTIVES), candidates)
+    bids = rng.lognormal(0.0, BID_SIGMA, candidates).astype(np.float32)
+    return objectives, bids, np.ones(candidates, np.float32)
+
+
+class NumpyObjectives:
+    """W8 the NumPy way, as a user would hold the data: the rows already grouped by objective
+    (one contiguous float32 array per objective, with its bids and original ids) and each
+    metric's dense S and bias. Per request: fold the user once per objective (u @ S_t), one
+    matvec per group, sigmoid, times bids, argpartition of the top k and a sort of those."""
+
+    def __init__(self, ads, objectives, bids, om: sk.ObjectiveMetrics):
+        groups = [np.flatnonzero(objectives == t) for t in range(len(om))]
+        self.ads = [np.ascontiguousarray(ads[g]) for g in groups]
+        self.bids = [bids[g] for g in groups]
+        self.ids = np.concatenate(groups)
+        self.group_ids = groups
+        self.S = [m.dense().astype(np.float32) for m in om]
+        self.b = [np.float32(m.bias) for m in om]
+        self.edges = np.cumsum([0] + [len(g) for g in groups])
+        self.buffer = np.empty(len(objectives), np.float32)
+
+    def topk(self, user, k: int):
+        """The plain expression: a value array per objective, concatenated."""
+        values = np.concatenate([b / (1 + np.exp(-(A @ (user @ S) + c)))
+                                 for A, b, S, c in zip(self.ads, self.bids, self.S, self.b)])
+        top = np.argpartition(-values, k - 1)[:k]
+        top = top[np.argsort(-values[top], kind="stable")]
+        return values[top], self.ids[top]
+
+    def topk_in_place(self, user, k: int):
+        """The same, written into one preallocated array with in-place ufuncs."""
+        v = self.buffer
+        for t, (A, b, S, c) in enumerate(zip(self.ads, self.bids, self.S, self.b)):
+            x = v[self.edges[t]:self.edges[t + 1]]
+            np.matmul(A, user @ S, out=x)
+            x += c
+            np.negative(x, out=x)
+            np.exp(x, out=x)
+            x += 1
+            np.divide(b, x, out=x)
+        top = np.argpartition(v, len(v) - k)[len(v) - k:]
+        top = top[np.argsort(-v[top], kind="stable")]
+        return v[top], self.ids[top]
 
 
 def numpy_topk(scores: np.ndarray, k: int):
