@@ -19,7 +19,7 @@ import numpy as np
 from . import _api
 from ._metric import _is_tensor
 from ._objectives import _FIRST_BLOCK, Grouping, ObjectiveMetrics, check_metric_for, check_objectives, check_output, \
-    keep_best, metric_of, quantity, scan_by_value
+    folded, keep_best, quantity, scan_by_value
 from ._storage import ALIGN, DTYPES, INT8_MAX_DIM, NUMPY_TYPES, Storage, stored_width
 
 # v2: the header has its own CRC-32. v1 (no header CRC) files are refused with a word to re-save.
@@ -171,9 +171,11 @@ class Candidates:
         shape = (len(self),) if users.ndim == 1 else (users.shape[0], len(self))
         _api._check_out(out, shape, device is not None)
         result = np.empty(shape, np.float32)
+        plain_users = _api._to_numpy(users)
         for t, begin, end, bids, ids in self._groups():
-            logits = _api._host(_api.score_store(users, self._store.slice(begin, end), metric_of(metric, t), ids=None,
-                                                 sigmoid=False, backend=backend, threads=threads, out=None))
+            queries, dot = folded(metric, plain_users, t)
+            logits = _api._host(_api.score_store(queries, self._store.slice(begin, end), dot, ids=None, sigmoid=False,
+                                                 backend=backend, threads=threads, out=None))
             result[..., ids] = quantity(logits, bids, output)
         result = _api._result_for(result, device is not None, device)
         if out is None:
@@ -201,10 +203,11 @@ class Candidates:
         # Two rounds: every objective's highest bids first, so the k-th value that each scan
         # stops at comes from all objectives, then the rest of each, as far as the bids allow.
         resume: dict = {}
+        queries = {t: folded(metric, many, t) for t, *_ in self._groups()}
         for until in (_FIRST_BLOCK, None):
             for t, begin, end, bids, ids in self._groups():
-                best = self._group_topk(many, metric_of(metric, t), begin, end, bids, ids, mask, k, output, backend,
-                                        threads, best, resume, t, until)
+                best = self._group_topk(*queries[t], begin, end, bids, ids, mask, k, output, backend, threads, best,
+                                        resume, t, until)
         scores, found = best
         if users.ndim == 1:
             scores, found = scores[0], found[0]

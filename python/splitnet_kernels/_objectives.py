@@ -9,6 +9,7 @@ probability, so a value never exceeds its bid.
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -188,8 +189,16 @@ def quantity(logits: np.ndarray, bids, output: str) -> np.ndarray:
     return p if output == "probability" else p * bids
 
 
-def metric_of(metric, t: int):
-    return metric[t] if isinstance(metric, ObjectiveMetrics) else metric
+def folded(metric, users: np.ndarray, t: int):
+    """(objective t's queries: users folded through its metric, a dot metric with its bias):
+    each user folds T queries once per request, and every block of every scan reuses them."""
+    metric = metric[t] if isinstance(metric, ObjectiveMetrics) else metric
+    return metric.fold(users), _dot(metric.dim, metric.bias)
+
+
+@functools.lru_cache(maxsize=256)
+def _dot(dim: int, bias: float) -> Metric:
+    return Metric.dot(dim, bias)
 
 
 def check_metric_for(metric, grouping, dim: int):
