@@ -154,3 +154,14 @@ def test_bad_input_names_the_argument(rng, tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a file")
     with pytest.raises(ValueError):
         sk.Metric.load(tmp_path / "bad.npz")
+
+
+def test_sparse_large_objective_ids_allocate_nothing_per_id(rng):
+    # ids are labels, not a dense range: 10**12 must not size anything by it
+    ads = rng.standard_normal((6, 3)).astype(np.float32)
+    cands = sk.Candidates(ads, objectives=np.array([0, 10**12, 0, 5, 5, 10**12]))
+    om = sk.ObjectiveMetrics([sk.Metric.dot(3)] * 2)
+    with pytest.raises(ValueError, match=r"objectives: ids must be in \[0, 2\)"):
+        cands.topk(np.ones(3, np.float32), 2, om)
+    with pytest.raises(ValueError, match="objectives"):
+        sk.Candidates(ads, objectives=np.array([0, 2**63, 0, 0, 0, 0], np.uint64))

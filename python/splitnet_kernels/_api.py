@@ -11,6 +11,7 @@ import numpy as np
 
 from . import _dispatch
 from ._metric import Metric, _is_tensor
+from ._metric import host as _host
 from ._objectives import check_output
 from ._order import merge_numpy, topk_by_id
 from ._storage import count, is_plain
@@ -128,11 +129,6 @@ def _to_numpy(x):
     if x.dtype not in (torch.float16, torch.float32, torch.float64):
         x = x.to(torch.float32)
     return x.cpu().numpy()
-
-
-def _host(x) -> np.ndarray:
-    """A numpy view (or host copy) of an array or tensor, keeping its dtype."""
-    return x.detach().cpu().numpy() if _is_tensor(x) else np.asarray(x)
 
 
 def _to_torch(x, device):

@@ -59,6 +59,11 @@ def _is_tensor(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
+def host(x) -> np.ndarray:
+    """A numpy view (or host copy) of an array or tensor, keeping its dtype."""
+    return x.detach().cpu().numpy() if _is_tensor(x) else np.asarray(x)
+
+
 def _parameter(value, name: str, ndim: int) -> np.ndarray:
     if _is_tensor(value):
         value = value.detach().cpu().numpy()
@@ -227,11 +232,6 @@ class Metric:
         if diag is not None:
             S[np.diag_indices(self._dim)] += diag
         return S.astype(np.float32)
-
-    def diag_weights(self):
-        """The diagonal w when S = diag(w) (the dot, scaled and diagonal kinds), float32 (n,);
-        None when S has a factor term."""
-        return self._form.diag if self._form.left is None else None
 
     def cost_per_candidate(self, folded: bool = True) -> int:
         """Multiply-adds per (user, candidate) pair: n when folded, else the form's own cost

@@ -15,6 +15,7 @@ import numbers
 import numpy as np
 
 from ._metric import Metric
+from ._metric import host as _host
 
 OUTPUTS = ("logit", "probability", "value")
 
@@ -106,8 +107,8 @@ def check_objectives(objectives, bids, count: int):
     obj = np.asarray(_host(objectives))
     if obj.dtype.kind not in "iu" or obj.shape != (count,):
         raise ValueError(f"objectives: expected {count} integers (one per candidate), got {obj.dtype} {obj.shape}")
-    if count and obj.min() < 0:
-        raise ValueError(f"objectives: ids must be >= 0, got {obj.min()}")
+    if count and (obj.min() < 0 or obj.max() > np.iinfo(np.int64).max):
+        raise ValueError(f"objectives: ids must be in [0, 2**63), got {obj.min()}..{obj.max()}")
     if bids is None:
         bid_values = np.ones(count, np.float32)
     else:
@@ -124,23 +125,19 @@ def check_objectives(objectives, bids, count: int):
     return obj.astype(np.int64), bid_values
 
 
-def _host(x):
-    return x.detach().cpu().numpy() if type(x).__module__.startswith("torch") else x
-
-
 # ---- candidates grouped by objective ----------------------------------------------------------
 class Grouping:
     """How a candidate set with objectives is packed: rows sorted by (objective, bid descending,
     id), so each objective's rows are contiguous (scanned with that objective's folded query) and
     a scan by value can stop once no bid left can enter the top k. Arrays in packed order."""
 
-    __slots__ = ("order", "objectives", "bids", "offsets", "_inverse")
+    __slots__ = ("order", "objectives", "bids", "present", "starts", "_inverse")
     _inverse: np.ndarray | None
 
     def __init__(self, order: np.ndarray, objectives: np.ndarray, bids: np.ndarray):
         self.order, self.objectives, self.bids = order, objectives, bids
-        top = int(objectives[-1]) + 1 if len(objectives) else 0
-        self.offsets = np.searchsorted(objectives, np.arange(top + 1))
+        # the objectives present and where each one's rows start (ids may be sparse and large)
+        self.present, self.starts = np.unique(objectives, return_index=True)
         self._inverse = None
         for array in (order, objectives, bids):
             if array.flags.writeable:
@@ -154,13 +151,13 @@ class Grouping:
     @property
     def n_objectives(self) -> int:
         """One more than the largest objective id (0 for an empty set)."""
-        return len(self.offsets) - 1
+        return int(self.objectives[-1]) + 1 if len(self.objectives) else 0
 
     def groups(self):
         """(objective t, first packed row, end) for every objective with candidates."""
-        for t in range(self.n_objectives):
-            if self.offsets[t] < self.offsets[t + 1]:
-                yield t, int(self.offsets[t]), int(self.offsets[t + 1])
+        ends = list(self.starts[1:]) + [len(self.objectives)]
+        for t, begin, end in zip(self.present, self.starts, ends):
+            yield int(t), int(begin), int(end)
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Packed positions of candidate ids (indices into the ads as given)."""

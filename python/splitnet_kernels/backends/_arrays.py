@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._metric import host as _host
 from .._order import merge_numpy
 from .._storage import blocks, is_plain
-
-
-def _host(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if type(x).__module__.startswith("torch") else np.asarray(x)
 
 
 class ArrayBackend:
