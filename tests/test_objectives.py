@@ -165,3 +165,18 @@ def test_sparse_large_objective_ids_allocate_nothing_per_id(rng):
         cands.topk(np.ones(3, np.float32), 2, om)
     with pytest.raises(ValueError, match="objectives"):
         sk.Candidates(ads, objectives=np.array([0, 2**63, 0, 0, 0, 0], np.uint64))
+
+
+def test_edges_no_users_empty_set_torch(rng):
+    ads, objectives, bids, om = _campaign(rng, count=30)
+    cands = sk.Candidates(ads, objectives=objectives, bids=bids)
+    scores, ids = cands.topk(np.zeros((0, 12), np.float32), 5, om)
+    assert scores.shape == (0, 5) and ids.shape == (0, 5)
+    assert cands.score(np.zeros((0, 12), np.float32), om).shape == (0, 30)
+    empty = sk.Candidates(np.zeros((0, 12), np.float32), objectives=np.zeros(0, int))
+    assert empty.topk(np.ones(12, np.float32), 5, om)[1].shape == (0,)
+    torch = pytest.importorskip("torch")
+    users = rng.standard_normal((2, 12)).astype(np.float32)
+    got = cands.topk(torch.from_numpy(users), 5, om)
+    assert isinstance(got[0], torch.Tensor)
+    np.testing.assert_array_equal(got[1].numpy(), cands.topk(users, 5, om)[1])

@@ -200,11 +200,14 @@ class Candidates:
             mask = np.zeros(len(self), bool)
             mask[allowed_ids if self._grouping is None else self._grouping.positions(allowed_ids)] = True
         best = np.empty((len(many), 0), np.float32), np.empty((len(many), 0), np.int64)
+        if len(many) == 0:  # no users: (0, k) results, k capped by the eligible candidates
+            eligible = len(self) if allowed_ids is None else len(allowed_ids)
+            best = np.empty((0, min(k, eligible)), np.float32), np.empty((0, min(k, eligible)), np.int64)
         # Two rounds: every objective's highest bids first, so the k-th value that each scan
         # stops at comes from all objectives, then the rest of each, as far as the bids allow.
         resume: dict = {}
         queries = {t: folded(metric, many, t) for t, *_ in self._groups()}
-        for until in (_FIRST_BLOCK, None):
+        for until in (_FIRST_BLOCK, None) if len(many) else ():
             for t, begin, end, bids, ids in self._groups():
                 best = self._group_topk(*queries[t], begin, end, bids, ids, mask, k, output, backend, threads, best,
                                         resume, t, until)
