@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 import splitnet_kernels as sk
 
-from conftest import (KINDS, EPS32, assert_topk_does_not_crash, assert_within, backend_available, expected_order, make_metric,
+from conftest import (KINDS, assert_topk_does_not_crash, assert_within, backend_available, expected_order, make_metric,
                       reference_scores, stable_sigmoid, to_numpy, tolerance)
 
 

@@ -3,7 +3,6 @@ arrays to what it computes on and back."""
 
 from __future__ import annotations
 
-import functools
 import numbers
 import os
 
@@ -12,7 +11,7 @@ import numpy as np
 from . import _dispatch
 from ._metric import Metric, _is_tensor
 from ._metric import host as _host
-from ._objectives import check_output
+from ._objectives import _sigmoid_, check_output, dot_metric, probability
 from ._order import merge_numpy, topk_by_id
 from ._storage import count, is_plain
 
@@ -69,14 +68,9 @@ def check_k(k) -> int:
     return int(k)
 
 
-@functools.lru_cache(maxsize=64)
-def _dot_metric(dim: int) -> Metric:
-    return Metric.dot(dim)
-
-
 def check_metric(metric, dim: int, users, ads) -> Metric:
     if metric is None:
-        return _dot_metric(dim)
+        return dot_metric(dim)
     if not isinstance(metric, Metric):
         raise TypeError(f"metric: expected a splitnet_kernels.Metric or None, got {type(metric).__name__}")
     if metric.dim != dim:
@@ -181,20 +175,6 @@ def _may_share_memory(a, b) -> bool:
     return device_a == device_b and low_a < high_b and low_b < high_a
 
 
-def _sigmoid_(x):
-    """In place: the probability rounded from float64, stable for every input (no overflow,
-    small probabilities kept) and monotone in x, so ranking by it never contradicts the score."""
-    if _is_tensor(x) and x.device.type != "cpu":
-        import torch
-
-        return x.copy_(torch.sigmoid(x.to(torch.float64)))
-    values = x.numpy() if _is_tensor(x) else x
-    wide = values.astype(np.float64)
-    e = np.exp(-np.abs(wide))
-    values[...] = np.where(wide >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return x
-
-
 def rank_exactly(n_candidates: int, k: int, raw_topk, everything, transform):
     """Top k by transform(score) -- the quantity a call reports -- ties to the lower id.
 
@@ -214,11 +194,6 @@ def rank_exactly(n_candidates: int, k: int, raw_topk, everything, transform):
             top, top_ids = topk_by_id(values, candidate_ids, k)
             best[u], best_ids[u] = top[0], top_ids[0]
     return best, best_ids
-
-
-def probability(scores, ids=None):
-    """The reported probability of float32 scores (a new array)."""
-    return _sigmoid_(np.array(scores, np.float32))
 
 
 # ---- the one route ---------------------------------------------------------------------------
@@ -316,7 +291,7 @@ def _fast_metric(users, ads, metric, backend, threads):
             or ads.ndim != 2 or users.shape[0] != ads.shape[1]):
         return None
     if metric is None:
-        return _dot_metric(users.shape[0])
+        return dot_metric(users.shape[0])
     if type(metric) is not Metric or metric.dim != users.shape[0]:
         return None
     metric.check_fold_range(users)

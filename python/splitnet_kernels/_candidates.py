@@ -17,7 +17,7 @@ import zlib
 import numpy as np
 
 from . import _api
-from ._metric import _is_tensor
+from ._metric import _is_tensor, host
 from ._objectives import _FIRST_BLOCK, Grouping, ObjectiveMetrics, check_metric_for, check_objectives, check_output, \
     folded, keep_best, quantity, scan_by_value
 from ._storage import ALIGN, DTYPES, INT8_MAX_DIM, NUMPY_TYPES, Storage, stored_width
@@ -136,7 +136,7 @@ class Candidates:
             return None
         if _is_tensor(allowed):
             try:  # as it is: _api._to_numpy would make masks and ids float32
-                allowed = allowed.detach().cpu().numpy()
+                allowed = host(allowed)
             except TypeError:  # a dtype numpy lacks (bfloat16)
                 raise TypeError(f"allowed: expected a boolean mask or a 1-D integer id tensor, got {allowed.dtype} "
                                 f"{tuple(allowed.shape)}") from None

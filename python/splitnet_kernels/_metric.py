@@ -126,7 +126,7 @@ class Metric:
         return self
 
     def __reduce__(self):
-        return _rebuild, (self._kind, self._dim, self._bias, self._params)
+        return build, (self._kind, self._dim, self._params, self._bias)
 
     # ---- files: NumPy .npz, never pickle ----------------------------------------------------
     def arrays(self, prefix: str = "") -> dict:
@@ -371,10 +371,6 @@ def build(kind: str, dim: int, parameters: dict, bias: float = 0.0) -> Metric:
     if kind == "full":
         return Metric.full(parameters["S"], bias)
     return Metric.low_rank(parameters["P"], parameters["Q"], parameters.get("d"), bias)
-
-
-def _rebuild(kind: str, dim: int, bias: float, params: dict) -> Metric:
-    return build(kind, dim, params, bias)
 
 
 def _dimension(dim) -> int:

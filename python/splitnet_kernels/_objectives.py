@@ -14,8 +14,9 @@ import numbers
 
 import numpy as np
 
-from ._metric import Metric
+from ._metric import Metric, _is_tensor
 from ._metric import host as _host
+from ._order import topk_by_id
 
 OUTPUTS = ("logit", "probability", "value")
 
@@ -176,12 +177,30 @@ class Grouping:
             raise ValueError(f"{source}: damaged objectives, bids or order")
 
 
+# ---- the quantities a call reports ----------------------------------------------------------
+def _sigmoid_(x):
+    """In place: the probability rounded from float64, stable for every input (no overflow,
+    small probabilities kept) and monotone in x, so ranking by it never contradicts the score."""
+    if _is_tensor(x) and x.device.type != "cpu":
+        import torch
+
+        return x.copy_(torch.sigmoid(x.to(torch.float64)))
+    values = x.numpy() if _is_tensor(x) else x
+    wide = values.astype(np.float64)
+    e = np.exp(-np.abs(wide))
+    values[...] = np.where(wide >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return x
+
+
+def probability(scores, ids=None):
+    """The reported probability of float32 scores (a new array)."""
+    return _sigmoid_(np.array(scores, np.float32))
+
+
 def quantity(logits: np.ndarray, bids, output: str) -> np.ndarray:
     """What a call reports for float32 logits: themselves, their probability, or bid times it."""
     if output == "logit":
         return logits
-    from ._api import probability
-
     p = probability(logits)
     return p if output == "probability" else p * bids
 
@@ -190,11 +209,12 @@ def folded(metric, users: np.ndarray, t: int):
     """(objective t's queries: users folded through its metric, a dot metric with its bias):
     each user folds T queries once per request, and every block of every scan reuses them."""
     metric = metric[t] if isinstance(metric, ObjectiveMetrics) else metric
-    return metric.fold(users), _dot(metric.dim, metric.bias)
+    return metric.fold(users), dot_metric(metric.dim, metric.bias)
 
 
 @functools.lru_cache(maxsize=256)
-def _dot(dim: int, bias: float) -> Metric:
+def dot_metric(dim: int, bias: float = 0.0) -> Metric:
+    """Metric.dot(dim, bias), made once: the default metric and a folded objective's."""
     return Metric.dot(dim, bias)
 
 
@@ -242,6 +262,4 @@ def scan_by_value(users, bids, ids, local, k: int, score_rows, best, best_ids, b
 
 def keep_best(best, best_ids, values, ids, k):
     """The best k of two lists of (values, ids) rows, ties to the lower id."""
-    from ._order import topk_by_id
-
     return topk_by_id(np.concatenate([best, values], -1), np.concatenate([best_ids, ids], -1), k)

@@ -145,14 +145,11 @@ def is_plain(store) -> bool:
 
 
 def blocks(store, ids):
-    """(candidate ids or None for all of a plain store, float rows) blocks covering the store's
-    candidates, or only `ids` (ascending int64) when given: a plain store in one block, packed
-    storage widened BLOCK_ROWS at a time."""
+    """(candidate ids, float rows) blocks covering the store's candidates, or only `ids`
+    (ascending int64) when given: a plain store's subset in one block, packed storage widened
+    BLOCK_ROWS at a time. (A whole plain store needs no blocks: the backends read it as it is.)"""
     if is_plain(store):
-        if ids is None:
-            yield None, store
-        else:
-            yield ids, store[_index(ids, store)]
+        yield ids, store[_index(ids, store)]
         return
     for begin in range(0, len(store), BLOCK_ROWS):
         end = min(len(store), begin + BLOCK_ROWS)

@@ -7,7 +7,7 @@ import contextlib
 import numpy as np
 
 from ._arrays import ArrayBackend
-from .._order import chunked_topk, topk_numpy
+from .._order import chunked_topk
 
 
 def _blas_threads(threads):

@@ -68,7 +68,7 @@ def w1(ctx) -> Table:
 
 
 def w2(ctx) -> Table:
-    n, N, k = wl.DIM, ctx.n_cands, wl.TOP_K
+    N, k = ctx.n_cands, wl.TOP_K
     ads, user = wl.one_user(N)
     floor, ours = ctx.floor_beside({"ours": lambda: sk.topk(user, ads, k)}, ads)
     t = Table("W2", f"one user x {N:,} candidates, top-{k}", floor, "reading the candidates once, timed in turns with ours")
@@ -92,7 +92,7 @@ def w2(ctx) -> Table:
 
 
 def w3(ctx) -> list[Table]:
-    n, N, k = wl.DIM, ctx.n_cands, wl.TOP_K
+    N, k = ctx.n_cands, wl.TOP_K
     ads, user = wl.one_user(N)
     _, exact = sk.topk(user, ads, k)
     sets = {dtype: sk.Candidates(ads, dtype=dtype) for dtype in wl.DTYPES}
@@ -228,7 +228,7 @@ def w5(ctx) -> list[Table]:
 
 
 def w6(ctx) -> Table:
-    n, N, k = wl.DIM, wl.REQUEST_CANDIDATES, wl.REQUEST_K
+    N, k = wl.REQUEST_CANDIDATES, wl.REQUEST_K
     ads, user = wl.one_request()
     t = Table("W6", f"one user x {N:,} candidates, top-{k}: latency of one Python call", None, "")
     fast = 0.2 if not ctx.quick else 0.05
