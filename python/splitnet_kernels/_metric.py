@@ -233,6 +233,11 @@ class Metric:
             S[np.diag_indices(self._dim)] += diag
         return S.astype(np.float32)
 
+    def diag_weights(self):
+        """The diagonal w when S = diag(w) (the dot, scaled and diagonal kinds), float32 (n,);
+        None when S has a factor term."""
+        return self._form.diag if self._form.left is None else None
+
     def cost_per_candidate(self, folded: bool = True) -> int:
         """Multiply-adds per (user, candidate) pair: n when folded, else the form's own cost
         (the pair's dot product, plus the diagonal, plus u L and a R)."""
