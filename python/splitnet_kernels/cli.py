@@ -1,4 +1,4 @@
-"""The command line: `splitnet-kernels info`, `bench` and `experiment`."""
+"""The command line: `splitnet-kernels info`, `bench`, `experiment` and `offline`."""
 
 # Every command's parser is declared here and its module is imported only when that command
 # runs, so `info` loads neither the benchmarks nor the experiment (nor torch through it).
@@ -48,6 +48,43 @@ def _experiment(args) -> int:
                    settings=Settings.default(args.quick, **overrides), show_progress=not args.no_progress,
                    json_path=args.json, plot_path=args.plot)
     return 0
+
+
+def _offline(args) -> int:
+    from . import _offline
+
+    try:
+        return _offline.command(args)
+    except (ValueError, TypeError, OSError) as error:  # bad input: one line, before any work
+        print(f"splitnet-kernels offline: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _add_offline_parser(commands):
+    parser = commands.add_parser("offline", help="top-k (or pair scores) for a Parquet of users, locally or on Ray",
+                                 description="Offline scoring: Parquet in, Parquet out (docs/offline.md).")
+    parser.add_argument("--users", required=True, nargs="+", metavar="PATH", help="Parquet file(s) or folder")
+    parser.add_argument("--candidates", nargs="+", metavar="PATH",
+                        help="a saved candidate set (.skc), or its shards in id order")
+    parser.add_argument("--offsets", type=int, nargs="+", metavar="N",
+                        help="each shard's first id (default: the rows of the shards before it)")
+    parser.add_argument("--k", type=_positive, help="results per user")
+    parser.add_argument("--metric", metavar="PATH", help="a Metric or ObjectiveMetrics .npz (default: dot)")
+    parser.add_argument("--output", choices=("logit", "probability", "value"), help="the quantity ranked and written")
+    parser.add_argument("--out", required=True, metavar="PATH", help="a .parquet file, or else a folder")
+    parser.add_argument("--user-column", help="the embedding column (default embedding; user with --pairs)")
+    parser.add_argument("--pairs", action="store_true", help="score the (user, ad) pairs of each row instead")
+    parser.add_argument("--ad-column", default="ad", help="with --pairs: the ad embedding column (default ad)")
+    parser.add_argument("--objective-column", help="with --pairs and ObjectiveMetrics: each pair's objective")
+    parser.add_argument("--bid-column", help="with --pairs and ObjectiveMetrics: each pair's bid (default 1)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local", help="default local: in-process")
+    parser.add_argument("--address", help="with --engine ray: the cluster (host:port, ray://host:port, auto)")
+    parser.add_argument("--concurrency", type=_positive, help="with --engine ray: actors (default one per CPU)")
+    parser.add_argument("--threads", type=_positive, help="threads per process (default: all locally, 1 per actor)")
+    parser.add_argument("--batch-rows", type=_positive, help="rows per batch (default 4096)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_offline)
+    return parser
 
 
 def _positive(text: str) -> int:
@@ -102,6 +139,7 @@ def main(argv=None) -> int:
     bench_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench_parser.set_defaults(run=_bench)
     _add_experiment_parser(commands)
+    _add_offline_parser(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
