@@ -108,7 +108,7 @@ def embeddings(table: pa.Table, column: str, dim: int | None, what: str) -> np.n
         width = dim if dim is not None or not len(lengths) else int(lengths[0])
         if not np.all(lengths == width):
             bad = int(np.flatnonzero(lengths != width)[0])
-            raise ValueError(f"{what}: column {column!r} row {bad} has {lengths[bad]} values, expected {width}")
+            raise ValueError(f"{what}: column {column!r}: a row has {lengths[bad]} values, expected {width}")
     values = array.flatten()
     if values.null_count:
         raise ValueError(f"{what}: column {column!r} has {values.null_count} null values")
@@ -361,6 +361,22 @@ def users_dataset(users) -> pads.Dataset:
         raise ValueError(f"users: cannot be read as Parquet ({error})") from None
 
 
+def batches(dataset: pads.Dataset, rows: int):
+    """The dataset as tables of exactly `rows` rows (the last one fewer), across the files' row
+    groups, reading a few batches ahead at most."""
+    pending: list = []
+    held = 0
+    for batch in dataset.to_batches(batch_size=rows, batch_readahead=1, fragment_readahead=1):
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= rows:
+            table = pa.Table.from_batches(pending, dataset.schema)
+            yield table.slice(0, rows)
+            pending, held = table.slice(rows).to_batches(), held - rows
+    if held:
+        yield pa.Table.from_batches(pending, dataset.schema)
+
+
 def run_local(job, users, out, *, batch_rows: int = BATCH_ROWS, show_progress: bool = True) -> int:
     """Streams the users' Parquet through the batch function `job` into `out`, batch_rows rows at
     a time (memory bounded by a few batches, whatever the number of users). Returns the rows."""
@@ -368,10 +384,9 @@ def run_local(job, users, out, *, batch_rows: int = BATCH_ROWS, show_progress: b
     job.check_schema(dataset.schema)
     progress = Progress(dataset.count_rows(), show_progress)
     with Output(out) as output:
-        for batch in dataset.to_batches(batch_size=batch_rows, batch_readahead=1, fragment_readahead=1):
-            if batch.num_rows:
-                output.write(job(batch))
-                progress.add(batch.num_rows)
+        for table in batches(dataset, batch_rows):
+            output.write(job(table))
+            progress.add(table.num_rows)
         if progress.done == 0:  # still a file (or part) with the output's columns
             output.write(job(dataset.schema.empty_table()))
     return progress.done
