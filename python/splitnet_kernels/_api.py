@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 
 import numpy as np
 
@@ -21,14 +22,15 @@ def _shape(x) -> tuple:
     return tuple(x.shape)
 
 
-def _embeddings(x, name: str, ndims: tuple):
-    """x as a float array (numpy) or float tensor with one of the allowed ndims."""
+def _embeddings(x, name: str, ndims: tuple, meta: bool = False):
+    """x as a float array (numpy) or float tensor with one of the allowed ndims; meta tensors
+    only where meta says they may go (to the custom ops, which give meta results)."""
     if _is_tensor(x):
         if not x.dtype.is_floating_point:
             raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
         if str(x.layout) != "torch.strided":
             raise TypeError(f"{name}: expected a dense tensor, got layout {x.layout} (call .to_dense())")
-        if x.device.type == "meta":
+        if x.device.type == "meta" and not meta:
             raise ValueError(f"{name}: a meta tensor holds no values to score (shape {_shape(x)})")
     else:
         if not isinstance(x, np.ndarray):
@@ -76,13 +78,14 @@ def check_metric(metric, dim: int, users, ads) -> Metric:
     if metric.dim != dim:
         raise ValueError(f"metric has dimension {metric.dim}, but users {_shape(users)} and ads "
                          f"{_shape(ads)} have dimension {dim}")
-    metric.check_fold_range(users)
+    if not _is_tensor(users) or _ops().holds_values(users):  # else traced: the op checks when it runs
+        metric.check_fold_range(users)
     return metric
 
 
-def _check_pair(users, ads, pairwise: bool):
-    users = _embeddings(users, "users", (2,) if pairwise else (1, 2))
-    ads = _embeddings(ads, "ads", (2,))
+def _check_pair(users, ads, pairwise: bool, meta: bool = False):
+    users = _embeddings(users, "users", (2,) if pairwise else (1, 2), meta)
+    ads = _embeddings(ads, "ads", (2,), meta)
     if users.shape[-1] != ads.shape[-1]:
         raise ValueError(f"users {_shape(users)} and ads {_shape(ads)} differ in embedding dimension")
     if pairwise and users.shape[0] != ads.shape[0]:
@@ -199,8 +202,27 @@ def rank_exactly(n_candidates: int, k: int, raw_topk, everything, transform):
 # ---- the one route ---------------------------------------------------------------------------
 # Every scoring call, Candidates' included, ends in score_store or topk_store with checked
 # operands, and from there in one backend call: backend.score / topk over a candidate store (a
-# plain float array of ads, or packed Storage) or backend.score_pairs. The fast path below skips
-# checks the binding makes anyway, never the route.
+# plain float array of ads, or packed Storage) or backend.score_pairs; tensors under
+# backend="auto" make it one custom op call instead (_torch_ops), which torch.compile can trace.
+# The fast path below skips checks the binding makes anyway, never the route.
+_torch_ops = None
+
+
+def _ops():
+    """The custom ops' module, imported (and the ops registered) on first use."""
+    global _torch_ops
+    if _torch_ops is None:
+        from . import _torch_ops as module
+
+        _torch_ops = module
+    return _torch_ops
+
+
+def _ops_take(backend) -> bool:
+    """Whether tensors go to the custom ops: under backend="auto", unless the environment names a backend."""
+    return backend == "auto" and _dispatch.ENV_BACKEND == "auto"
+
+
 def _native(backend, x, device):
     """x (users, or a plain store) as the backend computes on it; packed Storage stays as it is."""
     if not is_plain(x):
@@ -224,6 +246,9 @@ def score_store(users, store, metric, *, ids, sigmoid, backend, threads, out, pa
     n_candidates = count(store) if ids is None else len(ids)
     shape = (n_candidates,) if pairwise or users.ndim == 1 else (users.shape[0], n_candidates)
     out = _check_out(out, shape, torch_input)
+    if torch_input and _ops_take(backend):
+        return _ops().score_store(users, store, metric, ids=ids, sigmoid=sigmoid, threads=threads, out=out,
+                                  pairwise=pairwise)
     if out is not None and any(_may_share_memory(out, x) for x in ((users, store) if is_plain(store) else (users,))):
         result = score_store(users, store, metric, ids=ids, sigmoid=sigmoid, backend=backend, threads=threads,
                              out=None, pairwise=pairwise)
@@ -250,6 +275,8 @@ def topk_store(users, store, k, metric, *, ids, sigmoid, backend, threads):
     """The best k of a store for checked users; sigmoid ranks by the probability."""
     device = _device(users, store)
     torch_input = device is not None
+    if torch_input and _ops_take(backend) and not sigmoid:  # sigmoid: ranked again in numpy (rank_exactly)
+        return _ops().topk_store(users, store, k, metric, ids=ids, threads=threads)
     chosen = _dispatch.resolve(backend, torch_input and device.type != "cpu")
     k = min(k, count(store) if ids is None else len(ids))
     n_users = 1 if users.ndim == 1 else users.shape[0]
@@ -338,7 +365,7 @@ def score(users, ads, metric=None, *, pairwise=False, sigmoid=False, backend="au
             pass  # a layout or shape the general path handles (or reports)
         else:
             return _sigmoid_(result) if sigmoid else result
-    users, ads = _check_pair(users, ads, pairwise)
+    users, ads = _check_pair(users, ads, pairwise, meta=_ops_take(backend))
     metric = check_metric(metric, ads.shape[-1], users, ads)
     return score_store(users, ads, metric, ids=None, sigmoid=sigmoid, backend=backend,
                        threads=check_threads(threads), out=out, pairwise=pairwise)
@@ -369,7 +396,7 @@ def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=N
             pass  # a layout or shape the general path handles (or reports)
         else:
             return scores, ids
-    users, ads = _check_pair(users, ads, False)
+    users, ads = _check_pair(users, ads, False, meta=_ops_take(backend) and not sigmoid)
     metric = check_metric(metric, ads.shape[-1], users, ads)
     return topk_store(users, ads, check_k(k), metric, ids=None, sigmoid=sigmoid, backend=backend,
                       threads=check_threads(threads))
@@ -425,3 +452,7 @@ def _common_ids(parts) -> np.ndarray:
     if any(p.dtype.kind == "i" and p.size and p.min() < 0 for p in parts):
         raise ValueError("parts: ids mix negative values with values beyond the int64 range")
     return np.concatenate([p.astype(np.uint64, copy=False) for p in parts], -1)
+
+
+if "torch" in sys.modules:  # torch came first: the ops exist from the start, as torch.ops.splitnet_kernels
+    _ops()

@@ -1,4 +1,5 @@
-"""The PyTorch backend: torch ops end to end, on whatever device the tensors live on."""
+"""The PyTorch backend: torch ops end to end, on whatever device the tensors live on. scores and
+topk_blocks are its arithmetic on folded users, which the custom ops (_torch_ops) run off the CPU."""
 
 from __future__ import annotations
 
@@ -9,6 +10,23 @@ from ._arrays import ArrayBackend
 from .._order import chunked_topk, topk_torch
 
 _THREADS_LOCK = threading.Lock()  # torch's thread count is process-wide
+
+
+def scores(folded, ads, bias, pairwise: bool):
+    """folded users (n,) or (M, n) against float rows ads (N, n) -> (N,) or (M, N), + bias;
+    pairwise: row i against row i -> (B,)."""
+    if pairwise:
+        raw = (folded * ads).sum(-1)
+    else:
+        raw = ads @ folded if folded.dim() == 1 else folded @ ads.T
+    return raw + bias
+
+
+def topk_blocks(folded, rows, count: int, bias, k: int):
+    """The best k of `count` candidates for folded users (M, n), float32, in the package's order;
+    rows(begin, end) gives candidates [begin, end) as float rows, a block at a time."""
+    return chunked_topk(lambda begin, end: scores(folded, rows(begin, end), bias, False), folded.shape[0], count, k,
+                        topk=topk_torch)
 
 
 @contextlib.contextmanager
@@ -37,14 +55,6 @@ class TorchBackend(ArrayBackend):
         devices = "cpu" + (", cuda" if torch.cuda.is_available() else "")
         return True, f"torch {torch.__version__} ({devices})"
 
-    @staticmethod
-    def _scores(torch, folded, ads, bias, pairwise):
-        if pairwise:
-            raw = (folded * ads).sum(-1)
-        else:
-            raw = ads @ folded if folded.dim() == 1 else folded @ ads.T
-        return raw + bias
-
     def as_rows(self, rows, like):
         import torch
 
@@ -61,7 +71,7 @@ class TorchBackend(ArrayBackend):
 
         with _torch_threads(torch, threads, ads.device), torch.no_grad():
             folded = metric.fold(users.to(torch.float32))
-            result = self._scores(torch, folded, ads.to(torch.float32), metric.bias, pairwise)
+            result = scores(folded, ads.to(torch.float32), metric.bias, pairwise)
         if out is None:
             return result
         out.copy_(result)
@@ -73,5 +83,4 @@ class TorchBackend(ArrayBackend):
         with _torch_threads(torch, threads, ads.device), torch.no_grad():
             folded = metric.fold(users.to(torch.float32))
             ads = ads.to(torch.float32)
-            return chunked_topk(lambda b, e: self._scores(torch, folded, ads[b:e], metric.bias, False),
-                                folded.shape[0], ads.shape[0], k, topk=topk_torch)
+            return topk_blocks(folded, lambda begin, end: ads[begin:end], ads.shape[0], metric.bias, k)

@@ -1,0 +1,439 @@
+"""The kernels as PyTorch custom ops (torch.library, namespace "splitnet_kernels"), so that
+torch.compile, torch.export and FakeTensor tracing see ordinary ops; autograd for score; and the
+route that sk.score / sk.topk (and Candidates) take for tensors.
+
+    score(users, ads, diag, left, right, bias, threads)        users (n,) -> (N,); (M, n) -> (M, N)
+    score_pairs(users, ads, diag, left, right, bias, threads)  users (B, n), ads (B, n) -> (B,)
+    topk(users, ads, diag, left, right, bias, k, threads)      -> scores, ids: (k',) or (M, k'), k' = min(k, N)
+    candidates_score(users, data, scales, allowed, diag, left, right, bias, threads)
+    candidates_topk(users, data, scales, allowed, diag, left, right, bias, k, threads)
+
+The metric is its canonical form S = diag(diag) + left right^T (_metric.Form); diag and left
+both None mean S = I. The operands share one device, and for score one floating dtype, which the
+result keeps; topk ranks in float32, in the package's order. candidates_* scan a Candidates
+set's packed rows (N, stored width) of float32, float16, bfloat16 or int8 (with float32 scales
+(N,)), optionally only the ascending int64 ids `allowed`. CPU float32 runs the simd kernels;
+every other device or dtype runs the torch backend's arithmetic. A factor form whose fold could
+leave the float32 range is refused, as Metric.check_fold_range refuses it.
+
+score and score_pairs are differentiable in users, ads, diag, left and right: the gradients are
+bilinear products again, made with torch ops, so they differentiate once more. The top-k ops
+raise if a gradient is asked of them. Importing this module registers the ops.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from . import _dispatch
+from ._metric import _FOLD_LIMIT, Form, Metric, _fold_gain
+from ._objectives import _sigmoid_, dot_metric
+from ._storage import BLOCK_ROWS, Storage, is_plain
+from .backends import _torch as torch_backend
+from .backends._simd import SimdBackend
+
+NAMESPACE = "splitnet_kernels"
+_FORM = "Tensor? diag, Tensor? left, Tensor? right, float bias"
+_PACKED = "Tensor users, Tensor data, Tensor? scales, Tensor? allowed"
+SCHEMAS = {
+    "score": f"(Tensor users, Tensor ads, {_FORM}, int? threads=None) -> Tensor",
+    "score_pairs": f"(Tensor users, Tensor ads, {_FORM}, int? threads=None) -> Tensor",
+    "topk": f"(Tensor users, Tensor ads, {_FORM}, int k, int? threads=None) -> (Tensor, Tensor)",
+    "candidates_score": f"({_PACKED}, {_FORM}, int? threads=None) -> Tensor",
+    "candidates_topk": f"({_PACKED}, {_FORM}, int k, int? threads=None) -> (Tensor, Tensor)",
+}
+_LIBRARY = torch.library.Library(NAMESPACE, "DEF")
+for _name, _schema in SCHEMAS.items():
+    _LIBRARY.define(_name + _schema)
+ops = torch.ops.splitnet_kernels
+# Packed storage types as tensor dtypes (bfloat16 rows are their uint16 bits viewed as bfloat16).
+STORED = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8"}
+_SIMD = SimdBackend()
+_TENSOR = torch.Tensor
+
+
+# ---- checks, shared by the kernels and the fake implementations ---------------------------------
+def _shape(x) -> tuple:
+    return tuple(x.shape)
+
+
+def _check_form(users, diag, left, right, dtype) -> None:
+    n = users.shape[-1]
+    for name, x in (("diag", diag), ("left", left), ("right", right)):
+        if x is not None and (x.device != users.device or x.dtype != dtype):
+            raise TypeError(f"{name}: expected a {dtype} tensor on {users.device} like users, got {x.dtype} on {x.device}")
+    if diag is not None and _shape(diag) != (n,):
+        raise ValueError(f"diag: expected shape ({n},) for users {_shape(users)}, got {_shape(diag)}")
+    if right is not None and left is None:
+        raise ValueError("right: given without left")
+    if left is not None and (left.ndim != 2 or left.shape[0] != n or (right is None and left.shape[1] != n)
+                             or (right is not None and _shape(right) != _shape(left))):
+        raise ValueError(f"left, right: expected left ({n}, {n}) alone, or left and right ({n}, r), for users "
+                         f"{_shape(users)}; got {_shape(left)} and {None if right is None else _shape(right)}")
+
+
+def _check(users, ads, diag, left, right, pairwise: bool = False) -> None:
+    """Shapes, dtypes and devices of score's operands."""
+    if not users.dtype.is_floating_point or ads.dtype != users.dtype or ads.device != users.device:
+        raise TypeError(f"users and ads: expected floating-point tensors of one dtype on one device, got "
+                        f"{users.dtype} on {users.device} and {ads.dtype} on {ads.device}")
+    if users.ndim not in ((2,) if pairwise else (1, 2)) or ads.ndim != 2 or users.shape[-1] != ads.shape[-1] \
+            or users.shape[-1] == 0 or (pairwise and users.shape[0] != ads.shape[0]):
+        wanted = "(B, n) each" if pairwise else "users (n,) or (M, n) and ads (N, n)"
+        raise ValueError(f"users {_shape(users)} and ads {_shape(ads)}: expected {wanted}, n >= 1")
+    _check_form(users, diag, left, right, users.dtype)
+
+
+def _check_packed(users, data, scales, allowed, diag, left, right) -> None:
+    if users.dtype != torch.float32 or users.ndim not in (1, 2) or users.shape[-1] == 0:
+        raise TypeError(f"users: expected a float32 tensor (n,) or (M, n), got {users.dtype} {_shape(users)}")
+    if data.dtype not in STORED or data.ndim != 2 or data.shape[1] < users.shape[-1] or data.device != users.device:
+        raise TypeError(f"data: expected packed rows (N, >= {users.shape[-1]}) of {', '.join(STORED.values())} on "
+                        f"{users.device}, got {data.dtype} {_shape(data)} on {data.device}")
+    if (data.dtype == torch.int8) != (scales is not None):
+        raise TypeError(f"scales: int8 data needs float32 scales (N,), other data none; got {data.dtype} data and "
+                        f"scales {None if scales is None else _shape(scales)}")
+    if scales is not None and (scales.dtype != torch.float32 or _shape(scales) != (data.shape[0],)
+                               or scales.device != users.device):
+        raise ValueError(f"scales: expected float32 ({data.shape[0]},) on {users.device}, got {scales.dtype} "
+                         f"{_shape(scales)} on {scales.device}")
+    if allowed is not None and (allowed.dtype != torch.int64 or allowed.ndim != 1 or allowed.device != users.device):
+        raise TypeError(f"allowed: expected a 1-D int64 tensor of ids on {users.device}, got {allowed.dtype} "
+                        f"{_shape(allowed)} on {allowed.device}")
+    _check_form(users, diag, left, right, torch.float32)
+
+
+def _kept(k: int, count) -> int:
+    if k < 1:
+        raise ValueError(f"k: must be >= 1, got {k}")
+    return min(k, count)
+
+
+def _norm(x) -> float:
+    return float(torch.linalg.vector_norm(x.detach(), dtype=torch.float64))
+
+
+def check_fold_range(users, diag, left, right) -> None:
+    """Metric.check_fold_range for a form given as tensors. Each user's norm against the
+    Frobenius norms of the form's magnitudes (which bound every column's) clears nearly every
+    call; only a user that fails it has the exact bound |u|^T |S| formed, from _metric's
+    magnitudes, and refused past the same limit."""
+    if left is None:
+        return  # a diagonal form overflows as IEEE does, on every backend
+    factors = _norm(left) * (1.0 if right is None else _norm(right))
+    gain = max(factors + (0.0 if diag is None else _norm(diag)), 0.0 if right is None else _norm(left))
+    norms = (users.detach().double() ** 2).sum(-1)
+    if bool(torch.all(norms * gain**2 <= _FOLD_LIMIT**2)):
+        return
+    form = Form(*(None if x is None else x.detach().cpu().double().numpy() for x in (diag, left, right)))
+    rows = np.abs(users.detach().cpu().double().numpy().reshape(-1, users.shape[-1]))
+    rows = rows[np.all(np.isfinite(rows), axis=1)]
+    if rows.size:
+        bound = max(float((rows @ magnitude).max()) for magnitude in _fold_gain(form, always=True)[1])
+        if bound > _FOLD_LIMIT:
+            raise ValueError(f"users: folding through the metric's factors can leave the float32 range "
+                             f"(|u|^T |S| reaches {bound:.3g} > {_FOLD_LIMIT:.3g}); rescale the users or the metric")
+
+
+# ---- the kernels: simd on CPU float32, the torch backend's arithmetic elsewhere ----------------------
+def _simd_runs(*tensors) -> bool:
+    """Whether the simd kernels take the call: CPU float32 operands and the kernels loaded (a bad
+    SPLITNET_KERNELS_ISA is the error it is for backend='auto')."""
+    if any(x.device.type != "cpu" or x.dtype != torch.float32 for x in tensors):
+        return False
+    if _dispatch.ISA_ERROR:
+        raise ValueError(_dispatch.ISA_ERROR)
+    return _dispatch.status("simd")[0]
+
+
+def _numpy(x):
+    return None if x is None else x.detach().numpy()
+
+
+class _Scoring(NamedTuple):
+    """What the simd backend reads of a Metric: the form (numpy views of the tensors) and the bias."""
+
+    form: Form
+    bias: float
+
+
+def _for_simd(users, diag, left, right, bias) -> _Scoring:
+    if diag is None and left is None:  # S = I: the kernels take it as dot's ones
+        return _Scoring(dot_metric(users.shape[-1]).form, bias)
+    return _Scoring(Form(_numpy(diag), _numpy(left), _numpy(right)), bias)
+
+
+def _storage(users, data, scales) -> Storage:
+    """A packed tensor as the Storage the simd backend reads (numpy views, no copy)."""
+    if data.dtype == torch.bfloat16:
+        return Storage("bfloat16", users.shape[-1], data.detach().view(torch.uint16).numpy(), None)
+    return Storage(STORED[data.dtype], users.shape[-1], _numpy(data), _numpy(scales))
+
+
+def _widened(data, scales, dim: int, allowed, begin: int, end: int):
+    """Packed rows [begin, end) (of the allowed ids, if given) as float32 (m, dim), as Storage.rows widens them."""
+    rows = data[begin:end] if allowed is None else data[allowed[begin:end]]
+    rows = rows[:, :dim].float()
+    if scales is not None:
+        rows = rows * (scales[begin:end] if allowed is None else scales[allowed[begin:end]])[:, None]
+    return rows
+
+
+def _score(users, ads, diag, left, right, bias, threads=None):
+    _check(users, ads, diag, left, right)
+    check_fold_range(users, diag, left, right)
+    if ads.shape[0] == 0 or users.ndim == 2 and users.shape[0] == 0:
+        return users.new_empty(_score_shape(users, ads.shape[0]))
+    if _simd_runs(users, ads):
+        return torch.from_numpy(_SIMD.score(_numpy(users), _numpy(ads), _for_simd(users, diag, left, right, bias),
+                                            ids=None, threads=threads, out=None))
+    return torch_backend.scores(Metric._fold(users, Form(diag, left, right)), ads, bias, pairwise=False)
+
+
+def _score_pairs(users, ads, diag, left, right, bias, threads=None):
+    _check(users, ads, diag, left, right, pairwise=True)
+    check_fold_range(users, diag, left, right)
+    if ads.shape[0] == 0:
+        return users.new_empty((0,))
+    if _simd_runs(users, ads):
+        return torch.from_numpy(_SIMD.score_pairs(_numpy(users), _numpy(ads), _for_simd(users, diag, left, right, bias),
+                                                  threads=threads, out=None))
+    return torch_backend.scores(Metric._fold(users, Form(diag, left, right)), ads, bias, pairwise=True)
+
+
+def _topk(users, ads, diag, left, right, bias, k, threads=None):
+    _check(users, ads, diag, left, right)
+    check_fold_range(users, diag, left, right)
+    k = _kept(k, ads.shape[0])
+    if k == 0 or users.ndim == 2 and users.shape[0] == 0:
+        return _empty_topk(users, k)
+    if _simd_runs(users, ads):
+        scores, ids = _SIMD.topk(_numpy(users), _numpy(ads), k, _for_simd(users, diag, left, right, bias), ids=None,
+                                 threads=threads)
+        return torch.from_numpy(scores), torch.from_numpy(ids)
+    form = Form(*(None if x is None else x.float() for x in (diag, left, right)))
+    folded, ads = Metric._fold(users.float().reshape(-1, users.shape[-1]), form), ads.float()
+    scores, ids = torch_backend.topk_blocks(folded, lambda begin, end: ads[begin:end], ads.shape[0], bias, k)
+    return (scores[0], ids[0]) if users.ndim == 1 else (scores, ids)
+
+
+def _candidates_score(users, data, scales, allowed, diag, left, right, bias, threads=None):
+    _check_packed(users, data, scales, allowed, diag, left, right)
+    check_fold_range(users, diag, left, right)
+    count = data.shape[0] if allowed is None else allowed.shape[0]
+    if count == 0 or users.ndim == 2 and users.shape[0] == 0:
+        return users.new_empty(_score_shape(users, count))
+    if _simd_runs(users):
+        store = _storage(users, data, scales)
+        return torch.from_numpy(_SIMD.score(_numpy(users), store, _for_simd(users, diag, left, right, bias),
+                                            ids=_numpy(allowed), threads=threads, out=None))
+    folded = Metric._fold(users, Form(diag, left, right))
+    dim = users.shape[-1]
+    return torch.cat([torch_backend.scores(folded, _widened(data, scales, dim, allowed, begin, begin + BLOCK_ROWS),
+                                           bias, pairwise=False) for begin in range(0, count, BLOCK_ROWS)], -1)
+
+
+def _candidates_topk(users, data, scales, allowed, diag, left, right, bias, k, threads=None):
+    _check_packed(users, data, scales, allowed, diag, left, right)
+    check_fold_range(users, diag, left, right)
+    count = data.shape[0] if allowed is None else allowed.shape[0]
+    k = _kept(k, count)
+    if k == 0 or users.ndim == 2 and users.shape[0] == 0:
+        return _empty_topk(users, k)
+    if _simd_runs(users):
+        store = _storage(users, data, scales)
+        scores, ids = _SIMD.topk(_numpy(users), store, k, _for_simd(users, diag, left, right, bias),
+                                 ids=_numpy(allowed), threads=threads)
+        return torch.from_numpy(scores), torch.from_numpy(ids)
+    many = users.reshape(-1, users.shape[-1])
+    folded = Metric._fold(many, Form(diag, left, right))
+    dim = users.shape[-1]
+    scores, ids = torch_backend.topk_blocks(folded, lambda begin, end: _widened(data, scales, dim, allowed, begin, end),
+                                            count, bias, k)
+    if allowed is not None:
+        ids = allowed[ids]
+    return (scores[0], ids[0]) if users.ndim == 1 else (scores, ids)
+
+
+# ---- the fake (meta) implementations: shapes and dtypes --------------------------------------------
+def _score_shape(users, count) -> tuple:
+    return (count,) if users.ndim == 1 else (users.shape[0], count)
+
+
+def _empty_topk(users, k):
+    shape = _score_shape(users, k)
+    return users.new_empty(shape, dtype=torch.float32), users.new_empty(shape, dtype=torch.int64)
+
+
+def _score_fake(users, ads, diag, left, right, bias, threads=None):
+    _check(users, ads, diag, left, right)
+    return users.new_empty(_score_shape(users, ads.shape[0]))
+
+
+def _score_pairs_fake(users, ads, diag, left, right, bias, threads=None):
+    _check(users, ads, diag, left, right, pairwise=True)
+    return users.new_empty((ads.shape[0],))
+
+
+def _topk_fake(users, ads, diag, left, right, bias, k, threads=None):
+    _check(users, ads, diag, left, right)
+    return _empty_topk(users, _kept(k, ads.shape[0]))
+
+
+def _candidates_score_fake(users, data, scales, allowed, diag, left, right, bias, threads=None):
+    _check_packed(users, data, scales, allowed, diag, left, right)
+    return users.new_empty(_score_shape(users, data.shape[0] if allowed is None else allowed.shape[0]))
+
+
+def _candidates_topk_fake(users, data, scales, allowed, diag, left, right, bias, k, threads=None):
+    _check_packed(users, data, scales, allowed, diag, left, right)
+    return _empty_topk(users, _kept(k, data.shape[0] if allowed is None else allowed.shape[0]))
+
+
+# ---- autograd ------------------------------------------------------------------------------------
+def _transposed(form: Form) -> Form:
+    """S^T in the canonical form: diag + right left^T, or left^T alone."""
+    diag, left, right = form
+    if left is None:
+        return form
+    return Form(diag, left.T, None) if right is None else Form(diag, right, left)
+
+
+def gradients(needed, grad, users, ads, form: Form, pairwise: bool) -> tuple:
+    """The gradients of score (or score_pairs) for (users, ads, diag, left, right), each None
+    where `needed` (five bools) says it is not wanted, from the output's gradient `grad`.
+
+    With q = fold(u) = u diag + (u L) R^T and s = q . a: dq = ds a, da = ds q, du = dq S^T,
+    d diag = sum u * dq, dL = u^T (dq R), dR = dq^T (u L), and dS = u^T dq for a lone left S.
+    """
+    diag, left, right = form
+    many, g = (users, grad) if users.ndim == 2 else (users[None], grad[None])
+    grad_folded = g[:, None] * ads if pairwise else g @ ads
+    grad_users = grad_ads = grad_diag = grad_left = grad_right = None
+    if needed[0]:
+        grad_users = Metric._fold(grad_folded, _transposed(form)).reshape(users.shape)
+    if needed[1]:
+        folded = Metric._fold(many, form)
+        grad_ads = g[:, None] * folded if pairwise else g.T @ folded
+    if needed[2] and diag is not None:
+        grad_diag = (many * grad_folded).sum(0)
+    if needed[3] and left is not None:
+        grad_left = many.T @ (grad_folded if right is None else grad_folded @ right)
+    if needed[4] and right is not None:
+        grad_right = grad_folded.T @ (many @ left)
+    return grad_users, grad_ads, grad_diag, grad_left, grad_right
+
+
+def _setup_score(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs[:5])
+
+
+def _score_backward(ctx, grad):
+    users, ads, diag, left, right = ctx.saved_tensors
+    return gradients(ctx.needs_input_grad, grad, users, ads, Form(diag, left, right), False) + (None, None)
+
+
+def _score_pairs_backward(ctx, grad):
+    users, ads, diag, left, right = ctx.saved_tensors
+    return gradients(ctx.needs_input_grad, grad, users, ads, Form(diag, left, right), True) + (None, None)
+
+
+def _not_differentiable(name: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{NAMESPACE}::{name} is not differentiable (a selection); to train through the "
+                           f"selected candidates, score them again with sk.score or {NAMESPACE}::score_pairs")
+    return backward
+
+
+KERNELS = {"score": (_score, _score_fake), "score_pairs": (_score_pairs, _score_pairs_fake),
+           "topk": (_topk, _topk_fake), "candidates_score": (_candidates_score, _candidates_score_fake),
+           "candidates_topk": (_candidates_topk, _candidates_topk_fake)}
+for _name, (_kernel, _fake) in KERNELS.items():  # one kernel for every device: it picks simd or torch itself
+    _LIBRARY.impl(_name, _kernel, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"{NAMESPACE}::{_name}", _fake, lib=_LIBRARY)
+torch.library.register_autograd(f"{NAMESPACE}::score", _score_backward, setup_context=_setup_score, lib=_LIBRARY)
+torch.library.register_autograd(f"{NAMESPACE}::score_pairs", _score_pairs_backward, setup_context=_setup_score,
+                                lib=_LIBRARY)
+for _name in ("topk", "candidates_topk", "candidates_score"):
+    torch.library.register_autograd(f"{NAMESPACE}::{_name}", _not_differentiable(_name), lib=_LIBRARY)
+
+
+# ---- the route of sk.score / sk.topk / Candidates for tensors -------------------------------------
+def holds_values(*tensors) -> bool:
+    """Whether the tensors hold their values here and now: plain tensors off the meta device,
+    with no compiler, tracer or mode looking on (then a kernel may read them directly)."""
+    return (all(type(x) is _TENSOR and x.device.type != "meta" for x in tensors) and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and not torch._C._is_torch_function_mode_enabled()
+            and torch._C._len_torch_dispatch_stack() == 0)
+
+
+def _call(name: str, *args):
+    """ops.<name>(*args); on plain CPU tensors that no gradient is asked of, the op's kernel
+    directly: the dispatcher's Python round trip costs more than W6's arithmetic."""
+    tensors = [x for x in args if isinstance(x, _TENSOR)]
+    if holds_values(*tensors) and all(x.device.type == "cpu" for x in tensors) and not (
+            torch.is_grad_enabled() and any(x.requires_grad for x in tensors)):
+        return KERNELS[name][0](*args)
+    return getattr(ops, name).default(*args)
+
+
+def _as_tensor(x, device):
+    """x as a float32 tensor on device: a tensor moved or cast only when it must be, a numpy
+    array viewed (read-only ones too, through DLPack) and moved."""
+    if not torch.is_tensor(x):
+        x = torch.from_dlpack(np.asarray(x, np.float32))
+    return x.to(device=device, dtype=torch.float32)
+
+
+def _packed_tensors(store, device):
+    """(data, scales) of a Storage as tensors on device, viewed without copying on the CPU."""
+    data = torch.from_dlpack(store.data)
+    if store.dtype == "bfloat16":
+        data = data.view(torch.bfloat16)
+    scales = None if store.scales is None else torch.from_dlpack(store.scales).to(device)
+    return data.to(device), scales
+
+
+def _probability(scores):
+    """sigmoid as every call reports it: in float64, rounded to float32 (in place on values here)."""
+    if holds_values(scores) and not scores.requires_grad:
+        return _sigmoid_(scores)
+    return torch.sigmoid(scores.double()).float()
+
+
+def device_of(users, store):
+    return next(x.device for x in (users, store) if torch.is_tensor(x))
+
+
+def score_store(users, store, metric: Metric, *, ids, sigmoid: bool, threads, out, pairwise: bool):
+    """_api.score_store for tensors under backend='auto': one op call."""
+    device = device_of(users, store)
+    users = _as_tensor(users, device)
+    form = metric._tensor_params(users)
+    if not is_plain(store):
+        data, scales = _packed_tensors(store, device)
+        allowed = None if ids is None else torch.from_numpy(ids).to(device)
+        result = _call("candidates_score", users, data, scales, allowed, *form, metric.bias, threads)
+    else:
+        result = _call("score_pairs" if pairwise else "score", users, _as_tensor(store, device), *form, metric.bias,
+                       threads)
+    if sigmoid:
+        result = _probability(result)
+    if out is None:
+        return result
+    return out.copy_(result)
+
+
+def topk_store(users, store, k: int, metric: Metric, *, ids, threads):
+    """_api.topk_store for tensors under backend='auto' (without sigmoid): one op call."""
+    device = device_of(users, store)
+    users = _as_tensor(users, device)
+    form = metric._tensor_params(users)
+    if not is_plain(store):
+        data, scales = _packed_tensors(store, device)
+        allowed = None if ids is None else torch.from_numpy(ids).to(device)
+        return _call("candidates_topk", users, data, scales, allowed, *form, metric.bias, k, threads)
+    return _call("topk", users, _as_tensor(store, device), *form, metric.bias, k, threads)
