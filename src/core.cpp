@@ -12,7 +12,7 @@
 #include <tuple>
 #include <type_traits>
 
-#include "splitnet_kernels/ops.h"
+#include "splitnet_kernels/values.h"
 
 namespace py = pybind11;
 using splitnet::Dtype;
@@ -390,6 +390,70 @@ PyObject* score_pairs_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, 
   });
 }
 
+// A C-contiguous 1-D array of `length` values of the given kind ('f': float32, 'i': int64).
+const void* vector_of(const py::array& a, const char* name, index_t length, char kind) {
+  const bool dtype_ok = a.dtype().kind() == kind && a.itemsize() == (kind == 'f' ? 4 : 8);
+  if (!dtype_ok) throw py::type_error(std::string(name) + ": expected " + (kind == 'f' ? "float32" : "int64") +
+                                      ", got " + std::string(py::str(a.dtype())));
+  require(a.ndim() == 1 && a.shape(0) == length, name, ": expected (", length, ",), got shape ", ShapeOf{a});
+  require(length <= 1 || a.strides(0) == a.itemsize(), name, ": must be contiguous");
+  return a.data();
+}
+
+constexpr const char* kValueNames[] = {"queries", "data", "dtype", "scales", "allowed", "bids", "ids", "bias",
+                                       "begin", "end", "k", "scores", "best_ids", "counts", "threads"};
+PyObject* topk_value_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+  PyObject* resume = nullptr;
+  PyObject* done = guarded([&] {
+    const Arguments<15> a("topk_value", kValueNames, args, nargs, kwnames);
+    py::object keep_scales, keep_ids;
+    const Rows queries = rows_of(a.array(0), "queries", 2);
+    const StoredRows rows = stored_of(a.array(1), a.object(2), a.object(3), keep_scales);
+    require(queries.dim == rows.dim, "queries: expected rows of ", rows.dim, " values (the stored rows'), got ",
+            queries.dim);
+    const auto [positions, n_positions] = ids_of(a.object(4), rows.count, keep_ids);
+    const auto* bids = static_cast<const float*>(vector_of(a.array(5), "bids", rows.count, 'f'));
+    const auto* ids = static_cast<const index_t*>(vector_of(a.array(6), "ids", rows.count, 'i'));
+    const float bias = a.real(7);
+    const index_t size = positions ? n_positions : rows.count;
+    const long long begin = a.integer(8), end = a.integer(9), k = a.integer(10);
+    require(0 <= begin && begin <= end && end <= size, "begin, end: expected 0 <= begin <= end <= ", size, ", got ",
+            begin, ", ", end);
+    require(k >= 0, "k must be >= 0, got ", k);
+    py::array scores = a.array(11), best_ids = a.array(12), counts = a.array(13);
+    float* s = output_of(scores, "scores", {queries.count, k});
+    auto* i = reinterpret_cast<index_t*>(output_of(best_ids, "best_ids", {queries.count, k}, 'i'));
+    auto* c = reinterpret_cast<index_t*>(output_of(counts, "counts", {queries.count}, 'i'));
+    for (index_t u = 0; u < queries.count; ++u) require(0 <= c[u] && c[u] <= k, "counts: must be in [0, k]");
+    const int t = a.threads(14);
+    const splitnet::ValueScan scan{rows, bids, ids, positions, n_positions, begin, end, bias};
+    index_t next;
+    {
+      py::gil_scoped_release release;
+      next = splitnet::topk_value(table(), queries, scan, k, s, i, c, t);
+    }
+    resume = PyLong_FromLongLong(next);
+  });
+  if (done == nullptr) return nullptr;
+  Py_DECREF(done);
+  return resume;
+}
+
+constexpr const char* kProbabilityNames[] = {"x"};
+PyObject* probability_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+  return guarded([&] {
+    const Arguments<1> a("probability", kProbabilityNames, args, nargs, kwnames);
+    py::array x = a.array(0);
+    require(x.writeable(), "x: must be writable");
+    if (!(x.dtype().kind() == 'f' && x.itemsize() == 4) || !(x.flags() & py::array::c_style))
+      throw py::type_error("x: expected a C-contiguous float32 array");
+    float* values = static_cast<float*>(x.mutable_data());
+    const index_t n = x.size();
+    py::gil_scoped_release release;
+    for (index_t j = 0; j < n; ++j) values[j] = splitnet::probability(values[j]);
+  });
+}
+
 // The first lines are the text signature (inspect.signature reads it).
 PyMethodDef kEntries[] = {
     {"score", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(score_entry)), METH_FASTCALL | METH_KEYWORDS,
@@ -405,6 +469,16 @@ PyMethodDef kEntries[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "score_pairs(users, ads, diag, left, right, bias, out, threads)\n--\n\n"
      "out[i] = users[i]^T S ads[i] + bias, users and ads (B, n) float32, out (B,)."},
+    {"topk_value", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(topk_value_entry)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "topk_value(queries, data, dtype, scales, allowed, bids, ids, bias, begin, end, k, scores, best_ids, counts, "
+     "threads)\n--\n\n"
+     "Continues each user's best-k list by value, bids[r] * sigmoid(queries[u] . row r + bias), with one objective's "
+     "rows (bids descending; row r reported as ids[r]): positions [begin, end) of the allowed rows (or of all). "
+     "scores / best_ids (M, k) hold counts[u] entries, best first; returns where a later scan resumes."},
+    {"probability", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(probability_entry)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "probability(x)\n--\n\nIn place: x = sigmoid(x), in double, rounded to float32 (x C-contiguous float32)."},
 };
 
 }  // namespace

@@ -3,9 +3,11 @@ value, on every backend and storage type, against a float64 brute force."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import splitnet_kernels as sk
-from conftest import make_metric, to_numpy
+from conftest import SUPPORTED_ISAS, make_metric, to_numpy
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")
@@ -180,3 +182,75 @@ def test_edges_no_users_empty_set_torch(rng):
     got = cands.topk(torch.from_numpy(users), 5, om)
     assert isinstance(got[0], torch.Tensor)
     np.testing.assert_array_equal(got[1].numpy(), cands.topk(users, 5, om)[1])
+
+
+# ---- the kernels' fused scan by value (gated on logits, stopping at bids) ----------------------
+def test_kernel_sigmoid_is_the_documented_formula(rng):
+    x = np.concatenate([rng.standard_normal(20000) * 30, rng.standard_normal(20000) * 3, [0.0, -0.0, 88.7, -88.7,
+                        -103.0, -745.0, 1e30, -1e30, np.inf, -np.inf, np.nan]]).astype(np.float32)
+    wide = x.astype(np.float64)
+    e = np.exp(-np.abs(wide))
+    expected = np.where(wide >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+    np.testing.assert_array_equal(sk.score(x[:, None], np.ones((1, 1), np.float32), output="probability")[:, 0],
+                                  expected)
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_fused_topk_by_value_is_a_full_sort_of_the_values(isa, data):
+    """Adversarial sets: few distinct rows and bids (ties in value), probabilities saturating at
+    one, zero bids, NaN rows; one user and many, allowed subsets, both thread counts: the top k
+    is the full sort of the set's own values, ties to the lower id, NaN last."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    count, dim = data.draw(st.integers(1, 3000)), data.draw(st.integers(1, 19))
+    distinct_rows = rng.standard_normal((data.draw(st.integers(1, 40)), dim)) * data.draw(st.sampled_from((0.1, 1, 30)))
+    ads = distinct_rows[rng.integers(0, len(distinct_rows), count)].astype(np.float32)
+    dtype = data.draw(st.sampled_from(DTYPES))
+    if dtype == "float32" and data.draw(st.booleans()):  # the reduced types refuse NaN
+        ads[rng.integers(0, count, 3)] = np.nan
+    bid_values = np.array([0.0, 0.5, 1.0, 1.0, 3.0, 1e-30, 7.25])
+    bids = bid_values[rng.integers(0, len(bid_values), count)] if data.draw(st.booleans()) \
+        else rng.lognormal(0, 2, count)
+    n_objectives = data.draw(st.integers(1, 4))
+    objectives = rng.integers(0, n_objectives, count)
+    om = sk.ObjectiveMetrics([make_metric(KINDS[t % len(KINDS)], dim, rng, bias=float(rng.normal() * 3))
+                              for t in range(n_objectives)])
+    cands = sk.Candidates(ads, dtype, objectives=objectives, bids=bids)
+    users = rng.standard_normal((data.draw(st.sampled_from((1, 2, 17))), dim)).astype(np.float32)
+    k = data.draw(st.sampled_from((1, 5, 40, 100, 5000)))
+    allowed = np.flatnonzero(rng.random(count) < 0.5) if data.draw(st.booleans()) else None
+    threads = data.draw(st.sampled_from((1, 2)))
+    previous = sk.set_isa(isa)
+    try:
+        _check_topk_by_value(cands, users, om, k, allowed, threads)
+    finally:
+        sk.set_isa(previous)
+
+
+def _check_topk_by_value(cands, users, om, k, allowed, threads):
+    """Each user's top k by value against the full sort of its own values from the same path: all
+    users at once, or one at a time with an allowed subset (until one user and many fold alike)."""
+    pool = np.arange(len(cands)) if allowed is None else allowed
+    if allowed is None:
+        results = zip(cands.score(users, om, output="value", threads=threads),
+                      *cands.topk(users, k, om, output="value", threads=threads))
+    else:
+        results = ((cands.score(user, om, output="value", threads=threads),
+                    *cands.topk(user, k, om, output="value", allowed=allowed, threads=threads)) for user in users)
+    for values, scores, ids in results:
+        order = pool[np.lexsort((pool, -np.nan_to_num(values[pool].astype(np.float64), nan=-np.inf),
+                                 np.isnan(values[pool])))][:k]
+        np.testing.assert_array_equal(ids, order)
+        np.testing.assert_array_equal(scores, values[order])
+
+
+def test_fused_scan_splits_across_tasks_exactly(rng):
+    """Large enough for the tasks to split the scan, of one user and of the cross tile."""
+    ads, objectives, bids, om = _campaign(rng, count=60000, dim=16)
+    cands = sk.Candidates(ads, objectives=objectives, bids=bids)
+    for users in (rng.standard_normal(16).astype(np.float32), rng.standard_normal((40, 16)).astype(np.float32)):
+        values = np.atleast_2d(cands.score(users, om))
+        expected = np.stack([np.lexsort((np.arange(len(ads)), -row))[:100] for row in values])
+        for threads in (1, 2):
+            np.testing.assert_array_equal(np.atleast_2d(cands.topk(users, 100, om, threads=threads)[1]), expected)

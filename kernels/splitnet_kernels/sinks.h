@@ -19,7 +19,8 @@
 //   void add_tile(const float* tile, index_t pad, index_t first, index_t n, std::uint64_t hits)
 //   void finish()
 // A sink that keeps a threshold (top-k: its gate) returns it through gates() or applies it in
-// add(); a sink for expected values or error bounds fits the same two calls.
+// add(). (The scan by expected value, values.h, has its own loops: it stops at a bid and
+// claims blocks in order across tasks.)
 #pragma once
 #include <algorithm>
 #include <limits>

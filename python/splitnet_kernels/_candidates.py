@@ -16,7 +16,7 @@ import zlib
 
 import numpy as np
 
-from . import _api
+from . import _api, _dispatch
 from ._metric import _is_tensor, host
 from ._objectives import _FIRST_BLOCK, Grouping, ObjectiveMetrics, check_metric_for, check_objectives, check_output, \
     folded, keep_best, quantity, scan_by_value
@@ -268,6 +268,11 @@ class Candidates:
                                            lambda scores, _: quantity(scores, bids[0], output))
             return keep_best(*best, *group_best, k)
 
+        chosen = _dispatch.resolve(backend, False)
+        if chosen.name == "simd":  # values formed and ranked inside the kernels' scan
+            return self._fused_topk(chosen, users, metric, sub, bids, ids, local, k, threads, best, resume, t,
+                                    start, eligible if until is None else min(until, eligible))
+
         def score_rows(first, last):
             rows = None if local is None else local[first:last]
             block = sub.slice(first, last) if local is None else sub
@@ -276,6 +281,21 @@ class Candidates:
 
         *best, resume[t] = scan_by_value(users, bids, ids, local, k, score_rows, *best, begin=start, until=until)
         return tuple(best)
+
+    @staticmethod
+    def _fused_topk(chosen, users, metric, sub, bids, ids, local, k, threads, best, resume, t, begin, end):
+        """_group_topk's scan by value inside the kernels (rows [begin, end) of the objective)."""
+        n_users, kept = best[0].shape
+        scores, found = np.empty((n_users, k), np.float32), np.empty((n_users, k), np.int64)
+        scores[:, :kept], found[:, :kept] = best
+        counts = np.full(n_users, kept, np.int64)
+        resume[t] = chosen.topk_value(users, sub, allowed=local, bids=np.ascontiguousarray(bids, np.float32),
+                                      ids=np.ascontiguousarray(ids, np.int64), bias=metric.bias, begin=begin,
+                                      end=end, best=(scores, found, counts), threads=threads)
+        kept = int(counts[0]) if n_users else 0
+        if np.any(counts != kept):  # every user sees the same rows, so the same number of them
+            raise RuntimeError(f"internal error: users kept {counts.min()}..{counts.max()} values")
+        return scores[:, :kept], found[:, :kept]
 
     # ---- files --------------------------------------------------------------------------------
     def save(self, path) -> None:

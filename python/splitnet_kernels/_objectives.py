@@ -17,6 +17,7 @@ import numpy as np
 from ._metric import Metric, _is_tensor
 from ._metric import host as _host
 from ._order import topk_by_id
+from .backends import _simd
 
 OUTPUTS = ("logit", "probability", "value")
 
@@ -186,7 +187,10 @@ def _sigmoid_(x):
 
         return x.copy_(torch.sigmoid(x.to(torch.float64)))
     values = x.numpy() if _is_tensor(x) else x
-    wide = values.astype(np.float64)
+    if _simd.compiled() and values.dtype == np.float32 and values.flags.c_contiguous and values.flags.writeable:
+        _simd.probability_(values)  # the kernels' own sigmoid: fused values and this one agree bit for bit
+        return x
+    wide = values.astype(np.float64)  # the same formula, where the kernels are not loaded
     e = np.exp(-np.abs(wide))
     values[...] = np.where(wide >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     return x
@@ -241,7 +245,8 @@ def scan_by_value(users, bids, ids, local, k: int, score_rows, best, best_ids, b
     descend: block by block, each block ending where the bids fall below every user's k-th
     value (a value never exceeds its bid, so no row past that can enter). score_rows(begin,
     end) -> logits (M, end - begin) of rows [begin, end) of the objective (of `local`, its
-    allowed positions, when given). Returns (best, best_ids, rows passed: where to resume)."""
+    allowed positions, when given). Returns (best, best_ids, rows passed: where to resume).
+    The array backends' scan; the simd backend's runs inside the kernels (values.h)."""
     row_bids = bids if local is None else bids[local]
     n = len(row_bids) if until is None else min(until, len(row_bids))
     size = _FIRST_BLOCK

@@ -3,7 +3,8 @@
 // Float sums may differ from the reference by their summation order (a bound from the terms'
 // magnitudes); where the spec says the bits are equal (int8, widening, the gates and bits,
 // max_lanes, sum_u64) they must be. Plus the folding contract: one user folds with the bits of
-// a batch, and one user's scores have the same bits in score and topk.
+// a batch, and one user's scores have the same bits in score and topk. And the value gate
+// (values.h): no logit below it gives a value that reaches the floor.
 // Build: g++ -std=c++17 -O2 -Wall -Wextra -Werror -I<repo>/kernels test_kernels.cpp -pthread
 #include <algorithm>
 #include <cmath>
@@ -14,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "splitnet_kernels/ops.h"
+#include "splitnet_kernels/values.h"
 
 namespace {
 
@@ -334,6 +335,32 @@ void check_folding(const KernelTable& t, Random& random) {
   }
 }
 
+// The value gate is sound: for floors and bids from 1e-30 to 1e30 and probabilities near 0 and
+// near 1, the largest float below logit_gate(floor, bid_max) gives, for every bid <= bid_max, a
+// value below the floor. And the probability is monotone.
+void check_values(Random& random) {
+  context = "values";
+  bool sound = true, monotone = true;
+  for (int i = 0; i < 200000; ++i) {
+    const float bid_max = std::ldexp(1.0f + std::fabs(random.uniform()), static_cast<int>(random.next() >> 58) - 32);
+    const float p = i % 3 == 0 ? 1.0f - std::ldexp(std::fabs(random.uniform()), -static_cast<int>(random.next() >> 59))
+                               : std::ldexp(std::fabs(random.uniform()), -static_cast<int>(random.next() >> 57));
+    const float floor = bid_max * p;
+    const float gate = detail::logit_gate(floor, bid_max);
+    if (!std::isfinite(gate)) continue;
+    const float below = std::nextafter(gate, -detail::kInf);
+    for (float bid : {bid_max, std::nextafter(bid_max, 0.0f), bid_max * std::fabs(random.uniform())})
+      sound = sound && !(expected_value(below, bid) >= floor);
+    const float x = std::ldexp(random.uniform(), static_cast<int>(random.next() >> 60));
+    monotone = monotone && probability(x) <= probability(std::nextafter(x, detail::kInf));
+  }
+  expect(sound, "a logit below the gate never reaches the floor");
+  expect(monotone, "the probability is monotone");
+  expect(detail::logit_gate(0.0f, 1.0f) == -detail::kInf && detail::logit_gate(1.0f, 0.0f) == detail::kInf &&
+             detail::logit_gate(2.0f, 1.0f) == detail::kInf,
+         "the gate's edges: no floor, no bid, a floor above the bid");
+}
+
 }  // namespace
 
 int main() {
@@ -353,6 +380,8 @@ int main() {
     std::printf("%s: checked\n", entry.name);
     ++isas;
   }
+  Random random{5};
+  check_values(random);
   std::printf("%ld checks on %d ISAs, %ld failed\n", checks, isas, failures);
   return failures == 0 && isas > 0 ? 0 : 1;
 }

@@ -49,6 +49,11 @@ def read_bytes(buffer, threads: int) -> int:
 
 
 # ---- the backend ----------------------------------------------------------------------------------
+def probability_(x: np.ndarray) -> None:
+    """In place: the kernels' sigmoid (double, rounded to float32) of a C-contiguous float32 array."""
+    _core.probability(x)
+
+
 def kernel_rows(x) -> np.ndarray:
     """x as float32 whose rows are contiguous and float-aligned; copies only when it must."""
     x = np.asarray(x, dtype=np.float32)
@@ -103,6 +108,16 @@ class SimdBackend:
         _core.topk(users, data, dtype, scales, ids, *metric.form, metric.bias, k, scores, found,
                    self._threads(threads))
         return scores, found
+
+    def topk_value(self, queries, store, *, allowed, bids, ids, bias, begin, end, best, threads):
+        """Continues best = (scores, ids, counts) ((M, k), (M, k), (M,)) by value with rows
+        [begin, end) of one objective (see _core.topk_value); returns where to resume."""
+        data, dtype, scales = _storage(store)
+        width = data.shape[1]
+        if queries.shape[1] != width:  # the stored rows are wider (zero past dim)
+            queries = np.pad(queries, ((0, 0), (0, width - queries.shape[1])))
+        return _core.topk_value(kernel_rows(queries), data, dtype, scales, allowed, bids, ids, bias, begin, end,
+                                best[0].shape[1], *best, self._threads(threads))
 
     def score_pairs(self, users, ads, metric, *, threads, out):
         target = _target(out, ads.shape[:1])
