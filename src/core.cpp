@@ -12,6 +12,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "splitnet_kernels/exact.h"
 #include "splitnet_kernels/values.h"
 
 namespace py = pybind11;
@@ -427,16 +428,67 @@ PyObject* topk_value_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, P
     for (index_t u = 0; u < queries.count; ++u) require(0 <= c[u] && c[u] <= k, "counts: must be in [0, k]");
     const int t = a.threads(14);
     const splitnet::ValueScan scan{rows, bids, ids, positions, n_positions, begin, end, bias};
-    index_t next;
+    splitnet::ValueScanned scanned;
     {
       py::gil_scoped_release release;
-      next = splitnet::topk_value(table(), queries, scan, k, s, i, c, t);
+      scanned = splitnet::topk_value(table(), queries, scan, k, s, i, c, t);
     }
-    resume = PyLong_FromLongLong(next);
+    resume = Py_BuildValue("(LL)", static_cast<long long>(scanned.resume), static_cast<long long>(scanned.scored));
   });
   if (done == nullptr) return nullptr;
   Py_DECREF(done);
   return resume;
+}
+
+constexpr const char* kExactNames[] = {"users", "data", "dtype", "scales", "allowed", "exact", "norms",
+                                       "residuals", "diag", "left", "right", "bias", "k", "out_scores",
+                                       "out_ids", "threads"};
+PyObject* topk_exact_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+  PyObject* rescored = nullptr;
+  PyObject* done = guarded([&] {
+    const Arguments<16> a("topk_exact", kExactNames, args, nargs, kwnames);
+    const py::array users = a.array(0);
+    const ScanOperands p(users, a.array(1), a.object(2), a.object(3), a.object(4), a.object(8), a.object(9),
+                         a.object(10));
+    require(p.rows.dtype != Dtype::f32, "dtype: an exact set scans a reduced type, got float32");
+    const py::array exact_array = a.array(5);
+    const Rows exact = rows_of(exact_array, "exact", 2);
+    require(exact.count == p.rows.count && exact.dim == p.rows.dim, "exact: expected the float32 rows of data's shape (",
+            p.rows.count, ", ", p.rows.dim, "), got ", ShapeOf{exact_array});
+    const auto* norms = static_cast<const float*>(vector_of(a.array(6), "norms", p.rows.count, 'f'));
+    const auto* residuals = static_cast<const float*>(vector_of(a.array(7), "residuals", p.rows.count, 'f'));
+    const float bias = a.real(11);
+    const long long k = a.integer(12);
+    require(k >= 0 && k <= p.candidates(), "k must be in [0, ", p.candidates(), "] (the candidates), got ", k);
+    py::array out_scores = a.array(13), out_ids = a.array(14);
+    float* s = output_for(out_scores, "out_scores", users, p.users.count, k);
+    auto* i = reinterpret_cast<index_t*>(output_for(out_ids, "out_ids", users, p.users.count, k, 'i'));
+    const int t = a.threads(15);
+    index_t count;
+    {
+      py::gil_scoped_release release;
+      count = splitnet::topk_exact(table(), p.users, p.rows, splitnet::ExactRows{exact, norms, residuals},
+                                   p.form.form, bias, p.ids, p.n_ids, k, s, i, t);
+    }
+    rescored = PyLong_FromLongLong(count);
+  });
+  if (done == nullptr) return nullptr;
+  Py_DECREF(done);
+  return rescored;
+}
+
+constexpr const char* kFoldNames[] = {"users", "diag", "left", "right", "out", "threads"};
+PyObject* fold_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
+  return guarded([&] {
+    const Arguments<6> a("fold", kFoldNames, args, nargs, kwnames);
+    const Rows users = rows_of(a.array(0), "users", 2);
+    const FormOperands form(a.object(1), a.object(2), a.object(3), users.dim);
+    py::array out = a.array(4);
+    float* o = output_of(out, "out", {users.count, users.dim});
+    const int t = a.threads(5);
+    py::gil_scoped_release release;
+    splitnet::fold_users(table(), form.form, users, o, users.dim, users.dim, t);
+  });
 }
 
 constexpr const char* kProbabilityNames[] = {"x"};
@@ -475,7 +527,19 @@ PyMethodDef kEntries[] = {
      "threads)\n--\n\n"
      "Continues each user's best-k list by value, bids[r] * sigmoid(queries[u] . row r + bias), with one objective's "
      "rows (bids descending; row r reported as ids[r]): positions [begin, end) of the allowed rows (or of all). "
-     "scores / best_ids (M, k) hold counts[u] entries, best first; returns where a later scan resumes."},
+     "scores / best_ids (M, k) hold counts[u] entries, best first; returns (where a later scan resumes, rows "
+     "scored)."},
+    {"topk_exact", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(topk_exact_entry)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "topk_exact(users, data, dtype, scales, allowed, exact, norms, residuals, diag, left, right, bias, k, out_scores, "
+     "out_ids, threads)\n--\n\n"
+     "topk over the float32 rows `exact` (N, stored), bit for bit, from a certified scan of data (the same rows in a "
+     "reduced dtype) with per-row bounds norms >= ||a|| and residuals >= ||a - a~||: only the rows that may enter "
+     "are re-scored in float32. Returns how many were."},
+    {"fold", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(fold_entry)), METH_FASTCALL | METH_KEYWORDS,
+     "fold(users, diag, left, right, out, threads)\n--\n\n"
+     "out = users^T S under S = diag(diag) + left right^T, users and out (M, n): the kernels' own fold, with the "
+     "bits score and topk fold with."},
     {"probability", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(probability_entry)),
      METH_FASTCALL | METH_KEYWORDS,
      "probability(x)\n--\n\nIn place: x = sigmoid(x), in double, rounded to float32 (x C-contiguous float32)."},

@@ -70,34 +70,48 @@ SPLITNET_AVX2 inline void pairs(const float* a, index_t a_stride, const float* b
 }
 
 // One block of NC candidates x 8 NV users, stored; with gates, bit c of the result says whether
-// candidate c reaches some user's gate.
+// candidate c reaches some user's gate. Each score in the one summation order (common.h): lane j
+// of the eight is a pass over d = j, j + 8, ..., its sums kept in `lanes`, then the lanes' tree.
 template <int NC, int NV>
 SPLITNET_AVX2 inline unsigned tile_block(const float* users_t, index_t users_pad, const float* rows,
                                          index_t dim, index_t row_stride, float bias, const float* gates,
                                          float* tile) {
-  __m256 acc[NC][NV];
-  for (int c = 0; c < NC; ++c)
-    for (int v = 0; v < NV; ++v) acc[c][v] = _mm256_setzero_ps();
-  for (index_t d = 0; d < dim; ++d) {
-    __m256 column[NV];
-    for (int v = 0; v < NV; ++v) column[v] = _mm256_loadu_ps(users_t + d * users_pad + 8 * v);
-    for (int c = 0; c < NC; ++c) {
-      const __m256 value = _mm256_broadcast_ss(rows + c * row_stride + d);
-      for (int v = 0; v < NV; ++v) acc[c][v] = _mm256_fmadd_ps(value, column[v], acc[c][v]);
+  __m256 lanes[kSumLanes][NC][NV];
+  const index_t padded = (dim + kSumLanes - 1) / kSumLanes * kSumLanes;
+  for (index_t j = 0; j < kSumLanes; ++j) {
+    __m256 acc[NC][NV];
+    for (int c = 0; c < NC; ++c)
+      for (int v = 0; v < NV; ++v) acc[c][v] = _mm256_setzero_ps();
+    for (index_t d = j; d < dim; d += kSumLanes) {
+      __m256 column[NV];
+      for (int v = 0; v < NV; ++v) column[v] = _mm256_loadu_ps(users_t + d * users_pad + 8 * v);
+      for (int c = 0; c < NC; ++c) {
+        const __m256 value = _mm256_broadcast_ss(rows + c * row_stride + d);
+        for (int v = 0; v < NV; ++v) acc[c][v] = _mm256_fmadd_ps(value, column[v], acc[c][v]);
+      }
     }
+    const bool zero_term = (padded - 1 - j) / kSumLanes * kSumLanes + j >= dim;  // lane j's last d is past dim
+    for (int c = 0; c < NC; ++c)
+      for (int v = 0; v < NV; ++v)
+        lanes[j][c][v] = zero_term ? _mm256_add_ps(acc[c][v], _mm256_setzero_ps()) : acc[c][v];
   }
   const __m256 b = _mm256_set1_ps(bias);
+  __m256 sums[NC][NV];
   for (int c = 0; c < NC; ++c)
     for (int v = 0; v < NV; ++v) {
-      acc[c][v] = _mm256_add_ps(acc[c][v], b);
-      _mm256_storeu_ps(tile + c * users_pad + 8 * v, acc[c][v]);
+      const __m256 low = _mm256_add_ps(_mm256_add_ps(lanes[0][c][v], lanes[1][c][v]),
+                                       _mm256_add_ps(lanes[2][c][v], lanes[3][c][v]));
+      const __m256 high = _mm256_add_ps(_mm256_add_ps(lanes[4][c][v], lanes[5][c][v]),
+                                        _mm256_add_ps(lanes[6][c][v], lanes[7][c][v]));
+      sums[c][v] = _mm256_add_ps(_mm256_add_ps(low, high), b);
+      _mm256_storeu_ps(tile + c * users_pad + 8 * v, sums[c][v]);
     }
   if (gates == nullptr) return 0;
   unsigned hits = 0;
   for (int c = 0; c < NC; ++c) {
     int any = 0;
     for (int v = 0; v < NV; ++v)
-      any |= _mm256_movemask_ps(_mm256_cmp_ps(acc[c][v], _mm256_loadu_ps(gates + 8 * v), _CMP_NLT_UQ));
+      any |= _mm256_movemask_ps(_mm256_cmp_ps(sums[c][v], _mm256_loadu_ps(gates + 8 * v), _CMP_NLT_UQ));
     hits |= static_cast<unsigned>(any != 0) << c;
   }
   return hits;
@@ -248,13 +262,18 @@ SPLITNET_AVX2 inline void rows_16bit(const float* query, const std::uint16_t* ro
       acc2 = _mm256_fmadd_ps(widen8<Bf16>(r[2] + d), q, acc2);
       acc3 = _mm256_fmadd_ps(widen8<Bf16>(r[3] + d), q, acc3);
     }
+    if (full < dim) {  // the tail, zero-padded to eight values (the query's padding lanes are zero too)
+      const __m256 q = _mm256_maskload_ps(query + full, tail_mask(dim - full));
+      std::uint16_t padded[4][8] = {};
+      for (index_t j = 0; j < 4; ++j) std::copy(r[j] + full, r[j] + dim, padded[j]);
+      acc0 = _mm256_fmadd_ps(widen8<Bf16>(padded[0]), q, acc0);
+      acc1 = _mm256_fmadd_ps(widen8<Bf16>(padded[1]), q, acc1);
+      acc2 = _mm256_fmadd_ps(widen8<Bf16>(padded[2]), q, acc2);
+      acc3 = _mm256_fmadd_ps(widen8<Bf16>(padded[3]), q, acc3);
+    }
     float sums[4];
     _mm_storeu_ps(sums, reduce4(acc0, acc1, acc2, acc3));
-    for (index_t j = 0; j < count; ++j) {
-      for (index_t d = full; d < dim; ++d)
-        sums[j] += query[d] * (Bf16 ? bf16_to_f32(r[j][d]) : f16_to_f32(r[j][d]));
-      out[i + j] = sums[j] + bias;
-    }
+    for (index_t j = 0; j < count; ++j) out[i + j] = sums[j] + bias;
   }
 }
 

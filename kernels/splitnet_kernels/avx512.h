@@ -101,26 +101,43 @@ SPLITNET_AVX512 inline unsigned store_block(const __m512 (&scores)[NC][NV], inde
   return hits;
 }
 
-// One block of NC candidates x 16 NV users.
+// One block of NC candidates x 16 NV users, each score in the one summation order (common.h):
+// lane j of the eight is a pass over d = j, j + 8, ..., its sums kept in `lanes`, then the
+// lanes' tree (as avx2.h's tile, on sixteen users per register).
 template <int NC, int NV>
 SPLITNET_AVX512 inline unsigned tile_block(const float* users_t, index_t users_pad, const float* rows,
                                            index_t dim, index_t row_stride, float bias,
                                            const float* gates, float* tile) {
-  __m512 acc[NC][NV];
-  for (int c = 0; c < NC; ++c)
-    for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_setzero_ps();
-  for (index_t d = 0; d < dim; ++d) {
-    __m512 column[NV];
-    for (int v = 0; v < NV; ++v) column[v] = _mm512_loadu_ps(users_t + d * users_pad + 16 * v);
-    for (int c = 0; c < NC; ++c) {
-      const __m512 value = _mm512_set1_ps(rows[c * row_stride + d]);
-      for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_fmadd_ps(value, column[v], acc[c][v]);
+  __m512 lanes[kSumLanes][NC][NV];
+  const index_t padded = (dim + kSumLanes - 1) / kSumLanes * kSumLanes;
+  for (index_t j = 0; j < kSumLanes; ++j) {
+    __m512 acc[NC][NV];
+    for (int c = 0; c < NC; ++c)
+      for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_setzero_ps();
+    for (index_t d = j; d < dim; d += kSumLanes) {
+      __m512 column[NV];
+      for (int v = 0; v < NV; ++v) column[v] = _mm512_loadu_ps(users_t + d * users_pad + 16 * v);
+      for (int c = 0; c < NC; ++c) {
+        const __m512 value = _mm512_set1_ps(rows[c * row_stride + d]);
+        for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_fmadd_ps(value, column[v], acc[c][v]);
+      }
     }
+    const bool zero_term = padded - kSumLanes + j >= dim;  // lane j's last term is past dim
+    for (int c = 0; c < NC; ++c)
+      for (int v = 0; v < NV; ++v)
+        lanes[j][c][v] = zero_term ? _mm512_add_ps(acc[c][v], _mm512_setzero_ps()) : acc[c][v];
   }
   const __m512 b = _mm512_set1_ps(bias);
+  __m512 sums[NC][NV];
   for (int c = 0; c < NC; ++c)
-    for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_add_ps(acc[c][v], b);
-  return store_block<NC, NV>(acc, users_pad, gates, tile);
+    for (int v = 0; v < NV; ++v) {
+      const __m512 low = _mm512_add_ps(_mm512_add_ps(lanes[0][c][v], lanes[1][c][v]),
+                                       _mm512_add_ps(lanes[2][c][v], lanes[3][c][v]));
+      const __m512 high = _mm512_add_ps(_mm512_add_ps(lanes[4][c][v], lanes[5][c][v]),
+                                        _mm512_add_ps(lanes[6][c][v], lanes[7][c][v]));
+      sums[c][v] = _mm512_add_ps(_mm512_add_ps(low, high), b);
+    }
+  return store_block<NC, NV>(sums, users_pad, gates, tile);
 }
 
 template <int NC>
@@ -158,39 +175,6 @@ struct Tile {
 };
 
 }  // namespace avx512_detail
-
-SPLITNET_AVX512 inline void score_rows_f32_avx512(const float* query, const float* rows,
-                                                  index_t n_rows, index_t dim, index_t row_stride,
-                                                  float bias, float* out) {
-  using namespace avx512_detail;
-  const __m128 b = _mm_set1_ps(bias);
-  const index_t full = dim / 16 * 16;
-  const __mmask16 tail = tail_mask(dim - full);
-  index_t i = 0;
-  for (; i + 4 <= n_rows; i += 4) {
-    const float* r = rows + i * row_stride;
-    prefetch_four_rows(rows, i, n_rows, dim, row_stride);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(),
-           acc3 = _mm512_setzero_ps();
-    for (index_t d = 0; d < full; d += 16) {  // full vectors: plain loads
-      const __m512 q = _mm512_loadu_ps(query + d);
-      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(r + d), q, acc0);
-      acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(r + row_stride + d), q, acc1);
-      acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 2 * row_stride + d), q, acc2);
-      acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 3 * row_stride + d), q, acc3);
-    }
-    if (full < dim) {  // the tail: masked loads never touch bytes past the row
-      const __m512 q = _mm512_maskz_loadu_ps(tail, query + full);
-      acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r + full), q, acc0);
-      acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r + row_stride + full), q, acc1);
-      acc2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r + 2 * row_stride + full), q, acc2);
-      acc3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r + 3 * row_stride + full), q, acc3);
-    }
-    _mm_storeu_ps(out + i, _mm_add_ps(reduce4(acc0, acc1, acc2, acc3), b));
-  }
-  for (; i < n_rows; ++i)
-    out[i] = reduce1(pair_acc<false>(query, rows + i * row_stride, nullptr, dim)) + bias;
-}
 
 SPLITNET_AVX512 inline std::uint64_t score_tile_f32_avx512(const float* users_t, index_t users_pad,
                                                            const float* rows, index_t n_rows, index_t dim,
@@ -258,38 +242,6 @@ SPLITNET_AVX512 inline __m512 widen16(const std::uint16_t* p) {
   return _mm512_cvtph_ps(raw);
 }
 
-template <bool Bf16>
-SPLITNET_AVX512 inline float widen1(std::uint16_t v) { return Bf16 ? bf16_to_f32(v) : f16_to_f32(v); }
-
-// 16-bit rows, four at a time: whole vectors widened in registers, the dimension tail scalar.
-template <bool Bf16>
-SPLITNET_AVX512 inline void rows_16bit(const float* query, const std::uint16_t* rows, index_t n_rows,
-                                       index_t dim, index_t row_stride, float bias, float* out) {
-  const index_t full = dim / 16 * 16;
-  index_t i = 0;
-  for (; i < n_rows; i += 4) {
-    const index_t count = std::min<index_t>(4, n_rows - i);
-    prefetch_four_rows(rows, i, n_rows, dim, row_stride);
-    const std::uint16_t* r[4];
-    for (index_t j = 0; j < 4; ++j) r[j] = rows + (i + std::min<index_t>(j, count - 1)) * row_stride;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(),
-           acc3 = _mm512_setzero_ps();
-    for (index_t d = 0; d < full; d += 16) {
-      const __m512 q = _mm512_loadu_ps(query + d);
-      acc0 = _mm512_fmadd_ps(widen16<Bf16>(r[0] + d), q, acc0);
-      acc1 = _mm512_fmadd_ps(widen16<Bf16>(r[1] + d), q, acc1);
-      acc2 = _mm512_fmadd_ps(widen16<Bf16>(r[2] + d), q, acc2);
-      acc3 = _mm512_fmadd_ps(widen16<Bf16>(r[3] + d), q, acc3);
-    }
-    float sums[4];
-    _mm_storeu_ps(sums, reduce4(acc0, acc1, acc2, acc3));
-    for (index_t j = 0; j < count; ++j) {
-      for (index_t d = full; d < dim; ++d) sums[j] += query[d] * widen1<Bf16>(r[j][d]);
-      out[i + j] = sums[j] + bias;
-    }
-  }
-}
-
 // int8 rows: 32 values at a time widened to int16, multiplied and pair-summed to int32 (exact).
 SPLITNET_AVX512 inline std::int32_t dot_i8(const std::int8_t* query, const std::int8_t* row, index_t dim) {
   __m512i acc = _mm512_setzero_si512();
@@ -304,16 +256,6 @@ SPLITNET_AVX512 inline std::int32_t dot_i8(const std::int8_t* query, const std::
   return sum;
 }
 }  // namespace avx512_detail
-
-SPLITNET_AVX512 inline void score_rows_f16_avx512(const float* query, const std::uint16_t* rows, index_t n_rows,
-                                                  index_t dim, index_t row_stride, float bias, float* out) {
-  avx512_detail::rows_16bit<false>(query, rows, n_rows, dim, row_stride, bias, out);
-}
-
-SPLITNET_AVX512 inline void score_rows_bf16_avx512(const float* query, const std::uint16_t* rows, index_t n_rows,
-                                                   index_t dim, index_t row_stride, float bias, float* out) {
-  avx512_detail::rows_16bit<true>(query, rows, n_rows, dim, row_stride, bias, out);
-}
 
 SPLITNET_AVX512 inline void widen_f16_avx512(const std::uint16_t* in, index_t n, float* out) {
   index_t i = 0;
@@ -339,13 +281,15 @@ SPLITNET_AVX512 inline void score_rows_i8_avx512(const std::int8_t* query, float
 inline constexpr KernelTable kAvx512Table = [] {
   KernelTable t{};
   t.isa = Isa::avx512;
-  SPLITNET_KERNELS_FILL(t, score_rows_f32, avx512);
+  // streaming rows: the avx2 kernels, whose eight lanes are the one summation order (common.h);
+  // the scan is bound by memory, not by the width of its FMAs
+  SPLITNET_KERNELS_FILL(t, score_rows_f32, avx2);
   SPLITNET_KERNELS_FILL(t, score_tile_f32, avx512);
   SPLITNET_KERNELS_FILL(t, not_below_bits_f32, avx512);
   SPLITNET_KERNELS_FILL(t, first_not_below_f32, avx512);
   SPLITNET_KERNELS_FILL(t, max_lanes_f32, avx512);
-  SPLITNET_KERNELS_FILL(t, score_rows_f16, avx512);
-  SPLITNET_KERNELS_FILL(t, score_rows_bf16, avx512);
+  SPLITNET_KERNELS_FILL(t, score_rows_f16, avx2);
+  SPLITNET_KERNELS_FILL(t, score_rows_bf16, avx2);
   SPLITNET_KERNELS_FILL(t, widen_f16, avx512);
   SPLITNET_KERNELS_FILL(t, widen_bf16, avx512);
   SPLITNET_KERNELS_FILL(t, score_rows_i8, avx512);

@@ -191,6 +191,55 @@ inline float score_i8(float sum, float query_scale, float row_scale, float bias)
   return product + bias;
 }
 
+// ---- The one summation order ----------------------------------------------------------------
+// Every float32 score of the scans (one user, many users, an allowed subset, every ISA and every
+// storage type, whose rows widen exactly to float32) has the bits of this order, so score, topk,
+// one user and many agree bit for bit and an exact set's re-score is the float32 set's score:
+// eight lanes, lane j the FMA chain q[d] * r[d] + lane over d = j, j + 8, ... < dim rounded up
+// to 8 (zero terms past dim), from +0 in increasing d; then ((l0 + l1) + (l2 + l3)) + ((l4 + l5)
+// + (l6 + l7)); then + bias. AVX2's eight-lane registers give it directly (avx2.h); the scalar
+// reference and the cross tiles emulate it. load(d) is the candidate's value d as float32.
+constexpr index_t kSumLanes = 8;
+
+#if defined(__GNUC__)
+#define SPLITNET_KERNELS_INLINE __attribute__((always_inline)) inline
+#define SPLITNET_KERNELS_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#define SPLITNET_KERNELS_INLINE inline
+#define SPLITNET_KERNELS_LAMBDA_INLINE
+#endif
+
+SPLITNET_KERNELS_INLINE float sum_lanes(const float* l) { return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])); }
+
+template <class Query, class Load>
+SPLITNET_KERNELS_INLINE float ordered_dot(Query query, Load load, index_t dim) {
+  float lanes[kSumLanes] = {};
+  index_t d = 0;
+  for (; d + kSumLanes <= dim; d += kSumLanes)
+    for (index_t j = 0; j < kSumLanes; ++j) lanes[j] = std::fma(query(d + j), load(d + j), lanes[j]);
+  for (index_t j = 0; d < dim && j < kSumLanes; ++j)  // the last, partial group: zero terms past dim
+    lanes[j] = d + j < dim ? std::fma(query(d + j), load(d + j), lanes[j]) : lanes[j] + 0.0f;
+  return sum_lanes(lanes);
+}
+
+// The scalar kernels run their FMAs on the FMA instruction where the CPU has one (the same bits
+// as the library call std::fma makes elsewhere, many times faster, and vectorized): body, an
+// always-inline lambda, is inlined into a function built for FMA, or into a baseline one.
+#if SPLITNET_KERNELS_HAVE_X86
+template <class Body>
+__attribute__((target("fma"))) inline void with_fma_instruction(Body&& body) { body(); }
+
+template <class Body>
+inline void with_fma(Body&& body) {
+  static const bool has_fma = __builtin_cpu_supports("fma");
+  if (has_fma) return with_fma_instruction(body);
+  body();
+}
+#else
+template <class Body>
+inline void with_fma(Body&& body) { body(); }
+#endif
+
 // ---- Storage types -------------------------------------------------------------------------
 inline float bf16_to_f32(std::uint16_t bits) {
   const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;

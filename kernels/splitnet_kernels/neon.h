@@ -21,11 +21,6 @@ inline float dot_f32_neon(const float* a, const float* b, index_t dim) {
   return sum;
 }
 
-inline void score_rows_f32_neon(const float* query, const float* rows, index_t n_rows, index_t dim,
-                                index_t row_stride, float bias, float* out) {
-  for (index_t i = 0; i < n_rows; ++i) out[i] = dot_f32_neon(query, rows + i * row_stride, dim) + bias;
-}
-
 inline void score_pairs_f32_neon(const float* a, index_t a_stride, const float* b, index_t b_stride,
                                  const float* weights, index_t n_pairs, index_t dim, float bias, float* out) {
   if (weights != nullptr) {
@@ -36,11 +31,12 @@ inline void score_pairs_f32_neon(const float* a, index_t a_stride, const float* 
     out[i] = dot_f32_neon(a + i * a_stride, b + i * b_stride, dim) + bias;
 }
 
-// The scalar table with NEON kernels in the entries that have one.
+// The scalar table with NEON kernels in the entries that have one. The scans keep the scalar
+// kernels (the one summation order, common.h, with aarch64's FMA instruction): a NEON row
+// kernel in that order is work for a host that can test it.
 inline constexpr KernelTable kNeonTable = [] {
   KernelTable t = kScalarTable;
   t.isa = Isa::neon;
-  SPLITNET_KERNELS_FILL(t, score_rows_f32, neon);
   SPLITNET_KERNELS_FILL(t, score_pairs_f32, neon);
   return t;
 }();

@@ -1,42 +1,56 @@
-// The scalar reference kernels: the specification every ISA variant must match (to float32
-// rounding). Plain C++ with float accumulation, in the order a reader expects.
+// The scalar reference kernels: the specification every ISA variant must match. The scans'
+// float32 scores follow the one summation order (common.h, ordered_dot) bit for bit; the pairwise
+// kernel is plain accumulation, which the others match to float32 rounding.
 #pragma once
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "common.h"
 
 namespace splitnet {
 
-inline float dot_f32_scalar(const float* a, const float* b, index_t dim) {
-  float sum = 0.0f;
-  for (index_t d = 0; d < dim; ++d) sum += a[d] * b[d];
-  return sum;
-}
-
 inline void score_rows_f32_scalar(const float* query, const float* rows, index_t n_rows,
                                   index_t dim, index_t row_stride, float bias, float* out) {
-  for (index_t i = 0; i < n_rows; ++i) out[i] = dot_f32_scalar(query, rows + i * row_stride, dim) + bias;
+  with_fma([&]() SPLITNET_KERNELS_LAMBDA_INLINE {
+    for (index_t i = 0; i < n_rows; ++i) {
+      const float* row = rows + i * row_stride;
+      out[i] = ordered_dot([&](index_t d) { return query[d]; }, [&](index_t d) { return row[d]; }, dim) + bias;
+    }
+  });
 }
 
+// Each candidate's eight lanes for every user at once (users contiguous, so the FMAs vectorize),
+// in the one order.
 inline std::uint64_t score_tile_f32_scalar(const float* users_t, index_t users_pad, const float* rows,
                                            index_t n_rows, index_t dim, index_t row_stride, float bias,
                                            const float* gates, float* tile) {
+  std::vector<float> lanes(static_cast<size_t>(kSumLanes * users_pad));
   std::uint64_t hits = 0;
-  for (index_t c = 0; c < n_rows; ++c) {
-    const float* row = rows + c * row_stride;
-    float* scores = tile + c * users_pad;
-    for (index_t u = 0; u < users_pad; ++u) scores[u] = 0.0f;
-    for (index_t d = 0; d < dim; ++d) {
-      const float value = row[d];
-      const float* column = users_t + d * users_pad;
-      for (index_t u = 0; u < users_pad; ++u) scores[u] += column[u] * value;
+  with_fma([&]() SPLITNET_KERNELS_LAMBDA_INLINE {
+    const index_t padded = (dim + kSumLanes - 1) / kSumLanes * kSumLanes;
+    for (index_t c = 0; c < n_rows; ++c) {
+      const float* row = rows + c * row_stride;
+      std::fill(lanes.begin(), lanes.end(), 0.0f);
+      for (index_t d = 0; d < padded; ++d) {
+        float* lane = lanes.data() + (d % kSumLanes) * users_pad;
+        if (d < dim) {
+          const float value = row[d];
+          const float* column = users_t + d * users_pad;
+          for (index_t u = 0; u < users_pad; ++u) lane[u] = std::fma(value, column[u], lane[u]);
+        } else {
+          for (index_t u = 0; u < users_pad; ++u) lane[u] += 0.0f;
+        }
+      }
+      for (index_t u = 0; u < users_pad; ++u) {
+        float l[kSumLanes];
+        for (index_t j = 0; j < kSumLanes; ++j) l[j] = lanes[j * users_pad + u];
+        const float score = sum_lanes(l) + bias;
+        tile[c * users_pad + u] = score;
+        if (gates != nullptr && !(score < gates[u])) hits |= std::uint64_t{1} << c;
+      }
     }
-    for (index_t u = 0; u < users_pad; ++u) {
-      scores[u] += bias;
-      if (gates != nullptr && !(scores[u] < gates[u])) hits |= std::uint64_t{1} << c;
-    }
-  }
+  });
   return hits;
 }
 
@@ -78,12 +92,12 @@ inline void max_lanes_f32_scalar(const float* values, index_t n, float* lanes) {
 template <float (*Widen)(std::uint16_t)>
 inline void rows_16bit_scalar(const float* query, const std::uint16_t* rows, index_t n_rows, index_t dim,
                               index_t row_stride, float bias, float* out) {
-  for (index_t i = 0; i < n_rows; ++i) {
-    const std::uint16_t* row = rows + i * row_stride;
-    float sum = 0.0f;
-    for (index_t d = 0; d < dim; ++d) sum += query[d] * Widen(row[d]);
-    out[i] = sum + bias;
-  }
+  with_fma([&]() SPLITNET_KERNELS_LAMBDA_INLINE {
+    for (index_t i = 0; i < n_rows; ++i) {
+      const std::uint16_t* row = rows + i * row_stride;
+      out[i] = ordered_dot([&](index_t d) { return query[d]; }, [&](index_t d) { return Widen(row[d]); }, dim) + bias;
+    }
+  });
 }
 
 inline void score_rows_f16_scalar(const float* query, const std::uint16_t* rows, index_t n_rows,

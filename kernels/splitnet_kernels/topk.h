@@ -9,6 +9,9 @@
 #include "common.h"
 
 namespace splitnet {
+namespace detail {
+constexpr float kInf = std::numeric_limits<float>::infinity();
+}  // namespace detail
 
 // The best k of everything pushed, by one of two means. For small k, a binary heap whose top is
 // the worst kept entry: the gate rises with every accepted entry, which matters when there are
@@ -28,6 +31,8 @@ class TopK {
   }
 
   float gate() const { return gate_; }
+  // A lower bound on the k-th best of everything pushed: the gate, or -inf while it is NaN.
+  float floor() const { return std::isnan(gate_) ? -std::numeric_limits<float>::infinity() : gate_; }
 
   void push(float score, index_t id) {
     const Entry entry{order_key(score), score, id};

@@ -28,8 +28,6 @@ inline float expected_value(float logit, float bid) { return bid * probability(l
 
 namespace detail {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
 // A logit below which no candidate of bid <= bid_max reaches the value `floor`:
 // x < logit_gate(floor, bid_max) implies expected_value(x, bid) < floor. Each float32 rounding
 // (of the probability, then of the product) raises a number by at most a factor 1 + 2^-24 and,
@@ -47,13 +45,6 @@ inline float logit_gate(float floor, float bid_max) {
   float gate = static_cast<float>(g);
   if (static_cast<double>(gate) > g) gate = std::nextafter(gate, -kInf);
   return gate;
-}
-
-// A user's k-th value so far as a floor on the value a new candidate needs (-inf while the list
-// is not full or its k-th is NaN).
-inline float floor_of(const TopK& heap) {
-  const float gate = heap.gate();
-  return std::isnan(gate) ? -kInf : gate;
 }
 
 // Floors shared by the tasks of one scan: each task's k-th value bounds the joint k-th from
@@ -103,12 +94,15 @@ class Blocks {
     last = std::min(end_, first + size_);
     return true;
   }
+  // Rows a task scored: the part of a claimed block before its first bid below the floor.
+  void scored(index_t rows) { scored_.fetch_add(rows, std::memory_order_relaxed); }
+  index_t scored() const { return scored_.load(std::memory_order_relaxed); }
   void stop() { stopped_.store(true, std::memory_order_relaxed); }
   bool stopped() const { return stopped_.load(std::memory_order_relaxed); }
 
  private:
   index_t begin_, end_, size_;
-  std::atomic<index_t> next_{0};
+  std::atomic<index_t> next_{0}, scored_{0};
   std::atomic<bool> stopped_{false};
 };
 
@@ -164,12 +158,16 @@ struct ValueScan {
 };
 
 // Continues each user's best-k list by value (counts[u] entries at scores / ids + u * k, best
-// first, ties to the lower id, NaN last) with the scan's rows, and returns where a later scan
-// of the objective resumes: `end`, or scan.size() when every user stopped at a bid below its k-th
-// value (nothing from there on can enter). One user streams blocks of rows; many users go through the cross tile (without
-// an allowed subset), its pre-test on the registers against each user's logit gate.
-inline index_t topk_value(const KernelTable& table, const Rows& queries, const ValueScan& scan, index_t k,
-                          float* scores, index_t* ids, index_t* counts, int threads);
+// first, ties to the lower id, NaN last) with the scan's rows. Returns where a later scan of the
+// objective resumes (`end`, or scan.size() when every user stopped at a bid below its k-th
+// value: nothing from there on can enter) and how many rows were scored (a row read once for a
+// block of users counts once). One user streams blocks of rows; many users go through the cross
+// tile (without an allowed subset), its pre-test on the registers against each user's logit gate.
+struct ValueScanned {
+  index_t resume, scored;
+};
+inline ValueScanned topk_value(const KernelTable& table, const Rows& queries, const ValueScan& scan, index_t k,
+                               float* scores, index_t* ids, index_t* counts, int threads);
 
 namespace detail {
 
@@ -179,9 +177,9 @@ inline index_t value_tasks(int threads, index_t rows, index_t min_rows) {
 
 // One user: blocks of kBlock rows, each scored into a buffer, values formed where the logit
 // passes the gate, pushed into the task's heap.
-// Returns whether it stopped at a bid.
+// Returns whether it stopped at a bid; adds the rows it scored to *scored.
 inline bool value_one(const KernelTable& table, const float* query, const ValueScan& scan, index_t k,
-                      float* scores, index_t* ids, index_t* count, int threads) {
+                      float* scores, index_t* ids, index_t* count, int threads, index_t* scored) {
   const OneQuery score(table, query, scan.rows, scan.bias, scan.positions);
   const index_t tasks = value_tasks(threads, scan.end - scan.begin, std::max(min_rows_per_task(scan.rows.dim), 4 * k));
   SharedFloors floors(1);
@@ -195,32 +193,34 @@ inline bool value_one(const KernelTable& table, const float* query, const ValueS
     float logits[kBlock];
     index_t first, last;
     while (blocks.claim(first, last)) {
-      const float floor = std::max(floor_of(heap), floors.get(0));
+      const float floor = std::max(heap.floor(), floors.get(0));
       if (scan.bids[scan.row(first)] < floor) {
         blocks.stop();
         break;
       }
       const float g = gate.update(floor, scan.bids[scan.row(first)]);
       score(first, last - first, logits);
+      blocks.scored(last - first);
       for (index_t i = table.first_not_below_f32(logits, last - first, g); i < last - first;) {
         const index_t r = scan.row(first + i);
         heap.push(expected_value(logits[i], scan.bids[r]), scan.ids[r]);
         ++i;
         i += table.first_not_below_f32(logits + i, last - first - i, g);
       }
-      floors.raise(0, floor_of(heap));
+      floors.raise(0, heap.floor());
     }
     task_counts[t] = heap.finish();
   });
   merge_into(1, k, tasks, scores, ids, count, task_scores, task_ids, task_counts);
+  *scored += blocks.scored();
   return blocks.stopped();
 }
 
 // Many users, no allowed subset: per block of users, tiles of kTileCandidates rows claimed in
 // order by the tasks, each task with a heap per user. Returns whether every block of users
-// stopped at a bid.
+// stopped at a bid; adds the rows it scored (once per block of users) to *scored.
 inline bool value_cross(const KernelTable& table, const Rows& queries, const ValueScan& scan, index_t k,
-                        float* scores, index_t* ids, index_t* counts, int threads) {
+                        float* scores, index_t* ids, index_t* counts, int threads, index_t* scored) {
   const index_t block_users = users_per_block(queries.dim);
   bool stopped = true;
   for (index_t u0 = 0; u0 < queries.count; u0 += block_users) {
@@ -251,8 +251,9 @@ inline bool value_cross(const KernelTable& table, const Rows& queries, const Val
           break;
         }
         for (index_t u = 0; u < n_users; ++u)
-          gates[u] = cached[u].update(std::max(floor_of(heaps[u]), floors.get(u)), bid_max);
+          gates[u] = cached[u].update(std::max(heaps[u].floor(), floors.get(u)), bid_max);
         prefetch_rows(scan.rows, last, std::min(scan.end, last + kTileCandidates));
+        tiles.scored(last - first);
         for (std::uint64_t hits = block.score(first, last - first, scan.bias, gates.data(), tile.data(), scratch);
              hits != 0; hits &= hits - 1) {
           const index_t c = __builtin_ctzll(hits);
@@ -264,30 +265,33 @@ inline bool value_cross(const KernelTable& table, const Rows& queries, const Val
               heaps[u].push(expected_value(logits[u], scan.bids[first + c]), scan.ids[first + c]);
             }
         }
-        for (index_t u = 0; u < n_users; ++u) floors.raise(u, floor_of(heaps[u]));
+        for (index_t u = 0; u < n_users; ++u) floors.raise(u, heaps[u].floor());
       }
       for (index_t u = 0; u < n_users; ++u) task_counts[t * n_users + u] = heaps[u].finish();
     });
     merge_into(n_users, k, tasks, scores + u0 * k, ids + u0 * k, counts + u0, task_scores, task_ids, task_counts);
     stopped = stopped && tiles.stopped();
+    *scored += tiles.scored();
   }
   return stopped;
 }
 
 }  // namespace detail
 
-inline index_t topk_value(const KernelTable& table, const Rows& queries, const ValueScan& scan, index_t k,
-                          float* scores, index_t* ids, index_t* counts, int threads) {
+inline ValueScanned topk_value(const KernelTable& table, const Rows& queries, const ValueScan& scan, index_t k,
+                               float* scores, index_t* ids, index_t* counts, int threads) {
   using namespace detail;
-  if (k == 0 || queries.count == 0 || scan.begin >= scan.end) return std::max(scan.begin, scan.end);
+  if (k == 0 || queries.count == 0 || scan.begin >= scan.end) return {std::max(scan.begin, scan.end), 0};
   bool stopped = true;
+  index_t scored = 0;
   if (queries.count > 1 && scan.positions == nullptr && has_tile(table, scan.rows)) {
-    stopped = value_cross(table, queries, scan, k, scores, ids, counts, threads);
+    stopped = value_cross(table, queries, scan, k, scores, ids, counts, threads, &scored);
   } else {
     for (index_t u = 0; u < queries.count; ++u)
-      stopped = value_one(table, queries.row(u), scan, k, scores + u * k, ids + u * k, counts + u, threads) && stopped;
+      stopped = value_one(table, queries.row(u), scan, k, scores + u * k, ids + u * k, counts + u, threads, &scored) &&
+                stopped;
   }
-  return stopped ? scan.size() : scan.end;
+  return {stopped ? scan.size() : scan.end, scored};
 }
 
 }  // namespace splitnet

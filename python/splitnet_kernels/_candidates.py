@@ -20,7 +20,7 @@ from . import _api, _dispatch
 from ._metric import _is_tensor, host
 from ._objectives import _FIRST_BLOCK, Grouping, ObjectiveMetrics, check_metric_for, check_objectives, check_output, \
     folded, keep_best, quantity, scan_by_value
-from ._storage import ALIGN, DTYPES, INT8_MAX_DIM, NUMPY_TYPES, Storage, stored_width
+from ._storage import ALIGN, DTYPES, INT8_MAX_DIM, NUMPY_TYPES, ExactStorage, Storage, stored_width
 
 # v2: the header has its own CRC-32. v1 (no header CRC) files are refused with a word to re-save.
 _MAGIC, _V1_MAGIC = b"SPLITNET-CANDIDATES\x00v2\x00", b"SPLITNET-CANDIDATES\x00v1\x00"
@@ -77,9 +77,11 @@ def _fsync_directory(directory: str) -> None:
 class Candidates:
     """An immutable, packed candidate set. .score / .topk follow sk.score / sk.topk."""
 
-    def __init__(self, ads, dtype: str = "float32", *, objectives=None, bids=None):
+    def __init__(self, ads, dtype: str = "float32", *, objectives=None, bids=None, exact: bool = False):
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        if not isinstance(exact, (bool, np.bool_)):
+            raise TypeError(f"exact: expected True or False, got {type(exact).__name__}")
         ads = _api._to_numpy(_api._embeddings(ads, "ads", (2,)))
         self._grouping = None
         if objectives is not None or bids is not None:  # packed by objective, bids descending
@@ -87,13 +89,23 @@ class Candidates:
                                         len(ads))
             self._grouping = Grouping.of(obj, bid)
             ads = ads[self._grouping.order]
-        self._store = Storage.pack(ads, dtype)
+        self._store = ExactStorage.pack_exact(ads, dtype) if exact else Storage.pack(ads, dtype)
+        self._last_scan: dict = {}
 
     def __len__(self) -> int:
         return len(self._store)
 
     dim = property(lambda self: self._store.dim, doc="Embedding dimension n.")
-    dtype = property(lambda self: self._store.dtype, doc="Storage type name.")
+    dtype = property(lambda self: self._store.scan.dtype if self.exact else self._store.dtype,
+                     doc="Storage type name (an exact set's: the type it scans).")
+    exact = property(lambda self: isinstance(self._store, ExactStorage),
+                     doc="Whether top-k from the reduced type is bit for bit the float32 set's (exact=True).")
+
+    @property
+    def last_rescored(self) -> int:
+        """An exact set: how many rows the last top-k of the compiled backend re-scored in float32
+        (summed over its users; from whichever thread called last). 0 for other sets."""
+        return self._store.rescored if isinstance(self._store, ExactStorage) else 0
 
     @property
     def nbytes(self) -> int:
@@ -118,7 +130,8 @@ class Candidates:
         return result
 
     def __repr__(self) -> str:
-        extra = "" if self._grouping is None else f", {self._grouping.n_objectives} objectives"
+        extra = (", exact" if self.exact else "") + \
+            ("" if self._grouping is None else f", {self._grouping.n_objectives} objectives")
         return f"Candidates({len(self)} x {self.dim}, dtype={self.dtype!r}{extra}, {self.nbytes / 2**20:.1f} MiB)"
 
     def rows(self, begin: int = 0, end: int | None = None) -> np.ndarray:
@@ -206,6 +219,7 @@ class Candidates:
         # Two rounds: every objective's highest bids first, so the k-th value that each scan
         # stops at comes from all objectives, then the rest of each, as far as the bids allow.
         resume: dict = {}
+        self._last_scan = {}
         queries = {t: folded(metric, many, t) for t, *_ in self._groups()}
         for until in (_FIRST_BLOCK, None) if len(many) else ():
             for t, begin, end, bids, ids in self._groups():
@@ -253,6 +267,7 @@ class Candidates:
         bids = np.broadcast_to(bids, (end - begin,))
         if output != "value" or bids[0] == bids[-1]:  # the quantity is monotone in the logit here
             resume[t] = eligible  # ranked whole, in one call
+            self._scanned(t, eligible)
             def raw_topk(count):
                 scores, positions = (_api._host(x) for x in _api.topk_store(
                     users, sub, count, metric, ids=local, sigmoid=False, backend=backend, threads=threads))
@@ -279,19 +294,31 @@ class Candidates:
             return _api._host(_api.score_store(users, block, metric, ids=rows, sigmoid=False, backend=backend,
                                                threads=threads, out=None)).reshape(len(users), -1)
 
-        *best, resume[t] = scan_by_value(users, bids, ids, local, k, score_rows, *best, begin=start, until=until)
+        *best, resume[t], scored = scan_by_value(users, bids, ids, local, k, score_rows, *best, begin=start,
+                                                 until=until)
+        self._scanned(t, scored)
         return tuple(best)
 
-    @staticmethod
-    def _fused_topk(chosen, users, metric, sub, bids, ids, local, k, threads, best, resume, t, begin, end):
+    def _scanned(self, t: int, rows: int) -> None:
+        self._last_scan[t] = self._last_scan.get(t, 0) + rows
+
+    @property
+    def last_scan(self) -> dict:
+        """The last top-k of a set with objectives (or by value): {objective: rows scored}. A scan
+        by value stops at the first bid below every user's k-th value; the rest of the rows
+        were never read. (From whichever thread called last.)"""
+        return dict(self._last_scan)
+
+    def _fused_topk(self, chosen, users, metric, sub, bids, ids, local, k, threads, best, resume, t, begin, end):
         """_group_topk's scan by value inside the kernels (rows [begin, end) of the objective)."""
         n_users, kept = best[0].shape
         scores, found = np.empty((n_users, k), np.float32), np.empty((n_users, k), np.int64)
         scores[:, :kept], found[:, :kept] = best
         counts = np.full(n_users, kept, np.int64)
-        resume[t] = chosen.topk_value(users, sub, allowed=local, bids=np.ascontiguousarray(bids, np.float32),
-                                      ids=np.ascontiguousarray(ids, np.int64), bias=metric.bias, begin=begin,
-                                      end=end, best=(scores, found, counts), threads=threads)
+        resume[t], scored = chosen.topk_value(users, sub, allowed=local, bids=np.ascontiguousarray(bids, np.float32),
+                                              ids=np.ascontiguousarray(ids, np.int64), bias=metric.bias,
+                                              begin=begin, end=end, best=(scores, found, counts), threads=threads)
+        self._scanned(t, scored)
         kept = int(counts[0]) if n_users else 0
         if np.any(counts != kept):  # every user sees the same rows, so the same number of them
             raise RuntimeError(f"internal error: users kept {counts.min()}..{counts.max()} values")
@@ -306,7 +333,13 @@ class Candidates:
         process that maps the old file (even this set, loaded with mmap=True from `path`) keeps
         reading the old bytes, and a reader opening `path` sees the old file or the new one."""
         store, grouping = self._store, self._grouping
-        arrays = {"data": store.data} if store.scales is None else {"data": store.data, "scales": store.scales}
+        if isinstance(store, ExactStorage):  # the reduced rows as data, and what the re-score needs
+            scan = store.scan
+            arrays = {"data": scan.data} if scan.scales is None else {"data": scan.data, "scales": scan.scales}
+            arrays.update(exact_rows=store.data, norms=store.norms, residuals=store.residuals)
+            store = scan
+        else:
+            arrays = {"data": store.data} if store.scales is None else {"data": store.data, "scales": store.scales}
         if grouping is not None:  # the packing by objective travels with the rows
             arrays.update(order=grouping.order, objectives=grouping.objectives, bids=grouping.bids)
         header: dict = {"dtype": store.dtype, "count": len(self), "dim": store.dim, "stored_dim": int(store.data.shape[1]),
@@ -368,13 +401,16 @@ class Candidates:
             wanted: dict = {"data": (np.dtype(NUMPY_TYPES[dtype]), (count, stored))}
             if dtype == "int8":
                 wanted["scales"] = (np.dtype(np.float32), (count,))
+            if "exact_rows" in specs:  # an exact set
+                wanted.update(exact_rows=(np.dtype(np.float32), (count, stored)),
+                              norms=(np.dtype(np.float32), (count,)), residuals=(np.dtype(np.float32), (count,)))
             if "order" in specs:  # a set with objectives
                 wanted.update(order=(np.dtype(np.int64), (count,)), objectives=(np.dtype(np.int64), (count,)),
                               bids=(np.dtype(np.float32), (count,)))
             arrays = {}
             for name, (item, shape) in wanted.items():
                 spec = specs.get(name)
-                nbytes = count * (stored if name == "data" else 1) * item.itemsize  # Python ints: no overflow
+                nbytes = count * (stored if name in ("data", "exact_rows") else 1) * item.itemsize  # Python ints
                 if not isinstance(spec, dict) or not all(_is_int(spec.get(key)) for key in ("offset", "nbytes", "crc32")) \
                         or spec["nbytes"] != nbytes or spec["offset"] < 0 or spec["offset"] % ALIGN:
                     raise ValueError(f"{path}: damaged header (the entry for {name}, {nbytes} bytes, is {str(spec)[:200]})")
@@ -393,7 +429,13 @@ class Candidates:
         if scales is not None and not (np.all(np.isfinite(scales)) and np.all(scales > 0)):
             raise ValueError(f"{path}: damaged scales")
         self = cls.__new__(cls)
+        self._last_scan = {}
         self._store = Storage(dtype, dim, arrays["data"], scales)
+        if "exact_rows" in arrays:
+            if dtype == "float32" or np.any(np.isnan(arrays["norms"])) or np.any(np.isnan(arrays["residuals"])):
+                raise ValueError(f"{path}: damaged exact set")
+            self._store = ExactStorage(Storage("float32", dim, arrays["exact_rows"], None), self._store,
+                                       arrays["norms"], arrays["residuals"])
         self._grouping = None
         if "order" in arrays:
             self._grouping = Grouping(arrays["order"], arrays["objectives"], arrays["bids"])

@@ -213,6 +213,8 @@ def folded(metric, users: np.ndarray, t: int):
     """(objective t's queries: users folded through its metric, a dot metric with its bias):
     each user folds T queries once per request, and every block of every scan reuses them."""
     metric = metric[t] if isinstance(metric, ObjectiveMetrics) else metric
+    if _simd.compiled() and users.dtype == np.float32:  # the kernels' fold: one user's bits are a batch's
+        return _simd.fold(np.atleast_2d(users), metric).reshape(users.shape), dot_metric(metric.dim, metric.bias)
     return metric.fold(users), dot_metric(metric.dim, metric.bias)
 
 
@@ -245,11 +247,11 @@ def scan_by_value(users, bids, ids, local, k: int, score_rows, best, best_ids, b
     descend: block by block, each block ending where the bids fall below every user's k-th
     value (a value never exceeds its bid, so no row past that can enter). score_rows(begin,
     end) -> logits (M, end - begin) of rows [begin, end) of the objective (of `local`, its
-    allowed positions, when given). Returns (best, best_ids, rows passed: where to resume).
-    The array backends' scan; the simd backend's runs inside the kernels (values.h)."""
+    allowed positions, when given). Returns (best, best_ids, rows passed: where to resume, rows
+    scored). The array backends' scan; the simd backend's runs inside the kernels (values.h)."""
     row_bids = bids if local is None else bids[local]
     n = len(row_bids) if until is None else min(until, len(row_bids))
-    size = _FIRST_BLOCK
+    size, scored = _FIRST_BLOCK, 0
     while begin < n:
         end = min(n, begin + size)
         if best.shape[1] == k:
@@ -257,12 +259,12 @@ def scan_by_value(users, bids, ids, local, k: int, score_rows, best, best_ids, b
             threshold = float(np.where(np.isnan(kth), -np.inf, kth).min())  # a NaN k-th lets every row in
             end = begin + int(np.searchsorted(-row_bids[begin:end], -threshold, side="right"))
             if end == begin:  # no row left can enter
-                return best, best_ids, len(row_bids)
+                return best, best_ids, len(row_bids), scored
         rows = np.arange(begin, end) if local is None else local[begin:end]
         values = quantity(score_rows(begin, end), row_bids[begin:end], "value")
         best, best_ids = keep_best(best, best_ids, values, np.broadcast_to(ids[rows], values.shape), k)
-        begin, size = end, min(2 * size, _LAST_BLOCK)
-    return best, best_ids, begin
+        begin, size, scored = end, min(2 * size, _LAST_BLOCK), scored + end - begin
+    return best, best_ids, begin, scored
 
 
 def keep_best(best, best_ids, values, ids, k):

@@ -71,7 +71,13 @@ class Storage:
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
         if dtype != "float32" and not np.all(np.isfinite(ads)):
-            raise ValueError(f"ads: NaN or infinity cannot be stored as {dtype}")
+            raise ValueError(f"ads: NaN or infinity cannot be stored as {dtype} (exact=True takes them)")
+        storage = cls._pack(ads, dtype)
+        storage._refuse_overflow(ads)
+        return storage
+
+    @classmethod
+    def _pack(cls, ads: np.ndarray, dtype: str) -> "Storage":
         count, dim = ads.shape
         if dtype == "int8" and stored_width(dim) > INT8_MAX_DIM:
             raise ValueError(f"ads: int8 storage takes rows of at most {INT8_MAX_DIM} elements (longer int32 sums "
@@ -88,9 +94,7 @@ class Storage:
                 scales = _int8_scales(ads)
                 # in float64: the quotient is not rounded to float32 first, which could carry it across .5
                 data[:, :dim] = np.clip(np.rint(ads / scales[:, None].astype(np.float64)), -127, 127)
-        storage = cls(dtype, dim, data, scales)
-        storage._refuse_overflow(ads)
-        return storage
+        return cls(dtype, dim, data, scales)
 
     def _refuse_overflow(self, ads) -> None:
         """Refuses finite values that became infinite in storage. Checked on the stored values
@@ -133,6 +137,63 @@ class Storage:
             return (block.astype(np.uint32) << np.uint32(16)).view(np.float32)
         assert self.scales is not None  # int8
         return block.astype(np.float32) * self.scales[begin:end, None]
+
+
+class ExactStorage(Storage):
+    """An exact reduced-precision set: the float32 rows as the float32 set packs them (what every
+    path reads, so every result is the float32 set's) and `scan`, the same rows in a reduced
+    type, which the compiled top-k scans with a bound per row, re-scoring in float32 only the rows
+    that may enter. Per row: norms >= ||a||_2 and residuals >= ||a - a~||_2 (a~ the row as
+    stored in `scan`), rounded up to float32; a row the reduced type cannot hold (NaN, infinity,
+    beyond its range) is stored as zeros with both +inf, so it is always re-scored. Costs, per
+    row of n values: 4 n bytes for the float32 rows and 8 for the bounds, besides the scan's."""
+
+    __slots__ = ("scan", "norms", "residuals", "rescored")
+
+    def __init__(self, rows: Storage, scan: Storage, norms: np.ndarray, residuals: np.ndarray):
+        super().__init__("float32", rows.dim, rows.data, None)
+        self.scan, self.norms, self.residuals = scan, norms, residuals
+        self.rescored = 0  # rows the last top-k re-scored, summed over its users
+        for array in (norms, residuals):
+            if array.flags.writeable:
+                array.flags.writeable = False
+
+    @classmethod
+    def pack_exact(cls, ads: np.ndarray, dtype: str) -> "ExactStorage":
+        if dtype not in DTYPES[1:]:
+            raise ValueError(f"dtype: exact=True scans a reduced type ({', '.join(DTYPES[1:])}), got {dtype!r}")
+        rows = Storage.pack(ads, "float32")
+        wide = rows.rows()
+        with np.errstate(over="ignore", invalid="ignore"):
+            unfit = ~np.isfinite(wide).all(axis=1)
+            clean = np.where(unfit[:, None], np.float32(0), wide)
+            scan = Storage._pack(clean, dtype)
+            unfit |= ~np.isfinite(scan.rows()).all(axis=1)  # beyond the reduced type's range
+        if unfit.any():  # stored as zeros, bounds +inf: always re-scored
+            scan = Storage._pack(np.where(unfit[:, None], np.float32(0), clean), dtype)
+        norms, residuals = np.empty(len(rows), np.float32), np.empty(len(rows), np.float32)
+        for begin in range(0, len(rows), BLOCK_ROWS):
+            end = min(len(rows), begin + BLOCK_ROWS)
+            exact = clean[begin:end].astype(np.float64)
+            norms[begin:end] = _rounded_up(np.sqrt(np.square(exact).sum(axis=1)))
+            if dtype == "int8":  # scale * q exactly (31 bits), not the float32 product that rows() gives
+                assert scan.scales is not None
+                stored = scan.data[begin:end, :scan.dim].astype(np.float64) * scan.scales[begin:end, None]
+            else:
+                stored = scan.rows(begin, end).astype(np.float64)
+            residuals[begin:end] = _rounded_up(np.sqrt(np.square(exact - stored).sum(axis=1)))
+        norms[unfit] = residuals[unfit] = np.inf
+        return cls(rows, scan, norms, residuals)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.scan.nbytes + self.norms.nbytes + self.residuals.nbytes
+
+
+def _rounded_up(x: np.ndarray) -> np.ndarray:
+    """float64 values as the nearest float32 at or above them."""
+    y = x.astype(np.float32)
+    return np.where(y < x, np.nextafter(y, np.float32(np.inf)), y)
 
 
 def count(store) -> int:

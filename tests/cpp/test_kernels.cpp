@@ -1,8 +1,9 @@
 // The specification as a test: every KernelTable entry of every ISA this machine runs, checked
 // against scalar.h (the reference) and a float64 oracle at sizes that are not lane multiples.
-// Float sums may differ from the reference by their summation order (a bound from the terms'
-// magnitudes); where the spec says the bits are equal (int8, widening, the gates and bits,
-// max_lanes, sum_u64) they must be. Plus the folding contract: one user folds with the bits of
+// The scans' float32 scores (rows of every storage type, one at a time or in blocks, and the
+// cross tile) have the reference's bits: the one summation order (common.h). Pairwise sums may
+// differ from it by their order (a bound from the terms' magnitudes); int8, widening, the gates
+// and bits, max_lanes and sum_u64 have the reference's bits too. Plus the folding contract: one user folds with the bits of
 // a batch, and one user's scores have the same bits in score and topk. And the value gate
 // (values.h): no logit below it gives a value that reaches the floor.
 // Build: g++ -std=c++17 -O2 -Wall -Wextra -Werror -I<repo>/kernels test_kernels.cpp -pthread
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "splitnet_kernels/exact.h"
 #include "splitnet_kernels/values.h"
 
 namespace {
@@ -89,6 +91,16 @@ void check_streaming(const KernelTable& t, Random& random) {
         ok = ok && near(out[i], exact, magnitude, dim);
       }
       expect(ok, "score_rows_f32 within rounding of the float64 oracle");
+      // the one summation order (common.h): the reference's bits, row by row or all at once
+      std::vector<float> want(static_cast<size_t>(n_rows));
+      kScalarTable.score_rows_f32(query.data(), rows.data(), n_rows, dim, stride, bias, want.data());
+      ok = true;
+      for (index_t i = 0; i < n_rows; ++i) {
+        float one = 0.0f;
+        t.score_rows_f32(query.data(), rows.data() + i * stride, 1, dim, stride, bias, &one);
+        ok = ok && same_bits(out[i], want[i]) && same_bits(one, want[i]);
+      }
+      expect(ok, "score_rows_f32 has the reference's bits, alone or in a block");
 
       // 16-bit rows
       for (int bf16 = 0; bf16 < 2; ++bf16) {
@@ -103,11 +115,17 @@ void check_streaming(const KernelTable& t, Random& random) {
             exact += term;
             magnitude += std::fabs(term);
           }
-          // avx512bf16 splits the query into two bfloat16 halves: about 16 bits of it kept
-          ok = ok && (t.isa == Isa::avx512bf16 && bf16 ? std::fabs(out[i] - exact) <= 0x1p-14 * magnitude + 1e-30
-                                                       : near(out[i], exact, magnitude, dim));
+          ok = ok && near(out[i], exact, magnitude, dim);
         }
         expect(ok, bf16 ? "score_rows_bf16 within rounding" : "score_rows_f16 within rounding");
+        // widened exactly, then the float32 order: the float32 kernel's bits on the widened rows
+        std::vector<float> wide(bits.size()), want(static_cast<size_t>(n_rows));
+        for (size_t j = 0; j < bits.size(); ++j) wide[j] = bf16 ? bf16_to_f32(bits[j]) : f16_to_f32(bits[j]);
+        kScalarTable.score_rows_f32(query.data(), wide.data(), n_rows, dim, stride, bias, want.data());
+        ok = true;
+        for (index_t i = 0; i < n_rows; ++i) ok = ok && same_bits(out[i], want[i]);
+        expect(ok, bf16 ? "score_rows_bf16 has the float32 bits of its widened rows"
+                        : "score_rows_f16 has the float32 bits of its widened rows");
       }
 
       // int8: exact integer sums, score_i8's float epilogue: the reference's bits
@@ -115,7 +133,7 @@ void check_streaming(const KernelTable& t, Random& random) {
       const float query_scale = quantize_query_i8(query.data(), dim, q8.data());
       const std::vector<std::int8_t> rows8 = strided<std::int8_t>(n_rows, dim, stride, random);
       const std::vector<float> scales = random.floats(n_rows);
-      std::vector<float> want(static_cast<size_t>(n_rows));
+      want.assign(static_cast<size_t>(n_rows), 0.0f);
       kScalarTable.score_rows_i8(q8.data(), query_scale, rows8.data(), scales.data(), n_rows, dim, stride, bias, want.data());
       t.score_rows_i8(q8.data(), query_scale, rows8.data(), scales.data(), n_rows, dim, stride, bias, out.data());
       ok = true;
@@ -176,6 +194,14 @@ void check_tiles(const KernelTable& t, Random& random) {
             if (!(got < gates[u])) want_hits |= std::uint64_t{1} << c;
           }
         expect(ok, "score_tile_f32 within rounding of the float64 oracle");
+        ok = true;  // the one summation order: each user's score has the one-user kernel's bits
+        for (index_t u = 0; u < users; ++u) {
+          std::vector<float> user(static_cast<size_t>(dim)), want(static_cast<size_t>(n_rows));
+          for (index_t d = 0; d < dim; ++d) user[d] = users_t[d * pad + u];
+          kScalarTable.score_rows_f32(user.data(), rows.data(), n_rows, dim, stride, bias, want.data());
+          for (index_t c = 0; c < n_rows; ++c) ok = ok && same_bits(tile[c * pad + u], want[c]);
+        }
+        expect(ok, "score_tile_f32 has the one-user kernel's bits");
         expect(hits == want_hits, "score_tile_f32's hit bits are exactly those of its own scores");
 
         if (t.score_tile_i8 == nullptr) continue;
@@ -361,6 +387,98 @@ void check_values(Random& random) {
          "the gate's edges: no floor, no bid, a floor above the bid");
 }
 
+// The nearest IEEE half of x (ties to even; beyond the largest half, the largest), by bisection.
+std::uint16_t nearest_half(float x) {
+  const float a = std::fabs(x);
+  std::uint16_t lo = 0, hi = 0x7BFF;
+  while (lo < hi) {
+    const std::uint16_t mid = static_cast<std::uint16_t>((lo + hi + 1) / 2);
+    if (f16_to_f32(mid) <= a) lo = mid; else hi = static_cast<std::uint16_t>(mid - 1);
+  }
+  std::uint16_t h = lo;
+  if (h < 0x7BFF) {
+    const float below = a - f16_to_f32(h), above = f16_to_f32(static_cast<std::uint16_t>(h + 1)) - a;
+    if (above < below || (above == below && (h & 1))) ++h;
+  }
+  return static_cast<std::uint16_t>(h | (std::signbit(x) ? 0x8000 : 0));
+}
+
+// The exact sets' bound (exact.h) on its own: for adversarial rows (near-ties, one huge value per
+// row, magnitudes from 1e-30 to 1e30, subnormal and all-zero rows) and queries, the float32
+// score s and the reduced-precision score s~ never differ by more than score_bound's E. norms
+// and residuals are computed as _storage.py stores them: in double, rounded up to float32.
+void check_exact_bound(const KernelTable& t, Random& random) {
+  const float bias = 0.25f;
+  bool ok = true;
+  for (index_t dim : {index_t{1}, index_t{7}, index_t{64}, index_t{300}})
+    for (int trial = 0; trial < 40; ++trial) {
+      const index_t n_rows = 33;
+      context = std::string(isa_name(t.isa)) + " exact bound dim=" + std::to_string(dim);
+      std::vector<float> query = random.floats(dim), rows = random.floats(n_rows * dim);
+      const float query_scale = std::ldexp(1.0f, static_cast<int>(random.next() >> 59) * 8 - 100);  // 1e-30..1e30
+      for (float& q : query) q *= query_scale;
+      for (index_t i = 0; i < n_rows; ++i) {
+        float* row = rows.data() + i * dim;
+        const int shape = static_cast<int>(random.next() >> 61);
+        const float scale = std::ldexp(1.0f, static_cast<int>(random.next() >> 58) * 3 - 96);
+        for (index_t d = 0; d < dim; ++d) row[d] *= scale;
+        if (shape == 1) row[random.next() % dim] *= 1e4f;                    // one huge coordinate
+        if (shape == 2 && i > 0) std::memcpy(row, row - dim, dim * 4), row[0] = std::nextafter(row[0], 1e30f);
+        if (shape == 3) std::fill(row, row + dim, 0.0f);
+        if (shape == 4) for (index_t d = 0; d < dim; ++d) row[d] = std::numeric_limits<float>::denorm_min() * (d % 5);
+      }
+      std::vector<float> exact(static_cast<size_t>(n_rows));
+      t.score_rows_f32(query.data(), rows.data(), n_rows, dim, dim, bias, exact.data());
+      for (Dtype dtype : {Dtype::i8, Dtype::bf16, Dtype::f16}) {
+        // the rows in the reduced type and the widened values a~ (double, exact)
+        std::vector<std::uint16_t> half(static_cast<size_t>(n_rows * dim));
+        std::vector<std::int8_t> bytes(half.size());
+        std::vector<float> scales(static_cast<size_t>(n_rows), 1.0f), approx(static_cast<size_t>(n_rows));
+        std::vector<double> stored(half.size());
+        for (index_t i = 0; i < n_rows; ++i) {
+          float peak = 0.0f;
+          for (index_t d = 0; d < dim; ++d) peak = std::fmax(peak, std::fabs(rows[i * dim + d]));
+          if (peak > 0) scales[i] = std::fmax(std::nextafter(static_cast<float>(peak / 127.0), 0.0f),
+                                              std::numeric_limits<float>::denorm_min());
+          for (index_t d = 0; d < dim; ++d) {
+            const float x = rows[i * dim + d];
+            std::uint32_t bits;
+            std::memcpy(&bits, &x, 4);
+            const std::uint16_t bf = static_cast<std::uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+            const std::uint16_t h = nearest_half(x);
+            const auto b = static_cast<std::int8_t>(std::fmax(-127.0, std::fmin(127.0, std::nearbyint(x / static_cast<double>(scales[i])))));
+            half[i * dim + d] = dtype == Dtype::bf16 ? bf : h;
+            bytes[i * dim + d] = b;
+            stored[i * dim + d] = dtype == Dtype::i8 ? static_cast<double>(b) * scales[i]
+                                  : dtype == Dtype::bf16 ? bf16_to_f32(bf) : f16_to_f32(h);
+          }
+        }
+        if (dtype == Dtype::i8) {
+          std::vector<std::int8_t> q8(static_cast<size_t>(dim));
+          const float qs = quantize_query_i8(query.data(), dim, q8.data());
+          t.score_rows_i8(q8.data(), qs, bytes.data(), scales.data(), n_rows, dim, dim, bias, approx.data());
+        } else {
+          (dtype == Dtype::bf16 ? t.score_rows_bf16 : t.score_rows_f16)(query.data(), half.data(), n_rows, dim, dim, bias,
+                                                                       approx.data());
+        }
+        const detail::ScoreBound bound = detail::score_bound(query.data(), dim, dtype);
+        if (!bound.usable) continue;
+        for (index_t i = 0; i < n_rows; ++i) {
+          double norm = 0, residual = 0;
+          for (index_t d = 0; d < dim; ++d) {
+            norm += static_cast<double>(rows[i * dim + d]) * rows[i * dim + d];
+            residual += (rows[i * dim + d] - stored[i * dim + d]) * (rows[i * dim + d] - stored[i * dim + d]);
+          }
+          auto up = [](double x) { const float y = static_cast<float>(x); return y < x ? std::nextafter(y, 1e38f) : y; };
+          const float e = bound(approx[i], up(std::sqrt(norm)), std::isfinite(stored[i * dim]) ? up(std::sqrt(residual)) : INFINITY);
+          if (!std::isfinite(exact[i]) || !std::isfinite(approx[i])) continue;  // such rows are always re-scored
+          ok = ok && std::fabs(static_cast<double>(exact[i]) - approx[i]) <= e;
+        }
+      }
+    }
+  expect(ok, "|float32 score - reduced score| <= the exact sets' bound");
+}
+
 }  // namespace
 
 int main() {
@@ -377,6 +495,7 @@ int main() {
     check_tiles(t, random);
     check_gates_and_widening(t, random);
     check_folding(t, random);
+    check_exact_bound(t, random);
     std::printf("%s: checked\n", entry.name);
     ++isas;
   }

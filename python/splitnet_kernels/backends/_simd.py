@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._storage import is_plain
+from .._storage import ExactStorage, is_plain
 
 try:
     from .. import _core
@@ -52,6 +52,16 @@ def read_bytes(buffer, threads: int) -> int:
 def probability_(x: np.ndarray) -> None:
     """In place: the kernels' sigmoid (double, rounded to float32) of a C-contiguous float32 array."""
     _core.probability(x)
+
+
+def fold(users: np.ndarray, metric) -> np.ndarray:
+    """users (M, n) float32 folded through the metric by the kernels' own fold (the bits that
+    score and topk fold with)."""
+    out = np.empty(users.shape, np.float32)
+    if len(users):
+        diag, left, right = metric.form
+        _core.fold(kernel_rows(users), diag, left, right, out, _MAX_THREADS)
+    return out
 
 
 def kernel_rows(x) -> np.ndarray:
@@ -105,13 +115,19 @@ class SimdBackend:
         users = kernel_rows(users)
         shape = (k,) if users.ndim == 1 else (users.shape[0], k)
         scores, found = np.empty(shape, np.float32), np.empty(shape, np.int64)
+        if isinstance(store, ExactStorage):  # the certified scan of the reduced rows
+            scan = store.scan
+            store.rescored = _core.topk_exact(users, scan.data, scan.dtype, scan.scales, ids, data, store.norms,
+                                              store.residuals, *metric.form, metric.bias, k, scores, found,
+                                              self._threads(threads))
+            return scores, found
         _core.topk(users, data, dtype, scales, ids, *metric.form, metric.bias, k, scores, found,
                    self._threads(threads))
         return scores, found
 
     def topk_value(self, queries, store, *, allowed, bids, ids, bias, begin, end, best, threads):
         """Continues best = (scores, ids, counts) ((M, k), (M, k), (M,)) by value with rows
-        [begin, end) of one objective (see _core.topk_value); returns where to resume."""
+        [begin, end) of one objective (see _core.topk_value); returns (where to resume, rows scored)."""
         data, dtype, scales = _storage(store)
         width = data.shape[1]
         if queries.shape[1] != width:  # the stored rows are wider (zero past dim)

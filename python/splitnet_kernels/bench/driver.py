@@ -1,4 +1,4 @@
-"""The benchmark driver behind `splitnet-kernels bench`: workloads W1-W8 of docs/design.md.
+"""The benchmark driver behind `splitnet-kernels bench`: workloads W1-W9 of docs/design.md.
 
 Every table is measured in one run, side by side: our kernels, the other backends, and what a
 user would pick instead (NumPy/BLAS, PyTorch, FAISS, Numba), each as a median time, its ratio to
@@ -8,7 +8,6 @@ read bandwidth, flops over the measured sgemm rate. Ratios, not absolute times, 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import sys
@@ -22,7 +21,7 @@ from . import workloads as wl
 from .report import Progress, Table, plot_w7
 from .timing import floor_beside, machine_facts, median_time, median_times_in_turns
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9")
 
 
 # ---- the peers (real packages, loaded when present) ---------------------------------------
@@ -283,53 +282,21 @@ def w7(ctx) -> Table:
     return t
 
 
-@contextlib.contextmanager
-def _counting_skips():
-    """Records (rows, rows skipped) of every scan by value that Candidates.topk runs meanwhile:
-    the library's scan_by_value, wrapped for the bench's untimed calls only (the library keeps
-    the count to itself)."""
-    from .. import _candidates
-
-    record: dict = {}  # per objective (keyed by its first candidate): [rows, rows read, blocks scored]
-    original = _candidates.scan_by_value
-
-    def counted(users, bids, ids, local, k, score_rows, best, best_ids, begin=0, until=None):
-        blocks = []
-
-        def scored(first, last):
-            blocks.append(last - first)
-            return score_rows(first, last)
-
-        result = original(users, bids, ids, local, k, scored, best, best_ids, begin=begin, until=until)
-        entry = record.setdefault(int(ids[0]), [len(bids) if local is None else len(local), 0, 0])
-        entry[1] += sum(blocks)
-        entry[2] += len(blocks)
-        return result
-
-    _candidates.scan_by_value = counted
-    try:
-        yield record
-    finally:
-        _candidates.scan_by_value = original
-
-
 def _skipped(cands, call):
-    """(fraction of the candidate rows' bytes the scan by value skipped, MiB skipped, blocks
-    scored, per objective: fraction of its rows read) in one untimed call; rows not scanned by
-    value (unit bids) are read in full."""
-    with _counting_skips() as record:
-        call()
-    scans = [record[key] for key in sorted(record)]  # objectives in packed (objective id) order
-    rows = sum(n - read for n, read, _ in scans)
+    """(fraction of the candidate rows' bytes the scan by value skipped, MiB skipped, per
+    objective: fraction of its rows read) in one untimed call, from cands.last_scan."""
+    call()
+    scanned = cands.last_scan
+    sizes = np.bincount(cands.objectives, minlength=max(scanned) + 1)
+    rows = len(cands) - sum(scanned.values())
     row_bytes = cands._store.nbytes / len(cands)  # the packed rows (and int8 scales), not the bids
-    return (rows / len(cands), rows * row_bytes / 2**20, sum(blocks for *_, blocks in scans),
-            [read / n for n, read, _ in scans])
+    return rows / len(cands), rows * row_bytes / 2**20, [scanned[t] / sizes[t] for t in sorted(scanned)]
 
 
 def _scan_note(label, skip, N, store_bytes, must=None, kth=None, k=None, kth_word="final"):
-    fraction, mib, blocks, read = skip
-    text = (f"{label}: the scan skipped {fraction:.1%} of the candidate bytes ({mib:.0f} MiB of {store_bytes / 2**20:.0f}) "
-            f"in {blocks} blocks; rows read per objective {', '.join(f'{r:.1%}' for r in read) or 'all (no bid bound)'}")
+    fraction, mib, read = skip
+    text = (f"{label}: the scan skipped {fraction:.1%} of the candidate bytes ({mib:.0f} MiB of {store_bytes / 2**20:.0f}); "
+            f"rows read per objective {', '.join(f'{r:.1%}' for r in read)}")
     if must is not None:
         text += (f"; a bid bound must read at least the rows with bid >= the {kth_word} {k}th value {kth:.3g}: "
                  f"{sum(must):,} ({sum(must) / N:.2%}; per objective {', '.join(f'{m:,}' for m in must)})")
@@ -462,6 +429,63 @@ def _w8_many_users(ctx, ads, users, objectives, bid_sets, om, k, sets) -> Table:
     return t
 
 
+def w9(ctx) -> list[Table]:
+    """W2 and W4 on exact sets, beside the float32 set and FAISS, on three kinds of rows; every
+    exact result is checked bit for bit against the float32 set's."""
+    N, k = ctx.n_cands, wl.TOP_K
+    user, users = wl.one_user(N)[1], wl.many_users(N)[1]
+    tables = []
+    for kind in wl.W9_DATA:
+        ads = wl.w9_rows(kind, N)
+        plain = sk.Candidates(ads, "float32")
+        sets = {dtype: sk.Candidates(ads, dtype, exact=True) for dtype in wl.EXACT_DTYPES}
+        index = ctx.peers.faiss_index(ads) if ctx.peers.faiss is not None else None
+        for label, who, repeat in (("one user", user, ctx.repeat), (f"{users.shape[0]} users", users, ctx.repeat_slow)):
+            fns: dict = {"float32": functools.partial(plain.topk, who, k)}
+            fns.update({dtype: functools.partial(cands.topk, who, k) for dtype, cands in sets.items()})
+            if index is not None:
+                fns["faiss"] = functools.partial(index.search, np.atleast_2d(who), k)
+            if who.ndim == 1:
+                floor, times = ctx.floor_beside(fns, ads)
+            else:
+                floor, times = 2 * who.shape[0] * N * wl.DIM / ctx.gemm_flops, median_times_in_turns(fns, repeat)
+            t = Table("W9", f"exact sets, {label} x {N:,} {kind} candidates, top-{k}", floor,
+                      "reading the float32 candidates once, timed in turns" if who.ndim == 1
+                      else "flops over measured sgemm rate", columns=("x float32", "re-scored", "identical"))
+            want = plain.topk(who, k)
+            t.add("Candidates float32", times["float32"], ("1.00", "", ""))
+            for dtype, cands in sets.items():
+                got = cands.topk(who, k)
+                same = all(np.array_equal(g, w) for g, w in zip(got, want))
+                assert same, f"W9 {kind} {label}: the exact {dtype} set differs from the float32 set"
+                rescored = cands.last_rescored / max(1, np.atleast_2d(who).shape[0])
+                t.add(f"Candidates {dtype}, exact=True", times[dtype],
+                      (f"{times['float32'] / times[dtype]:.2f}", f"{rescored:,.0f} per user ({rescored / N:.2%})",
+                       "yes"))
+            if "faiss" in times:
+                t.add("faiss  IndexFlatIP.search (float32)", times["faiss"], (f"{times['float32'] / times['faiss']:.2f}",
+                                                                             "", ""))
+            many = who.ndim == 2
+            int8 = times["int8"]
+            if kind == "gaussian":
+                if many:
+                    t.target(f"int8 exact >= 1.6x faster than float32 ({times['float32'] / int8:.2f}x)",
+                             times["float32"] >= 1.6 * int8)
+                else:
+                    t.target(f"int8 exact >= 2.5x faster than float32 ({times['float32'] / int8:.2f}x)",
+                             times["float32"] >= 2.5 * int8)
+                    if "faiss" in times:
+                        t.target(f"int8 exact >= 2.5x faster than FAISS ({times['faiss'] / int8:.2f}x)",
+                                 times["faiss"] >= 2.5 * int8)
+                    for dtype in ("bfloat16", "float16"):
+                        t.target(f"{dtype} exact >= 1.6x faster than float32 ({times['float32'] / times[dtype]:.2f}x)",
+                                 times["float32"] >= 1.6 * times[dtype])
+            t.notes.append("identical: ids and scores bit for bit those of the float32 set (checked in this run); "
+                           "re-scored: rows the certified scan could not rule out")
+            tables.append(t)
+    return tables
+
+
 class Context:
     def floor_beside(self, fns: dict, *arrays, extra_bytes: int = 0):
         """timing.floor_beside at this run's repeat count and threads: (floor, {name: seconds})."""
@@ -481,7 +505,7 @@ class Context:
         self.peers = Peers()
 
 
-RUNNERS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8}
+RUNNERS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8, "W9": w9}
 STEPS = {"W7": len(wl.W7_DIMS)}  # W7 steps the progress bar once per n
 
 

@@ -17,9 +17,17 @@ import splitnet_kernels as sk
 from ..backends._simd import read_bytes
 
 
+# Worker threads of the last library timed (OpenBLAS, OpenMP in torch and FAISS, our pool) keep
+# spinning for a while after a call and take the cores from the next: W2 read 15.4 ms right after
+# NumPy's A @ u and 7.3 ms after a pause (Sapphire Rapids). Every switch to another function waits.
+PAUSE_S = 0.2
+
+
 def median_time(fn, repeat: int, min_seconds: float = 0.0) -> float:
-    """Median seconds of one call of fn over `repeat` rounds, after one warm-up call. A round
-    repeats fn until it lasts min_seconds, so microsecond calls are timed over many calls."""
+    """Median seconds of one call of fn over `repeat` rounds, after a pause (PAUSE_S) and one
+    warm-up call. A round repeats fn until it lasts min_seconds, so microsecond calls are timed
+    over many calls."""
+    time.sleep(PAUSE_S)
     fn()
     calls = 1
     if min_seconds > 0:
@@ -38,12 +46,14 @@ def median_time(fn, repeat: int, min_seconds: float = 0.0) -> float:
 
 def median_times_in_turns(fns: dict, repeat: int) -> dict:
     """Median seconds of one call of each fn, timed in turns (every fn once per round, after a
-    warm-up call each), so a drift in this host's memory bandwidth falls on all of them alike."""
+    warm-up call each, each call after a pause: PAUSE_S), so a drift in this host's memory
+    bandwidth falls on all of them alike."""
     for fn in fns.values():
         fn()
     rounds: dict[Hashable, list[float]] = {name: [] for name in fns}  # names, or ("read", i) from floor_beside
     for _ in range(repeat):
         for name, fn in fns.items():
+            time.sleep(PAUSE_S)
             start = time.perf_counter()
             fn()
             rounds[name].append(time.perf_counter() - start)

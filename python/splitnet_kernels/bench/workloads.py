@@ -1,4 +1,4 @@
-"""The workloads W1-W8 of docs/design.md: their sizes, data and metrics, defined once for both
+"""The workloads W1-W9 of docs/design.md: their sizes, data and metrics, defined once for both
 `splitnet-kernels bench` (driver.py) and the pytest-benchmark suites in bench/."""
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ OBJECTIVE_KINDS = ("diagonal", "low_rank", "full")  # one kind per objective: ki
 BASE_RATES = (0.30, 0.05, 0.01)  # each bias is set so that the mean probability is this
 LOGIT_STD = 1.0  # ||S_t||_F: the spread of u^T S_t a for standard normal u, a
 BID_SIGMA = 1.0  # bids ~ lognormal(0, BID_SIGMA)
+# W9: W2 and W4 on exact sets (exact=True), on three kinds of rows
+EXACT_DTYPES = ("int8", "bfloat16", "float16")
+W9_DATA = ("gaussian", "campaign", "clustered")
+CLUSTERS, CLUSTER_NOISE = 1000, 0.05  # clustered rows: near-ties by the thousand
+CAMPAIGN_LATENT = 16
 
 
 def data(rows: int, dim: int, seed: int) -> np.ndarray:
@@ -52,6 +57,26 @@ def pair_metrics(dim: int = DIM) -> dict:
     s = rng.standard_normal(dim).astype(np.float32)
     S = (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32)
     return {"dot": (None, None), "diagonal": (sk.Metric.diagonal(s), s), "full": (sk.Metric.full(S), S)}
+
+
+def w9_rows(kind: str, candidates: int) -> np.ndarray:
+    """W9's candidate rows: W1-W4's Gaussian rows; campaign-like ad embeddings (the campaign
+    generator's ad features: a CAMPAIGN_LATENT-dimensional latent mixed into DIM columns plus
+    noise, normalized to unit length as the towers' outputs are; not a trained tower's output);
+    or CLUSTERS tight clusters, whose near-equal rows the bound cannot tell apart."""
+    rng = np.random.default_rng(9)
+    if kind == "gaussian":
+        return data(candidates, DIM, 1)
+    if kind == "campaign":  # experiment/campaign.py's recipe for ad features
+        latent = rng.standard_normal((candidates, CAMPAIGN_LATENT), dtype=np.float32)
+        mixing = rng.standard_normal((CAMPAIGN_LATENT, DIM), dtype=np.float32) / np.sqrt(CAMPAIGN_LATENT)
+        ads = latent @ mixing + 0.1 * rng.standard_normal((candidates, DIM), dtype=np.float32)
+        return ads / np.linalg.norm(ads, axis=1, keepdims=True)
+    if kind == "clustered":
+        centers = rng.standard_normal((CLUSTERS, DIM)).astype(np.float32)
+        noise = CLUSTER_NOISE * rng.standard_normal((candidates, DIM), dtype=np.float32)
+        return centers[rng.integers(0, CLUSTERS, candidates)] + noise
+    raise ValueError(f"W9 rows: unknown kind {kind!r} (known: {', '.join(W9_DATA)})")
 
 
 def one_request():

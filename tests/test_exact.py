@@ -1,0 +1,117 @@
+"""Exact sets (issue 13): sk.Candidates(ads, dtype, exact=True) with dtype int8, bfloat16 or
+float16 returns, from a certified scan of the reduced rows, the float32 set's top k: the same ids
+and the same bits, on every ISA, for adversarial rows too. The bound itself is checked on its
+own in tests/cpp/test_kernels.cpp."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import splitnet_kernels as sk
+from conftest import SUPPORTED_ISAS, make_metric
+
+REDUCED = ("int8", "bfloat16", "float16")
+KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")
+
+
+def _adversarial(rng, kind: str, count: int, dim: int) -> np.ndarray:
+    """Rows that make a reduced-precision ranking hard or impossible to certify."""
+    ads = rng.standard_normal((count, dim)).astype(np.float32)
+    if kind == "duplicated":  # every candidate ties with many others
+        ads = ads[rng.integers(0, max(1, count // 50), count)]
+    elif kind == "near_ties":  # rows one float32 ulp apart
+        ads = np.repeat(ads[:1], count, 0)
+        ads[:, 0] = np.nextafter(ads[0, 0], np.float32(np.inf) * np.sign(rng.standard_normal(count))).astype(np.float32)
+    elif kind == "huge_coordinate":  # one large value per row hides the rest from int8
+        ads[np.arange(count), rng.integers(0, dim, count)] *= 1e4
+    elif kind == "magnitudes":  # rows of 1e-30 and 1e30 (beyond float16)
+        ads *= np.where(rng.random(count) < 0.5, 1e-30, 1e30).astype(np.float32)[:, None]
+    elif kind == "nonfinite":  # NaN and infinite rows, which only an exact set accepts
+        ads[rng.integers(0, count, 3)] = np.nan
+        ads[rng.integers(0, count, 2), rng.integers(0, dim)] = np.inf
+        ads[rng.integers(0, count, 2), rng.integers(0, dim)] = -np.inf
+    return ads
+
+
+def _same(got, want):
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_exact_topk_is_the_float32_sets_bit_for_bit(dtype, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    count, dim = data.draw(st.integers(1, 2500)), data.draw(st.integers(1, 40))
+    ads = _adversarial(rng, data.draw(st.sampled_from(("gaussian", "duplicated", "near_ties", "huge_coordinate",
+                                                        "magnitudes", "nonfinite"))), count, dim)
+    exact, plain = sk.Candidates(ads, dtype, exact=True), sk.Candidates(ads, "float32")
+    metric = make_metric(data.draw(st.sampled_from(KINDS)), dim, rng, bias=float(rng.normal()))
+    users = rng.standard_normal((data.draw(st.sampled_from((1, 3, 17))), dim)).astype(np.float32)
+    k = data.draw(st.sampled_from((1, 10, 100, count)))
+    k = min(k, count)
+    allowed = np.flatnonzero(rng.random(count) < 0.4) if data.draw(st.booleans()) else None
+    if allowed is not None and len(allowed) == 0:
+        allowed = None
+    threads, output = data.draw(st.sampled_from((1, 2))), data.draw(st.sampled_from(("logit", "probability")))
+    for isa in SUPPORTED_ISAS:
+        previous = sk.set_isa(isa)
+        try:
+            for u in (users, users[0]):
+                want = plain.topk(u, k, metric, allowed=allowed, output=output, threads=threads)
+                _same(exact.topk(u, k, metric, allowed=allowed, output=output, threads=threads), want)
+            _same([exact.score(users, metric)], [plain.score(users, metric)])
+        finally:
+            sk.set_isa(previous)
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_rescore_counts_small_on_gaussian_rows_and_all_on_ties(dtype, rng):
+    ads = rng.standard_normal((20000, 32)).astype(np.float32)
+    exact = sk.Candidates(ads, dtype, exact=True)
+    user = rng.standard_normal(32).astype(np.float32)
+    exact.topk(user, 50)
+    assert 50 <= exact.last_rescored < 2000  # the bound passes few besides the top 50
+    tied = sk.Candidates(np.repeat(ads[:1], 3000, 0), dtype, exact=True)
+    scores, ids = tied.topk(user, 50)
+    assert tied.last_rescored == 3000 and ids.tolist() == list(range(50))  # all tie: ties to the lower index
+
+
+def test_exact_sets_save_and_load(tmp_path, rng):
+    ads = _adversarial(rng, "nonfinite", 3000, 24)
+    users = rng.standard_normal((4, 24)).astype(np.float32)
+    metric = make_metric("full", 24, rng, bias=0.5)
+    plain = sk.Candidates(ads, "float32")
+    for dtype in REDUCED:
+        exact = sk.Candidates(ads, dtype, exact=True)
+        exact.save(tmp_path / f"{dtype}.skc")
+        for mmap in (True, False):
+            loaded = sk.Candidates.load(tmp_path / f"{dtype}.skc", mmap=mmap)
+            assert loaded.exact and loaded.dtype == dtype and len(loaded) == 3000
+            _same(loaded.topk(users, 40, metric), plain.topk(users, 40, metric))
+            assert loaded.last_rescored >= 4 * 40
+    assert not plain.exact and "exact" in repr(exact)
+
+
+def test_objectives_and_bids_on_exact_sets(rng):
+    ads = _adversarial(rng, "duplicated", 4000, 16)
+    objectives, bids = rng.integers(0, 3, 4000), rng.lognormal(0, 1, 4000)
+    om = sk.ObjectiveMetrics([make_metric(kind, 16, rng, bias=-1.0) for kind in ("diagonal", "full", "dot")])
+    user = rng.standard_normal(16).astype(np.float32)
+    plain = sk.Candidates(ads, "float32", objectives=objectives, bids=bids)
+    for dtype in REDUCED:
+        exact = sk.Candidates(ads, dtype, objectives=objectives, bids=bids, exact=True)
+        for output in ("value", "probability", "logit"):
+            _same(exact.topk(user, 30, om, output=output), plain.topk(user, 30, om, output=output))
+
+
+def test_exact_bad_input():
+    ads = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="exact=True scans a reduced type"):
+        sk.Candidates(ads, "float32", exact=True)
+    with pytest.raises(TypeError, match="exact"):
+        sk.Candidates(ads, "int8", exact="yes")
+    with pytest.raises(ValueError, match="exact=True takes them"):
+        sk.Candidates(np.full((2, 2), np.nan, np.float32), "int8")
