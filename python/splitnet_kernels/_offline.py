@@ -297,7 +297,7 @@ class Output:
     renamed into place on success and removed on failure, so that no half-written result is ever
     at `out`."""
 
-    def __init__(self, out):
+    def __init__(self, out) -> None:
         check_out(out)
         self.out, self.folder = os.fspath(out), is_folder(out)
         self.temp = f"{os.path.abspath(out).rstrip(os.sep)}.{uuid.uuid4().hex[:8]}.tmp"
