@@ -293,9 +293,12 @@ def _tower(in_features: int, hidden: tuple[int, ...], dim: int) -> nn.Sequential
 class SplitNet(nn.Module):
     """Two towers (MLPs) making user and ad embeddings of length dim, and a MetricHead.
 
-    normalize=True (the default) puts embeddings on the unit sphere. This is what makes S matter:
-    with free-norm embeddings the user tower's last linear layer can absorb any S (u^T S a =
-    (S^T u)^T a), and a dot product would be as expressive as a full matrix.
+    normalize=True (the default) puts embeddings on the unit sphere. Neither norm makes one S
+    matter: with free norms the user tower's last linear layer absorbs any S (u^T S a =
+    (S^T u)^T a), so a dot product is as expressive as a full matrix; with unit norms the towers'
+    last layers absorb the rotations of S = U diag(sigma) V^T (a rotation keeps the norm), so a
+    diagonal is as expressive as a full matrix. Only several S_t on the same towers (ObjectiveHead)
+    can differ by kind; docs/reproduction.md has the argument and its test.
     """
 
     def __init__(self, user_features: int, ad_features: int, dim: int = 32, *, kind: str = "diagonal",
