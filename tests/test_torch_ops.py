@@ -71,13 +71,11 @@ def _samples(rng):
     yield "score_pairs", (leaf(users), leaf(ads[:M]), leaf(diag), left, right, 0.0)
     yield "topk", (users[0], ads, diag, None, None, 0.0, 4)
     yield "topk", (users, ads, None, S, None, 1.0, 20)  # k > N: N results
-    for dtype in DTYPES:
+    allowed = torch.tensor([0, 2, 3, 8])
+    for dtype in ("bfloat16", "int8"):  # every storage type meets the kernels in the path tests below
         _, (data, scales) = packed(ads.numpy(), dtype)
-        allowed = torch.tensor([0, 2, 3, 8])
         yield "candidates_score", (users, data, scales, None, diag, left, right, 0.5)
-        yield "candidates_score", (users[1], data, scales, allowed, None, S, None, 0.0)
-        yield "candidates_topk", (users, data, scales, allowed, diag, None, None, 0.0, 3)
-        yield "candidates_topk", (users[2], data, scales, None, diag, left, right, -0.5, 5)
+        yield "candidates_topk", (users[2], data, scales, allowed, None, S, None, -0.5, 3)
 
 
 def test_opcheck_every_op(rng):
@@ -313,17 +311,19 @@ def _serving(rng):
     return Serve().eval(), (torch.randn(4, 16), torch.randn(300, 12))
 
 
+# inductor's first import meets torch.jit.script_method in torch itself, which warns
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_serving_function_compiles_whole_and_gives_eager_results(rng):
     serve, inputs = _serving(rng)
     with torch.no_grad():
+        got = torch.compile(serve, fullgraph=True)(*inputs)  # traced first, then run eagerly
         expected = serve(*inputs)
-        got = torch.compile(serve, fullgraph=True)(*inputs)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
 
 
 def test_serving_function_exports(rng):
-    serve, inputs = _serving(rng)
+    serve, inputs = _serving(rng)  # exported before any eager call: the traced metrics cache nothing fake
     exported = torch.export.export(serve, inputs)
     called = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
     assert {"splitnet_kernels.topk.default"} <= called

@@ -436,13 +436,34 @@ def _probability(scores):
     return torch.sigmoid(scores.double()).float()
 
 
-def _form_of(metric: Metric, users) -> Form:
-    """The metric's form as tensors like users, which the metric caches: made outside inference
-    mode, since an inference tensor cached now could not be saved for a gradient later."""
+def _cached_form(metric: Metric, like) -> Form:
+    """The metric's form as tensors like `like`, cached by the metric: made outside inference
+    mode, since an inference tensor could not be saved for a gradient later."""
     if torch.is_inference_mode_enabled():
         with torch.inference_mode(False):
-            return metric._tensor_params(users)
-    return metric._tensor_params(users)
+            return metric._tensor_params(like)
+    return metric._tensor_params(like)
+
+
+def _constant_form(metric: Metric, device, dtype) -> tuple:
+    """_cached_form for dynamo, which runs it once while tracing and keeps the tensors as
+    constants of the graph (it cannot read the metric's immutable numpy arrays itself)."""
+    return tuple(_cached_form(metric, torch.empty(0, device=device, dtype=dtype)))
+
+
+# What torch.compiler.assume_constant_result marks, set without importing torch._dynamo (seconds)
+# with the package.
+_constant_form._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def _form_of(metric: Metric, users) -> Form:
+    """The metric's form as tensors like users: cached for eager calls, constants under dynamo,
+    and made afresh under other tracing (a fake tensor cached would poison later calls)."""
+    if holds_values(users):
+        return _cached_form(metric, users)
+    if torch.compiler.is_dynamo_compiling():
+        return Form(*_constant_form(metric, users.device, users.dtype))
+    return Form(*(None if x is None else torch.tensor(x, device=users.device, dtype=users.dtype) for x in metric.form))
 
 
 def device_of(users, store):
