@@ -23,7 +23,7 @@ raise if a gradient is asked of them. Importing this module registers the ops.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -380,9 +380,11 @@ def _not_differentiable(name: str):
     return backward
 
 
-KERNELS = {"score": (_score, _score_fake), "score_pairs": (_score_pairs, _score_pairs_fake),
-           "topk": (_topk, _topk_fake), "candidates_score": (_candidates_score, _candidates_score_fake),
-           "candidates_topk": (_candidates_topk, _candidates_topk_fake)}
+# Each op's kernel (checks, then the simd or the torch path) and its fake.
+KERNELS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+    "score": (_score, _score_fake), "score_pairs": (_score_pairs, _score_pairs_fake), "topk": (_topk, _topk_fake),
+    "candidates_score": (_candidates_score, _candidates_score_fake),
+    "candidates_topk": (_candidates_topk, _candidates_topk_fake)}
 for _name, (_kernel, _fake) in KERNELS.items():  # one kernel for every device: it picks simd or torch itself
     _LIBRARY.impl(_name, _kernel, "CompositeExplicitAutograd")
     torch.library.register_fake(f"{NAMESPACE}::{_name}", _fake, lib=_LIBRARY)
@@ -394,6 +396,34 @@ for _name in ("topk", "candidates_topk", "candidates_score"):
 
 
 # ---- the route of sk.score / sk.topk / Candidates for tensors -------------------------------------
+_F32 = torch.float32
+_F32_NUMPY = np.dtype(np.float32)
+
+
+def topk_plain(users, ads, k: int, metric):
+    """sk.topk's fast path for one user in eager torch (W6): plain CPU float32 tensors that ask no
+    gradient, under backend="auto" with the simd kernels, 0 < k <= N; what the topk op's kernel
+    computes, without the dispatcher's round trip. None when the call is not one of these (or the
+    binding refuses a layout): then the general route runs and reports."""
+    if (type(users) is not _TENSOR or type(ads) is not _TENSOR or users.dtype is not _F32 or ads.dtype is not _F32
+            or users.ndim != 1 or ads.ndim != 2 or not users.is_cpu or not ads.is_cpu or users.requires_grad
+            or ads.requires_grad or _dispatch.FAST is None or not 0 < k <= ads.shape[0]
+            or users.shape[0] != ads.shape[1] or not holds_values()):
+        return None
+    if metric is None:
+        metric = dot_metric(users.shape[0])
+    elif type(metric) is not Metric or metric.dim != users.shape[0]:
+        return None
+    user = users.numpy()
+    metric.check_fold_range(user)
+    scores, ids = np.empty(k, _F32_NUMPY), np.empty(k, np.int64)
+    try:
+        _dispatch.FAST.topk_plain(user, ads.numpy(), k, metric, scores, ids)
+    except ValueError:
+        return None  # a layout the general route handles (or reports)
+    return torch.from_numpy(scores), torch.from_numpy(ids)
+
+
 def holds_values(*tensors) -> bool:
     """Whether the tensors hold their values here and now: plain tensors off the meta device,
     with no compiler, tracer or mode looking on (then a kernel may read them directly)."""
