@@ -126,14 +126,33 @@ def ray_engine(users_folder, candidates, metric, batch_rows: int, out, concurren
     return elapsed, list(memory.seen.values())
 
 
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def peak_rss_child(users_folder, candidates, batch_rows: int, out) -> None:
-    """In a child process: the local engine alone, then its peak RSS (MiB) on stdout."""
+    """In a child process: the local engine alone; on stdout as JSON, its peak RSS (MiB) and its
+    RSS at each tenth of the run's time."""
+    samples: list = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.2):
+            samples.append(rss_mib())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
     _offline.run_local(_offline.TopkBatch(candidates, K), users_folder, out, batch_rows=batch_rows,
                        show_progress=False)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    stop.set()
+    thread.join()
+    tenths = [samples[min(len(samples) - 1, len(samples) * i // 10)] for i in range(1, 11)] if samples else []
+    print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "by_tenth_of_the_run": [round(x, 1) for x in tenths]}))
 
 
-def peak_rss(work, users: int, candidates, batch_rows: int) -> float:
+def peak_rss(work, users: int, candidates, batch_rows: int) -> dict:
     folder = os.path.join(work, f"memory-users-{users}")
     write_users(folder, users, seed=users)
     out = os.path.join(work, f"memory-top-{users}.parquet")
@@ -141,7 +160,7 @@ def peak_rss(work, users: int, candidates, batch_rows: int) -> float:
                           check=True, capture_output=True, text=True)
     os.unlink(out)
     shutil.rmtree(folder)
-    return float(done.stdout.split()[-1])
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def throughput(work, args) -> dict:

@@ -295,10 +295,11 @@ def check_out(out) -> None:
 class Output:
     """Writes tables to --out (a file, or part files in a folder) under a temporary name beside it,
     renamed into place on success and removed on failure, so that no half-written result is ever
-    at `out`."""
+    at `out`. `empty` (the output of no rows) is what a file holds when no table came."""
 
-    def __init__(self, out) -> None:
+    def __init__(self, out, empty: pa.Table) -> None:
         check_out(out)
+        self.empty = empty
         self.out, self.folder = os.fspath(out), is_folder(out)
         self.temp = f"{os.path.abspath(out).rstrip(os.sep)}.{uuid.uuid4().hex[:8]}.tmp"
         if self.folder:
@@ -320,6 +321,8 @@ class Output:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
+        if error is None and not self.folder and self.writer is None:
+            self.write(self.empty)  # no rows came: still a file with the output's columns
         if self.writer is not None:
             self.writer.close()
         if error is not None:
@@ -383,12 +386,10 @@ def run_local(job, users, out, *, batch_rows: int = BATCH_ROWS, show_progress: b
     dataset = users_dataset(users)
     job.check_schema(dataset.schema)
     progress = Progress(dataset.count_rows(), show_progress)
-    with Output(out) as output:
+    with Output(out, job(dataset.schema.empty_table())) as output:
         for table in batches(dataset, batch_rows):
             output.write(job(table))
             progress.add(table.num_rows)
-        if progress.done == 0:  # still a file (or part) with the output's columns
-            output.write(job(dataset.schema.empty_table()))
     return progress.done
 
 
