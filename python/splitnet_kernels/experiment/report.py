@@ -63,8 +63,8 @@ def render(result: dict) -> str:
     if result["cost"]:
         budget = result["budget_us"]
         _table(lines, f"serving one request through the kernels: T folds, then a scan of the pool by value "
-                      f"(Candidates.topk(user, {k}, metrics, output='value'), one thread), fitted as fixed + "
-                      f"per candidate; a budget of {budget:.1f} us per request "
+                      f"(Candidates.topk(user, {k}, metrics, output='value'), one thread, its CPU time), fitted "
+                      f"as fixed + per candidate; a budget of {budget:.1f} us per request "
                       f"({settings['budget_fraction']:.0%} of the cheapest kind's time for "
                       f"{settings['serving_candidates']:,} candidates)",
                ["kind", "fixed us", "ns/candidate", "us for the pool", "candidates in budget"],

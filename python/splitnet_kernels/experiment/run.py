@@ -78,10 +78,10 @@ class Settings:
     fractions: tuple[float, ...] = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # of the pool scored in time
     serving_candidates: int = 100_000  # the pool of one request in the serving-cost measurement
     budget_fraction: float = 0.5  # the budget: this share of the time the cheapest kind takes for the whole pool
-    timing_rounds: int = 9
+    timing_rounds: int = 15
     sweep_kinds: tuple[str, ...] = ("diagonal", "low_rank", "full")  # unit norm, per objective
     sweep_seeds: int = 3
-    off_diagonal: tuple[float, ...] = (0.0,)  # of the ground truth, beside the default (campaign's)
+    off_diagonal: tuple[float, ...] = (0.0, 3.0)  # of the ground truth, beside the default (campaign's 1)
     data_sizes: tuple[float, ...] = (0.5, 2.0)  # impressions, times the default
     workers: int | None = None  # processes; None: the cores this process may use
     campaign: dict = dataclasses.field(default_factory=dict)  # make_campaign arguments
