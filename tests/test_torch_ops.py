@@ -288,6 +288,24 @@ def test_fold_range_is_refused_by_the_ops_as_by_metric(rng):
     ops.score(users, ads, torch.full((8,), 1e20), None, None, 0.0)  # a diagonal: IEEE overflow, no refusal
 
 
+@given(scale=st.floats(1e36, 1e38), kind=st.sampled_from(("full", "low_rank", "low_rank_no_d")),
+       seed=st.integers(0, 2**32 - 1))
+def test_the_ops_refuse_exactly_what_metric_refuses(scale, kind, seed):
+    rng = np.random.default_rng(seed)
+    metric = make_metric(kind, 6, rng)
+    users = (rng.standard_normal((3, 6)) * scale / 4).astype(np.float32)
+
+    def refused(check, *args) -> bool:
+        try:
+            check(*args)
+        except ValueError:
+            return True
+        return False
+
+    assert refused(metric.check_fold_range, users) == refused(
+        _torch_ops.check_fold_range, torch.from_numpy(users), *metric._tensor_params(torch.from_numpy(users)))
+
+
 # ---- compiled and exported serving ---------------------------------------------------------------
 def _serving(rng):
     """A serving function (towers, sk.topk with a diagonal and a full metric, a gather) and its inputs."""

@@ -123,10 +123,10 @@ def check_fold_range(users, diag, left, right) -> None:
     magnitudes, and refused past the same limit."""
     if left is None:
         return  # a diagonal form overflows as IEEE does, on every backend
-    factors = _norm(left) * (1.0 if right is None else _norm(right))
-    gain = max(factors + (0.0 if diag is None else _norm(diag)), 0.0 if right is None else _norm(left))
-    norms = (users.detach().double() ** 2).sum(-1)
-    if bool(torch.all(norms * gain**2 <= _FOLD_LIMIT**2)):
+    left_norm = _norm(left)
+    factors = left_norm * (1.0 if right is None else _norm(right))
+    gain = max(factors + (0.0 if diag is None else _norm(diag)), left_norm)  # |S| and, with right, |L| (u L)
+    if bool(torch.all(torch.linalg.vector_norm(users.detach(), dim=-1, dtype=torch.float64) * gain <= _FOLD_LIMIT)):
         return
     form = Form(*(None if x is None else x.detach().cpu().double().numpy() for x in (diag, left, right)))
     rows = np.abs(users.detach().cpu().double().numpy().reshape(-1, users.shape[-1]))
