@@ -62,7 +62,7 @@ def bare_loop(users_folder, candidates, metric, batch_rows: int) -> float:
 
 
 def local_engine(users_folder, candidates, metric, batch_rows: int, out) -> float:
-    job = _offline.TopkBatch(candidates, K, metric)
+    job = _offline.TopkBatch(candidates, K, metric, keep_embeddings=False)  # what the command writes
     start = time.perf_counter()
     _offline.run_local(job, users_folder, out, batch_rows=batch_rows, show_progress=False)
     return time.perf_counter() - start
@@ -118,7 +118,7 @@ class ActorMemory:
 def ray_engine(users_folder, candidates, metric, batch_rows: int, out, concurrency: int):
     from splitnet_kernels import distributed
 
-    job = _offline.TopkBatch(candidates, K, metric, threads=1)
+    job = _offline.TopkBatch(candidates, K, metric, threads=1, keep_embeddings=False)
     with ActorMemory(candidates) as memory:
         start = time.perf_counter()
         distributed.run_ray(job, users_folder, out, batch_size=batch_rows, concurrency=concurrency)
@@ -143,8 +143,8 @@ def peak_rss_child(users_folder, candidates, batch_rows: int, out) -> None:
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    _offline.run_local(_offline.TopkBatch(candidates, K), users_folder, out, batch_rows=batch_rows,
-                       show_progress=False)
+    _offline.run_local(_offline.TopkBatch(candidates, K, keep_embeddings=False), users_folder, out,
+                       batch_rows=batch_rows, show_progress=False)
     stop.set()
     thread.join()
     tenths = [samples[min(len(samples) - 1, len(samples) * i // 10)] for i in range(1, 11)] if samples else []
