@@ -95,6 +95,14 @@ def test_tensor_column_sharded_objectives_by_value(cluster, data, tmp_path):
     expected_values, expected_ids = sk.Candidates(ads, objectives=objectives, bids=bids).topk(users[:300], 30, om)
     np.testing.assert_array_equal(column(table, "topk_ids", np.int64), expected_ids)
     np.testing.assert_array_equal(column(table, "topk_scores", np.float32), expected_values)
+    # the tensor column as Ray writes it to Parquet, read by the local engine
+    dataset.write_parquet(str(tmp_path / "ray_users"))
+    om.save(tmp_path / "om.npz")
+    assert cli.main(["offline", "--users", str(tmp_path / "ray_users"), "--candidates", *map(str, shards), "--k", "30",
+                     "--metric", str(tmp_path / "om.npz"), "--out", str(tmp_path / "top.parquet"), "--no-progress"]) == 0
+    table = pq.read_table(tmp_path / "top.parquet").sort_by("user_id")
+    np.testing.assert_array_equal(column(table, "topk_ids", np.int64), expected_ids)
+    np.testing.assert_array_equal(column(table, "topk_scores", np.float32), expected_values)
 
 
 def test_score_dataset(cluster, data):

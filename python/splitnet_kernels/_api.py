@@ -396,6 +396,10 @@ def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=N
             pass  # a layout or shape the general path handles (or reports)
         else:
             return scores, ids
+    elif _torch_ops is not None and not sigmoid and backend == "auto" and threads is None and type(k) is int:
+        plain = _torch_ops.topk_plain(users, ads, k, metric)  # the same for tensors, None if not one
+        if plain is not None:
+            return plain
     users, ads = _check_pair(users, ads, False, meta=_ops_take(backend) and not sigmoid)
     metric = check_metric(metric, ads.shape[-1], users, ads)
     return topk_store(users, ads, check_k(k), metric, ids=None, sigmoid=sigmoid, backend=backend,

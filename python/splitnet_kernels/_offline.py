@@ -173,27 +173,32 @@ class _Job:
     Spark and Dask alike): the worker maps the candidate files itself instead of receiving a copy."""
 
     arguments: dict
+    embedding_columns: tuple
+    keep_embeddings: bool
 
     def __reduce__(self):
         return _rebuild, (type(self), self.arguments)
+
+    def _finish(self, table: pa.Table) -> pa.Table:
+        return table if self.keep_embeddings else table.drop_columns(list(self.embedding_columns))
 
 
 class TopkBatch(_Job):
     """The top-k batch function: called with a table of users (any columns, the embeddings in
     user_column), returns it with topk_scores and topk_ids added (fixed-size lists, best first;
-    ids index the candidates as saved, plus each shard's offset). topk(users) does the same on a
-    (rows, n) array. Built once per worker: it maps the candidate files (mmap=True), so workers
-    on one machine share the page cache."""
+    ids index the candidates as saved, plus each shard's offset); keep_embeddings=False leaves the
+    embedding column out. topk(users) does the same on a (rows, n) array. Built once per worker:
+    it maps the candidate files (mmap=True), so workers on one machine share the page cache."""
 
     def __init__(self, candidates, k, metric=None, *, user_column="embedding", output=None, offsets=None,
-                 threads=None):
+                 threads=None, keep_embeddings=True):
         paths = shard_paths(candidates)
         self.shards = load_shards(paths, offsets)
-        self.arguments = dict(candidates=paths, k=k, metric=metric,
-                              user_column=user_column, output=output, offsets=[o for _, o in self.shards],
-                              threads=threads)
+        self.arguments = dict(candidates=paths, k=k, metric=metric, user_column=user_column, output=output,
+                              offsets=[o for _, o in self.shards], threads=threads, keep_embeddings=keep_embeddings)
         self.k, self.metric, self.output, self.threads = _api.check_k(k), metric, output, threads
         self.user_column, self.dim = user_column, self.shards[0][0].dim
+        self.embedding_columns, self.keep_embeddings = (user_column,), keep_embeddings
         self.topk(np.zeros((0, self.dim), np.float32))  # every check of metric, output and threads, now
 
     def check_schema(self, schema: pa.Schema) -> None:
@@ -211,18 +216,18 @@ class TopkBatch(_Job):
     def __call__(self, batch) -> pa.Table:
         table = as_table(batch)
         scores, ids = self.topk(embeddings(table, self.user_column, self.dim, "user_column"))
-        return table.append_column(RESULT_COLUMNS[0], fixed_size_lists(scores)) \
-                    .append_column(RESULT_COLUMNS[1], fixed_size_lists(ids))
+        return self._finish(table.append_column(RESULT_COLUMNS[0], fixed_size_lists(scores))
+                            .append_column(RESULT_COLUMNS[1], fixed_size_lists(ids)))
 
 
 class ScoreBatch(_Job):
     """The pairs batch function: a table of (user, ad) embedding pairs in, the table plus `score`
     out (float32). With an ObjectiveMetrics, objective_column gives each pair's objective and
     bid_column its bid (default 1.0); output as in sk.score. metric None is the dot metric of the
-    embeddings' dimension."""
+    embeddings' dimension; keep_embeddings=False leaves the two embedding columns out."""
 
     def __init__(self, metric=None, *, user_column="user", ad_column="ad", objective_column=None, bid_column=None,
-                 output=None, threads=None):
+                 output=None, threads=None, keep_embeddings=True):
         if metric is not None and not isinstance(metric, (Metric, ObjectiveMetrics)):
             raise TypeError(f"metric: expected a splitnet_kernels.Metric, ObjectiveMetrics or None, got "
                             f"{type(metric).__name__}")
@@ -236,8 +241,10 @@ class ScoreBatch(_Job):
         self.user_column, self.ad_column = user_column, ad_column
         self.objective_column, self.bid_column = objective_column, bid_column
         self.threads = _api.check_threads(threads)
+        self.embedding_columns, self.keep_embeddings = (user_column, ad_column), keep_embeddings
         self.arguments = dict(metric=metric, user_column=user_column, ad_column=ad_column,
-                              objective_column=objective_column, bid_column=bid_column, output=output, threads=threads)
+                              objective_column=objective_column, bid_column=bid_column, output=output, threads=threads,
+                              keep_embeddings=keep_embeddings)
 
     def check_schema(self, schema: pa.Schema) -> None:
         check_column(schema, self.user_column, self.dim, "user_column")
@@ -256,10 +263,11 @@ class ScoreBatch(_Job):
             logits = _api.score(users, ads, self.metric, pairwise=True, threads=self.threads)
             return quantity(logits, bids, self.output)
         objectives = np.asarray(objectives)
-        if objectives.dtype.kind not in "iu" or (len(objectives) and not
-                                                 (0 <= objectives.min() and objectives.max() < len(self.metric))):
-            raise ValueError(f"objective_column: expected integers in [0, {len(self.metric)}), got {objectives.dtype} "
-                             f"{objectives.min() if len(objectives) else ''}..{objectives.max() if len(objectives) else ''}")
+        if objectives.dtype.kind not in "iu":
+            raise TypeError(f"objective_column: expected integers, got {objectives.dtype}")
+        if objectives.min() < 0 or objectives.max() >= len(self.metric):
+            raise ValueError(f"objective_column: expected objectives in [0, {len(self.metric)}), got "
+                             f"{objectives.min()}..{objectives.max()}")
         result = np.empty(len(users), np.float32)
         for t in np.unique(objectives):
             rows = objectives == t
@@ -274,10 +282,17 @@ class ScoreBatch(_Job):
         objectives = None if self.objective_column is None else \
             table.column(self.objective_column).to_numpy()
         bids = None if self.bid_column is None else table.column(self.bid_column).to_numpy()
-        return table.append_column(SCORE_COLUMN, pa.array(self.score(users, ads, objectives, bids)))
+        return self._finish(table.append_column(SCORE_COLUMN, pa.array(self.score(users, ads, objectives, bids))))
 
 
 # ---- output ----------------------------------------------------------------------------------
+def parquet_options(schema: pa.Schema) -> dict:
+    """How results are written: dictionary encoding for flat columns only (lists of scores, ids or
+    embeddings never repeat, and trying costs 3x the rest of the write)."""
+    return {"use_dictionary": [f.name for f in schema if not pa.types.is_nested(f.type)
+                               and not isinstance(f.type, pa.ExtensionType)]}
+
+
 def is_folder(out) -> bool:
     """--out names a folder unless it ends in .parquet (an existing folder is always one)."""
     return os.path.isdir(out) or not os.fspath(out).endswith(".parquet")
@@ -295,10 +310,11 @@ def check_out(out) -> None:
 class Output:
     """Writes tables to --out (a file, or part files in a folder) under a temporary name beside it,
     renamed into place on success and removed on failure, so that no half-written result is ever
-    at `out`."""
+    at `out`. `empty` (the output of no rows) is what a file holds when no table came."""
 
-    def __init__(self, out):
+    def __init__(self, out, empty: pa.Table) -> None:
         check_out(out)
+        self.empty = empty
         self.out, self.folder = os.fspath(out), is_folder(out)
         self.temp = f"{os.path.abspath(out).rstrip(os.sep)}.{uuid.uuid4().hex[:8]}.tmp"
         if self.folder:
@@ -312,7 +328,8 @@ class Output:
             self.writer, self.rows_in_part = None, 0
         if self.writer is None:
             path = os.path.join(self.temp, f"part-{self.parts:05d}.parquet") if self.folder else self.temp
-            self.writer, self.parts = pq.ParquetWriter(path, table.schema), self.parts + 1
+            self.writer, self.parts = pq.ParquetWriter(path, table.schema, **parquet_options(table.schema)), \
+                self.parts + 1
         self.writer.write_table(table)
         self.rows_in_part += table.num_rows
 
@@ -320,6 +337,8 @@ class Output:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
+        if error is None and not self.folder and self.writer is None:
+            self.write(self.empty)  # no rows came: still a file with the output's columns
         if self.writer is not None:
             self.writer.close()
         if error is not None:
@@ -383,12 +402,10 @@ def run_local(job, users, out, *, batch_rows: int = BATCH_ROWS, show_progress: b
     dataset = users_dataset(users)
     job.check_schema(dataset.schema)
     progress = Progress(dataset.count_rows(), show_progress)
-    with Output(out) as output:
+    with Output(out, job(dataset.schema.empty_table())) as output:
         for table in batches(dataset, batch_rows):
             output.write(job(table))
             progress.add(table.num_rows)
-        if progress.done == 0:  # still a file (or part) with the output's columns
-            output.write(job(dataset.schema.empty_table()))
     return progress.done
 
 
@@ -423,12 +440,12 @@ def command(args) -> int:
             raise ValueError("--pairs scores the pairs as given: --candidates, --k and --offsets are for top-k")
         job = ScoreBatch(metric, user_column=args.user_column or "user", ad_column=args.ad_column,
                          objective_column=args.objective_column, bid_column=args.bid_column, output=args.output,
-                         threads=threads)
+                         threads=threads, keep_embeddings=False)
     else:
         if not args.candidates or args.k is None:
             raise ValueError("--candidates and --k are needed (or --pairs to score pairs)")
         job = TopkBatch(args.candidates, args.k, metric, user_column=args.user_column or "embedding",
-                        output=args.output, offsets=args.offsets, threads=threads)
+                        output=args.output, offsets=args.offsets, threads=threads, keep_embeddings=False)
     if args.engine == "ray":
         from .distributed import run_ray
 

@@ -23,7 +23,7 @@ raise if a gradient is asked of them. Importing this module registers the ops.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from ._metric import _FOLD_LIMIT, Form, Metric, _fold_gain
 from ._objectives import _sigmoid_, dot_metric
 from ._storage import BLOCK_ROWS, Storage, is_plain
 from .backends import _torch as torch_backend
-from .backends._simd import SimdBackend
+from .backends._simd import SimdBackend, kernel_rows
 
 NAMESPACE = "splitnet_kernels"
 _FORM = "Tensor? diag, Tensor? left, Tensor? right, float bias"
@@ -123,10 +123,10 @@ def check_fold_range(users, diag, left, right) -> None:
     magnitudes, and refused past the same limit."""
     if left is None:
         return  # a diagonal form overflows as IEEE does, on every backend
-    factors = _norm(left) * (1.0 if right is None else _norm(right))
-    gain = max(factors + (0.0 if diag is None else _norm(diag)), 0.0 if right is None else _norm(left))
-    norms = (users.detach().double() ** 2).sum(-1)
-    if bool(torch.all(norms * gain**2 <= _FOLD_LIMIT**2)):
+    left_norm = _norm(left)
+    factors = left_norm * (1.0 if right is None else _norm(right))
+    gain = max(factors + (0.0 if diag is None else _norm(diag)), left_norm)  # |S| and, with right, |L| (u L)
+    if bool(torch.all(torch.linalg.vector_norm(users.detach(), dim=-1, dtype=torch.float64) * gain <= _FOLD_LIMIT)):
         return
     form = Form(*(None if x is None else x.detach().cpu().double().numpy() for x in (diag, left, right)))
     rows = np.abs(users.detach().cpu().double().numpy().reshape(-1, users.shape[-1]))
@@ -139,6 +139,8 @@ def check_fold_range(users, diag, left, right) -> None:
 
 
 # ---- the kernels: simd on CPU float32, the torch backend's arithmetic elsewhere ----------------------
+# Each op's kernel checks, then runs SIMD[name] or TORCH[name] on the same arguments (tests call
+# both on the CPU). The operands here are checked and non-empty.
 def _simd_runs(*tensors) -> bool:
     """Whether the simd kernels take the call: CPU float32 operands and the kernels loaded (a bad
     SPLITNET_KERNELS_ISA is the error it is for backend='auto')."""
@@ -163,7 +165,7 @@ class _Scoring(NamedTuple):
 def _for_simd(users, diag, left, right, bias) -> _Scoring:
     if diag is None and left is None:  # S = I: the kernels take it as dot's ones
         return _Scoring(dot_metric(users.shape[-1]).form, bias)
-    return _Scoring(Form(_numpy(diag), _numpy(left), _numpy(right)), bias)
+    return _Scoring(Form(*(None if x is None else kernel_rows(_numpy(x)) for x in (diag, left, right))), bias)
 
 
 def _storage(users, data, scales) -> Storage:
@@ -182,15 +184,74 @@ def _widened(data, scales, dim: int, allowed, begin: int, end: int):
     return rows
 
 
+def _tensors(result):
+    return tuple(torch.from_numpy(x) for x in result) if isinstance(result, tuple) else torch.from_numpy(result)
+
+
+def _one_or_many(users, result):
+    """Top-k results of users (M, n) as the users came: (k,) for one user given as (n,)."""
+    return tuple(x[0] for x in result) if users.ndim == 1 else result
+
+
+SIMD = {
+    "score": lambda users, ads, diag, left, right, bias, threads=None: _tensors(_SIMD.score(
+        _numpy(users), _numpy(ads), _for_simd(users, diag, left, right, bias), ids=None, threads=threads, out=None)),
+    "score_pairs": lambda users, ads, diag, left, right, bias, threads=None: _tensors(_SIMD.score_pairs(
+        _numpy(users), _numpy(ads), _for_simd(users, diag, left, right, bias), threads=threads, out=None)),
+    "topk": lambda users, ads, diag, left, right, bias, k, threads=None: _tensors(_SIMD.topk(
+        _numpy(users), _numpy(ads), k, _for_simd(users, diag, left, right, bias), ids=None, threads=threads)),
+    "candidates_score": lambda users, data, scales, allowed, diag, left, right, bias, threads=None: _tensors(
+        _SIMD.score(_numpy(users), _storage(users, data, scales), _for_simd(users, diag, left, right, bias),
+                    ids=_numpy(allowed), threads=threads, out=None)),
+    "candidates_topk": lambda users, data, scales, allowed, diag, left, right, bias, k, threads=None: _tensors(
+        _SIMD.topk(_numpy(users), _storage(users, data, scales), k, _for_simd(users, diag, left, right, bias),
+                   ids=_numpy(allowed), threads=threads)),
+}
+
+
+def _torch_topk(users, ads, diag, left, right, bias, k, threads=None):
+    form = Form(*(None if x is None else x.float() for x in (diag, left, right)))
+    folded, ads = Metric._fold(users.float().reshape(-1, users.shape[-1]), form), ads.float()
+    return _one_or_many(users, torch_backend.topk_blocks(folded, lambda begin, end: ads[begin:end], ads.shape[0],
+                                                         bias, k))
+
+
+def _torch_candidates_score(users, data, scales, allowed, diag, left, right, bias, threads=None):
+    folded, count = Metric._fold(users, Form(diag, left, right)), _count(data, allowed)
+    return torch.cat([torch_backend.scores(folded, _widened(data, scales, users.shape[-1], allowed, begin,
+                                                            begin + BLOCK_ROWS), bias, pairwise=False)
+                      for begin in range(0, count, BLOCK_ROWS)], -1)
+
+
+def _torch_candidates_topk(users, data, scales, allowed, diag, left, right, bias, k, threads=None):
+    folded = Metric._fold(users.reshape(-1, users.shape[-1]), Form(diag, left, right))
+    scores, ids = torch_backend.topk_blocks(
+        folded, lambda begin, end: _widened(data, scales, users.shape[-1], allowed, begin, end), _count(data, allowed),
+        bias, k)
+    return _one_or_many(users, (scores, ids if allowed is None else allowed[ids]))
+
+
+TORCH = {
+    "score": lambda users, ads, diag, left, right, bias, threads=None: torch_backend.scores(
+        Metric._fold(users, Form(diag, left, right)), ads, bias, pairwise=False),
+    "score_pairs": lambda users, ads, diag, left, right, bias, threads=None: torch_backend.scores(
+        Metric._fold(users, Form(diag, left, right)), ads, bias, pairwise=True),
+    "topk": _torch_topk,
+    "candidates_score": _torch_candidates_score,
+    "candidates_topk": _torch_candidates_topk,
+}
+
+
+def _count(data, allowed) -> int:
+    return data.shape[0] if allowed is None else allowed.shape[0]
+
+
 def _score(users, ads, diag, left, right, bias, threads=None):
     _check(users, ads, diag, left, right)
     check_fold_range(users, diag, left, right)
-    if ads.shape[0] == 0 or users.ndim == 2 and users.shape[0] == 0:
+    if 0 in _score_shape(users, ads.shape[0]):
         return users.new_empty(_score_shape(users, ads.shape[0]))
-    if _simd_runs(users, ads):
-        return torch.from_numpy(_SIMD.score(_numpy(users), _numpy(ads), _for_simd(users, diag, left, right, bias),
-                                            ids=None, threads=threads, out=None))
-    return torch_backend.scores(Metric._fold(users, Form(diag, left, right)), ads, bias, pairwise=False)
+    return (SIMD if _simd_runs(users, ads) else TORCH)["score"](users, ads, diag, left, right, bias, threads)
 
 
 def _score_pairs(users, ads, diag, left, right, bias, threads=None):
@@ -198,64 +259,35 @@ def _score_pairs(users, ads, diag, left, right, bias, threads=None):
     check_fold_range(users, diag, left, right)
     if ads.shape[0] == 0:
         return users.new_empty((0,))
-    if _simd_runs(users, ads):
-        return torch.from_numpy(_SIMD.score_pairs(_numpy(users), _numpy(ads), _for_simd(users, diag, left, right, bias),
-                                                  threads=threads, out=None))
-    return torch_backend.scores(Metric._fold(users, Form(diag, left, right)), ads, bias, pairwise=True)
+    return (SIMD if _simd_runs(users, ads) else TORCH)["score_pairs"](users, ads, diag, left, right, bias, threads)
 
 
 def _topk(users, ads, diag, left, right, bias, k, threads=None):
     _check(users, ads, diag, left, right)
     check_fold_range(users, diag, left, right)
     k = _kept(k, ads.shape[0])
-    if k == 0 or users.ndim == 2 and users.shape[0] == 0:
+    if 0 in _score_shape(users, k):
         return _empty_topk(users, k)
-    if _simd_runs(users, ads):
-        scores, ids = _SIMD.topk(_numpy(users), _numpy(ads), k, _for_simd(users, diag, left, right, bias), ids=None,
-                                 threads=threads)
-        return torch.from_numpy(scores), torch.from_numpy(ids)
-    form = Form(*(None if x is None else x.float() for x in (diag, left, right)))
-    folded, ads = Metric._fold(users.float().reshape(-1, users.shape[-1]), form), ads.float()
-    scores, ids = torch_backend.topk_blocks(folded, lambda begin, end: ads[begin:end], ads.shape[0], bias, k)
-    return (scores[0], ids[0]) if users.ndim == 1 else (scores, ids)
+    return (SIMD if _simd_runs(users, ads) else TORCH)["topk"](users, ads, diag, left, right, bias, k, threads)
 
 
 def _candidates_score(users, data, scales, allowed, diag, left, right, bias, threads=None):
     _check_packed(users, data, scales, allowed, diag, left, right)
     check_fold_range(users, diag, left, right)
-    count = data.shape[0] if allowed is None else allowed.shape[0]
-    if count == 0 or users.ndim == 2 and users.shape[0] == 0:
-        return users.new_empty(_score_shape(users, count))
-    if _simd_runs(users):
-        store = _storage(users, data, scales)
-        return torch.from_numpy(_SIMD.score(_numpy(users), store, _for_simd(users, diag, left, right, bias),
-                                            ids=_numpy(allowed), threads=threads, out=None))
-    folded = Metric._fold(users, Form(diag, left, right))
-    dim = users.shape[-1]
-    return torch.cat([torch_backend.scores(folded, _widened(data, scales, dim, allowed, begin, begin + BLOCK_ROWS),
-                                           bias, pairwise=False) for begin in range(0, count, BLOCK_ROWS)], -1)
+    if 0 in _score_shape(users, _count(data, allowed)):
+        return users.new_empty(_score_shape(users, _count(data, allowed)))
+    return (SIMD if _simd_runs(users) else TORCH)["candidates_score"](users, data, scales, allowed, diag, left, right,
+                                                                     bias, threads)
 
 
 def _candidates_topk(users, data, scales, allowed, diag, left, right, bias, k, threads=None):
     _check_packed(users, data, scales, allowed, diag, left, right)
     check_fold_range(users, diag, left, right)
-    count = data.shape[0] if allowed is None else allowed.shape[0]
-    k = _kept(k, count)
-    if k == 0 or users.ndim == 2 and users.shape[0] == 0:
+    k = _kept(k, _count(data, allowed))
+    if 0 in _score_shape(users, k):
         return _empty_topk(users, k)
-    if _simd_runs(users):
-        store = _storage(users, data, scales)
-        scores, ids = _SIMD.topk(_numpy(users), store, k, _for_simd(users, diag, left, right, bias),
-                                 ids=_numpy(allowed), threads=threads)
-        return torch.from_numpy(scores), torch.from_numpy(ids)
-    many = users.reshape(-1, users.shape[-1])
-    folded = Metric._fold(many, Form(diag, left, right))
-    dim = users.shape[-1]
-    scores, ids = torch_backend.topk_blocks(folded, lambda begin, end: _widened(data, scales, dim, allowed, begin, end),
-                                            count, bias, k)
-    if allowed is not None:
-        ids = allowed[ids]
-    return (scores[0], ids[0]) if users.ndim == 1 else (scores, ids)
+    return (SIMD if _simd_runs(users) else TORCH)["candidates_topk"](users, data, scales, allowed, diag, left, right,
+                                                                    bias, k, threads)
 
 
 # ---- the fake (meta) implementations: shapes and dtypes --------------------------------------------
@@ -285,12 +317,12 @@ def _topk_fake(users, ads, diag, left, right, bias, k, threads=None):
 
 def _candidates_score_fake(users, data, scales, allowed, diag, left, right, bias, threads=None):
     _check_packed(users, data, scales, allowed, diag, left, right)
-    return users.new_empty(_score_shape(users, data.shape[0] if allowed is None else allowed.shape[0]))
+    return users.new_empty(_score_shape(users, _count(data, allowed)))
 
 
 def _candidates_topk_fake(users, data, scales, allowed, diag, left, right, bias, k, threads=None):
     _check_packed(users, data, scales, allowed, diag, left, right)
-    return _empty_topk(users, _kept(k, data.shape[0] if allowed is None else allowed.shape[0]))
+    return _empty_topk(users, _kept(k, _count(data, allowed)))
 
 
 # ---- autograd ------------------------------------------------------------------------------------
@@ -348,9 +380,11 @@ def _not_differentiable(name: str):
     return backward
 
 
-KERNELS = {"score": (_score, _score_fake), "score_pairs": (_score_pairs, _score_pairs_fake),
-           "topk": (_topk, _topk_fake), "candidates_score": (_candidates_score, _candidates_score_fake),
-           "candidates_topk": (_candidates_topk, _candidates_topk_fake)}
+# Each op's kernel (checks, then the simd or the torch path) and its fake.
+KERNELS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+    "score": (_score, _score_fake), "score_pairs": (_score_pairs, _score_pairs_fake), "topk": (_topk, _topk_fake),
+    "candidates_score": (_candidates_score, _candidates_score_fake),
+    "candidates_topk": (_candidates_topk, _candidates_topk_fake)}
 for _name, (_kernel, _fake) in KERNELS.items():  # one kernel for every device: it picks simd or torch itself
     _LIBRARY.impl(_name, _kernel, "CompositeExplicitAutograd")
     torch.library.register_fake(f"{NAMESPACE}::{_name}", _fake, lib=_LIBRARY)
@@ -362,6 +396,34 @@ for _name in ("topk", "candidates_topk", "candidates_score"):
 
 
 # ---- the route of sk.score / sk.topk / Candidates for tensors -------------------------------------
+_F32 = torch.float32
+_F32_NUMPY = np.dtype(np.float32)
+
+
+def topk_plain(users, ads, k: int, metric):
+    """sk.topk's fast path for one user in eager torch (W6): plain CPU float32 tensors that ask no
+    gradient, under backend="auto" with the simd kernels, 0 < k <= N; what the topk op's kernel
+    computes, without the dispatcher's round trip. None when the call is not one of these (or the
+    binding refuses a layout): then the general route runs and reports."""
+    if (type(users) is not _TENSOR or type(ads) is not _TENSOR or users.dtype is not _F32 or ads.dtype is not _F32
+            or users.ndim != 1 or ads.ndim != 2 or not users.is_cpu or not ads.is_cpu or users.requires_grad
+            or ads.requires_grad or _dispatch.FAST is None or not 0 < k <= ads.shape[0]
+            or users.shape[0] != ads.shape[1] or not holds_values()):
+        return None
+    if metric is None:
+        metric = dot_metric(users.shape[0])
+    elif type(metric) is not Metric or metric.dim != users.shape[0]:
+        return None
+    user = users.numpy()
+    metric.check_fold_range(user)
+    scores, ids = np.empty(k, _F32_NUMPY), np.empty(k, np.int64)
+    try:
+        _dispatch.FAST.topk_plain(user, ads.numpy(), k, metric, scores, ids)
+    except ValueError:
+        return None  # a layout the general route handles (or reports)
+    return torch.from_numpy(scores), torch.from_numpy(ids)
+
+
 def holds_values(*tensors) -> bool:
     """Whether the tensors hold their values here and now: plain tensors off the meta device,
     with no compiler, tracer or mode looking on (then a kernel may read them directly)."""
@@ -385,7 +447,7 @@ def _as_tensor(x, device):
     array viewed (read-only ones too, through DLPack) and moved."""
     if not torch.is_tensor(x):
         x = torch.from_dlpack(np.asarray(x, np.float32))
-    return x.to(device=device, dtype=torch.float32)
+    return x if x.dtype == torch.float32 and x.device == device else x.to(device=device, dtype=torch.float32)
 
 
 def _packed_tensors(store, device):
@@ -404,6 +466,36 @@ def _probability(scores):
     return torch.sigmoid(scores.double()).float()
 
 
+def _cached_form(metric: Metric, like) -> Form:
+    """The metric's form as tensors like `like`, cached by the metric: made outside inference
+    mode, since an inference tensor could not be saved for a gradient later."""
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            return metric._tensor_params(like)
+    return metric._tensor_params(like)
+
+
+def _constant_form(metric: Metric, device, dtype) -> tuple:
+    """_cached_form for dynamo, which runs it once while tracing and keeps the tensors as
+    constants of the graph (it cannot read the metric's immutable numpy arrays itself)."""
+    return tuple(_cached_form(metric, torch.empty(0, device=device, dtype=dtype)))
+
+
+# What torch.compiler.assume_constant_result marks, set without importing torch._dynamo (seconds)
+# with the package.
+_constant_form._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def _form_of(metric: Metric, users) -> Form:
+    """The metric's form as tensors like users: cached for eager calls, constants under dynamo,
+    and made afresh under other tracing (a fake tensor cached would poison later calls)."""
+    if holds_values(users):
+        return _cached_form(metric, users)
+    if torch.compiler.is_dynamo_compiling():
+        return Form(*_constant_form(metric, users.device, users.dtype))
+    return Form(*(None if x is None else torch.tensor(x, device=users.device, dtype=users.dtype) for x in metric.form))
+
+
 def device_of(users, store):
     return next(x.device for x in (users, store) if torch.is_tensor(x))
 
@@ -412,7 +504,7 @@ def score_store(users, store, metric: Metric, *, ids, sigmoid: bool, threads, ou
     """_api.score_store for tensors under backend='auto': one op call."""
     device = device_of(users, store)
     users = _as_tensor(users, device)
-    form = metric._tensor_params(users)
+    form = _form_of(metric, users)
     if not is_plain(store):
         data, scales = _packed_tensors(store, device)
         allowed = None if ids is None else torch.from_numpy(ids).to(device)
@@ -431,7 +523,7 @@ def topk_store(users, store, k: int, metric: Metric, *, ids, threads):
     """_api.topk_store for tensors under backend='auto' (without sigmoid): one op call."""
     device = device_of(users, store)
     users = _as_tensor(users, device)
-    form = metric._tensor_params(users)
+    form = _form_of(metric, users)
     if not is_plain(store):
         data, scales = _packed_tensors(store, device)
         allowed = None if ids is None else torch.from_numpy(ids).to(device)

@@ -13,7 +13,7 @@ import os
 
 import pyarrow as pa
 
-from ._offline import BATCH_ROWS, Output, ScoreBatch, TopkBatch, check_out, check_reachable, is_folder, \
+from ._offline import BATCH_ROWS, Output, ScoreBatch, TopkBatch, check_out, check_reachable, parquet_options, \
     users_dataset
 
 __all__ = ["ScoreBatch", "TopkBatch", "connect", "map_job", "score_dataset", "topk_dataset"]
@@ -103,16 +103,15 @@ def run_ray(job, users, out, *, address=None, batch_size: int = BATCH_ROWS, conc
         paths = [users] if isinstance(users, (str, os.PathLike)) else list(users)
         result = map_job(ray.data.read_parquet([os.fspath(p) for p in paths]), job, batch_size=batch_size,
                          concurrency=concurrency)
-        if is_folder(out):
-            result.write_parquet(os.fspath(out))
-            return local.count_rows()
         rows = 0
-        with Output(out) as output:
+        empty = job(local.schema.empty_table())
+        with Output(out, empty) as output:
+            if output.folder:  # renamed into place once every part is written, as locally
+                result.write_parquet(output.temp, **parquet_options(empty.schema))
+                return local.count_rows()
             for table in result.iter_batches(batch_size=None, batch_format="pyarrow"):
                 output.write(table)
                 rows += table.num_rows
-            if rows == 0:  # still a file with the output's columns
-                output.write(job(local.schema.empty_table()))
         return rows
     finally:
         if started:

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._api import score as _score
+from ._torch_ops import ops as _ops
 from ._metric import KINDS, PARTS, Form, Metric, build, takes_rank
 from ._objectives import ObjectiveMetrics
 
@@ -104,22 +105,22 @@ class MetricHead(nn.Module):
         if pairwise and users.shape[0] != ads.shape[0]:
             raise ValueError(f"pairwise: users {tuple(users.shape)} and ads {tuple(ads.shape)} differ in length")
 
+    def _kernel_form(self) -> Form:
+        """form() as the custom ops take it: a scalar diag (scaled) as a vector."""
+        diag, left, right = self.form()
+        return Form(diag.expand(self.dim) if diag is not None and diag.ndim == 0 else diag, left, right)
+
+    # Both run the package's kernels through its custom ops (simd on CPU float32, torch ops
+    # elsewhere), forward and backward: the gradients are bilinear products of the same form.
     def forward(self, users: torch.Tensor, ads: torch.Tensor) -> torch.Tensor:
         """Pairwise logits: users (B, n), ads (B, n) -> (B,), or (B, T) with n_objectives=T."""
         self._check(users, ads, pairwise=True)
-        diag, left, right = self.form()
-        if right is not None:  # factors: never forms S, n + 2 n r per pair
-            raw = ((users @ left) * (ads @ right)).sum(-1)
-            if diag is not None:
-                raw = (users * diag * ads).sum(-1) + raw
-        else:
-            raw = (self.fold(users) * ads).sum(-1)
-        return self._finish(raw)
+        return self._finish(_ops.score_pairs(users, ads, *self._kernel_form(), 0.0))
 
     def cross(self, users: torch.Tensor, ads: torch.Tensor) -> torch.Tensor:
         """Every user against every ad: users (M, n), ads (N, n) -> (M, N), or (M, N, T)."""
         self._check(users, ads, pairwise=False)
-        return self._finish(self.fold(users) @ ads.T)
+        return self._finish(_ops.score(users, ads, *self._kernel_form(), 0.0))
 
     # ---- export ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -292,9 +293,12 @@ def _tower(in_features: int, hidden: tuple[int, ...], dim: int) -> nn.Sequential
 class SplitNet(nn.Module):
     """Two towers (MLPs) making user and ad embeddings of length dim, and a MetricHead.
 
-    normalize=True (the default) puts embeddings on the unit sphere. This is what makes S matter:
-    with free-norm embeddings the user tower's last linear layer can absorb any S (u^T S a =
-    (S^T u)^T a), and a dot product would be as expressive as a full matrix.
+    normalize=True (the default) puts embeddings on the unit sphere. Neither norm makes one S
+    matter: with free norms the user tower's last linear layer absorbs any S (u^T S a =
+    (S^T u)^T a), so a dot product is as expressive as a full matrix; with unit norms the towers'
+    last layers absorb the rotations of S = U diag(sigma) V^T (a rotation keeps the norm), so a
+    diagonal is as expressive as a full matrix. Only several S_t on the same towers (ObjectiveHead)
+    can differ by kind; docs/reproduction.md has the argument and its test.
     """
 
     def __init__(self, user_features: int, ad_features: int, dim: int = 32, *, kind: str = "diagonal",

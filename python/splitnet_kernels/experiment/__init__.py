@@ -1,19 +1,22 @@
-"""The blog's experiment end to end (`splitnet-kernels experiment`): train a SplitNet with every
-metric kind on the same campaign data, then report quality per objective and serving cost per kind.
+"""The blog's experiment end to end (`splitnet-kernels experiment`): train two-tower models with
+every metric kind and normalisation on campaign data whose ground truth is known, then report
+quality per objective, the light ranker's value captured from a mixed pool, and that value under
+a per-request serving budget measured through the kernels.
 
 Quality is measured through the serving path: the learned embeddings scored by sk.score / sk.topk
-with each head's exported sk.Metric. Torch is imported only when the experiment runs.
+with each model's exported sk.ObjectiveMetrics. Torch is imported only when the experiment runs.
 
-campaign.py holds the data (synthetic or logged), run.py the run, measures.py the quality
-measures and report.py the table and the plot.
+campaign.py holds the data (synthetic or logged), model.py the model, run.py the protocol and the
+run, measures.py the quality measures, serving.py the cost under a budget and report.py the
+tables and the plot.
 """
 
 from . import campaign
 from .campaign import CampaignData, load, make_campaign
-from .measures import auc, calibration, normalized_entropy, recall_at_k
+from .measures import auc, calibration, interval, light_ranker, normalized_entropy, true_values
 from .report import plot, render
-from .run import BASELINES, GROUND_TRUTH, VARIANTS, Settings, Variant, run_experiment
+from .run import GROUND_TRUTH, HEADS, NORMS, VARIANTS, Settings, Variant, run_experiment
 
-__all__ = ["BASELINES", "GROUND_TRUTH", "VARIANTS", "CampaignData", "Settings", "Variant", "auc", "calibration",
-           "campaign", "load", "make_campaign", "normalized_entropy", "plot", "recall_at_k", "render",
-           "run_experiment"]
+__all__ = ["GROUND_TRUTH", "HEADS", "NORMS", "VARIANTS", "CampaignData", "Settings", "Variant", "auc", "calibration",
+           "campaign", "interval", "light_ranker", "load", "make_campaign", "normalized_entropy", "plot", "render",
+           "run_experiment", "true_values"]

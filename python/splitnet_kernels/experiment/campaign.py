@@ -1,11 +1,12 @@
-"""Campaign data for the metric-learning experiment: a seeded synthetic generator with a known,
-non-diagonal ground-truth similarity per objective, and .npz / Parquet save and load, through
-which a user's own logged impressions go the same path as the synthetic ones.
+"""Campaign data for the metric-learning experiment: a seeded synthetic generator with a known
+ground truth per objective, and .npz / Parquet save and load, through which a user's own logged
+impressions go the same path as the synthetic ones.
 
 The shape of the data follows the blog: every ad belongs to one campaign objective (video view,
 link click, app install ...), objectives have very different base rates, and one model is
-trained on the impressions of all of them. An impression's label is the outcome of its ad's
-objective: a view for a video_view ad, an install for an app_install ad.
+trained on the impressions of all of them. The outcomes form a funnel: an install needs a click,
+a click needs a view. An impression records either every outcome (multi-label, labels (P, T)) or
+only the outcome its ad's advertiser pays for (one outcome per ad, labels (P,)).
 """
 
 from __future__ import annotations
@@ -16,21 +17,24 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["CampaignData", "Objective", "DEFAULT_OBJECTIVES", "make_campaign", "load"]
+__all__ = ["CampaignData", "Objective", "DEFAULT_OBJECTIVES", "OUTCOMES", "make_campaign", "load"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
     name: str
-    base_rate: float  # the share of positive labels among this objective's impressions
+    base_rate: float  # the share of impressions with this outcome
     ad_share: float  # the share of ads (and so of impressions) with this objective
+    spread: float  # the standard deviation of this funnel step's logit z_u^T S*_t z_a
 
 
+# Each step's logit has its own spread, so one shared scale cannot fit every objective.
 DEFAULT_OBJECTIVES = (
-    Objective("video_view", 0.30, 0.35),
-    Objective("link_click", 0.04, 0.25),
-    Objective("app_install", 0.01, 0.40),
+    Objective("video_view", 0.30, 0.35, 1.0),
+    Objective("link_click", 0.04, 0.25, 2.0),
+    Objective("app_install", 0.01, 0.40, 3.0),
 )
+OUTCOMES = ("funnel", "own")  # every outcome per impression, or only that of the ad's objective
 
 _REQUIRED = ("user_features", "ad_features", "ad_objective", "pairs", "labels")
 _TRUTH = ("true_logits", "user_latent", "ad_latent", "true_S", "true_bias")
@@ -45,11 +49,15 @@ class CampaignData:
     ad_features    (A, F_a) float32, one row per ad
     ad_objective   (A,) int64 in [0, T): the campaign objective of each ad
     pairs          (P, 2) int64: impression i shows ad pairs[i, 1] to user pairs[i, 0]
-    labels         (P,) float32 0/1: the outcome of the ad's objective for impression i
+    labels         (P,) float32 0/1: the outcome of the ad's objective for impression i, or
+                   (P, T): every objective's outcome for impression i (multi-label)
+    ad_bids        (A,) float32 >= 0: what each ad pays for its objective's outcome (None: 1.0)
 
-    Ground truth, known for synthetic data only (None otherwise): the label of impression i was
-    drawn as Bernoulli(sigmoid(true_logits[i])), true_logits[i] = z_u^T true_S[t] z_a + true_bias[t]
-    with z_u = user_latent[user], z_a = ad_latent[ad], t the ad's objective.
+    Ground truth, known for synthetic data only (None otherwise), a funnel in objective order:
+    step t of impression (u, a) has the logit x_t = z_u^T true_S[t] z_a + true_bias[t] with
+    z_u = user_latent[u], z_a = ad_latent[a], and outcome t happens when outcome t - 1 did and a
+    Bernoulli(sigmoid(x_t)) draw succeeds, so P(outcome t) = prod_{s <= t} sigmoid(x_s).
+    true_logits (the shape of labels) holds the logit of that probability for each label.
     """
 
     objectives: tuple[str, ...]
@@ -58,6 +66,7 @@ class CampaignData:
     ad_objective: np.ndarray
     pairs: np.ndarray
     labels: np.ndarray
+    ad_bids: np.ndarray | None = None
     true_logits: np.ndarray | None = None
     user_latent: np.ndarray | None = None
     ad_latent: np.ndarray | None = None
@@ -73,7 +82,7 @@ class CampaignData:
         self.ad_features = _array(self.ad_features, "ad_features", np.float32, 2)
         self.ad_objective = _array(self.ad_objective, "ad_objective", np.int64, 1)
         self.pairs = _array(self.pairs, "pairs", np.int64, 2)
-        self.labels = _array(self.labels, "labels", np.float32, 1)
+        self.labels = _array(self.labels, "labels", np.float32, 2 if np.ndim(self.labels) == 2 else 1)
         U, A, P = len(self.user_features), len(self.ad_features), len(self.pairs)
         if len(self.ad_objective) != A:
             raise ValueError(f"ad_objective: expected shape ({A},) to match ad_features, got {self.ad_objective.shape}")
@@ -84,27 +93,31 @@ class CampaignData:
         if P and not (0 <= self.pairs[:, 0].min() and self.pairs[:, 0].max() < U
                       and 0 <= self.pairs[:, 1].min() and self.pairs[:, 1].max() < A):
             raise ValueError(f"pairs: user indices must lie in [0, {U}) and ad indices in [0, {A})")
-        if self.labels.shape != (P,):
-            raise ValueError(f"labels: expected shape ({P},) to match pairs {self.pairs.shape}, "
-                             f"got {self.labels.shape}")
+        if self.labels.shape not in ((P,), (P, T)):
+            raise ValueError(f"labels: expected shape ({P},) or ({P}, {T}) to match pairs {self.pairs.shape} and "
+                             f"{T} objectives, got {self.labels.shape}")
         if not np.isin(self.labels, (0.0, 1.0)).all():
             raise ValueError("labels: expected only 0 and 1")
+        if self.ad_bids is not None:
+            self.ad_bids = _array(self.ad_bids, "ad_bids", np.float32, 1)
+            if self.ad_bids.shape != (A,) or not (np.isfinite(self.ad_bids).all() and (self.ad_bids >= 0).all()):
+                raise ValueError(f"ad_bids: expected ({A},) finite values >= 0, got shape {self.ad_bids.shape}")
         truth = [getattr(self, name) is not None for name in _TRUTH]
         if any(truth) and not all(truth):
             raise ValueError(f"ground truth: give all of {', '.join(_TRUTH)} or none")
         if all(truth):
-            self.true_logits = _array(self.true_logits, "true_logits", np.float32, 1)
+            self.true_logits = _array(self.true_logits, "true_logits", np.float32, self.labels.ndim)
             self.user_latent = _array(self.user_latent, "user_latent", np.float32, 2)
             self.ad_latent = _array(self.ad_latent, "ad_latent", np.float32, 2)
             self.true_S = _array(self.true_S, "true_S", np.float32, 3)
             self.true_bias = _array(self.true_bias, "true_bias", np.float32, 1)
             k = self.user_latent.shape[1]
-            if (self.true_logits.shape != (P,) or self.user_latent.shape[0] != U or self.ad_latent.shape != (A, k)
-                    or self.true_S.shape != (T, k, k) or self.true_bias.shape != (T,)):
-                raise ValueError(f"ground truth: expected true_logits ({P},), user_latent ({U}, k), ad_latent "
-                                 f"({A}, k), true_S ({T}, k, k), true_bias ({T},); got {self.true_logits.shape}, "
-                                 f"{self.user_latent.shape}, {self.ad_latent.shape}, {self.true_S.shape}, "
-                                 f"{self.true_bias.shape}")
+            if (self.true_logits.shape != self.labels.shape or self.user_latent.shape[0] != U
+                    or self.ad_latent.shape != (A, k) or self.true_S.shape != (T, k, k) or self.true_bias.shape != (T,)):
+                raise ValueError(f"ground truth: expected true_logits {self.labels.shape} (as labels), user_latent "
+                                 f"({U}, k), ad_latent ({A}, k), true_S ({T}, k, k), true_bias ({T},); got "
+                                 f"{self.true_logits.shape}, {self.user_latent.shape}, {self.ad_latent.shape}, "
+                                 f"{self.true_S.shape}, {self.true_bias.shape}")
 
     # ---- views ----------------------------------------------------------------------------
     @property
@@ -113,20 +126,48 @@ class CampaignData:
         return self.ad_objective[self.pairs[:, 1]]
 
     @property
+    def multi_label(self) -> bool:
+        """Whether every impression records every objective's outcome (labels (P, T))."""
+        return self.labels.ndim == 2
+
+    @property
     def has_truth(self) -> bool:
         return self.true_S is not None
 
+    @property
+    def bids(self) -> np.ndarray:
+        """(A,) float32: ad_bids, or 1.0 for every ad."""
+        return self.ad_bids if self.ad_bids is not None else np.ones(len(self.ad_features), np.float32)
+
+    def outcomes(self, objective: int, rows: np.ndarray):
+        """(impressions, labels, true logits or None): the impressions among `rows` (indices)
+        that record objective t's outcome (every row when multi-label, else the rows whose ad has
+        objective t), their outcomes and, with a ground truth, those outcomes' true logits."""
+        mine = rows if self.multi_label else rows[self.pair_objective[rows] == objective]
+
+        def of(array):
+            return array[mine, objective] if self.multi_label else array[mine]
+
+        return mine, of(self.labels), None if self.true_logits is None else of(self.true_logits)
+
+    def label_mask(self) -> np.ndarray:
+        """(P, T) float32: 1 where impression i records objective t's outcome."""
+        if self.multi_label:
+            return np.ones(self.labels.shape, np.float32)
+        return np.eye(len(self.objectives), dtype=np.float32)[self.pair_objective]
+
+    def label_matrix(self) -> np.ndarray:
+        """(P, T) float32: the outcomes, 0 where label_mask is 0."""
+        return self.labels if self.multi_label else self.label_mask() * self.labels[:, None]
+
     def base_rates(self) -> np.ndarray:
-        """(T,) the share of positive labels per objective (NaN for an objective with no impressions)."""
-        objective = self.pair_objective
-        T = len(self.objectives)
-        counts = np.bincount(objective, minlength=T)
-        positives = np.bincount(objective, weights=self.labels, minlength=T)
+        """(T,) the share of positive outcomes per objective (NaN for an objective with no outcomes)."""
         with np.errstate(invalid="ignore"):
-            return positives / counts
+            return self.label_matrix().sum(0) / self.label_mask().sum(0)
 
     def true_scores(self, users, ads, objective: int) -> np.ndarray:
-        """Ground-truth logits (float64) of users (indices, (M,)) against ads (indices, (N,)): (M, N)."""
+        """Ground-truth logits of P(outcome t) (float64), users (indices, (M,)) against ads
+        (indices, (N,)): (M, N)."""
         if not self.has_truth:
             raise ValueError("true_scores: this data has no ground truth (only synthetic data does)")
         # __post_init__ accepts all of _TRUTH or none, and has_truth says true_S is set, so all are.
@@ -134,7 +175,9 @@ class CampaignData:
         assert self.true_S is not None
         z_u = self.user_latent[np.asarray(users)].astype(np.float64)
         z_a = self.ad_latent[np.asarray(ads)].astype(np.float64)
-        return z_u @ self.true_S[objective].astype(np.float64) @ z_a.T + float(self.true_bias[objective])
+        steps = [z_u @ self.true_S[t].astype(np.float64) @ z_a.T + float(self.true_bias[t])
+                 for t in range(objective + 1)]
+        return _funnel_logit(steps)
 
     # ---- files ----------------------------------------------------------------------------
     def save(self, path) -> pathlib.Path:
@@ -146,17 +189,19 @@ class CampaignData:
             return path
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        arrays = {name: getattr(self, name) for name in _REQUIRED + _TRUTH if getattr(self, name) is not None}
+        arrays = {name: getattr(self, name) for name in _REQUIRED + ("ad_bids",) + _TRUTH
+                  if getattr(self, name) is not None}
         np.savez_compressed(path, objectives=np.array(self.objectives, dtype=np.str_), **arrays)
         return path
 
 
 def load(path) -> CampaignData:
     """Reads what CampaignData.save wrote: an .npz file, or a .parquet directory holding
-    users.parquet (user, features), ads.parquet (ad, objective, features) and impressions.parquet
-    (user, ad, label), where user and ad are row indices 0..U-1 and 0..A-1, features a list of
-    floats, objective a name; file metadata key "objectives" (a JSON list) fixes the order of the
-    objectives, else they are sorted by name. Any other npz needs the fields of CampaignData."""
+    users.parquet (user, features), ads.parquet (ad, objective, features, optionally bid) and
+    impressions.parquet (user, ad, label), where user and ad are row indices 0..U-1 and 0..A-1,
+    features a list of floats, objective a name and label a number or, multi-label, a list of
+    one outcome per objective; file metadata key "objectives" (a JSON list) fixes the order of
+    the objectives, else they are sorted by name. Any other npz needs the fields of CampaignData."""
     path = pathlib.Path(path)
     if path.is_dir() or path.suffix == ".parquet":
         return _load_parquet(path)
@@ -164,23 +209,32 @@ def load(path) -> CampaignData:
         missing = [name for name in ("objectives",) + _REQUIRED if name not in npz.files]
         if missing:
             raise ValueError(f"{path}: missing field(s) {', '.join(missing)} (have {', '.join(npz.files)})")
-        fields = {name: npz[name] for name in _REQUIRED + _TRUTH if name in npz.files}
+        fields = {name: npz[name] for name in _REQUIRED + ("ad_bids",) + _TRUTH if name in npz.files}
         return CampaignData(objectives=tuple(npz["objectives"].tolist()), **fields)
 
 
 # ---- the generator --------------------------------------------------------------------------
-def make_campaign(seed: int = 0, *, n_users: int = 5000, n_ads: int = 3000, n_pairs: int = 1_000_000,
+def make_campaign(seed: int = 0, *, n_users: int = 2000, n_ads: int = 1000, n_pairs: int = 50_000,
                   latent_dim: int = 16, user_features: int = 32, ad_features: int = 32, rank: int = 4,
-                  signal: float = 2.0, feature_noise: float = 0.1,
-                  objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES) -> CampaignData:
-    """Synthetic campaigns with a known answer.
+                  off_diagonal: float = 1.0, feature_noise: float = 0.1, bid_spread: float = 0.5,
+                  outcomes: str = "funnel", objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES) -> CampaignData:
+    """Synthetic campaigns with a known answer (the funnel of CampaignData's ground truth).
 
-    Users and ads have latent vectors z ~ N(0, I_k) seen through a random linear mixing plus
-    noise (user_features / ad_features columns; ads also get their objective one-hot). Objective
-    t scores z_u^T S*_t z_a + b*_t with S*_t = diag(d_t) + P_t Q_t^T (rank `rank`), half shared
-    by all objectives and half its own, scaled so the score's standard deviation is `signal`;
-    b*_t is set so that objective t's positive rate is its base_rate.
+    Users and ads have latent vectors z ~ N(0, I_k), seen only through a random linear mixing
+    plus noise (user_features / ad_features columns); the features do not carry the objective.
+    Step t scores z_u^T S*_t z_a + b*_t with S*_t = spread_t * unit(D_t + off_diagonal * R_t):
+    D_t a diagonal and R_t a rank-2*`rank` matrix P Q^T, each half shared by every objective and
+    half its own, both of unit Frobenius norm (off_diagonal=0: every S*_t diagonal in one basis,
+    so per-objective diagonal heads can fit the truth). Under z ~ N(0, I) the step's logit has
+    standard deviation spread_t. b*_t is set so that outcome t's rate is its base_rate.
+    Bids are lognormal (sigma bid_spread) over the objective's base rate, so every objective's
+    expected value per impression is alike. outcomes: "funnel" records every outcome (labels
+    (P, T)), "own" only the ad's objective's (labels (P,)), from the same draws.
     """
+    if outcomes not in OUTCOMES:
+        raise ValueError(f"outcomes: expected one of {OUTCOMES}, got {outcomes!r}")
+    if off_diagonal < 0:
+        raise ValueError(f"off_diagonal: must be >= 0, got {off_diagonal}")
     rng = np.random.default_rng(seed)
     T, k = len(objectives), latent_dim
     shares = np.array([o.ad_share for o in objectives], np.float64)
@@ -188,34 +242,40 @@ def make_campaign(seed: int = 0, *, n_users: int = 5000, n_ads: int = 3000, n_pa
     z_ads = rng.standard_normal((n_ads, k))
     ad_objective = rng.choice(T, size=n_ads, p=shares / shares.sum())
 
-    def own_part():  # a random diag(d) + P Q^T, not diagonal, unit Frobenius norm
-        d = rng.standard_normal(k)
-        P, Q = rng.standard_normal((k, rank)), rng.standard_normal((k, rank))
-        return _unit(np.diag(d) + P @ Q.T)
+    def diagonal():
+        return np.diag(rng.standard_normal(k))
 
-    # Under z ~ N(0, I) the score z_u^T S z_a has standard deviation ||S||_F, so `signal` is its std.
-    shared = own_part()
-    true_S = np.stack([signal * _unit(shared + own_part()) for _ in range(T)])
+    def factors():
+        return rng.standard_normal((k, rank)) @ rng.standard_normal((k, rank)).T
+
+    shared_diagonal, shared_factors = diagonal(), factors()
+    true_S = np.stack([o.spread * _unit(_unit(shared_diagonal + diagonal())
+                                        + off_diagonal * _unit(shared_factors + factors())) for o in objectives])
 
     pairs = np.stack([rng.integers(0, n_users, n_pairs), rng.integers(0, n_ads, n_pairs)], axis=1)
-    pair_objective = ad_objective[pairs[:, 1]]
-    raw = np.empty(n_pairs)
-    for t in range(T):
-        mine = pair_objective == t
-        raw[mine] = np.einsum("pi,pi->p", z_users[pairs[mine, 0]] @ true_S[t], z_ads[pairs[mine, 1]])
-    true_bias = np.array([_bias_for_rate(raw[pair_objective == t], o.base_rate) for t, o in enumerate(objectives)])
-    true_logits = raw + true_bias[pair_objective]
-    labels = (rng.random(n_pairs) < _sigmoid(true_logits)).astype(np.float32)
+    pair_users, pair_ads = z_users[pairs[:, 0]], z_ads[pairs[:, 1]]
+    raw = np.stack([((pair_users @ S) * pair_ads).sum(1) for S in true_S], axis=1)
+    true_bias = np.zeros(T)
+    for t, o in enumerate(objectives):  # in funnel order: step t's bias given the earlier steps'
+        earlier = np.exp(_log_sigmoid(raw[:, :t] + true_bias[:t]).sum(1))
+        true_bias[t] = _bias_for_rate(raw[:, t], earlier, o.base_rate)
+    steps = raw + true_bias
+    happened = np.cumprod(rng.random((n_pairs, T)) < _sigmoid(steps), axis=1).astype(np.float32)
+    true_logits = _funnel_logit([steps[:, t] for t in range(T)], cumulative=True)
+    if outcomes == "own":
+        own = ad_objective[pairs[:, 1]]
+        happened, true_logits = happened[np.arange(n_pairs), own], true_logits[np.arange(n_pairs), own]
 
     def observed(z, columns):
         mixing = rng.standard_normal((k, columns)) / np.sqrt(k)
         return z @ mixing + feature_noise * rng.standard_normal((len(z), columns))
 
-    ad_x = np.concatenate([observed(z_ads, ad_features), np.eye(T)[ad_objective]], axis=1)
+    base_rates = np.array([o.base_rate for o in objectives])
+    bids = np.exp(bid_spread * rng.standard_normal(n_ads)) / base_rates[ad_objective]
     return CampaignData(objectives=tuple(o.name for o in objectives), user_features=observed(z_users, user_features),
-                        ad_features=ad_x, ad_objective=ad_objective, pairs=pairs, labels=labels,
-                        true_logits=true_logits, user_latent=z_users, ad_latent=z_ads, true_S=true_S,
-                        true_bias=true_bias)
+                        ad_features=observed(z_ads, ad_features), ad_objective=ad_objective, pairs=pairs,
+                        labels=happened, ad_bids=bids, true_logits=true_logits, user_latent=z_users, ad_latent=z_ads,
+                        true_S=true_S, true_bias=true_bias)
 
 
 def _unit(S: np.ndarray) -> np.ndarray:
@@ -226,14 +286,29 @@ def _sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for any x
 
 
-def _bias_for_rate(scores: np.ndarray, rate: float) -> float:
-    """The b with mean(sigmoid(scores + b)) = rate (bisection; the mean rises with b)."""
+def _log_sigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+def _funnel_logit(steps, cumulative: bool = False):
+    """logit(prod_s sigmoid(steps[s])): of the last step, or of every prefix (stacked on the last
+    axis) with cumulative=True. Computed from log-probabilities, so it neither overflows nor
+    rounds a tiny probability to 0."""
+    log_p = np.cumsum(np.stack([_log_sigmoid(np.asarray(x, np.float64)) for x in steps], -1), -1)
+    logits = log_p - np.log(-np.expm1(np.minimum(log_p, -1e-300)))
+    return logits if cumulative else logits[..., -1]
+
+
+def _bias_for_rate(scores: np.ndarray, weights: np.ndarray, rate: float) -> float:
+    """The b with mean(weights * sigmoid(scores + b)) = rate (bisection; the mean rises with b)."""
     if scores.size == 0:
         return float(np.log(rate / (1 - rate)))
-    low, high = -30.0, 30.0
-    for _ in range(60):
+    if not 0 < rate < weights.mean():
+        raise ValueError(f"base_rate: {rate} is not reachable below the earlier funnel step's rate {weights.mean():.4g}")
+    low, high = -40.0, 40.0
+    for _ in range(40):  # to 80 / 2**40
         middle = 0.5 * (low + high)
-        low, high = (middle, high) if _sigmoid(scores + middle).mean() < rate else (low, middle)
+        low, high = (middle, high) if (weights * _sigmoid(scores + middle)).mean() < rate else (low, middle)
     return 0.5 * (low + high)
 
 
@@ -262,6 +337,11 @@ def _list_column(pa, rows: np.ndarray):
     return pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), rows.shape[1])
 
 
+def _column(pa, values: np.ndarray):
+    """A (P,) array as numbers, a (P, T) one as a list per row."""
+    return values if values.ndim == 1 else _list_column(pa, values)
+
+
 def _save_parquet(data: CampaignData, path: pathlib.Path):
     pa, pq = _pyarrow()
     path.mkdir(parents=True, exist_ok=True)
@@ -269,7 +349,9 @@ def _save_parquet(data: CampaignData, path: pathlib.Path):
     users = {"user": np.arange(len(data.user_features)), "features": _list_column(pa, data.user_features)}
     ads = {"ad": np.arange(len(data.ad_features)), "objective": np.array(data.objectives)[data.ad_objective],
            "features": _list_column(pa, data.ad_features)}
-    impressions = {"user": data.pairs[:, 0], "ad": data.pairs[:, 1], "label": data.labels}
+    impressions = {"user": data.pairs[:, 0], "ad": data.pairs[:, 1], "label": _column(pa, data.labels)}
+    if data.ad_bids is not None:
+        ads["bid"] = data.ad_bids
     if data.has_truth:
         # __post_init__ accepts all of _TRUTH or none, and has_truth says true_S is set, so all are.
         assert data.true_S is not None and data.true_bias is not None
@@ -278,7 +360,7 @@ def _save_parquet(data: CampaignData, path: pathlib.Path):
         meta["true_bias"] = json.dumps(data.true_bias.tolist())
         users["latent"] = _list_column(pa, data.user_latent)
         ads["latent"] = _list_column(pa, data.ad_latent)
-        impressions["true_logit"] = data.true_logits
+        impressions["true_logit"] = _column(pa, data.true_logits)
     for name, columns in (("users", users), ("ads", ads), ("impressions", impressions)):
         table = pa.table(columns).replace_schema_metadata({key: value.encode() for key, value in meta.items()})
         pq.write_table(table, path / f"{name}.parquet")
@@ -295,6 +377,16 @@ def _rows(table, column: str) -> np.ndarray:
                          f"got lengths {lengths.tolist()}")
     width = int(lengths[0]) if len(lengths) else 0
     return np.asarray(values.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(values), width)
+
+
+def _numbers(table, column: str) -> np.ndarray:
+    """A column of numbers as (P,), or of equal-length lists as (P, T)."""
+    import pyarrow
+
+    if pyarrow.types.is_list(table.schema.field(column).type) or pyarrow.types.is_fixed_size_list(
+            table.schema.field(column).type):
+        return _rows(table, column)
+    return table.column(column).to_numpy()
 
 
 def _in_index_order(table, column: str, path: pathlib.Path):
@@ -319,13 +411,14 @@ def _load_parquet(path: pathlib.Path) -> CampaignData:
     if "true_S" in meta and "latent" in users.column_names and "true_logit" in impressions.column_names:
         truth = {"true_S": np.array(json.loads(meta["true_S"])), "true_bias": np.array(json.loads(meta["true_bias"])),
                  "user_latent": _rows(users, "latent"), "ad_latent": _rows(ads, "latent"),
-                 "true_logits": impressions.column("true_logit").to_numpy()}
+                 "true_logits": _numbers(impressions, "true_logit")}
     return CampaignData(
         objectives=objectives,
         user_features=_rows(users, "features"),
         ad_features=_rows(ads, "features"),
         ad_objective=np.array([objectives.index(name) for name in ad_names], np.int64),
         pairs=np.stack([impressions.column("user").to_numpy(), impressions.column("ad").to_numpy()], axis=1),
-        labels=impressions.column("label").to_numpy(),
+        labels=_numbers(impressions, "label"),
+        ad_bids=ads.column("bid").to_numpy() if "bid" in ads.column_names else None,
         **truth,
     )

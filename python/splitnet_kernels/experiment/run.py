@@ -1,11 +1,23 @@
-"""The experiment's run: the variants and settings, training every variant per seed, evaluating
-it through the serving path, its serving cost, and the summary over seeds. Torch is imported
-only when run_experiment is called."""
+"""The experiment's run: the variants and settings, the protocol (train / validation / test
+impressions, early stopping on the validation loss, a learning-rate search per variant on seed
+0), evaluation through the serving path, the sweeps, the serving cost under a budget and the
+summary over seeds as 95 % t-intervals.
+
+Every trained model is a job; jobs run in worker processes, one per core this process may use
+(os.sched_getaffinity), each with one torch thread: the models are too small for threads inside
+an operation to pay, and threads spinning on cores another process holds made a busy machine
+ten times slower. Torch is imported only when the experiment runs.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import dataclasses
 import json
+import math
+import multiprocessing
+import os
 import sys
 import time
 
@@ -13,189 +25,310 @@ import numpy as np
 
 import splitnet_kernels as sk
 
+from .._metric import KINDS
 from ..bench.report import Progress
-from ..bench.timing import median_time
-from . import campaign
-from .measures import quality, recall_at_k
+from . import campaign, serving
+from .measures import interval, light_ranker, quality, true_values
 from .report import plot, render
 
-__all__ = ["Variant", "VARIANTS", "BASELINES", "GROUND_TRUTH", "Settings", "run_experiment"]
+__all__ = ["NORMS", "HEADS", "Variant", "VARIANTS", "GROUND_TRUTH", "Settings", "run_experiment"]
 
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    name: str
-    kind: str
-    per_objective: bool  # a bias and a scale per objective (the cheap fix) instead of one shared bias
-
-
-# Every kind with one shared bias (the blog's setup), and every kind with a bias and scale per
-# objective. "dot" per objective would be "scaled+obj" again (its per-objective scale is a w).
-VARIANTS = tuple(Variant(kind, kind, False) for kind in ("dot", "scaled", "diagonal", "low_rank", "full")) + tuple(
-    Variant(f"{kind}+obj", kind, True) for kind in ("scaled", "diagonal", "low_rank", "full"))
-BASELINES = ("scaled", "scaled+obj")  # what the paired differences are taken against
+# unit: both embeddings on the unit sphere. free: as the towers make them. cosine: on the unit
+# sphere, the user's then times one learned temperature (so dot is the blog's scaled dot).
+NORMS = ("unit", "free", "cosine")
+# per_objective: one S_t and b_t per objective on the shared towers (nn.ObjectiveHead); the ad
+# tower sees the objective only with Settings.ads_see_objective. shared: the blog's SplitNet,
+# one S for every objective and a bias per objective; its ad tower sees the objective (the only
+# way one S can tell objectives apart) and it learns from each ad's own objective's outcome.
+HEADS = ("per_objective", "shared")
 GROUND_TRUTH = "ground truth"  # the row of the true logits, when the data has them
 
 
 @dataclasses.dataclass(frozen=True)
+class Variant:
+    kind: str
+    norm: str = "unit"
+    head: str = "per_objective"
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.norm}" + (":shared" if self.head == "shared" else "")
+
+
+VARIANTS = tuple(Variant(kind, norm) for norm in NORMS for kind in KINDS) + (
+    Variant("scaled", "unit", "shared"), Variant("diagonal", "unit", "shared"))
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
-    dim: int = 32  # embedding length n
+    seeds: int = 5  # data, split and initialization; intervals are over seeds
+    dim: int = 16  # embedding length n: as the latent's, so no head can spread objectives over spare dimensions
     rank: int = 4  # of the low_rank kind
     hidden: tuple[int, ...] = (64,)  # tower MLP widths
-    epochs: int = 5
-    batch_size: int = 1024
-    learning_rate: float = 1e-2  # Adam's, decayed linearly to 0 over the run
-    test_fraction: float = 0.3
-    top_k: int = 50  # recall@K against the ground-truth top-K per user
-    recall_users: int = 256  # users sampled for recall@K
-    serving_candidates: int = 100_000  # ads in the serving-cost measurement
-    timing_rounds: int = 7  # of at least 20 ms each; the median is reported
-    campaign: dict = dataclasses.field(default_factory=dict)  # make_campaign sizes
+    batch_size: int = 2048
+    max_epochs: int = 20
+    patience: int = 2  # epochs without a better validation loss before stopping
+    learning_rates: tuple[float, ...] = (1e-2, 3e-2)  # AdamW's, searched per variant on seed 0
+    weight_decay: float = 0.0  # AdamW's, on every weight but the biases and the temperature
+    ads_see_objective: bool = False  # the per-objective variants' ad tower gets the objective one-hot
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2
+    top_k: int = 50  # the light ranker keeps this many of each user's pool
+    ranking_users: int = 256  # users sampled for the light ranker's measure
+    fractions: tuple[float, ...] = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # of the pool scored in time
+    serving_candidates: int = 100_000  # the pool of one request in the serving-cost measurement
+    budget_fraction: float = 0.5  # the budget: this share of the time the cheapest kind takes for the whole pool
+    timing_rounds: int = 15
+    sweep_kinds: tuple[str, ...] = ("diagonal", "low_rank", "full")  # unit norm, per objective
+    sweep_seeds: int = 3
+    off_diagonal: tuple[float, ...] = (0.0, 3.0)  # of the ground truth, beside the default (campaign's 1)
+    data_sizes: tuple[float, ...] = (0.5, 2.0)  # impressions, times the default
+    workers: int | None = None  # processes; None: the cores this process may use
+    campaign: dict = dataclasses.field(default_factory=dict)  # make_campaign arguments
 
     @classmethod
     def default(cls, quick: bool = False, **overrides) -> "Settings":
-        """The CLI's settings: the full run (about a minute a seed on 2 cores) or --quick."""
-        if quick:
-            base = cls(epochs=2, serving_candidates=20_000, recall_users=128,
-                       campaign={"n_users": 1500, "n_ads": 1000, "n_pairs": 200_000})
-        else:
-            base = cls(campaign={"n_users": 5000, "n_ads": 3000, "n_pairs": 1_000_000})
+        """The CLI's settings: the full run or --quick (smaller data, two seeds, one learning
+        rate, no sweeps)."""
+        base = cls(seeds=2, learning_rates=(3e-2,), max_epochs=8, ranking_users=128, serving_candidates=20_000,
+                   timing_rounds=5, off_diagonal=(), data_sizes=(),
+                   campaign={"n_users": 1000, "n_ads": 600, "n_pairs": 20_000}) if quick else cls()
         return dataclasses.replace(base, **overrides)
 
 
-# ---- training -----------------------------------------------------------------------------------
-def _train(model, data, train, settings: Settings, seed: int, progress: Progress, label: str) -> float:
-    """Adam on the mean BCE-with-logits of each impression's own objective; returns the last epoch's loss."""
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One model (or, variant None, the ground truth) for one seed at one point of a sweep."""
+
+    variant: Variant | None
+    seed: int
+    learning_rate: float = 0.0
+    point: tuple = ()  # (make_campaign argument, value) pairs; () is the default data
+
+
+# ---- one job ------------------------------------------------------------------------------------
+class _Worker:
+    """Runs jobs; keeps each (seed, point)'s data, split and true values for the next job."""
+
+    def __init__(self, settings: Settings, data: campaign.CampaignData | None):
+        self.settings, self.data = settings, data
+        self._prepared: dict = {}
+
+    def _prepare(self, seed: int, point: tuple):
+        if (seed, point) not in self._prepared:
+            s = self.settings
+            data = self.data or campaign.make_campaign(seed, **{**s.campaign, **dict(point)})
+            rng = np.random.default_rng(seed)
+            shuffled = rng.permutation(len(data.pairs))
+            n_test = int(round(s.test_fraction * len(shuffled)))
+            n_validation = int(round(s.validation_fraction * len(shuffled)))
+            split = (shuffled[n_test + n_validation:], shuffled[n_test:n_test + n_validation], np.sort(shuffled[:n_test]))
+            users = np.sort(rng.choice(len(data.user_features), min(s.ranking_users, len(data.user_features)),
+                                       replace=False))
+            order = rng.permutation(len(data.ad_features))  # the pool's arrival order
+            values = true_values(data, users) if data.has_truth else None
+            if len(self._prepared) >= 3:  # jobs come grouped by seed and point: keep the last few
+                del self._prepared[next(iter(self._prepared))]
+            self._prepared[seed, point] = (data, split, users, order, values)
+        return self._prepared[seed, point]
+
+    def run(self, job: Job) -> dict:
+        data, (train, validation, test), users, order, values = self._prepare(job.seed, job.point)
+        record: dict = {"seed": job.seed, "point": job.point, "learning_rate": job.learning_rate,
+                        "variant": GROUND_TRUTH if job.variant is None else job.variant.name}
+        if job.variant is None:
+            record["measures"] = _per_objective(data, test, lambda t, rows: data.outcomes(t, rows)[2])
+            return record
+        import torch
+
+        from .model import Model
+
+        s, variant = self.settings, job.variant
+        ad_inputs = data.ad_features
+        if variant.head == "shared" or s.ads_see_objective:
+            ad_inputs = np.concatenate([ad_inputs, np.eye(len(data.objectives), dtype=np.float32)[data.ad_objective]], 1)
+        user_x, ad_x = torch.from_numpy(data.user_features), torch.from_numpy(ad_inputs)
+        with torch.random.fork_rng(devices=[]):  # every variant of a seed starts from the same towers
+            torch.manual_seed(job.seed)
+            model = Model(user_x.shape[1], ad_x.shape[1], len(data.objectives), kind=variant.kind, norm=variant.norm,
+                          head=variant.head, dim=s.dim, rank=s.rank, hidden=s.hidden)
+        # the shared head learns only from each ad's own objective's outcome, as the blog's
+        mask = (np.eye(len(data.objectives), dtype=np.float32)[data.pair_objective] if variant.head == "shared"
+                else data.label_mask())
+        epochs, loss = _train(model, user_x, ad_x, data.pairs, data.label_matrix(), mask, train, validation, s,
+                              job.learning_rate, job.seed)
+        user_embeddings, ad_embeddings = model.embeddings(user_x, ad_x)
+        metrics = model.to_objective_metrics(data.objectives)
+
+        def logits(t, rows):  # the serving path: the exported metric through the kernels
+            return sk.score(user_embeddings[data.pairs[rows, 0]], ad_embeddings[data.pairs[rows, 1]], metrics[t],
+                            pairwise=True, threads=1)
+
+        record.update(epochs=epochs, validation_loss=loss, measures=_per_objective(data, test, logits))
+        if values is not None:
+            low = int(np.nanargmin(data.base_rates()))
+            record["measures"].update(light_ranker(data, values, user_embeddings[users], ad_embeddings, metrics,
+                                                   s.top_k, order, s.fractions, low))
+        if job.seed == 0 and not job.point:  # what the serving-cost measurement needs
+            record["serving"] = (metrics, user_embeddings[users[:8]], ad_embeddings, data.ad_objective, data.bids)
+        return record
+
+
+def _per_objective(data, test, logits) -> dict:
+    """AUC, NE and calibration of logits(t, impressions) on each objective's test outcomes."""
+    measures = {}
+    for t, name in enumerate(data.objectives):
+        rows, labels, _ = data.outcomes(t, test)
+        for key, value in quality(labels, logits(t, rows)).items():
+            measures[f"{key}:{name}"] = value
+    return measures
+
+
+def _train(model, user_x, ad_x, pairs, targets, mask, train, validation, settings: Settings, learning_rate: float,
+           seed: int):
+    """AdamW on the mean BCE-with-logits of the outcomes `mask` keeps; stops after `patience`
+    epochs without a better validation loss and keeps the best epoch's weights. Returns (that
+    epoch, its validation loss)."""
     import torch
     from torch.nn import functional as F
 
-    user_x, ad_x = torch.from_numpy(data.user_features), torch.from_numpy(data.ad_features)
-    pairs = torch.from_numpy(data.pairs[train])
-    labels = torch.from_numpy(data.labels[train])
-    objective = torch.from_numpy(data.pair_objective[train])
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    steps = settings.epochs * -(-len(train) // settings.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)  # linear decay to 0
-    order_generator = torch.Generator().manual_seed(seed)
-    if model.head.bias is not None:  # start at the base rates: from 0 (p = 1/2) a 1% rate takes many steps
-        rates = torch.bincount(objective, weights=labels, minlength=len(data.objectives)) / torch.bincount(
-            objective, minlength=len(data.objectives))
-        rates = torch.nan_to_num(rates, nan=labels.mean().item())  # an objective absent from the training split
-        with torch.no_grad():
-            model.head.bias.copy_(torch.logit(rates if model.head.n_objectives else labels.mean(), eps=1e-6))
-    model.train()
-    for epoch in range(settings.epochs):
-        total, count = 0.0, 0
-        for batch in torch.randperm(len(train), generator=order_generator).split(settings.batch_size):
-            logits = model(user_x[pairs[batch, 0]], ad_x[pairs[batch, 1]])
-            if logits.ndim == 2:  # one column per objective: take the impression's own
-                logits = logits.gather(1, objective[batch, None]).squeeze(1)
-            loss = F.binary_cross_entropy_with_logits(logits, labels[batch])
+    pairs, targets, mask = torch.from_numpy(pairs), torch.from_numpy(targets), torch.from_numpy(mask)
+    train, validation = torch.from_numpy(train), torch.from_numpy(validation)
+    # start at the base rates: from 0 (p = 1/2) a 1 % rate takes many steps
+    rates = (targets[train] * mask[train]).sum(0) / mask[train].sum(0).clamp(min=1)
+    model.set_biases(torch.logit(rates.clamp(1e-4, 1 - 1e-4)))
+    undecayed = {"log_temperature"}
+    decay = [p for name, p in model.named_parameters() if not (name.endswith("bias") or name in undecayed)]
+    rest = [p for name, p in model.named_parameters() if name.endswith("bias") or name in undecayed]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=learning_rate)
+    order = torch.Generator().manual_seed(seed)
+
+    def loss_of(rows):
+        logits = model(user_x[pairs[rows, 0]], ad_x[pairs[rows, 1]])
+        return F.binary_cross_entropy_with_logits(logits, targets[rows], weight=mask[rows],
+                                                  reduction="sum") / mask[rows].sum()
+
+    best, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
+    for epoch in range(settings.max_epochs):
+        for batch in train[torch.randperm(len(train), generator=order)].split(settings.batch_size):
+            loss = loss_of(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
-            total, count = total + loss.item() * len(batch), count + len(batch)
-        progress.step(f"{label} epoch {epoch + 1}/{settings.epochs} loss {total / count:.4f}")
-    model.eval()
-    return total / count
+        with torch.no_grad():
+            validation_loss = loss_of(validation).item()
+        if validation_loss < best:
+            best, best_epoch, best_state = validation_loss, epoch + 1, copy.deepcopy(model.state_dict())
+        elif epoch + 1 - best_epoch >= settings.patience:
+            break
+    model.load_state_dict(best_state)
+    return best_epoch, best
 
 
-def _evaluate(model, data, test, recall_users, settings: Settings) -> dict:
-    """Per objective: AUC, NE, calibration on the test impressions, scored by sk.score with the
-    exported metric; recall@K when the data has a ground truth."""
-    user_embeddings, ad_embeddings = model.embeddings(data.user_features, data.ad_features)
-    metrics = model.head.to_metrics()
-    test_objective = data.pair_objective[test]
-    results = {}
-    for t, name in enumerate(data.objectives):
-        metric = metrics[t] if model.head.n_objectives else metrics[0]
-        mine = test[test_objective == t]
-        logits = sk.score(user_embeddings[data.pairs[mine, 0]], ad_embeddings[data.pairs[mine, 1]], metric,
-                          pairwise=True).astype(np.float64)
-        recall = (recall_at_k(data, recall_users, user_embeddings, ad_embeddings, metric, t, settings.top_k)
-                  if data.has_truth else float("nan"))
-        results[name] = quality(data.labels[mine], logits, recall)
-    return results
+_WORKER: _Worker | None = None
 
 
-def _ground_truth(data, test) -> dict:
-    """The same measures for the true logits: the ceiling no model can beat (but by noise)."""
-    test_objective = data.pair_objective[test]
-    return {name: quality(data.labels[test[test_objective == t]], data.true_logits[test[test_objective == t]], 1.0)
-            for t, name in enumerate(data.objectives)}
+def _start_worker(settings: Settings, data) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    global _WORKER
+    _WORKER = _Worker(settings, data)
 
 
-def _serving_cost(metric, candidates: int, dim: int, rounds: int) -> dict:
-    """Seconds per candidate of one user against `candidates` ads (folded: S applied once), and
-    per pair when every pair has its own user (S applied per pair)."""
-    rng = np.random.default_rng(0)
-    ads = rng.standard_normal((candidates, dim), dtype=np.float32)
-    users = rng.standard_normal((candidates, dim), dtype=np.float32)
-    out = np.empty(candidates, np.float32)
-    folded = median_time(lambda: sk.score(users[0], ads, metric, out=out), rounds, min_seconds=0.02) / candidates
-    per_pair = median_time(lambda: sk.score(users, ads, metric, pairwise=True, out=out), rounds, min_seconds=0.02)
-    return {"ns_per_candidate": folded * 1e9, "candidates_per_ms": 1e-3 / folded,
-            "ns_per_pair_unfolded": per_pair / candidates * 1e9}
+def _run_in_worker(job: Job) -> dict:
+    assert _WORKER is not None  # _start_worker ran in this process
+    return _WORKER.run(job)
+
+
+class _Jobs:
+    """Runs batches of jobs on worker processes (or here, with one worker), reporting each."""
+
+    def __init__(self, settings: Settings, data, progress: Progress):
+        self.workers = settings.workers or len(os.sched_getaffinity(0))
+        self.progress = progress
+        self.pool = None
+        if self.workers > 1:
+            self.pool = concurrent.futures.ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"),
+                                                               initializer=_start_worker, initargs=(settings, data))
+        else:
+            self.worker = _Worker(settings, data)
+
+    def run(self, jobs: list[Job]) -> list[dict]:
+        if self.pool is None:
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return [self._report(self.worker.run(job)) for job in jobs]
+            finally:
+                torch.set_num_threads(threads)
+        futures = [self.pool.submit(_run_in_worker, job) for job in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            self._report(future.result())
+        return [future.result() for future in futures]
+
+    def _report(self, record: dict) -> dict:
+        where = f" {_point_name(record['point'])}" if record["point"] else ""
+        self.progress.step(f"seed {record['seed']} {record['variant']}{where}")
+        return record
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 # ---- the experiment -----------------------------------------------------------------------------
-def run_experiment(data: campaign.CampaignData | None = None, *, seeds: int = 1, quick: bool = False,
-                   variants=None, settings: Settings | None = None, show_progress: bool = True, out=None,
-                   json_path=None, plot_path=None) -> dict:
-    """Trains every variant (default: VARIANTS) for each seed, prints the table to `out`
-    (default stdout) and returns it as a dict (also written to json_path; plot_path gets a PNG).
+def run_experiment(data: campaign.CampaignData | None = None, *, quick: bool = False, variants=None,
+                   settings: Settings | None = None, show_progress: bool = True, out=None, json_path=None,
+                   plot_path=None) -> dict:
+    """Trains every variant (default: VARIANTS) for settings.seeds seeds, runs the sweeps (on
+    synthetic data), measures the serving cost, prints the tables to `out` (default stdout) and
+    returns them as a dict (also written to json_path; plot_path gets a PNG).
 
-    data=None generates campaign data per seed (make_campaign(seed, **settings.campaign));
-    given data is used for every seed, and the seeds vary the split and the initialization.
+    data=None generates campaign data per seed (make_campaign(seed, **settings.campaign)); given
+    data is used for every seed, the seeds varying the split and the initialization, and has no
+    sweeps (they need the generator).
     """
-    import torch
-
-    from .._metric import takes_rank
-    from ..nn import SplitNet
-
-    if seeds < 1:
-        raise ValueError(f"seeds: must be >= 1, got {seeds}")
+    started, cpu = time.perf_counter(), _cpu_seconds()
     settings = settings or Settings.default(quick)
+    if settings.seeds < 1 or settings.sweep_seeds < 1:
+        raise ValueError(f"seeds: must be >= 1, got seeds={settings.seeds}, sweep_seeds={settings.sweep_seeds}")
     variants = _pick_variants(variants)
     out = sys.stdout if out is None else out
-    progress = Progress(seeds * len(variants) * settings.epochs + len(variants), show_progress)
-    runs: list[dict] = []
-    heads: dict[str, SplitNet] = {}  # the seed-0 model of each variant, for the serving cost
-    for seed in range(seeds):
-        seed_data = data if data is not None else campaign.make_campaign(seed, **settings.campaign)
-        if seed == 0:
-            first_data = seed_data
-        rng = np.random.default_rng(seed)
-        shuffled = rng.permutation(len(seed_data.pairs))
-        n_test = int(round(settings.test_fraction * len(shuffled)))
-        test, train = np.sort(shuffled[:n_test]), shuffled[n_test:]
-        n_users = len(seed_data.user_features)
-        recall_users = rng.choice(n_users, min(settings.recall_users, n_users), replace=False)
-        if seed_data.has_truth:
-            runs.append({"seed": seed, "variant": GROUND_TRUTH, "objectives": _ground_truth(seed_data, test)})
-        for variant in variants:
-            with torch.random.fork_rng(devices=[]):  # the same towers at the start for every variant
-                torch.manual_seed(seed)
-                model = SplitNet(seed_data.user_features.shape[1], seed_data.ad_features.shape[1], settings.dim,
-                                 kind=variant.kind, rank=settings.rank if takes_rank(variant.kind) else None,
-                                 n_objectives=len(seed_data.objectives) if variant.per_objective else None,
-                                 hidden=settings.hidden)
-                start = time.perf_counter()
-                loss = _train(model, seed_data, train, settings, seed, progress, f"seed {seed} {variant.name}")
-                seconds = time.perf_counter() - start
-            runs.append({"seed": seed, "variant": variant.name, "kind": variant.kind,
-                         "per_objective": variant.per_objective, "train_loss": loss, "train_seconds": seconds,
-                         "objectives": _evaluate(model, seed_data, test, recall_users, settings)})
-            heads.setdefault(variant.name, model)
-    cost = {}
-    for variant in variants:
-        model = heads[variant.name]
-        cost[variant.name] = {"head_parameters": model.parameter_count(head_only=True),
-                              **_serving_cost(model.head.to_metrics()[0], settings.serving_candidates, settings.dim,
-                                              settings.timing_rounds)}
-        progress.step(f"serving cost {variant.name}")
-    result = _summarize(runs, cost, variants, first_data, seeds, settings)
+    truth = data is None or data.has_truth
+    search = [Job(v, 0, rate) for v in variants for rate in settings.learning_rates]
+    sweep_variants = [v for v in variants if v.kind in settings.sweep_kinds and v.norm == "unit"
+                      and v.head == "per_objective"]
+    points = ([(("off_diagonal", value),) for value in settings.off_diagonal]
+              + [(("n_pairs", _pairs_at(settings, scale)),) for scale in settings.data_sizes]) if data is None else []
+    sweep_jobs = len(points) * len(sweep_variants) * settings.sweep_seeds
+    progress = Progress(len(search) + (len(variants) + truth) * settings.seeds - len(variants) + sweep_jobs + 1,
+                        show_progress)
+    jobs = _Jobs(settings, data, progress)
+    try:
+        searched = jobs.run(search)
+        rates = {}
+        for v in variants:  # the learning rate with the best validation loss on seed 0
+            rates[v.name] = min((r for r in searched if r["variant"] == v.name), key=lambda r: r["validation_loss"])
+        runs = list(rates.values())
+        later = [Job(None, 0)] if truth else []
+        for seed in range(1, settings.seeds):
+            later += ([Job(None, seed)] if truth else []) + [Job(v, seed, rates[v.name]["learning_rate"])
+                                                              for v in variants]
+        later += [Job(v, seed, rates[v.name]["learning_rate"], point) for point in points
+                  for seed in range(settings.sweep_seeds) for v in sweep_variants]
+        runs += jobs.run(later)
+    finally:
+        jobs.close()
+    costs = _serving_costs(runs, settings)
+    progress.step("serving cost")
+    result = _summarize(runs, variants, costs, data, settings, points)
+    result["time"] = {"wall_seconds": time.perf_counter() - started, "cpu_seconds": _cpu_seconds() - cpu,
+                      "workers": jobs.workers}
     print(render(result), file=out)
     if json_path:
         with open(json_path, "w") as f:
@@ -205,13 +338,25 @@ def run_experiment(data: campaign.CampaignData | None = None, *, seeds: int = 1,
     return result
 
 
-def _without_nan(value):
-    """NaN (a measure undefined for the data) as JSON null."""
-    if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_without_nan(item) for item in value]
-    return None if isinstance(value, float) and value != value else value
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished worker processes."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def _pairs_at(settings: Settings, scale: float) -> int:
+    base = settings.campaign.get("n_pairs", _generator_default("n_pairs"))
+    return int(round(scale * base))
+
+
+def _generator_default(name: str):
+    import inspect
+
+    return inspect.signature(campaign.make_campaign).parameters[name].default
+
+
+def _point_name(point: tuple) -> str:
+    return ", ".join(f"{name}={value:g}" for name, value in point) or "default"
 
 
 def _pick_variants(variants) -> tuple[Variant, ...]:
@@ -231,36 +376,104 @@ def _pick_variants(variants) -> tuple[Variant, ...]:
     return tuple(picked)
 
 
-def _mean_std(values) -> dict:
-    values = np.asarray(values, np.float64)
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return {"mean": float(np.mean(values)), "std": std}
+def _serving_costs(runs, settings: Settings) -> dict:
+    """The fitted request cost of each kind, from its seed-0 model (unit, per objective if run)."""
+    models: dict = {}
+    for record in sorted((r for r in runs if "serving" in r), key=lambda r: not r["variant"].endswith(":unit")):
+        models.setdefault(record["variant"].split(":")[0], record.pop("serving"))
+    for record in runs:
+        record.pop("serving", None)
+    return serving.request_costs(models, settings.serving_candidates, settings.top_k, settings.timing_rounds)
 
 
-def _summarize(runs, cost, variants, data, seeds: int, settings: Settings) -> dict:
-    rates = data.base_rates()
-    low = data.objectives[int(np.nanargmin(rates))]
-    summary = {}
-    rows = [v.name for v in variants] + ([GROUND_TRUTH] if any(r["variant"] == GROUND_TRUTH for r in runs) else [])
-    for row in rows:
-        mine = [r for r in runs if r["variant"] == row]
-        summary[row] = {name: {measure: _mean_std([r["objectives"][name][measure] for r in mine])
-                               for measure in mine[0]["objectives"][name]} for name in data.objectives}
-    # AUC on the low-base-rate objective minus a baseline's, seed by seed (same data, same start)
-    paired = {}
-    for baseline in (b for b in BASELINES if b in summary):
-        base = {r["seed"]: r["objectives"][low]["auc"] for r in runs if r["variant"] == baseline}
-        paired[baseline] = {v.name: _mean_std([r["objectives"][low]["auc"] - base[r["seed"]]
-                                               for r in runs if r["variant"] == v.name])
-                            for v in variants if v.name != baseline}
+def _without_nan(value):
+    """NaN (a measure undefined for the data) as JSON null; tuples as lists."""
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nan(item) for item in value]
+    return None if isinstance(value, float) and value != value else value
+
+
+# ---- the summary --------------------------------------------------------------------------------
+def _comparisons(variants) -> list[tuple[str, str]]:
+    """(variant, baseline) pairs taken seed by seed: every kind against the scaled dot of the
+    same norm and head, low_rank and full against the diagonal too, each norm against unit, and
+    one S_t per objective against the shared S."""
+    names = {v.name for v in variants}
+    pairs = []
+    for v in variants:
+        baselines = [Variant("scaled", v.norm, v.head), Variant(v.kind, "unit", v.head),
+                     Variant(v.kind, v.norm, "shared")]
+        if v.kind in ("low_rank", "full"):
+            baselines.insert(1, Variant("diagonal", v.norm, v.head))
+        pairs += [(v.name, b.name) for b in baselines if b.name in names and b.name != v.name]
+    return pairs
+
+
+def _budget_values(records, costs: dict, settings: Settings) -> float:
+    """Adds value@budget to each record: its value at the fraction of the pool its kind scores
+    within the budget (interpolated in log fraction). Returns the budget in microseconds."""
+    full = {kind: cost["fixed_us"] + cost["ns_per_candidate"] * 1e-3 * settings.serving_candidates
+            for kind, cost in costs.items()}
+    budget = settings.budget_fraction * min(full.values())
+    fractions = sorted(set(settings.fractions) | {1.0})
+    for record in records:
+        kind = record["variant"].split(":")[0]
+        if kind in costs and "value@1" in record["measures"]:
+            share = serving.processed(costs[kind], budget, settings.serving_candidates) / settings.serving_candidates
+            curve = [record["measures"][f"value@{f:g}"] for f in fractions]
+            record["measures"]["value@budget"] = (float(np.interp(np.log(max(share, fractions[0])), np.log(fractions),
+                                                                  curve)) if share > 0 else 0.0)
+    return budget
+
+
+def _summarize(runs, variants, costs, data, settings: Settings, points) -> dict:
+    first = data if data is not None else campaign.make_campaign(0, **settings.campaign)
+    rates = first.base_rates()
+    low = first.objectives[int(np.nanargmin(rates))]
+    for record in runs:  # the truth's own top k: what the light ranker's measure gives the truth
+        if record["variant"] == GROUND_TRUTH:
+            model = next((r for r in runs if r["seed"] == record["seed"] and not r["point"]
+                          and "value@1" in r["measures"] and r["variant"] != GROUND_TRUTH), None)
+            if model is not None:
+                record["measures"].update({key.replace("truth@", "value@"): value
+                                           for key, value in model["measures"].items() if key.startswith("truth@")})
+                record["measures"].update(recall=1.0, share=model["measures"]["share_oracle"])
+    budget = _budget_values([r for r in runs if not r["point"]], costs, settings)
+
+    def at(point):
+        mine = [r for r in runs if r["point"] == point]
+        rows = list(dict.fromkeys(r["variant"] for r in mine))
+        summary = {row: {key: interval([r["measures"].get(key, float("nan")) for r in mine if r["variant"] == row])
+                         for key in next(r for r in mine if r["variant"] == row)["measures"]} for row in rows}
+        paired = {}
+        for variant, baseline in _comparisons([v for v in variants if v.name in rows]):
+            base = {r["seed"]: r["measures"] for r in mine if r["variant"] == baseline}
+            differences = [(r["measures"], base[r["seed"]]) for r in mine if r["variant"] == variant
+                           and r["seed"] in base]
+            paired[f"{variant} - {baseline}"] = {key: interval([a[key] - b[key] for a, b in differences])
+                                                 for key in differences[0][0] if key in differences[0][1]}
+        return {"summary": summary, "paired": paired}
+
+    default = at(())
+    chosen = {r["variant"]: {"learning_rate": r["learning_rate"]} for r in runs if r["seed"] == 0 and not r["point"]
+              and r["variant"] != GROUND_TRUTH}
+    for r in runs:
+        if r["variant"] in chosen and not r["point"]:
+            chosen[r["variant"]].setdefault("epochs", []).append(r["epochs"])
     return {
         "settings": dataclasses.asdict(settings),
-        "seeds": seeds,
-        "data": {"users": len(data.user_features), "ads": len(data.ad_features), "impressions": len(data.pairs),
-                 "objectives": {name: {"base_rate": float(rate)} for name, rate in zip(data.objectives, rates)}},
+        "data": {"users": len(first.user_features), "ads": len(first.ad_features), "impressions": len(first.pairs),
+                 "multi_label": first.multi_label,
+                 "objectives": {name: {"base_rate": float(rate)} for name, rate in zip(first.objectives, rates)}},
         "low_rate_objective": low,
+        "variants": [v.name for v in variants],
+        "training": chosen,
+        "summary": default["summary"],
+        "paired": default["paired"],
+        "cost": costs,
+        "budget_us": budget,
+        "sweeps": {_point_name(point): at(point) for point in points},
         "runs": runs,
-        "summary": summary,
-        "paired_auc_difference": paired,
-        "cost": cost,
     }
