@@ -76,10 +76,7 @@ def test_cli_writes_a_folder(tmp_path, data):
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("rows", [
-    pytest.param(1, marks=pytest.mark.xfail(strict=True, reason="one-user and many-user kernel paths differ in "
-                                                                "summation order (issue 13)")),
-    2, 7, 300])
+@pytest.mark.parametrize("rows", [1, 2, 7, 300])
 def test_batch_boundaries_change_no_id_or_score(tmp_path, data, rows):
     ads, users, metric = data
     job = _offline.TopkBatch(tmp_path / "ads.skc", 20, metric)
