@@ -320,7 +320,9 @@ def _serving(rng):
             users, ads = self.user_tower(user_features), self.ad_tower(ad_features)
             scores, ids = sk.topk(users, ads, 7, diagonal)
             rescored, reranked = sk.topk(users, ads[ids[0]], 3, full)  # the first user's 7, again
-            return scores, ad_ids[ids], rescored, torch.gather(ids[0].expand(len(users), -1), 1, reranked)
+            probabilities = sk.score(users, ads[ids[0]], full, sigmoid=True)
+            return scores, ad_ids[ids], rescored, torch.gather(ids[0].expand(len(users), -1), 1, reranked), \
+                probabilities
 
     return Serve().eval(), (torch.randn(4, 16), torch.randn(300, 12))
 
@@ -332,17 +334,21 @@ def test_serving_function_compiles_whole_and_gives_eager_results(rng):
     with torch.no_grad():
         got = torch.compile(serve, fullgraph=True)(*inputs)  # traced first, then run eagerly
         expected = serve(*inputs)
-    for g, e in zip(got, expected):
+    for g, e in zip(got[:-1], expected[:-1]):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
+    # traced, sigmoid is torch's in float64 (eager: NumPy's), each rounded to float32
+    torch.testing.assert_close(got[-1], expected[-1], rtol=2**-23, atol=0)
 
 
 def test_serving_function_exports(rng):
     serve, inputs = _serving(rng)  # exported before any eager call: the traced metrics cache nothing fake
     exported = torch.export.export(serve, inputs)
     called = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
-    assert {"splitnet_kernels.topk.default"} <= called
-    for g, e in zip(exported.module()(*inputs), serve(*inputs)):
+    assert {"splitnet_kernels.topk.default", "splitnet_kernels.score.default"} <= called
+    got, expected = exported.module()(*inputs), serve(*inputs)
+    for g, e in zip(got[:-1], expected[:-1]):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
+    torch.testing.assert_close(got[-1], expected[-1], rtol=2**-23, atol=0)
 
 
 def test_training_step_compiles_with_gradients(rng):
