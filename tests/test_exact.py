@@ -77,6 +77,9 @@ def test_rescore_counts_small_on_gaussian_rows_and_all_on_ties(dtype, rng):
     tied = sk.Candidates(np.repeat(ads[:1], 3000, 0), dtype, exact=True)
     scores, ids = tied.topk(user, 50)
     assert tied.last_rescored == 3000 and ids.tolist() == list(range(50))  # all tie: ties to the lower index
+    users = rng.standard_normal((4, 32)).astype(np.float32)  # 4 users x >= 1 byte: the float32 cross tile
+    exact.topk(users, 50)
+    assert exact.last_rescored == 4 * 20000
 
 
 def test_exact_sets_save_and_load(tmp_path, rng):
@@ -92,6 +95,8 @@ def test_exact_sets_save_and_load(tmp_path, rng):
             assert loaded.exact and loaded.dtype == dtype and len(loaded) == 3000
             _same(loaded.topk(users, 40, metric), plain.topk(users, 40, metric))
             assert loaded.last_rescored >= 4 * 40
+            loaded.topk(users[0], 40, metric)
+            assert 40 <= loaded.last_rescored < 3000
     assert not plain.exact and "exact" in repr(exact)
 
 

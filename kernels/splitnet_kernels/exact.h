@@ -177,12 +177,19 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
   return m;
 }
 
-// Many users: each user's query folded once (as topk folds), then scanned as above. Returns the
-// rows re-scored, summed over users.
+// Many users: each user's query folded once (as topk folds), then scanned as above. Once the
+// scans would read more bytes than the float32 rows hold (users x the reduced element size >= 4
+// bytes), and without an allowed subset, the users go through the float32 rows' cross tile
+// instead, as the float32 set's many-user top-k does, reading the rows once for all of them.
+// Returns the rows scored in float32, summed over users.
 inline index_t topk_exact(const KernelTable& table, const Rows& users, const StoredRows& small, const ExactRows& exact,
                           const MetricForm& form, float bias, const index_t* ids, index_t n_ids, index_t k,
                           float* out_scores, index_t* out_ids, int threads) {
   if (k == 0 || users.count == 0) return 0;
+  if (ids == nullptr && users.count * element_size(small.dtype) >= element_size(Dtype::f32)) {
+    topk(table, users, stored(exact.rows), form, bias, nullptr, 0, k, out_scores, out_ids, threads);
+    return users.count * exact.rows.count;
+  }
   detail::Queries queries(table, form, users, small.dim, threads);
   index_t rescored = 0;
   for (index_t u = 0; u < users.count; ++u)

@@ -103,8 +103,10 @@ class Candidates:
 
     @property
     def last_rescored(self) -> int:
-        """An exact set: how many rows the last top-k of the compiled backend re-scored in float32
-        (summed over its users; from whichever thread called last). 0 for other sets."""
+        """An exact set: how many rows the last top-k of the compiled backend scored in float32
+        (summed over its users; from whichever thread called last): the rows its certified scan
+        could not rule out, or every row when many users went through the float32 cross tile
+        (users x the reduced element size >= 4 bytes). 0 for other sets."""
         return self._store.rescored if isinstance(self._store, ExactStorage) else 0
 
     @property
