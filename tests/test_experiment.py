@@ -71,21 +71,21 @@ def test_interval_is_the_t_interval():
 
 # ---- campaign data ----------------------------------------------------------------------------
 def test_generator_hits_the_base_rates_down_the_funnel_and_is_seeded():
-    data = campaign.make_campaign(0, n_users=400, n_ads=300, n_pairs=100_000)
+    data = campaign.make_campaign(0, n_users=400, n_ads=300, n_pairs=40_000)
     assert data.objectives == ("video_view", "link_click", "app_install") and data.multi_label
     np.testing.assert_allclose(data.base_rates(), [0.30, 0.04, 0.01], rtol=0.15)
     assert (data.labels[:, 2] <= data.labels[:, 1]).all() and (data.labels[:, 1] <= data.labels[:, 0]).all()
     assert data.ad_features.shape == (300, 32)  # the features do not carry the objective
     assert (data.bids > 0).all()
-    again = campaign.make_campaign(0, n_users=400, n_ads=300, n_pairs=100_000)
+    again = campaign.make_campaign(0, n_users=400, n_ads=300, n_pairs=40_000)
     np.testing.assert_array_equal(data.labels, again.labels)
     np.testing.assert_array_equal(data.user_features, again.user_features)
     # one outcome per ad: the same draws, only the ad's objective's outcome recorded
-    own = campaign.make_campaign(0, n_users=400, n_ads=300, n_pairs=100_000, outcomes="own")
+    own = campaign.make_campaign(0, n_users=400, n_ads=300, n_pairs=40_000, outcomes="own")
     assert not own.multi_label
     rows = np.arange(len(data.pairs))
     np.testing.assert_array_equal(own.labels, data.labels[rows, data.pair_objective])
-    np.testing.assert_allclose(own.base_rates(), [0.30, 0.04, 0.01], rtol=0.25)
+    np.testing.assert_allclose(own.base_rates(), [0.30, 0.04, 0.01], rtol=0.3)
     other = campaign.make_campaign(1, n_users=400, n_ads=300, n_pairs=1000)
     assert not np.array_equal(other.user_features, data.user_features)
 
@@ -256,8 +256,7 @@ TINY = experiment.Settings(seeds=2, dim=8, rank=2, hidden=(16,), batch_size=512,
                            learning_rates=(1e-2, 3e-2), top_k=5, ranking_users=20, fractions=(0.25, 1.0),
                            serving_candidates=2000, timing_rounds=1, sweep_kinds=("diagonal", "full"),
                            sweep_seeds=2, off_diagonal=(0.0,), data_sizes=(), workers=1, campaign=TINY_CAMPAIGN)
-VARIANTS = ["dot:unit", "scaled:unit", "diagonal:unit", "full:unit", "low_rank:free", "scaled:cosine",
-            "scaled:unit:shared", "diagonal:unit:shared"]
+VARIANTS = ["scaled:unit", "diagonal:unit", "full:unit", "low_rank:free", "scaled:cosine", "diagonal:unit:shared"]
 
 
 def test_tiny_experiment_end_to_end(tmp_path):
@@ -275,7 +274,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
         assert 0 <= row["value@budget"]["mean"] <= row["value@1"]["mean"] + 1e-9
         assert result["training"][variant]["learning_rate"] in TINY.learning_rates
     assert result["summary"][experiment.GROUND_TRUTH]["value@1"]["mean"] == 1.0
-    assert set(result["cost"]) == {"dot", "scaled", "diagonal", "full", "low_rank"}
+    assert set(result["cost"]) == {"scaled", "diagonal", "full", "low_rank"}
     assert all({"fixed_us", "ns_per_candidate", "us"} <= set(cost) for cost in result["cost"].values())
     assert {"diagonal:unit - scaled:unit", "full:unit - diagonal:unit", "scaled:cosine - scaled:unit",
             "diagonal:unit - diagonal:unit:shared"} <= set(result["paired"])

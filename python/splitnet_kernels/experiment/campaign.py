@@ -214,7 +214,7 @@ def load(path) -> CampaignData:
 
 
 # ---- the generator --------------------------------------------------------------------------
-def make_campaign(seed: int = 0, *, n_users: int = 2000, n_ads: int = 1000, n_pairs: int = 50_000,
+def make_campaign(seed: int = 0, *, n_users: int = 2000, n_ads: int = 1000, n_pairs: int = 40_000,
                   latent_dim: int = 16, user_features: int = 32, ad_features: int = 32, rank: int = 4,
                   off_diagonal: float = 1.0, feature_noise: float = 0.1, bid_spread: float = 0.5,
                   outcomes: str = "funnel", objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES) -> CampaignData:

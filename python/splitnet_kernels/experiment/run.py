@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import copy
 import dataclasses
+import inspect
 import json
 import math
 import multiprocessing
@@ -117,7 +118,8 @@ class _Worker:
     def _prepare(self, seed: int, point: tuple):
         if (seed, point) not in self._prepared:
             s = self.settings
-            data = self.data or campaign.make_campaign(seed, **{**s.campaign, **dict(point)})
+            data = (self.data if self.data is not None
+                    else campaign.make_campaign(seed, **{**s.campaign, **dict(point)}))
             rng = np.random.default_rng(seed)
             shuffled = rng.permutation(len(data.pairs))
             n_test = int(round(s.test_fraction * len(shuffled)))
@@ -345,14 +347,9 @@ def _cpu_seconds() -> float:
 
 
 def _pairs_at(settings: Settings, scale: float) -> int:
-    base = settings.campaign.get("n_pairs", _generator_default("n_pairs"))
-    return int(round(scale * base))
-
-
-def _generator_default(name: str):
-    import inspect
-
-    return inspect.signature(campaign.make_campaign).parameters[name].default
+    """scale times the impressions of the default data."""
+    default = inspect.signature(campaign.make_campaign).parameters["n_pairs"].default
+    return int(round(scale * settings.campaign.get("n_pairs", default)))
 
 
 def _point_name(point: tuple) -> str:
