@@ -68,6 +68,11 @@ def local_engine(users_folder, candidates, metric, batch_rows: int, out) -> floa
     return time.perf_counter() - start
 
 
+def parent(pid) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 class ActorMemory:
     """Samples the Ray Data actors' memory while a job runs: each one's RSS and, for the mapping of
     the candidate file, its resident and proportional (Pss: shared pages divided among the
@@ -79,10 +84,10 @@ class ActorMemory:
 
     def _run(self):
         while not self.stop.wait(0.25):
-            for entry in os.listdir("/proc"):
-                try:
+            for entry in filter(str.isdigit, os.listdir("/proc")):
+                try:  # this cluster's actors: children of the raylet that this process started
                     with open(f"/proc/{entry}/cmdline", "rb") as f:
-                        if not f.read().startswith(b"ray::MapWorker"):
+                        if not f.read().startswith(b"ray::MapWorker") or parent(parent(entry)) != os.getpid():
                             continue
                     sample = self._sample(entry)
                 except OSError:

@@ -113,17 +113,22 @@ def test_score_dataset(cluster, data):
                                   sk.score(users[:1000], ads[:1000], metric, pairwise=True))
 
 
+def parent(pid) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def map_workers() -> list:
-    """Process ids of this machine's Ray Data actors (their process title names them)."""
+    """Process ids of this cluster's Ray Data actors: named so by their process title, and children
+    of the raylet that this process started (other sessions on the machine may run Ray too)."""
     pids = []
-    for entry in os.listdir("/proc"):
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                title = f.read()
+                if f.read().startswith(b"ray::MapWorker") and parent(parent(entry)) == os.getpid():
+                    pids.append(int(entry))
         except OSError:
             continue
-        if entry.isdigit() and title.startswith(b"ray::MapWorker"):
-            pids.append(int(entry))
     return pids
 
 
