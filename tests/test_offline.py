@@ -231,3 +231,10 @@ def test_overlapping_shard_offsets(tmp_path, data):
 def test_address_is_for_the_ray_engine(capsys, tmp_path, data):
     assert_refused(capsys, tmp_path, ["--candidates", tmp_path / "ads.skc", "--k", 5, "--address", "localhost:6379",
                                       "--out", tmp_path / "top.parquet"], "--engine ray")
+
+
+def test_out_that_is_a_file_without_the_suffix(capsys, tmp_path, data):
+    (tmp_path / "top.pq").write_bytes(b"keep me")
+    assert offline(tmp_path, "--candidates", tmp_path / "ads.skc", "--k", 5, "--out", tmp_path / "top.pq") == 2
+    assert "is a file without the .parquet suffix" in capsys.readouterr().err
+    assert (tmp_path / "top.pq").read_bytes() == b"keep me"

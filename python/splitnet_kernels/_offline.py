@@ -305,6 +305,9 @@ def check_out(out) -> None:
         raise FileNotFoundError(f"out: no folder {parent!r} to write {os.fspath(out)!r} in")
     if os.path.isdir(out) and os.listdir(out):
         raise ValueError(f"out: the folder {os.fspath(out)!r} is not empty")
+    if os.path.isfile(out) and is_folder(out):
+        raise ValueError(f"out: {os.fspath(out)!r} is a file without the .parquet suffix (a folder is written "
+                         f"unless the name ends in .parquet)")
 
 
 class Output:
