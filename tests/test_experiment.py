@@ -315,5 +315,7 @@ def test_experiment_command_line_on_own_data(tmp_path, capsys):
 def test_bad_settings():
     with pytest.raises(ValueError, match="variants"):
         experiment.run_experiment(variants=["cosine"], settings=TINY, show_progress=False)
-    with pytest.raises(ValueError, match="seeds"):
-        experiment.run_experiment(settings=dataclasses.replace(TINY, seeds=0), show_progress=False)
+    for change, match in (({"seeds": 0}, "seeds"), ({"learning_rates": ()}, "learning_rates"),
+                          ({"test_fraction": 0.95}, "test_fraction"), ({"fractions": (0.0, 1.0)}, "fractions")):
+        with pytest.raises(ValueError, match=match):
+            experiment.run_experiment(settings=dataclasses.replace(TINY, **change), show_progress=False)

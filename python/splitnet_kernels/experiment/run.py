@@ -297,8 +297,7 @@ def run_experiment(data: campaign.CampaignData | None = None, *, quick: bool = F
     """
     started, cpu = time.perf_counter(), _cpu_seconds()
     settings = settings or Settings.default(quick)
-    if settings.seeds < 1 or settings.sweep_seeds < 1:
-        raise ValueError(f"seeds: must be >= 1, got seeds={settings.seeds}, sweep_seeds={settings.sweep_seeds}")
+    _check(settings)
     variants = _pick_variants(variants)
     out = sys.stdout if out is None else out
     truth = data is None or data.has_truth
@@ -338,6 +337,20 @@ def run_experiment(data: campaign.CampaignData | None = None, *, quick: bool = F
     if plot_path:
         plot(result, plot_path)
     return result
+
+
+def _check(settings: Settings) -> None:
+    if settings.seeds < 1 or settings.sweep_seeds < 1:
+        raise ValueError(f"seeds: must be >= 1, got seeds={settings.seeds}, sweep_seeds={settings.sweep_seeds}")
+    if not settings.learning_rates or min(settings.learning_rates) <= 0:
+        raise ValueError(f"learning_rates: expected at least one rate > 0, got {settings.learning_rates}")
+    if not (settings.test_fraction > 0 and settings.validation_fraction > 0
+            and settings.test_fraction + settings.validation_fraction < 1):
+        raise ValueError(f"test_fraction, validation_fraction: expected both > 0 with a sum below 1, got "
+                         f"{settings.test_fraction} and {settings.validation_fraction}")
+    if not all(0 < f <= 1 for f in settings.fractions) or not 0 < settings.budget_fraction:
+        raise ValueError(f"fractions, budget_fraction: expected fractions in (0, 1] and a budget_fraction > 0, "
+                         f"got {settings.fractions} and {settings.budget_fraction}")
 
 
 def _cpu_seconds() -> float:
