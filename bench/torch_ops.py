@@ -1,6 +1,6 @@
 """The custom ops (issue 14), measured in turns: W6 through the ops on tensors against sk.topk on
 NumPy arrays; a CPU training step of the campaign model with MetricHead on the kernels against the
-pure-torch head it replaced; the first call of a compiled serving function.
+pure-torch head MetricHead keeps; the first call of a compiled serving function.
 
     python bench/torch_ops.py                  # all three
     python bench/torch_ops.py --only w6        # or train, compile
@@ -51,21 +51,16 @@ def w6(rounds: int) -> None:
         print(f"  {name:34s} {np.median(values) * 1e6:7.2f} us  {np.median(values) / base:5.2f}x")
 
 
-def _torch_forward(self, users, ads):
-    """MetricHead.forward before issue 14: pure torch, never forming S."""
+def _kernel_forward(self, users, ads):
+    """MetricHead.forward on the package's custom ops (simd forward and backward on CPU)."""
     self._check(users, ads, pairwise=True)
     diag, left, right = self.form()
-    if right is not None:
-        raw = ((users @ left) * (ads @ right)).sum(-1)
-        if diag is not None:
-            raw = (users * diag * ads).sum(-1) + raw
-    else:
-        raw = (self.fold(users) * ads).sum(-1)
-    return self._finish(raw)
+    diag = diag.expand(self.dim) if diag is not None and diag.ndim == 0 else diag  # scaled: a vector
+    return self._finish(torch.ops.splitnet_kernels.score_pairs(users, ads, diag, left, right, 0.0))
 
 
-class _TorchHead(MetricHead):
-    forward = _torch_forward
+class _KernelHead(MetricHead):
+    forward = _kernel_forward
 
 
 def train(steps: int) -> None:
@@ -80,9 +75,9 @@ def train(steps: int) -> None:
     objective = torch.from_numpy(rng.integers(0, 3, batch))
     print(f"training step, batch {batch}, median of {steps} steps in turns (ms)")
     for kind, objectives in (("dot", None), ("diagonal", None), ("low_rank", None), ("full", None), ("full", 3)):
-        kernels = SplitNet(32, 32, 32, kind=kind, rank=4 if kind == "low_rank" else None, n_objectives=objectives)
-        plain = copy.deepcopy(kernels)
-        plain.head.__class__ = _TorchHead
+        plain = SplitNet(32, 32, 32, kind=kind, rank=4 if kind == "low_rank" else None, n_objectives=objectives)
+        kernels = copy.deepcopy(plain)
+        kernels.head.__class__ = _KernelHead
         steppers = []
         for model in (kernels, plain):
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -1,7 +1,7 @@
 """The custom ops (torch.ops.splitnet_kernels.*): opcheck on every op, gradients checked in float64
 on the torch path and the simd path against them, the route sk.score / sk.topk / Candidates take
 for tensors (meta included), a serving function under torch.compile and torch.export, grad modes,
-layouts, and MetricHead on the kernels."""
+layouts, and a head trained through the ops."""
 
 from __future__ import annotations
 
@@ -365,9 +365,11 @@ def test_training_step_compiles_with_gradients(rng):
         torch.testing.assert_close(g, e)
 
 
-# ---- MetricHead on the kernels ---------------------------------------------------------------------
+# ---- a head training through the ops ---------------------------------------------------------------
 @pytest.mark.parametrize("kind", ("dot", "scaled", "diagonal", "low_rank", "full"))
-def test_metric_head_forward_and_backward_run_the_kernels(kind, rng):
+def test_a_head_trains_through_the_ops_as_through_torch(kind, rng):
+    """MetricHead's own (pure torch) forward and cross in float64 against the same head's form
+    through the kernels' ops, forward and backward (bench/torch_ops.py times the two ways)."""
     head = MetricHead(kind, 6, rank=2 if kind == "low_rank" else None, n_objectives=2)
     with torch.no_grad():
         for parameter in head.parameters():
@@ -375,10 +377,12 @@ def test_metric_head_forward_and_backward_run_the_kernels(kind, rng):
     wide = MetricHead(kind, 6, rank=2 if kind == "low_rank" else None, n_objectives=2).double()
     wide.load_state_dict(head.state_dict())
     users, ads = tensor(rng, 5, 6), tensor(rng, 5, 6)
-    for method in ("forward", "cross"):
+    diag, left, right = head.form()
+    diag = diag.expand(6) if diag is not None and diag.ndim == 0 else diag
+    for method, op in (("forward", "score_pairs"), ("cross", "score")):
         with Recorder() as recorder:
-            logits = getattr(head, method)(users, ads)
-        assert f"splitnet_kernels.{'score_pairs' if method == 'forward' else 'score'}.default" in recorder.names
+            logits = head._finish(getattr(ops, op)(users, ads, diag, left, right, 0.0))
+        assert f"splitnet_kernels.{op}.default" in recorder.names
         reference = getattr(wide, method)(users.double(), ads.double())
         torch.testing.assert_close(logits.double(), reference, rtol=1e-5, atol=1e-5)
         got = torch.autograd.grad(logits.sum(), list(head.parameters()))

@@ -27,7 +27,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._api import score as _score
-from ._torch_ops import ops as _ops
 from ._metric import KINDS, PARTS, Form, Metric, build, takes_rank
 from ._objectives import ObjectiveMetrics
 
@@ -105,22 +104,26 @@ class MetricHead(nn.Module):
         if pairwise and users.shape[0] != ads.shape[0]:
             raise ValueError(f"pairwise: users {tuple(users.shape)} and ads {tuple(ads.shape)} differ in length")
 
-    def _kernel_form(self) -> Form:
-        """form() as the custom ops take it: a scalar diag (scaled) as a vector."""
-        diag, left, right = self.form()
-        return Form(diag.expand(self.dim) if diag is not None and diag.ndim == 0 else diag, left, right)
-
-    # Both run the package's kernels through its custom ops (simd on CPU float32, torch ops
-    # elsewhere), forward and backward: the gradients are bilinear products of the same form.
+    # Pure torch, forward and backward. The package's custom ops have gradients too (sk.score on
+    # grad-requiring tensors goes through them), but a training step of the campaign model ran
+    # 1.13-1.24x slower with this head on them (bench/torch_ops.py, Zen 3): the head is a small
+    # part of the step and each op call costs more than its arithmetic.
     def forward(self, users: torch.Tensor, ads: torch.Tensor) -> torch.Tensor:
         """Pairwise logits: users (B, n), ads (B, n) -> (B,), or (B, T) with n_objectives=T."""
         self._check(users, ads, pairwise=True)
-        return self._finish(_ops.score_pairs(users, ads, *self._kernel_form(), 0.0))
+        diag, left, right = self.form()
+        if right is not None:  # factors: never forms S, n + 2 n r per pair
+            raw = ((users @ left) * (ads @ right)).sum(-1)
+            if diag is not None:
+                raw = (users * diag * ads).sum(-1) + raw
+        else:
+            raw = (self.fold(users) * ads).sum(-1)
+        return self._finish(raw)
 
     def cross(self, users: torch.Tensor, ads: torch.Tensor) -> torch.Tensor:
         """Every user against every ad: users (M, n), ads (N, n) -> (M, N), or (M, N, T)."""
         self._check(users, ads, pairwise=False)
-        return self._finish(_ops.score(users, ads, *self._kernel_form(), 0.0))
+        return self._finish(self.fold(users) @ ads.T)
 
     # ---- export ---------------------------------------------------------------------------
     @torch.no_grad()
