@@ -2,7 +2,6 @@
 every public call that must end in the oracle's answer or a clear error."""
 
 import concurrent.futures
-import os
 
 import numpy as np
 import pytest
