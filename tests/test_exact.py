@@ -77,9 +77,38 @@ def test_rescore_counts_small_on_gaussian_rows_and_all_on_ties(dtype, rng):
     tied = sk.Candidates(np.repeat(ads[:1], 3000, 0), dtype, exact=True)
     scores, ids = tied.topk(user, 50)
     assert tied.last_rescored == 3000 and ids.tolist() == list(range(50))  # all tie: ties to the lower index
-    users = rng.standard_normal((4, 32)).astype(np.float32)  # 4 users x >= 1 byte: the float32 cross tile
+    users = rng.standard_normal((4, 32)).astype(np.float32)
     exact.topk(users, 50)
-    assert exact.last_rescored == 4 * 20000
+    if dtype == "int8" and sk.info()["isa_active"] not in ("scalar", "neon"):  # the certified int8 tile: few re-scored per user
+        assert 4 * 50 <= exact.last_rescored < 4 * 2000
+    else:  # 4 users x >= 2 bytes: the float32 cross tile, every row
+        assert exact.last_rescored == 4 * 20000
+    tied.topk(np.repeat(user[None], 8, 0), 50)  # ties on the int8 tile: past the survivors' limit, the float32 tile
+    assert tied.last_rescored == 8 * 3000
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+@pytest.mark.parametrize("kind", ("gaussian", "duplicated", "near_ties", "huge_coordinate", "magnitudes", "nonfinite"))
+def test_many_users_on_the_certified_int8_tile(kind, isa, rng):
+    """Many users against int8 rows take the certified int8 cross tile (where the ISA has one):
+    every user's top k is the float32 set's, bit for bit, with users that are not finite or huge
+    among them (their bound is unusable: the whole call then takes the float32 tile)."""
+    count, dim = 3001, 29
+    ads = _adversarial(rng, kind, count, dim)
+    exact, plain = sk.Candidates(ads, "int8", exact=True), sk.Candidates(ads, "float32")
+    users = rng.standard_normal((37, dim)).astype(np.float32)
+    previous = sk.set_isa(isa)
+    try:
+        for metric in (None, make_metric("diagonal", dim, rng, bias=0.5), make_metric("full", dim, rng)):
+            for k in (1, 16, 100, count):
+                for threads in (1, 2):
+                    _same(exact.topk(users, k, metric, threads=threads), plain.topk(users, k, metric, threads=threads))
+        odd = users.copy()
+        odd[3, 0], odd[5] = np.nan, odd[5] * np.float32(1e36)
+        _same(exact.topk(odd, 10), plain.topk(odd, 10))
+        assert exact.last_rescored == 37 * count
+    finally:
+        sk.set_isa(previous)
 
 
 def test_exact_sets_save_and_load(tmp_path, rng):

@@ -89,8 +89,8 @@ struct KernelTable {
   void (*score_rows_i8)(const std::int8_t* query, float query_scale, const std::int8_t* rows,
                         const float* row_scales, index_t n_rows, index_t dim, index_t row_stride,
                         float bias, float* out);
-  // The int8 cross tile, many quantized users against int8 rows; null where the ISA has no byte
-  // dot product (the cross operations then go user by user). users_t is ((dim + 3) / 4,
+  // The int8 cross tile, many quantized users against int8 rows; null on the scalar and NEON
+  // tables (the cross operations then go user by user). users_t is ((dim + 3) / 4,
   // users_pad) words, each four consecutive bytes of one user's quantized query (zero past dim
   // and in padding lanes); offsets[u] = 128 * the sum of user u's bytes; user_scales[u] its
   // scale. tile[c * users_pad + u] = float(users[u] . rows[c]) * (user_scales[u] * row_scales[c])
@@ -115,7 +115,7 @@ struct KernelTable {
 // (two pairs of entries share a signature, which a positional table would let swap silently).
 #define SPLITNET_KERNELS_FILL(table, op, suffix) ((table).op = op##_##suffix)
 
-// Whether every entry is filled (score_tile_i8 may be null: no byte dot product on that ISA).
+// Whether every entry is filled (score_tile_i8 may be null: the scalar and NEON tables).
 // The spec test (tests/cpp/test_kernels.cpp) checks it for every table; not a static_assert,
 // which GCC cannot evaluate on function addresses under -fsanitize=undefined.
 constexpr bool table_complete(const KernelTable& t) {

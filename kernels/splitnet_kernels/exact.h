@@ -8,13 +8,18 @@
 // ("Exact sets").
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "ops.h"
 
 namespace splitnet {
+
+// Users from which many-user int8 top-k on an exact set takes the certified int8 tile.
+constexpr index_t kExactTileUsers = 4;
 
 // What the re-score needs: the float32 rows (as the float32 set stores them) and, per row, an
 // upper bound on ||a||_2 (norms) and on ||a - a~||_2, a~ the row as stored in the small type
@@ -101,6 +106,137 @@ struct Survivors {
   std::vector<index_t> lower_ids, rows;
   std::vector<float> uppers;
   index_t lower_count = 0;
+
+  // Room for k lower bounds; the heap over them writes here.
+  TopK lower_heap(index_t k) {
+    lower_scores.resize(static_cast<size_t>(k));
+    lower_ids.resize(static_cast<size_t>(k));
+    return TopK(lower_scores.data(), lower_ids.data(), k);
+  }
+  void keep(index_t row, float upper) {
+    rows.push_back(row);
+    uppers.push_back(upper);
+  }
+  // Once there are many, drops the rows whose upper bound the floor has passed.
+  void prune(float floor, index_t k) {
+    if (static_cast<index_t>(rows.size()) <= std::max<index_t>(4 * k, 4096)) return;
+    index_t w = 0;
+    for (size_t j = 0; j < rows.size(); ++j)
+      if (!(uppers[j] < floor)) rows[w] = rows[j], uppers[w++] = uppers[j];
+    rows.resize(static_cast<size_t>(w));
+    uppers.resize(static_cast<size_t>(w));
+  }
+};
+
+// The end of every certified scan: the joint k-th lower bound of what the tasks kept, then every
+// survivor whose upper bound reaches it, re-scored from the float32 rows and selected. Survivor
+// rows are positions (into ids when set). Returns how many rows were re-scored.
+inline index_t rescore(const KernelTable& table, const float* query, const ExactRows& exact,
+                       const std::vector<Survivors>& kept, index_t k, float bias, float* out_scores, index_t* out_ids,
+                       int threads, const index_t* ids = nullptr) {
+  std::vector<float> lows;
+  for (const Survivors& s : kept) lows.insert(lows.end(), s.lower_scores.begin(), s.lower_scores.begin() + s.lower_count);
+  float floor = -kInf;
+  if (static_cast<index_t>(lows.size()) >= k) {
+    std::nth_element(lows.begin(), lows.begin() + (k - 1), lows.end(), std::greater<float>());
+    floor = lows[k - 1];  // the lower bounds are never NaN
+  }
+  std::vector<index_t> positions;
+  for (const Survivors& s : kept)
+    for (size_t j = 0; j < s.rows.size(); ++j)
+      if (!(s.uppers[j] < floor)) positions.push_back(ids ? ids[s.rows[j]] : s.rows[j]);
+  std::sort(positions.begin(), positions.end());
+  const index_t m = static_cast<index_t>(positions.size());
+  std::vector<float> scores(static_cast<size_t>(m));
+  score_one(table, query, stored(exact.rows), bias, scores.data(), threads, positions.data(), m);
+  select_best(scores.data(), positions.data(), m, k, out_scores, out_ids);
+  return m;
+}
+
+
+// Many users on the int8 cross tile (a cross sink, sinks.h): for each user of a block, the best
+// k lower bounds and the survivors of one task's candidates, as topk_exact_one keeps them. The
+// tile's pre-test gate of user u for candidates [first, first + n) is its floor F lowered by the
+// largest bound those rows can have, M = alpha max(norm) + beta max(residual) + tau, and by
+// 2^-14 (|F| + M) + 2^-126, computed in float32: the margin is far more than the float32
+// rounding of the gate itself, of s + E and the relative term (2^-23 |s|), so a score below the
+// gate has s + E < F. Rows the small type cannot stand for (a residual or a norm that is not
+// finite) survive for every user without a test (an infinite one also opens its tile's gates).
+// Once the survivors of some user pass `most` (ties: the bound cannot tell the rows apart), the
+// sink sets *overflow and every sink stops: re-scoring that many rows one by one would cost more
+// than the float32 cross tile, which the caller then takes.
+class CertifiedTile {
+ public:
+  CertifiedTile(const KernelTable& table, index_t k, const ScoreBound* bounds, index_t n_users, index_t pad,
+                const ExactRows& exact, const std::vector<index_t>& unbounded, Survivors* kept, index_t most,
+                std::atomic<bool>* overflow)
+      : table_(table), k_(k), bounds_(bounds), n_users_(n_users), exact_(exact), unbounded_(unbounded),
+        kept_(kept), most_(most), overflow_(overflow), gates_(static_cast<size_t>(pad), kInf), floors_(gates_.size(), -kInf),
+        alphas_(gates_.size()), betas_(gates_.size()), taus_(gates_.size()) {
+    heaps_.reserve(static_cast<size_t>(n_users));
+    for (index_t u = 0; u < n_users; ++u) {
+      heaps_.push_back(kept_[u].lower_heap(k));
+      alphas_[u] = bounds[u].alpha, betas_[u] = bounds[u].beta, taus_[u] = bounds[u].tau;
+    }
+  }
+
+  const float* gates(index_t first, index_t n) {
+    if (overflow_->load(std::memory_order_relaxed)) return nullptr;  // no hits: the rest of the sweep is idle
+    float norm = 0, residual = 0;
+    for (index_t r = first; r < first + n; ++r)
+      norm = std::max(norm, exact_.norms[r]), residual = std::max(residual, exact_.residuals[r]);
+    for (index_t u = 0; u < n_users_; ++u) {  // NaN (from inf - inf): every score passes
+      const float most = alphas_[u] * norm + betas_[u] * residual + taus_[u];
+      gates_[u] = floors_[u] - most - 0x1p-14f * (std::fabs(floors_[u]) + most) - 0x1p-126f;
+    }
+    return gates_.data();
+  }
+
+  void add_tile(const float* tile, index_t pad, index_t first, index_t n, std::uint64_t hits) {
+    if (overflow_->load(std::memory_order_relaxed)) return;
+    for (; next_ < unbounded_.size() && unbounded_[next_] < first + n; ++next_) {
+      if (unbounded_[next_] < first) continue;
+      hits &= ~(std::uint64_t{1} << (unbounded_[next_] - first));
+      for (index_t u = 0; u < n_users_; ++u) kept_[u].keep(unbounded_[next_], kInf);
+    }
+    std::uint64_t bits[(kMaxBlockUsers + 63) / 64];
+    for (; hits != 0; hits &= hits - 1) {
+      const index_t c = __builtin_ctzll(hits), row = first + c;
+      const float* scores = tile + c * pad;
+      if (!table_.not_below_bits_f32(scores, gates_.data(), n_users_, bits)) continue;
+      const float norm = exact_.norms[row], residual = exact_.residuals[row];
+      for (index_t w = 0; w * 64 < n_users_; ++w)
+        for (std::uint64_t word = bits[w]; word != 0; word &= word - 1) {
+          const index_t u = w * 64 + __builtin_ctzll(word);
+          const float e = bounds_[u](scores[u], norm, residual), low = scores[u] - e, high = scores[u] + e;
+          TopK& heap = heaps_[u];
+          if (!(low < heap.gate())) heap.push(low == low ? low : -kInf, row), floors_[u] = heap.floor();
+          if (!(high < floors_[u])) kept_[u].keep(row, high == high ? high : kInf);
+        }
+    }
+    for (index_t u = 0; u < n_users_; ++u) {
+      kept_[u].prune(floors_[u], k_);
+      if (static_cast<index_t>(kept_[u].rows.size()) > most_) overflow_->store(true, std::memory_order_relaxed);
+    }
+  }
+
+  void finish() {
+    for (index_t u = 0; u < n_users_; ++u) kept_[u].lower_count = heaps_[u].finish();
+  }
+
+ private:
+  const KernelTable& table_;
+  index_t k_;
+  const ScoreBound* bounds_;
+  index_t n_users_;
+  const ExactRows& exact_;
+  const std::vector<index_t>& unbounded_;
+  Survivors* kept_;
+  index_t most_;
+  std::atomic<bool>* overflow_;
+  std::vector<TopK> heaps_;
+  std::vector<float> gates_, floors_, alphas_, betas_, taus_;  // per user (padding lanes: +inf gates)
+  size_t next_ = 0;  // the first unbounded row not yet reached (tiles come in order)
 };
 
 }  // namespace detail
@@ -125,9 +261,7 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
   std::vector<Survivors> kept(static_cast<size_t>(tasks));
   parallel_chunks(n, static_cast<int>(tasks), min_chunk, kBlock, [&](int t, index_t begin, index_t end) {
     Survivors& s = kept[t];
-    s.lower_scores.resize(static_cast<size_t>(k));
-    s.lower_ids.resize(static_cast<size_t>(k));
-    TopK lower(s.lower_scores.data(), s.lower_ids.data(), k);
+    TopK lower = s.lower_heap(k);
     float scores[kBlock], lows[kBlock], highs[kBlock];
     for (index_t b = begin; b < end; b += kBlock) {
       const index_t count = std::min(kBlock, end - b);
@@ -142,50 +276,78 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
       lower.scan(lows, count, b, nullptr, table);  // positions; ids come in below
       const float floor = lower.floor();
       for (index_t i = table.first_not_below_f32(highs, count, floor); i < count;) {
-        s.rows.push_back(b + i);
-        s.uppers.push_back(highs[i]);
+        s.keep(b + i, highs[i]);
         ++i;
         i += table.first_not_below_f32(highs + i, count - i, floor);
       }
-      if (static_cast<index_t>(s.rows.size()) > std::max<index_t>(4 * k, 4096)) {  // drop what the floor passed
-        index_t w = 0;
-        for (size_t j = 0; j < s.rows.size(); ++j)
-          if (!(s.uppers[j] < floor)) s.rows[w] = s.rows[j], s.uppers[w++] = s.uppers[j];
-        s.rows.resize(static_cast<size_t>(w));
-        s.uppers.resize(static_cast<size_t>(w));
-      }
+      s.prune(floor, k);
     }
     s.lower_count = lower.finish();
   });
-  // the joint k-th lower bound, then every survivor whose upper bound reaches it
-  std::vector<float> lows;
-  for (const Survivors& s : kept) lows.insert(lows.end(), s.lower_scores.begin(), s.lower_scores.begin() + s.lower_count);
-  float floor = -kInf;
-  if (static_cast<index_t>(lows.size()) >= k) {
-    std::nth_element(lows.begin(), lows.begin() + (k - 1), lows.end(), std::greater<float>());
-    floor = lows[k - 1];  // the lower bounds are never NaN
-  }
-  std::vector<index_t> positions;
-  for (const Survivors& s : kept)
-    for (size_t j = 0; j < s.rows.size(); ++j)
-      if (!(s.uppers[j] < floor)) positions.push_back(ids ? ids[s.rows[j]] : s.rows[j]);
-  std::sort(positions.begin(), positions.end());
-  const index_t m = static_cast<index_t>(positions.size());
-  std::vector<float> scores(static_cast<size_t>(m));
-  score_one(table, query, stored(exact.rows), bias, scores.data(), threads, positions.data(), m);
-  select_best(scores.data(), positions.data(), m, k, out_scores, out_ids);
-  return m;
+  return rescore(table, query, exact, kept, k, bias, out_scores, out_ids, threads, ids);
 }
 
-// Many users: each user's query folded once (as topk folds), then scanned as above. Once the
-// scans would read more bytes than the float32 rows hold (users x the reduced element size >= 4
-// bytes), and without an allowed subset, the users go through the float32 rows' cross tile
-// instead, as the float32 set's many-user top-k does, reading the rows once for all of them.
+// Many users against int8 rows on the int8 cross tile, certified as topk_exact_one certifies
+// one: the rows read once for all users, each user's lower bounds and survivors kept per task
+// (CertifiedTile), then each user's survivors re-scored. users are folded queries as wide as the
+// rows. Returns the rows re-scored, summed over users; -1 when some user's bound is unusable
+// or the survivors of some user outgrow what re-scoring one by one can beat (the caller then
+// takes another way).
+inline index_t topk_exact_tile(const KernelTable& table, const Rows& users, const StoredRows& small,
+                               const ExactRows& exact, float bias, index_t k, float* out_scores, index_t* out_ids,
+                               int threads) {
+  using namespace detail;
+  std::vector<ScoreBound> bounds(static_cast<size_t>(users.count));
+  for (index_t u = 0; u < users.count; ++u) {
+    bounds[u] = score_bound(users.row(u), small.dim, small.dtype);
+    if (!bounds[u].usable) return -1;
+  }
+  std::vector<index_t> unbounded;
+  for (index_t r = 0; r < small.count; ++r)
+    if (!std::isfinite(exact.norms[r]) || !std::isfinite(exact.residuals[r])) unbounded.push_back(r);
+  const index_t block_users = std::min(users_per_block(users.dim), users.count);
+  const index_t tasks =
+      std::max<index_t>(1, std::min<index_t>(threads, small.count / std::max<index_t>(4 * k, kTileCandidates)));
+  std::vector<Survivors> kept(static_cast<size_t>(tasks * block_users));
+  // about where re-scoring one by one (a gathered row each) costs what the cross tile costs
+  const index_t most = std::max<index_t>(16 * k, small.count / tasks / 16);
+  std::atomic<bool> overflow{false};
+  index_t rescored = 0;
+  sweep_tiles(
+      table, users, small, bias, static_cast<int>(tasks),
+      [&](index_t pad) { return std::max(min_rows_per_task(small.dim, pad), 4 * k); },
+      [&](int t, index_t u0, index_t u1, index_t pad) {
+        return CertifiedTile(table, k, bounds.data() + u0, u1 - u0, pad, exact, unbounded,
+                             kept.data() + t * (u1 - u0), most, &overflow);
+      },
+      [&](index_t u0, index_t u1) {
+        if (overflow) return;
+        const index_t n_users = u1 - u0;
+        std::vector<Survivors> lists(static_cast<size_t>(tasks));
+        for (index_t u = 0; u < n_users; ++u) {
+          for (index_t t = 0; t < tasks; ++t) lists[t] = std::exchange(kept[t * n_users + u], Survivors{});
+          rescored += rescore(table, users.row(u0 + u), exact, lists, k, bias, out_scores + (u0 + u) * k,
+                              out_ids + (u0 + u) * k, threads);
+        }
+      });
+  return overflow ? -1 : rescored;
+}
+
+// Many users: each user's query folded once (as topk folds). Without an allowed subset, int8
+// rows go through the certified int8 tile (topk_exact_tile) where the table has one; other rows,
+// once the scans would read more bytes than the float32 rows hold (users x the reduced element
+// size >= 4 bytes), through the float32 rows' cross tile, as the float32 set's many-user top-k
+// does (exact by construction, the rows read once for all users); the rest user by user.
 // Returns the rows scored in float32, summed over users.
 inline index_t topk_exact(const KernelTable& table, const Rows& users, const StoredRows& small, const ExactRows& exact,
                           const MetricForm& form, float bias, const index_t* ids, index_t n_ids, index_t k,
                           float* out_scores, index_t* out_ids, int threads) {
   if (k == 0 || users.count == 0) return 0;
+  if (ids == nullptr && users.count >= kExactTileUsers && small.dtype == Dtype::i8 && table.score_tile_i8 != nullptr) {
+    detail::Queries queries(table, form, users, small.dim, threads);
+    const index_t rescored = topk_exact_tile(table, queries.rows(), small, exact, bias, k, out_scores, out_ids, threads);
+    if (rescored >= 0) return rescored;
+  }
   if (ids == nullptr && users.count * element_size(small.dtype) >= element_size(Dtype::f32)) {
     topk(table, users, stored(exact.rows), form, bias, nullptr, 0, k, out_scores, out_ids, threads);
     return users.count * exact.rows.count;

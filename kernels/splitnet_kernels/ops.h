@@ -53,7 +53,7 @@ void sweep_tiles(const KernelTable& table, const Rows& users, const StoredRows& 
       for (index_t c0 = begin; c0 < end; c0 += kTileCandidates) {
         const index_t count = std::min(kTileCandidates, end - c0);
         prefetch_rows(rows, c0 + kTileCandidates, std::min(end, c0 + 2 * kTileCandidates));
-        const std::uint64_t hits = block.score(c0, count, bias, sink.gates(), tile.data(), scratch);
+        const std::uint64_t hits = block.score(c0, count, bias, sink.gates(c0, count), tile.data(), scratch);
         sink.add_tile(tile.data(), pad, c0, count, hits);
       }
       sink.finish();

@@ -12,10 +12,12 @@
 //   void finish()                           the task's last block is in
 // A cross sink takes tiles: the scores of candidates [first, first + n) against a block of users,
 // tile[c * pad + u] for candidate first + c and user u of the block:
-//   const float* gates() const              per-user thresholds for the tile kernel's pre-test:
-//                                           bit c of `hits` says whether candidate first + c has
-//                                           !(score < gate) for some user; null when every score
-//                                           is wanted (hits is then 0)
+//   const float* gates(index_t first, index_t n)
+//                                           per-user thresholds for the tile kernel's pre-test of
+//                                           candidates [first, first + n): bit c of `hits` says
+//                                           whether candidate first + c has !(score < gate) for
+//                                           some user; null when every score is wanted (hits is
+//                                           then 0)
 //   void add_tile(const float* tile, index_t pad, index_t first, index_t n, std::uint64_t hits)
 //   void finish()
 // A sink that keeps a threshold (top-k: its gate) returns it through gates() or applies it in
@@ -97,7 +99,7 @@ class StoreTile {
  public:
   StoreTile(float* out, index_t out_stride, index_t u0, index_t n_users)
       : out_(out + u0 * out_stride), out_stride_(out_stride), n_users_(n_users) {}
-  const float* gates() const { return nullptr; }
+  const float* gates(index_t, index_t) const { return nullptr; }
   void add_tile(const float* tile, index_t pad, index_t first, index_t n, std::uint64_t) {
     for (index_t u = 0; u < n_users_; ++u) {
       float* dst = out_ + u * out_stride_ + first;
@@ -129,7 +131,7 @@ class KeepTopKTile {
       gates_[u] = heaps_.back().gate();
     }
   }
-  const float* gates() const { return gates_.data(); }
+  const float* gates(index_t, index_t) const { return gates_.data(); }
   void add_tile(const float* tile, index_t pad, index_t first, index_t, std::uint64_t hits) {
     std::uint64_t bits[(kMaxBlockUsers + 63) / 64];
     for (; hits != 0; hits &= hits - 1) {

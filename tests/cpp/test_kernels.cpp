@@ -231,6 +231,18 @@ void check_tiles(const KernelTable& t, Random& random) {
             ok = ok && same_bits(tile[c * pad + u], want);
           }
         expect(ok, "score_tile_i8 has score_rows_i8's bits");
+        std::vector<float> gated(tile.size());
+        const std::uint64_t hits_i8 = t.score_tile_i8(words.data(), pad, offsets.data(), user_scales.data(), rows8.data(),
+                                                      row_scales.data(), n_rows, dim, stride, bias, gates.data(),
+                                                      gated.data());
+        std::uint64_t want_i8 = 0;
+        ok = true;
+        for (index_t c = 0; c < n_rows; ++c)
+          for (index_t u = 0; u < pad; ++u) {
+            ok = ok && same_bits(gated[c * pad + u], tile[c * pad + u]);
+            if (!(tile[c * pad + u] < gates[u])) want_i8 |= std::uint64_t{1} << c;
+          }
+        expect(ok && hits_i8 == want_i8, "score_tile_i8's hit bits are exactly those of its own scores");
       }
 }
 
@@ -489,7 +501,8 @@ int main() {
     context = entry.name;
     expect(t.isa == entry.isa, "the table is the ISA's");
     expect(table_complete(t), "every entry is filled");
-    expect((t.score_tile_i8 != nullptr) == (entry.isa == Isa::avx512bf16), "score_tile_i8 exactly where VNNI is");
+    expect((t.score_tile_i8 != nullptr) == (entry.isa != Isa::scalar && entry.isa != Isa::neon),
+           "score_tile_i8 on every x86 SIMD table");
     Random random{static_cast<std::uint64_t>(entry.isa) + 11};
     check_streaming(t, random);
     check_tiles(t, random);
