@@ -1,5 +1,6 @@
 """W9: W2 and W4 on exact sets (exact=True: ids and scores bit for bit the float32 set's) beside
-the float32 set and FAISS IndexFlatIP, on Gaussian, campaign-like and clustered rows."""
+the float32 set and FAISS IndexFlatIP, on Gaussian rows, a trained two-tower model's ad embeddings
+(campaign; its users too, trained once and cached, see workloads.campaign_rows) and clustered rows."""
 
 import numpy as np
 import pytest
@@ -12,22 +13,30 @@ N, K = scaled(wl.CANDIDATES), wl.TOP_K
 
 
 @pytest.fixture(scope="module", params=wl.W9_DATA)
-def rows(request):
-    return request.param, wl.w9_rows(request.param, N)
+def w9(request):
+    try:
+        return wl.w9_data(request.param, N)
+    except wl.NeedsTorch as missing:
+        pytest.skip(str(missing))
 
 
 @pytest.fixture(scope="module")
-def users():
-    return wl.one_user(N)[1], wl.many_users(N)[1]
+def rows(w9):
+    return w9.ads
+
+
+@pytest.fixture(scope="module")
+def users(w9):
+    return w9.user, w9.users
 
 
 @pytest.mark.benchmark(group="W9 one user, exact sets")
 @pytest.mark.parametrize("dtype", ("float32",) + wl.EXACT_DTYPES)
 def test_w9_one_user(benchmark, rows, users, dtype):
-    cands = sk.Candidates(rows[1], dtype, exact=dtype != "float32")
+    cands = sk.Candidates(rows, dtype, exact=dtype != "float32")
     scores, ids = benchmark(cands.topk, users[0], K)
     if dtype != "float32":
-        plain = sk.Candidates(rows[1], "float32").topk(users[0], K)
+        plain = sk.Candidates(rows, "float32").topk(users[0], K)
         assert np.array_equal(ids, plain[1]) and np.array_equal(scores, plain[0])
         benchmark.extra_info["rescored"] = cands.last_rescored
 
@@ -35,7 +44,7 @@ def test_w9_one_user(benchmark, rows, users, dtype):
 @pytest.mark.benchmark(group="W9 many users, exact sets")
 @pytest.mark.parametrize("dtype", ("float32",) + wl.EXACT_DTYPES)
 def test_w9_many_users(benchmark, rows, users, dtype):
-    cands = sk.Candidates(rows[1], dtype, exact=dtype != "float32")
+    cands = sk.Candidates(rows, dtype, exact=dtype != "float32")
     benchmark(cands.topk, users[1], K)
     benchmark.extra_info["rescored"] = cands.last_rescored
 
@@ -44,5 +53,5 @@ def test_w9_many_users(benchmark, rows, users, dtype):
 def test_w9_faiss(benchmark, rows, users):
     faiss = optional("faiss")
     index = faiss.IndexFlatIP(wl.DIM)
-    index.add(rows[1])
+    index.add(rows)
     benchmark(index.search, users[0][None], K)

@@ -433,10 +433,15 @@ def w9(ctx) -> list[Table]:
     """W2 and W4 on exact sets, beside the float32 set and FAISS, on three kinds of rows; every
     exact result is checked bit for bit against the float32 set's."""
     N, k = ctx.n_cands, wl.TOP_K
-    user, users = wl.one_user(N)[1], wl.many_users(N)[1]
     tables = []
     for kind in wl.W9_DATA:
-        ads = wl.w9_rows(kind, N)
+        try:
+            ads, user, users, source = wl.w9_data(kind, N)  # campaign: a trained model's ads and its users
+        except wl.NeedsTorch as missing:
+            skipped = Table("W9", f"exact sets, {N:,} {kind} candidates: skipped", None, "")
+            skipped.notes.append(str(missing))
+            tables.append(skipped)
+            continue
         plain = sk.Candidates(ads, "float32")
         sets = {dtype: sk.Candidates(ads, dtype, exact=True) for dtype in wl.EXACT_DTYPES}
         index = ctx.peers.faiss_index(ads) if ctx.peers.faiss is not None else None
@@ -482,6 +487,8 @@ def w9(ctx) -> list[Table]:
                                  times["float32"] >= 1.6 * times[dtype])
             t.notes.append("identical: ids and scores bit for bit those of the float32 set (checked in this run); "
                            "re-scored: rows the certified scan could not rule out")
+            if source:
+                t.notes.append(source)
             tables.append(t)
     return tables
 

@@ -3,6 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import pathlib
+import time
+from typing import NamedTuple
+
 import numpy as np
 
 import splitnet_kernels as sk
@@ -28,7 +37,7 @@ BID_SIGMA = 1.0  # bids ~ lognormal(0, BID_SIGMA)
 EXACT_DTYPES = ("int8", "bfloat16", "float16")
 W9_DATA = ("gaussian", "campaign", "clustered")
 CLUSTERS, CLUSTER_NOISE = 1000, 0.05  # clustered rows: near-ties by the thousand
-CAMPAIGN_LATENT = 16
+CAMPAIGN_SEED = 0  # of the campaign and the towers trained on it (experiment/embeddings.py)
 
 
 def data(rows: int, dim: int, seed: int) -> np.ndarray:
@@ -59,24 +68,92 @@ def pair_metrics(dim: int = DIM) -> dict:
     return {"dot": (None, None), "diagonal": (sk.Metric.diagonal(s), s), "full": (sk.Metric.full(S), S)}
 
 
+class NeedsTorch(ImportError):
+    """W9's campaign rows need torch to train the campaign towers (and no cached copy exists)."""
+
+
+class W9Data(NamedTuple):
+    ads: np.ndarray  # (candidates, DIM) float32
+    user: np.ndarray  # (DIM,): W2's one user
+    users: np.ndarray  # (USERS, DIM): W4's users
+    note: str  # where the rows come from ("" for the synthetic kinds)
+
+
+def w9_data(kind: str, candidates: int) -> W9Data:
+    """W9's rows and users. gaussian: W1-W4's Gaussian rows and users. campaign: a trained
+    two-tower model's ad embeddings (campaign_rows) and that model's users, folded with one
+    objective's S_t, so that user . ad is the model's logit. clustered: CLUSTERS tight clusters,
+    whose near-equal rows the bound cannot tell apart, against W1-W4's users."""
+    if kind == "campaign":
+        ads, users, info = campaign_rows(candidates)
+        note = (f"campaign rows: the ad tower's output (unit length) of a two-tower model trained on "
+                f"make_campaign(seed {info['seed']}, {info['n_ads']:,} ads, {info['n_users']:,} users, "
+                f"{info['n_pairs']:,} impressions), {info['kind']} S_t per objective, {info['epochs']} epochs, "
+                f"validation loss {info['validation_loss']:.4f}; users: user-tower outputs folded with the "
+                f"{info['objective']} S_t; {info['source']}")
+        return W9Data(ads, users[0], users[1:1 + USERS], note)
+    return W9Data(w9_rows(kind, candidates), one_user(candidates)[1], many_users(candidates)[1], "")
+
+
 def w9_rows(kind: str, candidates: int) -> np.ndarray:
-    """W9's candidate rows: W1-W4's Gaussian rows; campaign-like ad embeddings (the campaign
-    generator's ad features: a CAMPAIGN_LATENT-dimensional latent mixed into DIM columns plus
-    noise, normalized to unit length as the towers' outputs are; not a trained tower's output);
-    or CLUSTERS tight clusters, whose near-equal rows the bound cannot tell apart."""
+    """W9's candidate rows (w9_data without the users)."""
     rng = np.random.default_rng(9)
     if kind == "gaussian":
         return data(candidates, DIM, 1)
-    if kind == "campaign":  # experiment/campaign.py's recipe for ad features
-        latent = rng.standard_normal((candidates, CAMPAIGN_LATENT), dtype=np.float32)
-        mixing = rng.standard_normal((CAMPAIGN_LATENT, DIM), dtype=np.float32) / np.sqrt(CAMPAIGN_LATENT)
-        ads = latent @ mixing + 0.1 * rng.standard_normal((candidates, DIM), dtype=np.float32)
-        return ads / np.linalg.norm(ads, axis=1, keepdims=True)
+    if kind == "campaign":
+        return campaign_rows(candidates)[0]
     if kind == "clustered":
         centers = rng.standard_normal((CLUSTERS, DIM)).astype(np.float32)
         noise = CLUSTER_NOISE * rng.standard_normal((candidates, DIM), dtype=np.float32)
         return centers[rng.integers(0, CLUSTERS, candidates)] + noise
     raise ValueError(f"W9 rows: unknown kind {kind!r} (known: {', '.join(W9_DATA)})")
+
+
+def cache_dir() -> pathlib.Path:
+    """Where the benchmarks keep generated data: $SPLITNET_KERNELS_CACHE, else
+    $XDG_CACHE_HOME/splitnet_kernels, else ~/.cache/splitnet_kernels."""
+    if os.environ.get("SPLITNET_KERNELS_CACHE"):
+        return pathlib.Path(os.environ["SPLITNET_KERNELS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "splitnet_kernels"
+
+
+def campaign_rows(candidates: int):
+    """(ads (candidates, DIM), users (n_users, DIM), info): the first `candidates` ad embeddings
+    of experiment.embeddings.campaign_embeddings at max(candidates, CANDIDATES) ads (so --quick's
+    rows are a prefix of the full run's) and every user, folded. Trained once per recipe (about
+    20 s on one core) and cached in cache_dir(), keyed by the recipe; a cached copy needs no torch.
+    Raises NeedsTorch when torch is absent and nothing is cached."""
+    from ..experiment.embeddings import CODE_VERSION, TowerRecipe  # no torch: the recipe alone
+
+    recipe = TowerRecipe(n_ads=max(candidates, CANDIDATES), dim=DIM, seed=CAMPAIGN_SEED)
+    fields = dataclasses.asdict(recipe)
+    key = hashlib.sha256(json.dumps({"code": CODE_VERSION, **fields}, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / f"w9_campaign_{key}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as cached:
+            ads, users, info = cached["ads"], cached["users"], json.loads(str(cached["info"]))
+        info["source"] = f"loaded from {path}"
+    else:
+        try:
+            importlib.import_module("torch")
+        except ImportError:
+            raise NeedsTorch(f"W9 campaign rows: training the campaign towers needs torch (pip install torch); "
+                             f"nothing cached at {path}") from None
+        started = time.perf_counter()
+        from ..experiment.embeddings import campaign_embeddings
+
+        ads, users, info = campaign_embeddings(recipe)
+        info["seconds"] = time.perf_counter() - started
+        info.update(fields)
+        info["hidden"] = list(recipe.hidden)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(partial, "wb") as f:  # a file object: savez adds no suffix; written whole, then renamed
+            np.savez(f, ads=ads, users=users, info=np.array(json.dumps(info)))
+        os.replace(partial, path)
+        info["source"] = f"generated in {info['seconds']:.0f} s, cached at {path}"
+    return np.ascontiguousarray(ads[:candidates]), users, info
 
 
 def one_request():
