@@ -5,6 +5,10 @@ pure-torch head MetricHead keeps; the first call of a compiled serving function.
     python bench/torch_ops.py                  # all three
     python bench/torch_ops.py --only w6        # or train, compile
     TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python bench/torch_ops.py --only compile   # a cold cache
+
+W6 also times two floors: an op of topk's schema whose Python kernel does nothing, and a C++ op
+(aten.neg), i.e. what the torch.ops round trip costs before any work. Figures and what they mean:
+bench/RESULTS.md, "Torch ops overhead (issue 14)".
 """
 
 from __future__ import annotations
@@ -30,15 +34,32 @@ def _per_call(call, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+_FLOOR_LIBRARY = None
+
+
+def _floor_op(k: int):
+    """An op with topk's schema whose Python kernel returns two ready tensors: what the
+    dispatcher's round trip into Python costs with no work in it."""
+    global _FLOOR_LIBRARY
+    scores, ids = torch.empty(k), torch.empty(k, dtype=torch.int64)
+    _FLOOR_LIBRARY = torch.library.Library("splitnet_kernels_floor", "DEF")
+    _FLOOR_LIBRARY.define("topk" + sk._torch_ops.SCHEMAS["topk"])
+    _FLOOR_LIBRARY.impl("topk", lambda *args: (scores, ids), "CompositeExplicitAutograd")
+    return torch.ops.splitnet_kernels_floor.topk.default
+
+
 def w6(rounds: int) -> None:
     ads, user = wl.one_request()
     k = wl.REQUEST_K
     users, candidates = torch.from_numpy(user), torch.from_numpy(ads)
     form = sk.Metric.dot(wl.DIM)._tensor_params(users)
     op = torch.ops.splitnet_kernels.topk.default
+    floor = _floor_op(k)
     cases = {"sk.topk, NumPy arrays": lambda: sk.topk(user, ads, k),
              "sk.topk, tensors": lambda: sk.topk(users, candidates, k),
-             "torch.ops.splitnet_kernels.topk": lambda: op(users, candidates, *form, 0.0, k)}
+             "torch.ops.splitnet_kernels.topk": lambda: op(users, candidates, *form, 0.0, k),
+             "floor: a Python op that does nothing": lambda: floor(users, candidates, *form, 0.0, k),
+             "floor: torch.ops.aten.neg (C++)": lambda: torch.ops.aten.neg.default(users)}
     times: dict[str, list[float]] = {name: [] for name in cases}
     for call in cases.values():
         _per_call(call, 500)

@@ -136,6 +136,27 @@ def test_topk_asks_no_gradient_and_says_so(rng):
         scores.sum().backward()
 
 
+def test_selection_ops_called_directly_in_every_grad_mode(rng):
+    """The selection ops' Autograd-key kernel: the op's kernel directly for plain tensors, below
+    autograd otherwise; equal results, and a backward that raises only where one is asked."""
+    users, ads = tensor(rng, 8), tensor(rng, 30, 8)
+    diag = torch.from_numpy(rng.random(8).astype(np.float32))
+    expected = sk.topk(users.numpy(), ads.numpy(), 5, sk.Metric.diagonal(diag.numpy(), bias=0.5))
+    leaf = users.clone().requires_grad_()
+    with Recorder() as recorder:
+        traced = ops.topk.default(users, ads, diag, None, None, 0.5, 5)
+    assert "splitnet_kernels.topk.default" in recorder.names
+    with torch.no_grad():
+        quiet = ops.topk.default(leaf, ads, diag, None, None, 0.5, 5)
+    asked = ops.topk.default(leaf, ads, diag, None, None, 0.5, 5)
+    for scores, ids in (ops.topk.default(users, ads, diag, None, None, 0.5, 5), traced, quiet, asked):
+        np.testing.assert_array_equal(scores.detach().numpy(), expected[0])
+        np.testing.assert_array_equal(ids.numpy(), expected[1])
+    assert quiet[0].grad_fn is None and asked[0].requires_grad and not asked[1].requires_grad
+    with pytest.raises(RuntimeError, match="splitnet_kernels::topk is not differentiable"):
+        asked[0].sum().backward()
+
+
 # ---- the route for tensors -----------------------------------------------------------------------
 def test_sk_calls_on_tensors_are_op_calls(rng):
     users, ads, metric = tensor(rng, 3, 8), tensor(rng, 20, 8), make_metric("full", 8, rng)

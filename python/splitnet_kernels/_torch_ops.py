@@ -33,6 +33,7 @@ from ._metric import _FOLD_LIMIT, Form, Metric, _fold_gain
 from ._objectives import _sigmoid_, dot_metric
 from ._storage import BLOCK_ROWS, Storage, is_plain
 from .backends import _torch as torch_backend
+from .backends import _simd as simd_module
 from .backends._simd import SimdBackend, kernel_rows
 
 NAMESPACE = "splitnet_kernels"
@@ -262,7 +263,37 @@ def _score_pairs(users, ads, diag, left, right, bias, threads=None):
     return (SIMD if _simd_runs(users, ads) else TORCH)["score_pairs"](users, ads, diag, left, right, bias, threads)
 
 
+def _topk_one(users, ads, diag, left, right, bias, k, threads):
+    """The topk kernel for one CPU float32 user whose operands NumPy can view (W6 through the
+    op): the binding directly, as sk.topk's fast path calls it. None where the call is not one
+    of these (or the binding refuses a layout): then the general kernel runs and reports."""
+    if _dispatch.FAST is None or users.ndim != 1 or k < 1:
+        return None
+    try:  # numpy() refuses tensors off the CPU and tensors that ask for a gradient
+        user, rows = users.numpy(), ads.numpy()
+        form = tuple(None if x is None else x.numpy() for x in (diag, left, right))
+    except (RuntimeError, TypeError):
+        return None
+    if user.dtype is not _F32_NUMPY or rows.dtype is not _F32_NUMPY or rows.ndim != 2 or not rows.shape[0] \
+            or user.shape[0] != rows.shape[1] or any(x is not None and x.dtype is not _F32_NUMPY for x in form):
+        return None
+    if left is not None:
+        check_fold_range(users, diag, left, right)
+    k = min(k, rows.shape[0])
+    scores, ids = np.empty(k, _F32_NUMPY), np.empty(k, np.int64)
+    try:
+        simd_module._core.topk(user, rows, "float32", None, None, *form, bias, k, scores, ids,
+                               simd_module._MAX_THREADS if threads is None else threads)
+    except ValueError:
+        return None
+    return torch.from_numpy(scores), torch.from_numpy(ids)
+
+
 def _topk(users, ads, diag, left, right, bias, k, threads=None):
+    if users.ndim == 1 and (threads is None or threads >= 1):
+        plain = _topk_one(users, ads, diag, left, right, bias, k, threads)
+        if plain is not None:
+            return plain
     _check(users, ads, diag, left, right)
     check_fold_range(users, diag, left, right)
     k = _kept(k, ads.shape[0])
@@ -373,11 +404,52 @@ def _score_pairs_backward(ctx, grad):
     return gradients(ctx.needs_input_grad, grad, users, ads, Form(diag, left, right), True) + (None, None)
 
 
-def _not_differentiable(name: str):
+class _Refused(torch.autograd.Function):
+    """Marks a selection's scores as computed from inputs that ask for gradients, with a
+    backward that says why there is none."""
+
+    @staticmethod
+    def forward(ctx, name, scores, *inputs):
+        ctx.name = name
+        return scores.clone()
+
+    @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(f"{NAMESPACE}::{name} is not differentiable (a selection); to train through the "
+        raise RuntimeError(f"{NAMESPACE}::{ctx.name} is not differentiable (a selection); to train through the "
                            f"selected candidates, score them again with sk.score or {NAMESPACE}::score_pairs")
-    return backward
+
+
+_TENSOR_ARGS = {"topk": 5, "candidates_topk": 7, "candidates_score": 7}  # the leading (optional) tensors
+
+
+def _not_differentiable(name: str):
+    """The Autograd-key kernel of a selection op. register_autograd would wrap every call in an
+    autograd.Function (about 8 us, more than W6's arithmetic); this kernel runs the op's kernel
+    itself for plain CPU tensors with no gradient asked and nothing looking on, goes below
+    autograd to the registered kernels otherwise, and where inputs ask for gradients gives
+    scores whose backward raises."""
+    kernel, count = KERNELS[name][0], _TENSOR_ARGS[name]
+
+    def autograd(*args):
+        plain, wanting = True, []
+        for x in args[:count]:
+            if x is not None:
+                if type(x) is not _TENSOR or not x.is_cpu:
+                    plain = False
+                if x.requires_grad:
+                    wanting.append(x)
+        asked = bool(wanting) and torch.is_grad_enabled()
+        if plain and not asked and not watched():
+            return kernel(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            result = getattr(ops, name).default(*args)
+        if not asked:
+            return result
+        if isinstance(result, tuple):
+            return (_Refused.apply(name, result[0], *wanting),) + tuple(result[1:])
+        return _Refused.apply(name, result, *wanting)
+
+    return autograd
 
 
 # Each op's kernel (checks, then the simd or the torch path) and its fake.
@@ -392,7 +464,7 @@ torch.library.register_autograd(f"{NAMESPACE}::score", _score_backward, setup_co
 torch.library.register_autograd(f"{NAMESPACE}::score_pairs", _score_pairs_backward, setup_context=_setup_score,
                                 lib=_LIBRARY)
 for _name in ("topk", "candidates_topk", "candidates_score"):
-    torch.library.register_autograd(f"{NAMESPACE}::{_name}", _not_differentiable(_name), lib=_LIBRARY)
+    _LIBRARY.impl(_name, _not_differentiable(_name), "Autograd")
 
 
 # ---- the route of sk.score / sk.topk / Candidates for tensors -------------------------------------
@@ -404,32 +476,51 @@ def topk_plain(users, ads, k: int, metric):
     """sk.topk's fast path for one user in eager torch (W6): plain CPU float32 tensors that ask no
     gradient, under backend="auto" with the simd kernels, 0 < k <= N; what the topk op's kernel
     computes, without the dispatcher's round trip. None when the call is not one of these (or the
-    binding refuses a layout): then the general route runs and reports."""
-    if (type(users) is not _TENSOR or type(ads) is not _TENSOR or users.dtype is not _F32 or ads.dtype is not _F32
-            or users.ndim != 1 or ads.ndim != 2 or not users.is_cpu or not ads.is_cpu or users.requires_grad
-            or ads.requires_grad or _dispatch.FAST is None or not 0 < k <= ads.shape[0]
-            or users.shape[0] != ads.shape[1] or not holds_values()):
+    binding refuses a layout): then the general route runs and reports. Each tensor attribute
+    read costs ~0.15 us here, so NumPy's views are made first (numpy() itself refuses tensors
+    off the CPU and tensors that ask for a gradient) and the checks read them."""
+    fast = _dispatch.FAST
+    if type(users) is not _TENSOR or type(ads) is not _TENSOR or fast is None or watched():
+        return None
+    try:
+        user, rows = users.numpy(), ads.numpy()
+    except (RuntimeError, TypeError):
+        return None
+    if (user.dtype is not _F32_NUMPY or rows.dtype is not _F32_NUMPY or user.ndim != 1 or rows.ndim != 2
+            or user.shape[0] != rows.shape[1] or not 0 < k <= rows.shape[0]):
         return None
     if metric is None:
-        metric = dot_metric(users.shape[0])
-    elif type(metric) is not Metric or metric.dim != users.shape[0]:
+        metric = dot_metric(user.shape[0])
+    elif type(metric) is not Metric or metric.dim != user.shape[0]:
         return None
-    user = users.numpy()
     metric.check_fold_range(user)
     scores, ids = np.empty(k, _F32_NUMPY), np.empty(k, np.int64)
     try:
-        _dispatch.FAST.topk_plain(user, ads.numpy(), k, metric, scores, ids)
+        fast.topk_plain(user, rows, k, metric, scores, ids)
     except ValueError:
         return None  # a layout the general route handles (or reports)
     return torch.from_numpy(scores), torch.from_numpy(ids)
 
 
+_is_compiling = torch.compiler.is_compiling
+_tracing_state = torch._C._get_tracing_state
+_function_mode = torch._C._is_torch_function_mode_enabled
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+
+
+def watched() -> bool:
+    """Whether a compiler, the JIT tracer or a torch function / dispatch mode looks on (then a
+    kernel may not read tensors directly). dynamo reads the first call as True and stops there."""
+    return _is_compiling() or _tracing_state() is not None or _function_mode() or _dispatch_modes() != 0
+
+
 def holds_values(*tensors) -> bool:
     """Whether the tensors hold their values here and now: plain tensors off the meta device,
     with no compiler, tracer or mode looking on (then a kernel may read them directly)."""
-    return (all(type(x) is _TENSOR and x.device.type != "meta" for x in tensors) and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing() and not torch._C._is_torch_function_mode_enabled()
-            and torch._C._len_torch_dispatch_stack() == 0)
+    for x in tensors:
+        if type(x) is not _TENSOR or x.is_meta:
+            return False
+    return not watched()
 
 
 def _call(name: str, *args):
