@@ -154,6 +154,12 @@ inline index_t rescore(const KernelTable& table, const float* query, const Exact
 }
 
 
+// The pre-test gate of a tile for a floor F and the largest bound M of its rows (CertifiedTile):
+// a score below it has s + E < F. NaN (from inf - inf) lets every score pass.
+inline float tile_gate(float floor, float most) {
+  return floor - most - 0x1p-14f * (std::fabs(floor) + most) - 0x1p-126f;
+}
+
 // Many users on the int8 cross tile (a cross sink, sinks.h): for each user of a block, the best
 // k lower bounds and the survivors of one task's candidates, as topk_exact_one keeps them. The
 // tile's pre-test gate of user u for candidates [first, first + n) is its floor F lowered by the
@@ -185,10 +191,8 @@ class CertifiedTile {
     float norm = 0, residual = 0;
     for (index_t r = first; r < first + n; ++r)
       norm = std::max(norm, exact_.norms[r]), residual = std::max(residual, exact_.residuals[r]);
-    for (index_t u = 0; u < n_users_; ++u) {  // NaN (from inf - inf): every score passes
-      const float most = alphas_[u] * norm + betas_[u] * residual + taus_[u];
-      gates_[u] = floors_[u] - most - 0x1p-14f * (std::fabs(floors_[u]) + most) - 0x1p-126f;
-    }
+    for (index_t u = 0; u < n_users_; ++u)
+      gates_[u] = tile_gate(floors_[u], alphas_[u] * norm + betas_[u] * residual + taus_[u]);
     return gates_.data();
   }
 

@@ -491,6 +491,34 @@ void check_exact_bound(const KernelTable& t, Random& random) {
   expect(ok, "|float32 score - reduced score| <= the exact sets' bound");
 }
 
+// The certified tile's gate (exact.h, tile_gate) on its own: for floors and bounds from 1e-38 to
+// 1e30 and rows whose norm and residual are at most the tile's largest, the largest score below
+// the gate has an upper bound s + E (evaluated in float32, as the sink does) below the floor.
+void check_tile_gate(Random& random) {
+  context = "tile gate";
+  bool sound = true;
+  for (int i = 0; i < 200000; ++i) {
+    const int scale = static_cast<int>(random.next() >> 58) - 32;
+    std::vector<float> query = random.floats(8);
+    for (float& q : query) q = std::ldexp(q, scale);
+    const detail::ScoreBound bound = detail::score_bound(query.data(), 8, Dtype::i8);
+    if (!bound.usable) continue;
+    const float norm = std::ldexp(std::fabs(random.uniform()), static_cast<int>(random.next() >> 59) - 16);
+    const float residual = norm * std::ldexp(std::fabs(random.uniform()), -static_cast<int>(random.next() >> 60));
+    const float floor = std::ldexp(random.uniform(), scale + static_cast<int>(random.next() >> 60) - 8);
+    const float gate = detail::tile_gate(floor, bound.alpha * norm + bound.beta * residual + bound.tau);
+    if (!std::isfinite(gate)) continue;
+    const float below = std::nextafter(gate, -detail::kInf);
+    for (float f : {1.0f, std::fabs(random.uniform()), 0.0f}) {
+      const float e = bound(below, norm * f, residual * f);
+      sound = sound && below + e < floor;
+    }
+  }
+  expect(sound, "a score below the tile's gate never reaches the floor");
+  expect(std::isnan(detail::tile_gate(detail::kInf, detail::kInf)) && detail::tile_gate(-detail::kInf, 1.0f) == -detail::kInf,
+         "the gate's edges: an unbounded tile lets every score pass, no floor yet none is stopped");
+}
+
 }  // namespace
 
 int main() {
@@ -514,6 +542,7 @@ int main() {
   }
   Random random{5};
   check_values(random);
+  check_tile_gate(random);
   std::printf("%ld checks on %d ISAs, %ld failed\n", checks, isas, failures);
   return failures == 0 && isas > 0 ? 0 : 1;
 }
