@@ -153,7 +153,6 @@ inline index_t rescore(const KernelTable& table, const float* query, const Exact
   return m;
 }
 
-
 // The pre-test gate of a tile for a floor F and the largest bound M of its rows (CertifiedTile):
 // a score below it has s + E < F. NaN (from inf - inf) lets every score pass.
 inline float tile_gate(float floor, float most) {
@@ -187,7 +186,7 @@ class CertifiedTile {
   }
 
   const float* gates(index_t first, index_t n) {
-    if (overflow_->load(std::memory_order_relaxed)) return nullptr;  // no hits: the rest of the sweep is idle
+    if (overflow_->load(std::memory_order_relaxed)) return nullptr;  // no hits: the sink idles to the end
     float norm = 0, residual = 0;
     for (index_t r = first; r < first + n; ++r)
       norm = std::max(norm, exact_.norms[r]), residual = std::max(residual, exact_.residuals[r]);

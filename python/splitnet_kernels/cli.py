@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     info_parser.set_defaults(run=_info)
     bench_parser = commands.add_parser("bench", help="workloads W1-W8 against the floors and the peers")
     bench_parser.add_argument("--workload", action="append", default=[], metavar="W",
-                              help="W1..W8, repeatable or comma-separated (default: all)")
+                              help="W1..W9, repeatable or comma-separated (default: all)")
     bench_parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench_parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     bench_parser.add_argument("--plot", metavar="PATH", help="write W7 as a log-log PNG")
