@@ -68,10 +68,12 @@ def _samples(rng):
     yield "score", (leaf(users), ads, None, leaf(S), None, 0.0)  # simd, with gradients
     yield "score_pairs", (leaf(users), leaf(ads[:M]), leaf(diag), left, right, 0.25)
     yield "topk", (users, ads, None, S, None, 1.0, 20)  # k > N: N results
+    yield "topk", (users[1], ads, diag, left, right, -0.5, 4, None, True)  # ranked by the probability
     _, (data, scales) = packed(ads.numpy(), "int8")
     yield "candidates_score", (users, data, scales, None, diag, left, right, 0.5)
     _, (data, scales) = packed(ads.numpy(), "bfloat16")
     yield "candidates_topk", (users[2], data, scales, torch.tensor([0, 2, 3, 8]), None, S, None, -0.5, 3)
+    yield "candidates_topk", (users, data, scales, None, diag, None, None, 0.0, 5, 1, True)
 
 
 def test_opcheck_every_op(rng):
@@ -234,6 +236,28 @@ def test_tensors_give_the_numpy_answer(n, users, count, k, kind, one, seed):
         np.testing.assert_array_equal(got.numpy(), expected)
 
 
+@pytest.mark.parametrize("where", ("plain", "candidates", "allowed"))
+def test_sigmoid_topk_on_tensors_is_the_numpy_answer(where, rng):
+    """sk.topk(sigmoid=True) on tensors goes through the ops and ranks by the reported probability
+    as NumPy's call does: the same float32 bits, and probabilities that round equal tie by id
+    (large logits all round to 1.0, which sends every user through the full ranking)."""
+    ads = rng.standard_normal((300, 8)).astype(np.float32)
+    ads[:40] *= 30  # logits near +-100: probability 1.0 (or 0) in float32
+    users, metric = rng.standard_normal((4, 8)).astype(np.float32), make_metric("diagonal", 8, rng, bias=0.5)
+    allowed = np.flatnonzero(rng.random(300) < 0.5)
+    for u in (users, users[1]):
+        if where == "plain":
+            got, expected = sk.topk(torch.from_numpy(u), torch.from_numpy(ads), 12, metric, sigmoid=True), \
+                sk.topk(u, ads, 12, metric, sigmoid=True)
+        else:
+            cands, ids = sk.Candidates(ads, "int8"), allowed if where == "allowed" else None
+            got = cands.topk(torch.from_numpy(u), 12, metric, allowed=ids, output="probability")
+            expected = cands.topk(u, 12, metric, allowed=ids, output="probability")
+        for g, e in zip(got, expected):
+            assert isinstance(g, torch.Tensor)
+            np.testing.assert_array_equal(g.numpy(), e)
+
+
 def test_layouts_and_from_numpy_views(rng):
     base = rng.standard_normal((40, 24)).astype(np.float32)
     metric = make_metric("full", 12, rng)
@@ -341,9 +365,10 @@ def _serving(rng):
             users, ads = self.user_tower(user_features), self.ad_tower(ad_features)
             scores, ids = sk.topk(users, ads, 7, diagonal)
             rescored, reranked = sk.topk(users, ads[ids[0]], 3, full)  # the first user's 7, again
+            likely, chosen = sk.topk(users, ads, 5, diagonal, sigmoid=True)  # ranked by the probability
             probabilities = sk.score(users, ads[ids[0]], full, sigmoid=True)
             return scores, ad_ids[ids], rescored, torch.gather(ids[0].expand(len(users), -1), 1, reranked), \
-                probabilities
+                likely, chosen, probabilities
 
     return Serve().eval(), (torch.randn(4, 16), torch.randn(300, 12))
 

@@ -275,8 +275,8 @@ def topk_store(users, store, k, metric, *, ids, sigmoid, backend, threads):
     """The best k of a store for checked users; sigmoid ranks by the probability."""
     device = _device(users, store)
     torch_input = device is not None
-    if torch_input and _ops_take(backend) and not sigmoid:  # sigmoid: ranked again in numpy (rank_exactly)
-        return _ops().topk_store(users, store, k, metric, ids=ids, threads=threads)
+    if torch_input and _ops_take(backend):
+        return _ops().topk_store(users, store, k, metric, ids=ids, sigmoid=sigmoid, threads=threads)
     chosen = _dispatch.resolve(backend, torch_input and device.type != "cpu")
     k = min(k, count(store) if ids is None else len(ids))
     n_users = 1 if users.ndim == 1 else users.shape[0]
@@ -400,7 +400,7 @@ def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=N
         plain = _torch_ops.topk_plain(users, ads, k, metric)  # the same for tensors, None if not one
         if plain is not None:
             return plain
-    users, ads = _check_pair(users, ads, False, meta=_ops_take(backend) and not sigmoid)
+    users, ads = _check_pair(users, ads, False, meta=_ops_take(backend))
     metric = check_metric(metric, ads.shape[-1], users, ads)
     return topk_store(users, ads, check_k(k), metric, ids=None, sigmoid=sigmoid, backend=backend,
                       threads=check_threads(threads))

@@ -4,9 +4,9 @@ route that sk.score / sk.topk (and Candidates) take for tensors.
 
     score(users, ads, diag, left, right, bias, threads)        users (n,) -> (N,); (M, n) -> (M, N)
     score_pairs(users, ads, diag, left, right, bias, threads)  users (B, n), ads (B, n) -> (B,)
-    topk(users, ads, diag, left, right, bias, k, threads)      -> scores, ids: (k',) or (M, k'), k' = min(k, N)
+    topk(users, ads, diag, left, right, bias, k, threads, sigmoid)  -> scores, ids: (k',) or (M, k'), k' = min(k, N)
     candidates_score(users, data, scales, allowed, diag, left, right, bias, threads)
-    candidates_topk(users, data, scales, allowed, diag, left, right, bias, k, threads)
+    candidates_topk(users, data, scales, allowed, diag, left, right, bias, k, threads, sigmoid)
 
 The metric is its canonical form S = diag(diag) + left right^T (_metric.Form); diag and left
 both None mean S = I. The operands share one device, and for score one floating dtype, which the
@@ -14,7 +14,9 @@ result keeps; topk ranks in float32, in the package's order. candidates_* scan a
 set's packed rows (N, stored width) of float32, float16, bfloat16 or int8 (with float32 scales
 (N,)), optionally only the ascending int64 ids `allowed`. CPU float32 runs the simd kernels;
 every other device or dtype runs the torch backend's arithmetic. A factor form whose fold could
-leave the float32 range is refused, as Metric.check_fold_range refuses it.
+leave the float32 range is refused, as Metric.check_fold_range refuses it. The top-k ops with
+sigmoid=True report and rank by the probability, as sk.topk(sigmoid=True) does (its float32
+bits, ties by id).
 
 score and score_pairs are differentiable in users, ads, diag, left and right: the gradients are
 bilinear products again, made with torch ops, so they differentiate once more. The top-k ops
@@ -30,7 +32,7 @@ import torch
 
 from . import _dispatch
 from ._metric import _FOLD_LIMIT, Form, Metric, _fold_gain
-from ._objectives import _sigmoid_, dot_metric
+from ._objectives import _sigmoid_, dot_metric, probability
 from ._storage import BLOCK_ROWS, Storage, is_plain
 from .backends import _torch as torch_backend
 from .backends import _simd as simd_module
@@ -42,9 +44,9 @@ _PACKED = "Tensor users, Tensor data, Tensor? scales, Tensor? allowed"
 SCHEMAS = {
     "score": f"(Tensor users, Tensor ads, {_FORM}, int? threads=None) -> Tensor",
     "score_pairs": f"(Tensor users, Tensor ads, {_FORM}, int? threads=None) -> Tensor",
-    "topk": f"(Tensor users, Tensor ads, {_FORM}, int k, int? threads=None) -> (Tensor, Tensor)",
+    "topk": f"(Tensor users, Tensor ads, {_FORM}, int k, int? threads=None, bool sigmoid=False) -> (Tensor, Tensor)",
     "candidates_score": f"({_PACKED}, {_FORM}, int? threads=None) -> Tensor",
-    "candidates_topk": f"({_PACKED}, {_FORM}, int k, int? threads=None) -> (Tensor, Tensor)",
+    "candidates_topk": f"({_PACKED}, {_FORM}, int k, int? threads=None, bool sigmoid=False) -> (Tensor, Tensor)",
 }
 _LIBRARY = torch.library.Library(NAMESPACE, "DEF")
 for _name, _schema in SCHEMAS.items():
@@ -289,8 +291,27 @@ def _topk_one(users, ads, diag, left, right, bias, k, threads):
     return torch.from_numpy(scores), torch.from_numpy(ids)
 
 
-def _topk(users, ads, diag, left, right, bias, k, threads=None):
-    if users.ndim == 1 and (threads is None or threads >= 1):
+def _by_probability(users, k: int, count: int, allowed, top, score_all):
+    """The best k of each user by the reported probability, as sk.topk(sigmoid=True) ranks
+    (_api.rank_exactly): top(users (M, n), c) gives the best c by score, score_all(user) one
+    user's scores over the `count` eligible candidates (the ids `allowed`, or all)."""
+    from ._api import rank_exactly
+
+    many = users.reshape(-1, users.shape[-1])
+
+    def raw_topk(how_many):
+        return tuple(x.cpu().numpy() for x in top(many, how_many))
+
+    def everything(u):
+        ids = np.arange(count) if allowed is None else allowed.cpu().numpy()
+        return probability(score_all(many[u]).float().cpu().numpy()), ids
+
+    scores, ids = rank_exactly(count, k, raw_topk, everything, probability)
+    return _one_or_many(users, (torch.from_numpy(scores).to(users.device), torch.from_numpy(ids).to(users.device)))
+
+
+def _topk(users, ads, diag, left, right, bias, k, threads=None, sigmoid=False):
+    if users.ndim == 1 and (threads is None or threads >= 1) and not sigmoid:
         plain = _topk_one(users, ads, diag, left, right, bias, k, threads)
         if plain is not None:
             return plain
@@ -299,6 +320,10 @@ def _topk(users, ads, diag, left, right, bias, k, threads=None):
     k = _kept(k, ads.shape[0])
     if 0 in _score_shape(users, k):
         return _empty_topk(users, k)
+    if sigmoid:
+        return _by_probability(users, k, ads.shape[0], None,
+                               lambda u, c: _topk(u, ads, diag, left, right, bias, c, threads),
+                               lambda u: _score(u, ads, diag, left, right, bias, threads))
     return (SIMD if _simd_runs(users, ads) else TORCH)["topk"](users, ads, diag, left, right, bias, k, threads)
 
 
@@ -311,12 +336,17 @@ def _candidates_score(users, data, scales, allowed, diag, left, right, bias, thr
                                                                      bias, threads)
 
 
-def _candidates_topk(users, data, scales, allowed, diag, left, right, bias, k, threads=None):
+def _candidates_topk(users, data, scales, allowed, diag, left, right, bias, k, threads=None, sigmoid=False):
     _check_packed(users, data, scales, allowed, diag, left, right)
     check_fold_range(users, diag, left, right)
     k = _kept(k, _count(data, allowed))
     if 0 in _score_shape(users, k):
         return _empty_topk(users, k)
+    if sigmoid:
+        return _by_probability(
+            users, k, _count(data, allowed), allowed,
+            lambda u, c: _candidates_topk(u, data, scales, allowed, diag, left, right, bias, c, threads),
+            lambda u: _candidates_score(u, data, scales, allowed, diag, left, right, bias, threads))
     return (SIMD if _simd_runs(users) else TORCH)["candidates_topk"](users, data, scales, allowed, diag, left, right,
                                                                     bias, k, threads)
 
@@ -341,7 +371,7 @@ def _score_pairs_fake(users, ads, diag, left, right, bias, threads=None):
     return users.new_empty((ads.shape[0],))
 
 
-def _topk_fake(users, ads, diag, left, right, bias, k, threads=None):
+def _topk_fake(users, ads, diag, left, right, bias, k, threads=None, sigmoid=False):
     _check(users, ads, diag, left, right)
     return _empty_topk(users, _kept(k, ads.shape[0]))
 
@@ -351,7 +381,7 @@ def _candidates_score_fake(users, data, scales, allowed, diag, left, right, bias
     return users.new_empty(_score_shape(users, _count(data, allowed)))
 
 
-def _candidates_topk_fake(users, data, scales, allowed, diag, left, right, bias, k, threads=None):
+def _candidates_topk_fake(users, data, scales, allowed, diag, left, right, bias, k, threads=None, sigmoid=False):
     _check_packed(users, data, scales, allowed, diag, left, right)
     return _empty_topk(users, _kept(k, _count(data, allowed)))
 
@@ -610,13 +640,13 @@ def score_store(users, store, metric: Metric, *, ids, sigmoid: bool, threads, ou
     return out.copy_(result)
 
 
-def topk_store(users, store, k: int, metric: Metric, *, ids, threads):
-    """_api.topk_store for tensors under backend='auto' (without sigmoid): one op call."""
+def topk_store(users, store, k: int, metric: Metric, *, ids, sigmoid: bool, threads):
+    """_api.topk_store for tensors under backend='auto': one op call."""
     device = device_of(users, store)
     users = _as_tensor(users, device)
     form = _form_of(metric, users)
     if not is_plain(store):
         data, scales = _packed_tensors(store, device)
         allowed = None if ids is None else torch.from_numpy(ids).to(device)
-        return _call("candidates_topk", users, data, scales, allowed, *form, metric.bias, k, threads)
-    return _call("topk", users, _as_tensor(store, device), *form, metric.bias, k, threads)
+        return _call("candidates_topk", users, data, scales, allowed, *form, metric.bias, k, threads, sigmoid)
+    return _call("topk", users, _as_tensor(store, device), *form, metric.bias, k, threads, sigmoid)
