@@ -279,14 +279,14 @@ SPLITNET_AVX2 inline void rows_16bit(const float* query, const std::uint16_t* ro
   }
 }
 
+SPLITNET_AVX2 inline __m256i widen16(const std::int8_t* p) {  // 16 bytes sign-extended to 16 bits
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
 SPLITNET_AVX2 inline std::int32_t dot_i8(const std::int8_t* query, const std::int8_t* row, index_t dim) {
   __m256i acc = _mm256_setzero_si256();
   index_t d = 0;
-  for (; d + 16 <= dim; d += 16) {
-    const __m256i q = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(query + d)));
-    const __m256i a = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + d)));
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(q, a));
-  }
+  for (; d + 16 <= dim; d += 16) acc = _mm256_add_epi32(acc, _mm256_madd_epi16(widen16(query + d), widen16(row + d)));
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
@@ -410,12 +410,36 @@ SPLITNET_AVX2 inline void widen_bf16_avx2(const std::uint16_t* in, index_t n, fl
   widen_bf16_scalar(in + i, n - i, out + i);
 }
 
+// Four rows at a time share each widened query vector and one reduction (exact int32 sums).
 SPLITNET_AVX2 inline void score_rows_i8_avx2(const std::int8_t* query, float query_scale, const std::int8_t* rows,
                                              const float* row_scales, index_t n_rows, index_t dim,
                                              index_t row_stride, float bias, float* out) {
-  for (index_t i = 0; i < n_rows; ++i)
-    out[i] = score_i8(static_cast<float>(avx2_detail::dot_i8(query, rows + i * row_stride, dim)), query_scale,
-                      row_scales[i], bias);
+  using namespace avx2_detail;
+  const index_t full = dim / 16 * 16;
+  index_t i = 0;
+  for (; i + 4 <= n_rows; i += 4) {
+    const std::int8_t* r = rows + i * row_stride;
+    prefetch_four_rows(rows, i, n_rows, dim, row_stride);
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    for (index_t d = 0; d < full; d += 16) {
+      const __m256i q = widen16(query + d);
+      acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(q, widen16(r + d)));
+      acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(q, widen16(r + row_stride + d)));
+      acc2 = _mm256_add_epi32(acc2, _mm256_madd_epi16(q, widen16(r + 2 * row_stride + d)));
+      acc3 = _mm256_add_epi32(acc3, _mm256_madd_epi16(q, widen16(r + 3 * row_stride + d)));
+    }
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(acc0, acc1), _mm256_hadd_epi32(acc2, acc3));
+    std::int32_t sums[4];
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(sums),
+                     _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+    for (index_t j = 0; j < 4; ++j) {
+      std::int32_t sum = sums[j];
+      for (index_t d = full; d < dim; ++d) sum += static_cast<std::int32_t>(query[d]) * r[j * row_stride + d];
+      out[i + j] = score_i8(static_cast<float>(sum), query_scale, row_scales[i + j], bias);
+    }
+  }
+  for (; i < n_rows; ++i)
+    out[i] = score_i8(static_cast<float>(dot_i8(query, rows + i * row_stride, dim)), query_scale, row_scales[i], bias);
 }
 
 SPLITNET_AVX2 inline std::uint64_t score_tile_i8_avx2(const std::int32_t* users_t, index_t users_pad,

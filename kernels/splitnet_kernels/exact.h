@@ -88,17 +88,6 @@ inline ScoreBound score_bound(const float* query, index_t dim, Dtype dtype) {
   return b;
 }
 
-// lows / highs[i] = scores[i] -/+ the bound; NaN (a NaN score, inf - inf) means unknown: -inf / +inf.
-inline void bounds(const ScoreBound& bound, const float* __restrict scores, const float* __restrict norms,
-                   const float* __restrict residuals, index_t n, float* __restrict lows, float* __restrict highs) {
-  for (index_t i = 0; i < n; ++i) {
-    const float e = bound(scores[i], norms[i], residuals[i]);
-    const float low = scores[i] - e, high = scores[i] + e;
-    lows[i] = low == low ? low : -kInf;
-    highs[i] = high == high ? high : kInf;
-  }
-}
-
 // The rows a task kept: its best k lower bounds (a heap) and every row whose upper bound reached
 // the k-th lower bound when it was scanned (pruned as that bound rises).
 struct Survivors {
@@ -153,20 +142,28 @@ inline index_t rescore(const KernelTable& table, const float* query, const Exact
   return m;
 }
 
-// The pre-test gate of a tile for a floor F and the largest bound M of its rows (CertifiedTile):
-// a score below it has s + E < F. NaN (from inf - inf) lets every score pass.
+// The pre-test gate of a block of rows (a one-user block, a tile of the certified tile) for a
+// floor F and the largest bound M of its rows: F - M - 2^-14 (|F| + M) - 2^-126 in float32. The
+// margin is far more than the rounding of the gate itself, of s + E and the relative term
+// (2^-23 |s|), so a score s below the gate has s + E < F: the row can neither enter the heap of
+// lower bounds nor survive. NaN (from inf - inf) lets every score pass.
 inline float tile_gate(float floor, float most) {
   return floor - most - 0x1p-14f * (std::fabs(floor) + most) - 0x1p-126f;
 }
 
+// The largest of n >= 0 norms or residuals (NaN skipped; 0 for none).
+inline float largest(const KernelTable& table, const float* values, index_t n) {
+  float lanes[16];
+  table.max_lanes_f32(values, n, lanes);
+  return std::max(0.0f, *std::max_element(lanes, lanes + 16));
+}
+
 // Many users on the int8 cross tile (a cross sink, sinks.h): for each user of a block, the best
 // k lower bounds and the survivors of one task's candidates, as topk_exact_one keeps them. The
-// tile's pre-test gate of user u for candidates [first, first + n) is its floor F lowered by the
-// largest bound those rows can have, M = alpha max(norm) + beta max(residual) + tau, and by
-// 2^-14 (|F| + M) + 2^-126, computed in float32: the margin is far more than the float32
-// rounding of the gate itself, of s + E and the relative term (2^-23 |s|), so a score below the
-// gate has s + E < F. Rows the small type cannot stand for (a residual or a norm that is not
-// finite) survive for every user without a test (an infinite one also opens its tile's gates).
+// tile's pre-test gate of user u for candidates [first, first + n) is tile_gate of its floor and
+// of the largest bound those rows can have, M = alpha max(norm) + beta max(residual) + tau. Rows
+// the small type cannot stand for (a residual or a norm that is not finite) survive for every
+// user without a test (an infinite one also opens its tile's gates).
 // Once the survivors of some user pass `most` (ties: the bound cannot tell the rows apart), the
 // sink sets *overflow and every sink stops: re-scoring that many rows one by one would cost more
 // than the float32 cross tile, which the caller then takes.
@@ -187,9 +184,7 @@ class CertifiedTile {
 
   const float* gates(index_t first, index_t n) {
     if (overflow_->load(std::memory_order_relaxed)) return nullptr;  // no hits: the sink idles to the end
-    float norm = 0, residual = 0;
-    for (index_t r = first; r < first + n; ++r)
-      norm = std::max(norm, exact_.norms[r]), residual = std::max(residual, exact_.residuals[r]);
+    const float norm = largest(table_, exact_.norms + first, n), residual = largest(table_, exact_.residuals + first, n);
     for (index_t u = 0; u < n_users_; ++u)
       gates_[u] = tile_gate(floors_[u], alphas_[u] * norm + betas_[u] * residual + taus_[u]);
     return gates_.data();
@@ -265,25 +260,28 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
   parallel_chunks(n, static_cast<int>(tasks), min_chunk, kBlock, [&](int t, index_t begin, index_t end) {
     Survivors& s = kept[t];
     TopK lower = s.lower_heap(k);
-    float scores[kBlock], lows[kBlock], highs[kBlock];
+    float scores[kBlock], gathered[2][kBlock];
     for (index_t b = begin; b < end; b += kBlock) {
       const index_t count = std::min(kBlock, end - b);
       approx(b, count, scores);
-      if (ids == nullptr) {  // two loops, so that the contiguous one vectorizes
-        bounds(bound, scores, exact.norms + b, exact.residuals + b, count, lows, highs);
-      } else {
-        float norms[kBlock], residuals[kBlock];
-        for (index_t i = 0; i < count; ++i) norms[i] = exact.norms[ids[b + i]], residuals[i] = exact.residuals[ids[b + i]];
-        bounds(bound, scores, norms, residuals, count, lows, highs);
+      const float *norms = exact.norms + b, *residuals = exact.residuals + b;
+      if (ids != nullptr) {
+        for (index_t i = 0; i < count; ++i)
+          gathered[0][i] = exact.norms[ids[b + i]], gathered[1][i] = exact.residuals[ids[b + i]];
+        norms = gathered[0], residuals = gathered[1];
       }
-      lower.scan(lows, count, b, nullptr, table);  // positions; ids come in below
-      const float floor = lower.floor();
-      for (index_t i = table.first_not_below_f32(highs, count, floor); i < count;) {
-        s.keep(b + i, highs[i]);
+      // the block's gate, as the certified tile's: a score below it has s~ + E below the floor
+      const float most = bound.alpha * largest(table, norms, count) + bound.beta * largest(table, residuals, count) +
+                         bound.tau;
+      const float gate = tile_gate(lower.floor(), most);
+      for (index_t i = table.first_not_below_f32(scores, count, gate); i < count;) {
+        const float e = bound(scores[i], norms[i], residuals[i]), low = scores[i] - e, high = scores[i] + e;
+        if (!(low < lower.gate())) lower.push(low == low ? low : -kInf, b + i);  // positions; ids come in below
+        if (!(high < lower.floor())) s.keep(b + i, high == high ? high : kInf);
         ++i;
-        i += table.first_not_below_f32(highs + i, count - i, floor);
+        i += table.first_not_below_f32(scores + i, count - i, gate);
       }
-      s.prune(floor, k);
+      s.prune(lower.floor(), k);
     }
     s.lower_count = lower.finish();
   });
