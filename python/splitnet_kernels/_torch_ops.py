@@ -279,6 +279,8 @@ def _topk_one(users, ads, diag, left, right, bias, k, threads):
     if user.dtype is not _F32_NUMPY or rows.dtype is not _F32_NUMPY or rows.ndim != 2 or not rows.shape[0] \
             or user.shape[0] != rows.shape[1] or any(x is not None and x.dtype is not _F32_NUMPY for x in form):
         return None
+    if diag is None and left is None:  # S = I: the kernels take it as dot's ones
+        form = dot_metric(user.shape[0]).form
     if left is not None:
         check_fold_range(users, diag, left, right)
     k = min(k, rows.shape[0])
