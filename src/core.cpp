@@ -442,11 +442,11 @@ PyObject* topk_value_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, P
 
 constexpr const char* kExactNames[] = {"users", "data", "dtype", "scales", "allowed", "exact", "norms",
                                        "residuals", "diag", "left", "right", "bias", "k", "out_scores",
-                                       "out_ids", "threads"};
+                                       "out_ids", "threads", "block_norms", "block_residuals", "block"};
 PyObject* topk_exact_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
   PyObject* rescored = nullptr;
   PyObject* done = guarded([&] {
-    const Arguments<16> a("topk_exact", kExactNames, args, nargs, kwnames);
+    const Arguments<19> a("topk_exact", kExactNames, args, nargs, kwnames);
     const py::array users = a.array(0);
     const ScanOperands p(users, a.array(1), a.object(2), a.object(3), a.object(4), a.object(8), a.object(9),
                          a.object(10));
@@ -464,11 +464,17 @@ PyObject* topk_exact_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, P
     float* s = output_for(out_scores, "out_scores", users, p.users.count, k);
     auto* i = reinterpret_cast<index_t*>(output_for(out_ids, "out_ids", users, p.users.count, k, 'i'));
     const int t = a.threads(15);
+    const long long block = a.integer(18);
+    require(block >= 1, "block: rows per stored maximum, >= 1, got ", block);
+    const index_t blocks = (p.rows.count + block - 1) / block;
+    const splitnet::ExactRows rows{exact, norms, residuals,
+                                   static_cast<const float*>(vector_of(a.array(16), "block_norms", blocks, 'f')),
+                                   static_cast<const float*>(vector_of(a.array(17), "block_residuals", blocks, 'f')),
+                                   static_cast<index_t>(block)};
     index_t count;
     {
       py::gil_scoped_release release;
-      count = splitnet::topk_exact(table(), p.users, p.rows, splitnet::ExactRows{exact, norms, residuals},
-                                   p.form.form, bias, p.ids, p.n_ids, k, s, i, t);
+      count = splitnet::topk_exact(table(), p.users, p.rows, rows, p.form.form, bias, p.ids, p.n_ids, k, s, i, t);
     }
     rescored = PyLong_FromLongLong(count);
   });
@@ -532,10 +538,11 @@ PyMethodDef kEntries[] = {
     {"topk_exact", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(topk_exact_entry)),
      METH_FASTCALL | METH_KEYWORDS,
      "topk_exact(users, data, dtype, scales, allowed, exact, norms, residuals, diag, left, right, bias, k, out_scores, "
-     "out_ids, threads)\n--\n\n"
+     "out_ids, threads, block_norms, block_residuals, block)\n--\n\n"
      "topk over the float32 rows `exact` (N, stored), bit for bit, from a certified scan of data (the same rows in a "
-     "reduced dtype) with per-row bounds norms >= ||a|| and residuals >= ||a - a~||: only the rows that may enter "
-     "are re-scored in float32. Returns how many were."},
+     "reduced dtype) with per-row bounds norms >= ||a|| and residuals >= ||a - a~||, and their largest over each "
+     "`block` rows (block_norms, block_residuals: ceil(N / block) each): only the rows that may enter are re-scored "
+     "in float32. Returns how many were."},
     {"fold", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(fold_entry)), METH_FASTCALL | METH_KEYWORDS,
      "fold(users, diag, left, right, out, threads)\n--\n\n"
      "out = users^T S under S = diag(diag) + left right^T, users and out (M, n): the kernels' own fold, with the "

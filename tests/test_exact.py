@@ -149,3 +149,31 @@ def test_exact_bad_input():
         sk.Candidates(ads, "int8", exact="yes")
     with pytest.raises(ValueError, match="exact=True takes them"):
         sk.Candidates(np.full((2, 2), np.nan, np.float32), "int8")
+
+
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_stored_block_maxima_of_any_size_give_the_same_answer(dtype, rng):
+    """The binding's block maxima (ExactStorage.block_bounds at BOUND_BLOCK rows) gate the scan's
+    blocks wherever their edges fall: any block size gives the float32 set's answer; a bad one is
+    refused by name."""
+    from splitnet_kernels import _core
+    from splitnet_kernels._storage import BOUND_BLOCK
+
+    ads = _adversarial(rng, "huge_coordinate", 5000, 24)
+    exact, plain = sk.Candidates(ads, dtype, exact=True), sk.Candidates(ads, "float32")
+    store, user = exact._store, rng.standard_normal(24).astype(np.float32)
+    want = plain.topk(user, 30)
+    assert [len(b) for b in store.block_bounds] == [-(-5000 // BOUND_BLOCK)] * 2
+    ones = np.ones(24, np.float32)
+    for block in (1, 7, 1000, 1024, 4999, 5000, 9999):
+        starts = np.arange(0, 5000, block)
+        maxima = [np.maximum.reduceat(x, starts) for x in (store.norms, store.residuals)]
+        scores, ids = np.empty(30, np.float32), np.empty(30, np.int64)
+        _core.topk_exact(user, store.scan.data, store.scan.dtype, store.scan.scales, None, store.data, store.norms,
+                         store.residuals, ones, None, None, 0.0, 30, scores, ids, 2, *maxima, block)
+        _same((scores, ids), want)
+    for block, lengths, match in ((0, 1, "block: rows per stored maximum"), (1024, 4, "block_norms")):
+        bad = [np.zeros(lengths, np.float32)] * 2
+        with pytest.raises(ValueError, match=match):
+            _core.topk_exact(user, store.scan.data, store.scan.dtype, store.scan.scales, None, store.data,
+                             store.norms, store.residuals, ones, None, None, 0.0, 30, scores, ids, 2, *bad, block)

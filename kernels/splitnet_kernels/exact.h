@@ -24,10 +24,15 @@ constexpr index_t kExactTileUsers = 4;
 // What the re-score needs: the float32 rows (as the float32 set stores them) and, per row, an
 // upper bound on ||a||_2 (norms) and on ||a - a~||_2, a~ the row as stored in the small type
 // (residuals; +inf for a row the small type cannot stand for, which is then always re-scored).
+// block_norms / block_residuals[q], when set, are the largest of rows [q block, (q + 1) block),
+// so that a scan over all rows can gate a block without reading every row's bounds.
 struct ExactRows {
   Rows rows;
   const float* norms;
   const float* residuals;
+  const float* block_norms = nullptr;
+  const float* block_residuals = nullptr;
+  index_t block = 0;
 };
 
 namespace detail {
@@ -265,15 +270,20 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
       const index_t count = std::min(kBlock, end - b);
       approx(b, count, scores);
       const float *norms = exact.norms + b, *residuals = exact.residuals + b;
+      float norm = 0, residual = 0;  // the block's largest, from the stored maxima where there are some
       if (ids != nullptr) {
         for (index_t i = 0; i < count; ++i)
           gathered[0][i] = exact.norms[ids[b + i]], gathered[1][i] = exact.residuals[ids[b + i]];
         norms = gathered[0], residuals = gathered[1];
       }
+      if (ids == nullptr && exact.block > 0) {
+        for (index_t q = b / exact.block; q <= (b + count - 1) / exact.block; ++q)
+          norm = std::max(norm, exact.block_norms[q]), residual = std::max(residual, exact.block_residuals[q]);
+      } else {
+        norm = largest(table, norms, count), residual = largest(table, residuals, count);
+      }
       // the block's gate, as the certified tile's: a score below it has s~ + E below the floor
-      const float most = bound.alpha * largest(table, norms, count) + bound.beta * largest(table, residuals, count) +
-                         bound.tau;
-      const float gate = tile_gate(lower.floor(), most);
+      const float gate = tile_gate(lower.floor(), bound.alpha * norm + bound.beta * residual + bound.tau);
       for (index_t i = table.first_not_below_f32(scores, count, gate); i < count;) {
         const float e = bound(scores[i], norms[i], residuals[i]), low = scores[i] - e, high = scores[i] + e;
         if (!(low < lower.gate())) lower.push(low == low ? low : -kInf, b + i);  // positions; ids come in below

@@ -139,6 +139,9 @@ class Storage:
         return block.astype(np.float32) * self.scales[begin:end, None]
 
 
+BOUND_BLOCK = 1024  # rows per stored maximum of an exact set's bounds (ExactStorage.block_bounds)
+
+
 class ExactStorage(Storage):
     """An exact reduced-precision set: the float32 rows as the float32 set packs them (what every
     path reads, so every result is the float32 set's) and `scan`, the same rows in a reduced
@@ -146,13 +149,18 @@ class ExactStorage(Storage):
     that may enter. Per row: norms >= ||a||_2 and residuals >= ||a - a~||_2 (a~ the row as
     stored in `scan`), rounded up to float32; a row the reduced type cannot hold (NaN, infinity,
     beyond its range) is stored as zeros with both +inf, so it is always re-scored. Costs, per
-    row of n values: 4 n bytes for the float32 rows and 8 for the bounds, besides the scan's."""
+    row of n values: 4 n bytes for the float32 rows and 8 for the bounds, besides the scan's.
+    block_bounds: the largest norm and residual of each BOUND_BLOCK rows (made here, in memory
+    only), with which the scan gates a block without reading its rows' bounds."""
 
-    __slots__ = ("scan", "norms", "residuals", "rescored")
+    __slots__ = ("scan", "norms", "residuals", "block_bounds", "rescored")
 
     def __init__(self, rows: Storage, scan: Storage, norms: np.ndarray, residuals: np.ndarray):
         super().__init__("float32", rows.dim, rows.data, None)
         self.scan, self.norms, self.residuals = scan, norms, residuals
+        starts = np.arange(0, len(norms), BOUND_BLOCK)
+        self.block_bounds = tuple(np.maximum.reduceat(x, starts) if len(x) else np.empty(0, np.float32)
+                                  for x in (norms, residuals))
         self.rescored = 0  # rows the last top-k re-scored, summed over its users
         for array in (norms, residuals):
             if array.flags.writeable:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._storage import ExactStorage, is_plain
+from .._storage import BOUND_BLOCK, ExactStorage, is_plain
 
 try:
     from .. import _core
@@ -119,7 +119,7 @@ class SimdBackend:
             scan = store.scan
             store.rescored = _core.topk_exact(users, scan.data, scan.dtype, scan.scales, ids, data, store.norms,
                                               store.residuals, *metric.form, metric.bias, k, scores, found,
-                                              self._threads(threads))
+                                              self._threads(threads), *store.block_bounds, BOUND_BLOCK)
             return scores, found
         _core.topk(users, data, dtype, scales, ids, *metric.form, metric.bias, k, scores, found,
                    self._threads(threads))
