@@ -299,7 +299,7 @@ SPLITNET_AVX2 inline std::int32_t dot_i8(const std::int8_t* query, const std::in
 // split into its even bytes (0, 2) and odd bytes (1, 3), each sign-extended into two 16-bit
 // halves of a word, so that vpmaddwd multiplies and pair-sums them exactly into int32 (no
 // offset: the bytes stay signed). Users and the tile's rows are split once per call, into
-// words_e / words_o (g * pad + u for users, c * groups + g for rows).
+// users_e / users_o (at g * pad + u) and rows_e / rows_o (at c * groups + g).
 SPLITNET_AVX2 inline void split_even_odd(__m256i v, __m256i* even, __m256i* odd) {
   *even = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);
   *odd = _mm256_srai_epi16(v, 8);
