@@ -114,6 +114,24 @@ float* output_for(py::array& out, const char* name, const py::array& users, inde
   return users.ndim() == 1 ? output_of(out, name, {n}, kind) : output_of(out, name, {count, n}, kind);
 }
 
+// A top-k call's k and its two outputs, arguments `first` .. `first + 2` (k, out_scores, out_ids):
+// k checked against the candidates, the outputs against (users, k).
+struct TopkOutputs {
+  long long k;
+  py::array scores_array, ids_array;
+  float* scores;
+  index_t* ids;
+
+  template <class Args>
+  TopkOutputs(const Args& a, int first, const py::array& users, index_t n_users, index_t candidates)
+      : k(a.integer(first)) {
+    require(k >= 0 && k <= candidates, "k must be in [0, ", candidates, "] (the candidates), got ", k);
+    scores_array = a.array(first + 1), ids_array = a.array(first + 2);
+    scores = output_for(scores_array, "out_scores", users, n_users, k);
+    ids = reinterpret_cast<index_t*>(output_for(ids_array, "out_ids", users, n_users, k, 'i'));
+  }
+};
+
 // An optional float32 vector argument of `length` values: null for None. `keep` holds the array
 // for the call (a conversion from another type makes a new one).
 const float* optional_vector(const py::object& x, const char* name, index_t length, py::object& keep) {
@@ -362,14 +380,10 @@ PyObject* topk_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObjec
     const ScanOperands p(users, a.array(1), a.object(2), a.object(3), a.object(4), a.object(5), a.object(6),
                          a.object(7));
     const float bias = a.real(8);
-    const long long k = a.integer(9);
-    require(k >= 0 && k <= p.candidates(), "k must be in [0, ", p.candidates(), "] (the candidates), got ", k);
-    py::array out_scores = a.array(10), out_ids = a.array(11);
-    float* s = output_for(out_scores, "out_scores", users, p.users.count, k);
-    auto* i = reinterpret_cast<index_t*>(output_for(out_ids, "out_ids", users, p.users.count, k, 'i'));
+    const TopkOutputs out(a, 9, users, p.users.count, p.candidates());
     const int t = a.threads(12);
     py::gil_scoped_release release;
-    splitnet::topk(table(), p.users, p.rows, p.form.form, bias, p.ids, p.n_ids, k, s, i, t);
+    splitnet::topk(table(), p.users, p.rows, p.form.form, bias, p.ids, p.n_ids, out.k, out.scores, out.ids, t);
   });
 }
 
@@ -458,11 +472,7 @@ PyObject* topk_exact_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, P
     const auto* norms = static_cast<const float*>(vector_of(a.array(6), "norms", p.rows.count, 'f'));
     const auto* residuals = static_cast<const float*>(vector_of(a.array(7), "residuals", p.rows.count, 'f'));
     const float bias = a.real(11);
-    const long long k = a.integer(12);
-    require(k >= 0 && k <= p.candidates(), "k must be in [0, ", p.candidates(), "] (the candidates), got ", k);
-    py::array out_scores = a.array(13), out_ids = a.array(14);
-    float* s = output_for(out_scores, "out_scores", users, p.users.count, k);
-    auto* i = reinterpret_cast<index_t*>(output_for(out_ids, "out_ids", users, p.users.count, k, 'i'));
+    const TopkOutputs out(a, 12, users, p.users.count, p.candidates());
     const int t = a.threads(15);
     const long long block = a.integer(18);
     require(block >= 1, "block: rows per stored maximum, >= 1, got ", block);
@@ -474,7 +484,8 @@ PyObject* topk_exact_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, P
     index_t count;
     {
       py::gil_scoped_release release;
-      count = splitnet::topk_exact(table(), p.users, p.rows, rows, p.form.form, bias, p.ids, p.n_ids, k, s, i, t);
+      count = splitnet::topk_exact(table(), p.users, p.rows, rows, p.form.form, bias, p.ids, p.n_ids, out.k,
+                                   out.scores, out.ids, t);
     }
     rescored = PyLong_FromLongLong(count);
   });

@@ -6,6 +6,7 @@ Metric.dense() and plain float64 matrix products.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 import numpy as np
@@ -53,17 +54,24 @@ def _backend_params(include_auto: bool = False):
     return params
 
 
+@contextlib.contextmanager
+def using_isa(isa: str):
+    """The kernels run on `isa` inside the block and on the previous ISA after it."""
+    previous = sk.set_isa(isa)
+    try:
+        yield
+    finally:
+        sk.set_isa(previous)
+
+
 def _select(request):
     name, isa = request.param
     if isa is None:
         yield name
         return
-    previous = sk.set_isa(isa)
-    try:
+    with using_isa(isa):
         assert sk.info()["isa_active"] == isa
         yield name
-    finally:
-        sk.set_isa(previous)
 
 
 @pytest.fixture(params=_backend_params())

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import splitnet_kernels as sk
-from conftest import SUPPORTED_ISAS, make_metric
+from conftest import SUPPORTED_ISAS, make_metric, using_isa
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")
@@ -45,11 +45,8 @@ def test_every_path_and_isa_gives_the_same_bits(dtype, data):
     allowed = np.arange(count)
     reference = None
     for isa in SUPPORTED_ISAS:
-        previous = sk.set_isa(isa)
-        try:
+        with using_isa(isa):
             paths = _every_path(cands, users, metric, k, allowed)
-        finally:
-            sk.set_isa(previous)
         reference = paths["score many"] if reference is None else reference
         for name, scores in paths.items():
             seen = ~np.isnan(scores) if name.startswith("topk") else np.ones(scores.shape, bool)

@@ -9,7 +9,7 @@ import pytest
 import splitnet_kernels as sk
 
 from conftest import (EPS32, assert_within, make_metric, reference_scores, sigmoid_tolerance, to_numpy,
-                      tolerance, _abs_metric)
+                      tolerance, using_isa, _abs_metric)
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 
@@ -132,11 +132,8 @@ def test_int8_many_users_match_one_user_at_a_time(isa, dim, rng):
     # the int8 cross tile (vpdpbusd) and the one-user kernel take the same exact integer sums:
     # only the scaling's float32 rounding may differ. Raw rows of any width, tails included.
     core = sk._core
-    previous = sk.set_isa(isa)
-    try:
+    with using_isa(isa):
         _int8_many_against_one(core, dim, rng)
-    finally:
-        sk.set_isa(previous)
 
 
 def _int8_many_against_one(core, dim, rng):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import splitnet_kernels as sk
-from conftest import SUPPORTED_ISAS, make_metric
+from conftest import SUPPORTED_ISAS, make_metric, using_isa
 
 REDUCED = ("int8", "bfloat16", "float16")
 KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")
@@ -57,14 +57,11 @@ def test_exact_topk_is_the_float32_sets_bit_for_bit(dtype, data):
         allowed = None
     threads, output = data.draw(st.sampled_from((1, 2))), data.draw(st.sampled_from(("logit", "probability")))
     for isa in SUPPORTED_ISAS:
-        previous = sk.set_isa(isa)
-        try:
+        with using_isa(isa):
             for u in (users, users[0]):
                 want = plain.topk(u, k, metric, allowed=allowed, output=output, threads=threads)
                 _same(exact.topk(u, k, metric, allowed=allowed, output=output, threads=threads), want)
             _same([exact.score(users, metric)], [plain.score(users, metric)])
-        finally:
-            sk.set_isa(previous)
 
 
 @pytest.mark.parametrize("dtype", REDUCED)
@@ -97,8 +94,7 @@ def test_many_users_on_the_certified_int8_tile(kind, isa, rng):
     ads = _adversarial(rng, kind, count, dim)
     exact, plain = sk.Candidates(ads, "int8", exact=True), sk.Candidates(ads, "float32")
     users = rng.standard_normal((37, dim)).astype(np.float32)
-    previous = sk.set_isa(isa)
-    try:
+    with using_isa(isa):
         for metric in (None, make_metric("diagonal", dim, rng, bias=0.5), make_metric("full", dim, rng)):
             for k in (1, 16, 100, count):
                 for threads in (1, 2):
@@ -107,8 +103,6 @@ def test_many_users_on_the_certified_int8_tile(kind, isa, rng):
         odd[3, 0], odd[5] = np.nan, odd[5] * np.float32(1e36)
         _same(exact.topk(odd, 10), plain.topk(odd, 10))
         assert exact.last_rescored == 37 * count
-    finally:
-        sk.set_isa(previous)
 
 
 def test_exact_sets_save_and_load(tmp_path, rng):

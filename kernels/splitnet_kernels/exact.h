@@ -178,20 +178,17 @@ class CertifiedTile {
                 const ExactRows& exact, const std::vector<index_t>& unbounded, Survivors* kept, index_t most,
                 std::atomic<bool>* overflow)
       : table_(table), k_(k), bounds_(bounds), n_users_(n_users), exact_(exact), unbounded_(unbounded),
-        kept_(kept), most_(most), overflow_(overflow), gates_(static_cast<size_t>(pad), kInf), floors_(gates_.size(), -kInf),
-        alphas_(gates_.size()), betas_(gates_.size()), taus_(gates_.size()) {
+        kept_(kept), most_(most), overflow_(overflow), gates_(static_cast<size_t>(pad), kInf),
+        floors_(gates_.size(), -kInf) {
     heaps_.reserve(static_cast<size_t>(n_users));
-    for (index_t u = 0; u < n_users; ++u) {
-      heaps_.push_back(kept_[u].lower_heap(k));
-      alphas_[u] = bounds[u].alpha, betas_[u] = bounds[u].beta, taus_[u] = bounds[u].tau;
-    }
+    for (index_t u = 0; u < n_users; ++u) heaps_.push_back(kept_[u].lower_heap(k));
   }
 
   const float* gates(index_t first, index_t n) {
     if (overflow_->load(std::memory_order_relaxed)) return nullptr;  // no hits: the sink idles to the end
     const float norm = largest(table_, exact_.norms + first, n), residual = largest(table_, exact_.residuals + first, n);
     for (index_t u = 0; u < n_users_; ++u)
-      gates_[u] = tile_gate(floors_[u], alphas_[u] * norm + betas_[u] * residual + taus_[u]);
+      gates_[u] = tile_gate(floors_[u], bounds_[u].alpha * norm + bounds_[u].beta * residual + bounds_[u].tau);
     return gates_.data();
   }
 
@@ -238,7 +235,7 @@ class CertifiedTile {
   index_t most_;
   std::atomic<bool>* overflow_;
   std::vector<TopK> heaps_;
-  std::vector<float> gates_, floors_, alphas_, betas_, taus_;  // per user (padding lanes: +inf gates)
+  std::vector<float> gates_, floors_;  // per user (padding lanes: +inf gates)
   size_t next_ = 0;  // the first unbounded row not yet reached (tiles come in order)
 };
 
@@ -313,9 +310,14 @@ inline index_t topk_exact_tile(const KernelTable& table, const Rows& users, cons
     bounds[u] = score_bound(users.row(u), small.dim, small.dtype);
     if (!bounds[u].usable) return -1;
   }
-  std::vector<index_t> unbounded;
-  for (index_t r = 0; r < small.count; ++r)
-    if (!std::isfinite(exact.norms[r]) || !std::isfinite(exact.residuals[r])) unbounded.push_back(r);
+  std::vector<index_t> unbounded;  // looked for only in blocks whose stored maxima are not finite
+  const index_t block = exact.block > 0 ? exact.block : std::max<index_t>(small.count, 1);
+  for (index_t b = 0; b < small.count; b += block) {
+    const index_t q = b / block;
+    if (exact.block > 0 && std::isfinite(exact.block_norms[q]) && std::isfinite(exact.block_residuals[q])) continue;
+    for (index_t r = b; r < std::min(small.count, b + block); ++r)
+      if (!std::isfinite(exact.norms[r]) || !std::isfinite(exact.residuals[r])) unbounded.push_back(r);
+  }
   const index_t block_users = std::min(users_per_block(users.dim), users.count);
   const index_t tasks =
       std::max<index_t>(1, std::min<index_t>(threads, small.count / std::max<index_t>(4 * k, kTileCandidates)));
