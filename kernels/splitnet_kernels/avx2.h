@@ -410,33 +410,54 @@ SPLITNET_AVX2 inline void widen_bf16_avx2(const std::uint16_t* in, index_t n, fl
   widen_bf16_scalar(in + i, n - i, out + i);
 }
 
-// Four rows at a time share each widened query vector and one reduction (exact int32 sums).
+// 32 products q[d] r[d] pair-summed into 16-bit lanes and those into 8 int32 lanes, exactly:
+// vpmaddubsw multiplies unsigned bytes |r| by signed bytes q * sign(r) (q in [-127, 127], so
+// the sign flip cannot overflow; |r| <= 128), and a pair of products stays within
+// 2 * 128 * 127 < 2^15, so the saturating sum never saturates.
+SPLITNET_AVX2 inline __m256i dot32_i8(__m256i q, const std::int8_t* row) {
+  const __m256i r = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row));
+  const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(r), _mm256_sign_epi8(q, r));
+  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+// Four rows at a time share each query vector and one reduction (exact int32 sums), and end
+// with score_i8's float operations four lanes at a time (the same roundings, so the same bits).
 SPLITNET_AVX2 inline void score_rows_i8_avx2(const std::int8_t* query, float query_scale, const std::int8_t* rows,
                                              const float* row_scales, index_t n_rows, index_t dim,
                                              index_t row_stride, float bias, float* out) {
   using namespace avx2_detail;
-  const index_t full = dim / 16 * 16;
+  const index_t full32 = dim / 32 * 32, full = dim / 16 * 16;
   index_t i = 0;
   for (; i + 4 <= n_rows; i += 4) {
     const std::int8_t* r = rows + i * row_stride;
     prefetch_four_rows(rows, i, n_rows, dim, row_stride);
     __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-    for (index_t d = 0; d < full; d += 16) {
-      const __m256i q = widen16(query + d);
-      acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(q, widen16(r + d)));
-      acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(q, widen16(r + row_stride + d)));
-      acc2 = _mm256_add_epi32(acc2, _mm256_madd_epi16(q, widen16(r + 2 * row_stride + d)));
-      acc3 = _mm256_add_epi32(acc3, _mm256_madd_epi16(q, widen16(r + 3 * row_stride + d)));
+    for (index_t d = 0; d < full32; d += 32) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(query + d));
+      acc0 = _mm256_add_epi32(acc0, dot32_i8(q, r + d));
+      acc1 = _mm256_add_epi32(acc1, dot32_i8(q, r + row_stride + d));
+      acc2 = _mm256_add_epi32(acc2, dot32_i8(q, r + 2 * row_stride + d));
+      acc3 = _mm256_add_epi32(acc3, dot32_i8(q, r + 3 * row_stride + d));
+    }
+    if (full > full32) {  // 16 more: widened to 16 bits
+      const __m256i q = widen16(query + full32);
+      acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(q, widen16(r + full32)));
+      acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(q, widen16(r + row_stride + full32)));
+      acc2 = _mm256_add_epi32(acc2, _mm256_madd_epi16(q, widen16(r + 2 * row_stride + full32)));
+      acc3 = _mm256_add_epi32(acc3, _mm256_madd_epi16(q, widen16(r + 3 * row_stride + full32)));
     }
     const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(acc0, acc1), _mm256_hadd_epi32(acc2, acc3));
-    std::int32_t sums[4];
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(sums),
-                     _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
-    for (index_t j = 0; j < 4; ++j) {
-      std::int32_t sum = sums[j];
-      for (index_t d = full; d < dim; ++d) sum += static_cast<std::int32_t>(query[d]) * r[j * row_stride + d];
-      out[i + j] = score_i8(static_cast<float>(sum), query_scale, row_scales[i + j], bias);
+    __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    if (full < dim) {
+      alignas(16) std::int32_t tail[4];
+      _mm_store_si128(reinterpret_cast<__m128i*>(tail), sums);
+      for (index_t j = 0; j < 4; ++j)
+        for (index_t d = full; d < dim; ++d) tail[j] += static_cast<std::int32_t>(query[d]) * r[j * row_stride + d];
+      sums = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
     }
+    __m128 product = _mm_mul_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(_mm_set1_ps(query_scale), _mm_loadu_ps(row_scales + i)));
+    SPLITNET_KERNELS_ROUNDED(product);  // not fused into the add
+    _mm_storeu_ps(out + i, _mm_add_ps(product, _mm_set1_ps(bias)));
   }
   for (; i < n_rows; ++i)
     out[i] = score_i8(static_cast<float>(dot_i8(query, rows + i * row_stride, dim)), query_scale, row_scales[i], bias);

@@ -100,25 +100,29 @@ struct Survivors {
   std::vector<index_t> lower_ids, rows;
   std::vector<float> uppers;
   index_t lower_count = 0;
+  size_t limit = 0;  // keep() prunes when the rows pass it
 
   // Room for k lower bounds; the heap over them writes here.
   TopK lower_heap(index_t k) {
     lower_scores.resize(static_cast<size_t>(k));
     lower_ids.resize(static_cast<size_t>(k));
+    limit = static_cast<size_t>(std::max<index_t>(4 * k, 4096));
     return TopK(lower_scores.data(), lower_ids.data(), k);
   }
-  void keep(index_t row, float upper) {
+  // Keeps a row; once the rows pass the limit, drops those whose upper bound the floor (the k-th
+  // lower bound) has passed, and doubles the limit if half of them are left (O(1) a row when
+  // the bound cannot tell the rows apart). Returns whether it pruned.
+  bool keep(index_t row, float upper, float floor) {
     rows.push_back(row);
     uppers.push_back(upper);
-  }
-  // Once there are many, drops the rows whose upper bound the floor has passed.
-  void prune(float floor, index_t k) {
-    if (static_cast<index_t>(rows.size()) <= std::max<index_t>(4 * k, 4096)) return;
-    index_t w = 0;
+    if (rows.size() <= limit) return false;
+    size_t w = 0;
     for (size_t j = 0; j < rows.size(); ++j)
       if (!(uppers[j] < floor)) rows[w] = rows[j], uppers[w++] = uppers[j];
-    rows.resize(static_cast<size_t>(w));
-    uppers.resize(static_cast<size_t>(w));
+    rows.resize(w);
+    uppers.resize(w);
+    limit = std::max(limit, 2 * w);
+    return true;
   }
 };
 
@@ -166,9 +170,13 @@ inline float largest(const KernelTable& table, const float* values, index_t n) {
 // Many users on the int8 cross tile (a cross sink, sinks.h): for each user of a block, the best
 // k lower bounds and the survivors of one task's candidates, as topk_exact_one keeps them. The
 // tile's pre-test gate of user u for candidates [first, first + n) is tile_gate of its floor and
-// of the largest bound those rows can have, M = alpha max(norm) + beta max(residual) + tau. Rows
-// the small type cannot stand for (a residual or a norm that is not finite) survive for every
-// user without a test (an infinite one also opens its tile's gates).
+// of the largest bound those rows can have, M = alpha max(norm) + beta max(residual) + tau, with
+// the maxima of the stored blocks the tile spans (made once a span, the gate raised with every
+// push) or, where there are none or they are not finite, of the tile's own rows. A row that
+// passes is bounded with its own norm and residual (unlike topk_exact_one: with many users the
+// passing rows are dense and in order, so those reads are cheap, and the tighter bounds keep the
+// floors higher). Rows the small type cannot stand for (a residual or a norm that is not finite)
+// survive for every user without a test (an infinite one also opens its tile's gates).
 // Once the survivors of some user pass `most` (ties: the bound cannot tell the rows apart), the
 // sink sets *overflow and every sink stops: re-scoring that many rows one by one would cost more
 // than the float32 cross tile, which the caller then takes.
@@ -177,19 +185,31 @@ class CertifiedTile {
   CertifiedTile(const KernelTable& table, index_t k, const ScoreBound* bounds, index_t n_users, index_t pad,
                 const ExactRows& exact, const std::vector<index_t>& unbounded, Survivors* kept, index_t most,
                 std::atomic<bool>* overflow)
-      : table_(table), k_(k), bounds_(bounds), n_users_(n_users), exact_(exact), unbounded_(unbounded),
+      : table_(table), bounds_(bounds), n_users_(n_users), exact_(exact), unbounded_(unbounded),
         kept_(kept), most_(most), overflow_(overflow), gates_(static_cast<size_t>(pad), kInf),
-        floors_(gates_.size(), -kInf) {
+        floors_(gates_.size(), -kInf), bound_most_(gates_.size(), kInf) {
     heaps_.reserve(static_cast<size_t>(n_users));
-    for (index_t u = 0; u < n_users; ++u) heaps_.push_back(kept_[u].lower_heap(k));
+    for (index_t u = 0; u < n_users; ++u) {
+      heaps_.push_back(kept_[u].lower_heap(k));
+      kept_[u].limit = std::min(kept_[u].limit, static_cast<size_t>(most));  // pruned before overflowing
+    }
   }
 
   const float* gates(index_t first, index_t n) {
     if (overflow_->load(std::memory_order_relaxed)) return nullptr;  // no hits: the sink idles to the end
-    const float norm = largest(table_, exact_.norms + first, n), residual = largest(table_, exact_.residuals + first, n);
-    for (index_t u = 0; u < n_users_; ++u)
-      gates_[u] = tile_gate(floors_[u], bounds_[u].alpha * norm + bounds_[u].beta * residual + bounds_[u].tau);
-    return gates_.data();
+    if (exact_.block > 0) {
+      const index_t q0 = first / exact_.block, q1 = (first + n - 1) / exact_.block;
+      if (q0 == span_[0] && q1 == span_[1]) return gates_.data();
+      float norm = 0, residual = 0;
+      for (index_t q = q0; q <= q1; ++q)
+        norm = std::max(norm, exact_.block_norms[q]), residual = std::max(residual, exact_.block_residuals[q]);
+      if (std::isfinite(norm) && std::isfinite(residual)) {
+        span_[0] = q0, span_[1] = q1;
+        return open(norm, residual);
+      }
+    }
+    span_[0] = span_[1] = -1;  // this tile only
+    return open(largest(table_, exact_.norms + first, n), largest(table_, exact_.residuals + first, n));
   }
 
   void add_tile(const float* tile, index_t pad, index_t first, index_t n, std::uint64_t hits) {
@@ -197,7 +217,7 @@ class CertifiedTile {
     for (; next_ < unbounded_.size() && unbounded_[next_] < first + n; ++next_) {
       if (unbounded_[next_] < first) continue;
       hits &= ~(std::uint64_t{1} << (unbounded_[next_] - first));
-      for (index_t u = 0; u < n_users_; ++u) kept_[u].keep(unbounded_[next_], kInf);
+      for (index_t u = 0; u < n_users_; ++u) survive(u, unbounded_[next_], kInf);
     }
     std::uint64_t bits[(kMaxBlockUsers + 63) / 64];
     for (; hits != 0; hits &= hits - 1) {
@@ -210,13 +230,13 @@ class CertifiedTile {
           const index_t u = w * 64 + __builtin_ctzll(word);
           const float e = bounds_[u](scores[u], norm, residual), low = scores[u] - e, high = scores[u] + e;
           TopK& heap = heaps_[u];
-          if (!(low < heap.gate())) heap.push(low == low ? low : -kInf, row), floors_[u] = heap.floor();
-          if (!(high < floors_[u])) kept_[u].keep(row, high == high ? high : kInf);
+          if (!(low < heap.gate())) {
+            heap.push(low == low ? low : -kInf, row);
+            floors_[u] = heap.floor();
+            gates_[u] = tile_gate(floors_[u], bound_most_[u]);
+          }
+          if (!(high < floors_[u])) survive(u, row, high == high ? high : kInf);
         }
-    }
-    for (index_t u = 0; u < n_users_; ++u) {
-      kept_[u].prune(floors_[u], k_);
-      if (static_cast<index_t>(kept_[u].rows.size()) > most_) overflow_->store(true, std::memory_order_relaxed);
     }
   }
 
@@ -225,8 +245,21 @@ class CertifiedTile {
   }
 
  private:
+  void survive(index_t u, index_t row, float upper) {
+    if (kept_[u].keep(row, upper, floors_[u]) && static_cast<index_t>(kept_[u].rows.size()) > most_)
+      overflow_->store(true, std::memory_order_relaxed);
+  }
+
+  // The gates for rows whose largest norm and residual are these.
+  const float* open(float norm, float residual) {
+    for (index_t u = 0; u < n_users_; ++u) {
+      bound_most_[u] = bounds_[u].alpha * norm + bounds_[u].beta * residual + bounds_[u].tau;
+      gates_[u] = tile_gate(floors_[u], bound_most_[u]);
+    }
+    return gates_.data();
+  }
+
   const KernelTable& table_;
-  index_t k_;
   const ScoreBound* bounds_;
   index_t n_users_;
   const ExactRows& exact_;
@@ -235,7 +268,8 @@ class CertifiedTile {
   index_t most_;
   std::atomic<bool>* overflow_;
   std::vector<TopK> heaps_;
-  std::vector<float> gates_, floors_;  // per user (padding lanes: +inf gates)
+  std::vector<float> gates_, floors_, bound_most_;  // per user (padding lanes: +inf gates)
+  index_t span_[2] = {-1, -1};  // the stored blocks the gates were opened for
   size_t next_ = 0;  // the first unbounded row not yet reached (tiles come in order)
 };
 
@@ -280,15 +314,19 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
         norm = largest(table, norms, count), residual = largest(table, residuals, count);
       }
       // the block's gate, as the certified tile's: a score below it has s~ + E below the floor
-      const float gate = tile_gate(lower.floor(), bound.alpha * norm + bound.beta * residual + bound.tau);
+      const float most = bound.alpha * norm + bound.beta * residual + bound.tau, gate = tile_gate(lower.floor(), most);
+      // Where the block's maxima are stored and finite, each row's bound is taken at them (a
+      // looser bound, never a wrong one): reading the bounds of the rows that pass the gate, a
+      // cache miss each, cost more than re-scoring the few more rows it keeps.
+      const bool at_maxima = ids == nullptr && exact.block > 0 && std::isfinite(most);
       for (index_t i = table.first_not_below_f32(scores, count, gate); i < count;) {
-        const float e = bound(scores[i], norms[i], residuals[i]), low = scores[i] - e, high = scores[i] + e;
+        const float e = at_maxima ? bound(scores[i], norm, residual) : bound(scores[i], norms[i], residuals[i]);
+        const float low = scores[i] - e, high = scores[i] + e;
         if (!(low < lower.gate())) lower.push(low == low ? low : -kInf, b + i);  // positions; ids come in below
-        if (!(high < lower.floor())) s.keep(b + i, high == high ? high : kInf);
+        if (!(high < lower.floor())) s.keep(b + i, high == high ? high : kInf, lower.floor());
         ++i;
         i += table.first_not_below_f32(scores + i, count - i, gate);
       }
-      s.prune(lower.floor(), k);
     }
     s.lower_count = lower.finish();
   });
@@ -333,15 +371,19 @@ inline index_t topk_exact_tile(const KernelTable& table, const Rows& users, cons
         return CertifiedTile(table, k, bounds.data() + u0, u1 - u0, pad, exact, unbounded,
                              kept.data() + t * (u1 - u0), most, &overflow);
       },
-      [&](index_t u0, index_t u1) {
+      [&](index_t u0, index_t u1) {  // each user's survivors re-scored, users in parallel
         if (overflow) return;
         const index_t n_users = u1 - u0;
-        std::vector<Survivors> lists(static_cast<size_t>(tasks));
-        for (index_t u = 0; u < n_users; ++u) {
-          for (index_t t = 0; t < tasks; ++t) lists[t] = std::exchange(kept[t * n_users + u], Survivors{});
-          rescored += rescore(table, users.row(u0 + u), exact, lists, k, bias, out_scores + (u0 + u) * k,
-                              out_ids + (u0 + u) * k, threads);
-        }
+        std::vector<index_t> counts(static_cast<size_t>(threads));
+        parallel_chunks(n_users, threads, 1, 1, [&](int part, index_t begin, index_t end) {
+          std::vector<Survivors> lists(static_cast<size_t>(tasks));
+          for (index_t u = begin; u < end; ++u) {
+            for (index_t t = 0; t < tasks; ++t) lists[t] = std::exchange(kept[t * n_users + u], Survivors{});
+            counts[part] += rescore(table, users.row(u0 + u), exact, lists, k, bias, out_scores + (u0 + u) * k,
+                                    out_ids + (u0 + u) * k, 1);
+          }
+        });
+        for (const index_t c : counts) rescored += c;
       });
   return overflow ? -1 : rescored;
 }
