@@ -183,3 +183,15 @@ def test_backend_environment():
     done = _run_python(code, SPLITNET_KERNELS_BACKEND="numpy")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[0] == "NO ERROR"
+
+
+def test_paired_ratio_is_taken_round_by_round():
+    from splitnet_kernels.bench.timing import paired_ratio
+
+    # a drift that slows both in round 2 cancels out round by round
+    assert paired_ratio([10.0, 40.0, 10.0], [5.0, 20.0, 5.0]) == (2.0, 2.0, 2.0)
+    median, q1, q3 = paired_ratio([10.0, 4.0, 6.0, 16.0, 2.0], [1.0, 1.0, 1.0, 2.0, 1.0])
+    assert (q1, median, q3) == (4.0, 6.0, 8.0)
+    assert paired_ratio([3.0], [2.0]) == (1.5, 1.5, 1.5)
+    with pytest.raises(ValueError):
+        paired_ratio([1.0, 2.0], [1.0])

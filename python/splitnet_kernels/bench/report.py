@@ -48,11 +48,12 @@ class Table:
         if self.floor_s:
             lines.append(f"  floor {self.floor_s * 1e3:.3f} ms ({self.floor_note})")
         width = max([44] + [len(name) for name, _ in self.rows])
-        extra_head = "".join(f" {c:>9s}" for c in self.columns)
+        widths = [max([9, len(c)] + [len(e[j]) for e in self.extras.values()]) for j, c in enumerate(self.columns)]
+        extra_head = "".join(f" {c:>{w}s}" for c, w in zip(self.columns, widths))
         lines.append(f"  {'implementation':{width}s} {'median':>11s} {'x ours':>8s} {'floor/time':>10s}{extra_head}")
         for name, seconds in self.rows:
             efficiency = f"{self.floor_s / seconds:10.2f}" if self.floor_s else f"{'':10s}"
-            extra = "".join(f" {e:>9s}" for e in self.extras.get(name, ("",) * len(self.columns)))
+            extra = "".join(f" {e:>{w}s}" for e, w in zip(self.extras.get(name, ("",) * len(self.columns)), widths))
             lines.append(f"  {name:{width}s} {_fmt_time(seconds):>11s} {seconds / ours:8.2f} {efficiency}{extra}".rstrip())
         for text, ok in self.targets:
             lines.append(f"  [{'met' if ok else 'MISSED'}] {text}")

@@ -44,10 +44,10 @@ def median_time(fn, repeat: int, min_seconds: float = 0.0) -> float:
     return statistics.median(rounds)
 
 
-def median_times_in_turns(fns: dict, repeat: int) -> dict:
-    """Median seconds of one call of each fn, timed in turns (every fn once per round, after a
-    warm-up call each, each call after a pause: PAUSE_S), so a drift in this host's memory
-    bandwidth falls on all of them alike."""
+def times_in_turns(fns: dict, repeat: int) -> dict:
+    """{name: seconds of each round}: every fn called once per round, after a warm-up call each,
+    each call after a pause (PAUSE_S), so a drift in this host's memory bandwidth falls on all of
+    them alike, and round i of one fn is comparable with round i of another."""
     for fn in fns.values():
         fn()
     rounds: dict[Hashable, list[float]] = {name: [] for name in fns}  # names, or ("read", i) from floor_beside
@@ -57,17 +57,42 @@ def median_times_in_turns(fns: dict, repeat: int) -> dict:
             start = time.perf_counter()
             fn()
             rounds[name].append(time.perf_counter() - start)
+    return rounds
+
+
+def median_times_in_turns(fns: dict, repeat: int) -> dict:
+    """Median seconds of one call of each fn, timed in turns (times_in_turns)."""
+    return medians(times_in_turns(fns, repeat))
+
+
+def medians(rounds: dict) -> dict:
     return {name: statistics.median(r) for name, r in rounds.items()}
+
+
+def paired_ratio(slow: list[float], fast: list[float]) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile) of slow[i] / fast[i], rounds timed in turns: the
+    speed-up round by round, so that a drift between rounds cancels out."""
+    ratios = [a / b for a, b in zip(slow, fast, strict=True)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q2, q1, q3
 
 
 def floor_beside(fns: dict, arrays, repeat: int, threads: int, extra_bytes: int = 0):
     """(floor, {name: seconds}): the seconds to read these arrays once (plus extra_bytes at the
     same rate) and of one call of each fn, timed in turns, so that this host's drifting memory
     bandwidth (41-78 GB/s seen) falls on the floor and the kernels alike."""
+    floor, rounds = floor_and_rounds(fns, arrays, repeat, threads, extra_bytes)
+    return floor, medians(rounds)
+
+
+def floor_and_rounds(fns: dict, arrays, repeat: int, threads: int, extra_bytes: int = 0):
+    """floor_beside with every round's seconds of each fn: (floor, {name: [seconds]})."""
     reads = {("read", i): functools.partial(read_bytes, a, threads) for i, a in enumerate(arrays)}
-    times = median_times_in_turns({**reads, **fns}, repeat)
-    floor = sum(times.pop(key) for key in reads) * (1 + extra_bytes / sum(a.nbytes for a in arrays))
-    return floor, times
+    rounds = times_in_turns({**reads, **fns}, repeat)
+    floor = sum(statistics.median(rounds.pop(key)) for key in reads) * (1 + extra_bytes / sum(a.nbytes for a in arrays))
+    return floor, rounds
 
 
 def _cpu_name() -> str:
