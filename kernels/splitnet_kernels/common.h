@@ -134,16 +134,22 @@ inline void prefetch_bytes(const void* p, index_t bytes) {
   if (bytes > 0) __builtin_prefetch(first + bytes - 1);  // a row that straddles one more line
 }
 
-// The streaming kernels ask for the four rows kPrefetchRows ahead of the four they read (4 KiB
-// ahead at n = 64, float32): the hardware prefetcher alone left up to 10 % of the read floor
-// unused on this project's Zen 5 host (bench/RESULTS.md, W1). Rows past n_rows are not asked.
-constexpr index_t kPrefetchRows = 16;
+// The streaming kernels ask for the four rows kPrefetchBytes ahead of the four they read, and
+// at least kPrefetchRows: the hardware prefetcher alone left up to 10 % of the read floor unused
+// on this project's Zen 5 host (bench/RESULTS.md, W1). The distance is in bytes so that short
+// rows (int8, 16-bit) keep as many bytes in flight as float32 ones: 16 rows (1 KiB) ahead of an
+// int8 scan at n = 64 lost 10 % on the Zen 3 host when its neighbours loaded the memory. Rows
+// past n_rows are not asked.
+constexpr index_t kPrefetchRows = 16, kPrefetchBytes = 4096;
 
 template <class T>
 inline void prefetch_four_rows(const T* rows, index_t i, index_t n_rows, index_t dim, index_t row_stride) {
-  if (i + kPrefetchRows + 4 > n_rows) return;
+  // kPrefetchBytes over the row's bytes rounded up to a power of two: a shift, not a division
+  const auto row_bytes = static_cast<unsigned long long>(std::max<index_t>(2, row_stride * static_cast<index_t>(sizeof(T))));
+  const index_t ahead = std::max(kPrefetchRows, kPrefetchBytes >> (64 - __builtin_clzll(row_bytes - 1)));
+  if (i + ahead + 4 > n_rows) return;
   for (index_t j = 0; j < 4; ++j)
-    prefetch_bytes(rows + (i + kPrefetchRows + j) * row_stride, dim * static_cast<index_t>(sizeof(T)));
+    prefetch_bytes(rows + (i + ahead + j) * row_stride, dim * static_cast<index_t>(sizeof(T)));
 }
 
 // The loop every ISA's cross tile shares: tile.columns<NC>(c) scores candidates [c, c + NC)
