@@ -195,3 +195,5 @@ def test_paired_ratio_is_taken_round_by_round():
     assert paired_ratio([3.0], [2.0]) == (1.5, 1.5, 1.5)
     with pytest.raises(ValueError):
         paired_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="no rounds"):
+        paired_ratio([], [])

@@ -73,6 +73,8 @@ def paired_ratio(slow: list[float], fast: list[float]) -> tuple[float, float, fl
     """(median, first quartile, third quartile) of slow[i] / fast[i], rounds timed in turns: the
     speed-up round by round, so that a drift between rounds cancels out."""
     ratios = [a / b for a, b in zip(slow, fast, strict=True)]
+    if not ratios:
+        raise ValueError("paired_ratio: no rounds")
     if len(ratios) < 2:
         return ratios[0], ratios[0], ratios[0]
     q1, q2, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
