@@ -33,6 +33,15 @@ struct ExactRows {
   const float* block_norms = nullptr;
   const float* block_residuals = nullptr;
   index_t block = 0;
+
+  // The largest norm and residual of rows [first, first + n), n >= 1, from the stored maxima of
+  // the blocks they span (block > 0).
+  std::pair<float, float> stored_maxima(index_t first, index_t n) const {
+    float norm = 0, residual = 0;
+    for (index_t q = first / block; q <= (first + n - 1) / block; ++q)
+      norm = std::max(norm, block_norms[q]), residual = std::max(residual, block_residuals[q]);
+    return {norm, residual};
+  }
 };
 
 namespace detail {
@@ -200,9 +209,7 @@ class CertifiedTile {
     if (exact_.block > 0) {
       const index_t q0 = first / exact_.block, q1 = (first + n - 1) / exact_.block;
       if (q0 == span_[0] && q1 == span_[1]) return gates_.data();
-      float norm = 0, residual = 0;
-      for (index_t q = q0; q <= q1; ++q)
-        norm = std::max(norm, exact_.block_norms[q]), residual = std::max(residual, exact_.block_residuals[q]);
+      const auto [norm, residual] = exact_.stored_maxima(first, n);
       if (std::isfinite(norm) && std::isfinite(residual)) {
         span_[0] = q0, span_[1] = q1;
         return open(norm, residual);
@@ -292,6 +299,7 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
   const OneQuery approx(table, query, small, bias, ids);
   const index_t min_chunk = std::max(min_rows_per_task(small.dim), 4 * k);
   const index_t tasks = std::max<index_t>(1, std::min<index_t>(threads, n / min_chunk));
+  const bool stored = ids == nullptr && exact.block > 0;  // blocks gated by their stored maxima
   std::vector<Survivors> kept(static_cast<size_t>(tasks));
   parallel_chunks(n, static_cast<int>(tasks), min_chunk, kBlock, [&](int t, index_t begin, index_t end) {
     Survivors& s = kept[t];
@@ -301,24 +309,20 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
       const index_t count = std::min(kBlock, end - b);
       approx(b, count, scores);
       const float *norms = exact.norms + b, *residuals = exact.residuals + b;
-      float norm = 0, residual = 0;  // the block's largest, from the stored maxima where there are some
       if (ids != nullptr) {
         for (index_t i = 0; i < count; ++i)
           gathered[0][i] = exact.norms[ids[b + i]], gathered[1][i] = exact.residuals[ids[b + i]];
         norms = gathered[0], residuals = gathered[1];
       }
-      if (ids == nullptr && exact.block > 0) {
-        for (index_t q = b / exact.block; q <= (b + count - 1) / exact.block; ++q)
-          norm = std::max(norm, exact.block_norms[q]), residual = std::max(residual, exact.block_residuals[q]);
-      } else {
-        norm = largest(table, norms, count), residual = largest(table, residuals, count);
-      }
+      // the block's largest norm and residual, from the stored maxima where there are some
+      const auto [norm, residual] = stored ? exact.stored_maxima(b, count)
+                                           : std::pair(largest(table, norms, count), largest(table, residuals, count));
       // the block's gate, as the certified tile's: a score below it has s~ + E below the floor
       const float most = bound.alpha * norm + bound.beta * residual + bound.tau, gate = tile_gate(lower.floor(), most);
       // Where the block's maxima are stored and finite, each row's bound is taken at them (a
       // looser bound, never a wrong one): reading the bounds of the rows that pass the gate, a
       // cache miss each, cost more than re-scoring the few more rows it keeps.
-      const bool at_maxima = ids == nullptr && exact.block > 0 && std::isfinite(most);
+      const bool at_maxima = stored && std::isfinite(most);
       for (index_t i = table.first_not_below_f32(scores, count, gate); i < count;) {
         const float e = at_maxima ? bound(scores[i], norm, residual) : bound(scores[i], norms[i], residuals[i]);
         const float low = scores[i] - e, high = scores[i] + e;
