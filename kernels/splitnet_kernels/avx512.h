@@ -242,19 +242,6 @@ SPLITNET_AVX512 inline __m512 widen16(const std::uint16_t* p) {
   return _mm512_cvtph_ps(raw);
 }
 
-// int8 rows: 32 values at a time widened to int16, multiplied and pair-summed to int32 (exact).
-SPLITNET_AVX512 inline std::int32_t dot_i8(const std::int8_t* query, const std::int8_t* row, index_t dim) {
-  __m512i acc = _mm512_setzero_si512();
-  index_t d = 0;
-  for (; d + 32 <= dim; d += 32) {
-    const __m512i q = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(query + d)));
-    const __m512i a = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + d)));
-    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(q, a));
-  }
-  std::int32_t sum = _mm512_reduce_add_epi32(acc);
-  for (; d < dim; ++d) sum += static_cast<std::int32_t>(query[d]) * row[d];
-  return sum;
-}
 }  // namespace avx512_detail
 
 SPLITNET_AVX512 inline void widen_f16_avx512(const std::uint16_t* in, index_t n, float* out) {
@@ -267,15 +254,6 @@ SPLITNET_AVX512 inline void widen_bf16_avx512(const std::uint16_t* in, index_t n
   index_t i = 0;
   for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, avx512_detail::widen16<true>(in + i));
   widen_bf16_scalar(in + i, n - i, out + i);
-}
-
-SPLITNET_AVX512 inline void score_rows_i8_avx512(const std::int8_t* query, float query_scale,
-                                                 const std::int8_t* rows, const float* row_scales,
-                                                 index_t n_rows, index_t dim, index_t row_stride,
-                                                 float bias, float* out) {
-  for (index_t i = 0; i < n_rows; ++i)
-    out[i] = score_i8(static_cast<float>(avx512_detail::dot_i8(query, rows + i * row_stride, dim)), query_scale,
-                      row_scales[i], bias);
 }
 
 inline constexpr KernelTable kAvx512Table = [] {
@@ -292,7 +270,7 @@ inline constexpr KernelTable kAvx512Table = [] {
   SPLITNET_KERNELS_FILL(t, score_rows_bf16, avx2);
   SPLITNET_KERNELS_FILL(t, widen_f16, avx512);
   SPLITNET_KERNELS_FILL(t, widen_bf16, avx512);
-  SPLITNET_KERNELS_FILL(t, score_rows_i8, avx512);
+  SPLITNET_KERNELS_FILL(t, score_rows_i8, avx2);  // vpmaddubsw; on Sapphire Rapids faster than VNNI's
   SPLITNET_KERNELS_FILL(t, score_tile_i8, avx2);  // the byte dot product is VNNI's (avx512bf16.h)
   SPLITNET_KERNELS_FILL(t, score_pairs_f32, avx512);
   SPLITNET_KERNELS_FILL(t, sum_u64, avx2);  // reading memory: 32-byte loads already saturate it

@@ -1,8 +1,9 @@
-// AVX-512 with BF16 and VNNI: Zen 4 / Zen 5, Sapphire Rapids and later. The same kernels as
-// avx512.h, except int8, which uses vpdpbusd (its integer sums are exact, so the bits are every
-// ISA's). bfloat16 rows widen by shift as on avx2: vdpbf16ps sums pairs inside the instruction,
-// which no other path can match bit for bit, and on Sapphire Rapids it was the slower one
-// (6.3-7.0 ms against 3.7 ms on 1M rows).
+// AVX-512 with BF16 and VNNI: Zen 4 / Zen 5, Sapphire Rapids and later. The avx512 table, except
+// the int8 cross tile, which uses vpdpbusd (its integer sums are exact, so the bits are every
+// ISA's). Rows stream through the avx2 kernels: bfloat16 widens by shift, as vdpbf16ps sums pairs
+// inside the instruction, which no other path can match bit for bit, and on Sapphire Rapids it
+// was the slower one (6.3-7.0 ms against 3.7 ms on 1M rows); int8 rows go through vpmaddubsw,
+// which on Sapphire Rapids scored one user x 1M in 3.4 ms against VNNI's 4.8 ms (bench/RESULTS.md).
 #pragma once
 #include "avx512.h"
 
@@ -17,55 +18,6 @@
 #endif
 
 namespace splitnet {
-
-SPLITNET_AVX512BF16 inline __m256i half_epi32(__m512i x) {
-  return _mm256_add_epi32(_mm512_castsi512_si256(x), _mm512_extracti64x4_epi64(x, 1));
-}
-
-// Sums of four int32 accumulators, as the four lanes of an SSE register (exact).
-SPLITNET_AVX512BF16 inline __m128i reduce4_epi32(__m512i a, __m512i b, __m512i c, __m512i d) {
-  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(half_epi32(a), half_epi32(b)),
-                                      _mm256_hadd_epi32(half_epi32(c), half_epi32(d)));
-  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
-
-// vpdpbusd multiplies unsigned by signed bytes: each row byte goes in as a + 128 (a sign-bit
-// flip, one xor) against the signed query, and 128 times the query's sum comes off once per
-// call. Exact in int32.
-SPLITNET_AVX512BF16 inline void score_rows_i8_avx512bf16(const std::int8_t* query, float query_scale,
-                                                         const std::int8_t* rows, const float* row_scales,
-                                                         index_t n_rows, index_t dim, index_t row_stride,
-                                                         float bias, float* out) {
-  constexpr index_t kMaxDim = 4096;
-  const index_t full = dim / 64 * 64;
-  if (dim > kMaxDim) return score_rows_i8_avx512(query, query_scale, rows, row_scales, n_rows, dim, row_stride, bias, out);
-  __m512i q[kMaxDim / 64];
-  std::int32_t offset = 0;  // 128 * sum of the query over the vector part
-  for (index_t d = 0; d < full; d += 64) q[d / 64] = _mm512_loadu_si512(query + d);
-  for (index_t d = 0; d < full; ++d) offset += 128 * query[d];
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  for (index_t i = 0; i < n_rows; i += 4) {  // four rows share each query load and one reduction
-    const index_t count = std::min<index_t>(4, n_rows - i);
-    prefetch_four_rows(rows, i, n_rows, dim, row_stride);
-    const std::int8_t* r[4];
-    for (index_t j = 0; j < 4; ++j) r[j] = rows + (i + std::min<index_t>(j, count - 1)) * row_stride;
-    __m512i dot0 = _mm512_setzero_si512(), dot1 = dot0, dot2 = dot0, dot3 = dot0;
-    for (index_t d = 0; d < full; d += 64) {
-      const __m512i v = q[d / 64];
-      dot0 = _mm512_dpbusd_epi32(dot0, _mm512_xor_si512(_mm512_loadu_si512(r[0] + d), flip), v);
-      dot1 = _mm512_dpbusd_epi32(dot1, _mm512_xor_si512(_mm512_loadu_si512(r[1] + d), flip), v);
-      dot2 = _mm512_dpbusd_epi32(dot2, _mm512_xor_si512(_mm512_loadu_si512(r[2] + d), flip), v);
-      dot3 = _mm512_dpbusd_epi32(dot3, _mm512_xor_si512(_mm512_loadu_si512(r[3] + d), flip), v);
-    }
-    std::int32_t sums[4];
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(sums), reduce4_epi32(dot0, dot1, dot2, dot3));
-    for (index_t j = 0; j < count; ++j) {
-      std::int32_t sum = sums[j] - offset;
-      for (index_t d = full; d < dim; ++d) sum += static_cast<std::int32_t>(query[d]) * r[j][d];
-      out[i + j] = score_i8(static_cast<float>(sum), query_scale, row_scales[i + j], bias);
-    }
-  }
-}
 
 namespace avx512bf16_detail {
 // Adds group g (bytes 4 g .. 4 g + 3) of NC rows against 16 NV users: each row's four bytes,
@@ -161,11 +113,10 @@ SPLITNET_AVX512BF16 inline std::uint64_t score_tile_i8_avx512bf16(const std::int
                                                                     row_scales, dim, row_stride, bias, gates, tile});
 }
 
-// The avx512 table with the BF16 and VNNI kernels in the entries they speed up.
+// The avx512 table with the VNNI int8 cross tile.
 inline constexpr KernelTable kAvx512Bf16Table = [] {
   KernelTable t = kAvx512Table;
   t.isa = Isa::avx512bf16;
-  SPLITNET_KERNELS_FILL(t, score_rows_i8, avx512bf16);
   SPLITNET_KERNELS_FILL(t, score_tile_i8, avx512bf16);
   return t;
 }();
