@@ -270,7 +270,7 @@ inline constexpr KernelTable kAvx512Table = [] {
   SPLITNET_KERNELS_FILL(t, score_rows_bf16, avx2);
   SPLITNET_KERNELS_FILL(t, widen_f16, avx512);
   SPLITNET_KERNELS_FILL(t, widen_bf16, avx512);
-  SPLITNET_KERNELS_FILL(t, score_rows_i8, avx2);  // vpmaddubsw; on Sapphire Rapids faster than VNNI's
+  SPLITNET_KERNELS_FILL(t, score_rows_i8, avx2);  // vpmaddubsw: on Sapphire Rapids 2x the 16-bit widening
   SPLITNET_KERNELS_FILL(t, score_tile_i8, avx2);  // the byte dot product is VNNI's (avx512bf16.h)
   SPLITNET_KERNELS_FILL(t, score_pairs_f32, avx512);
   SPLITNET_KERNELS_FILL(t, sum_u64, avx2);  // reading memory: 32-byte loads already saturate it
