@@ -105,6 +105,41 @@ def test_many_users_on_the_certified_int8_tile(kind, isa, rng):
         assert exact.last_rescored == 37 * count
 
 
+def _extreme_scale_sets(rng, dim: int = 64):
+    """(name, users, ads) at the two ends of the float32 range where a certified scan can err:
+    int8 scale products that are subnormal (tiny users and rows), and float32 lanes that overflow
+    while the exact sum is finite (huge values of both signs in one lane)."""
+    tiny_user = np.full(dim, np.float32(127 * 2.0**-75), np.float32)
+    tiny = np.full((3, dim), np.float32(1e-22), np.float32)
+    tiny[0], tiny[1] = np.float32(127 * 2.49 * 2.0**-74), 0
+    tiny[1, :32] = np.float32(127 * 4.6 * 2.0**-74)
+    scaled = (rng.standard_normal((3000, dim)) * 1e-21).astype(np.float32)
+    yield "subnormal scale products", np.stack([tiny_user, tiny_user * 2]), tiny
+    yield "gaussian x 1e-21", (rng.standard_normal((5, dim)) * 1e-21).astype(np.float32), scaled
+    for user_scale in (1e19, 1e17):  # a query past the bounded norm; a bounded query, rows past it
+        lanes = (rng.random((3000, dim)) * 1e15).astype(np.float32)
+        for row, signs in enumerate(([1, 1, -1, -1], [1, -1, 1, 1], [1, 1, 1, -1])):
+            lanes[row] = 0
+            lanes[row, [0, 8, 16, 24]] = np.float32(2e38 / user_scale) * np.array(signs, np.float32)
+        yield f"overflowing lanes, users of {user_scale:g}", np.full((5, dim), np.float32(user_scale)), lanes
+
+
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+@pytest.mark.parametrize("dtype", REDUCED)
+def test_exact_sets_at_the_ends_of_the_float32_range(dtype, isa, rng):
+    """A subnormal int8 scale product carries an underflow of |I| 2^-150 (the bound holds it);
+    a lane that overflows has no bound (such queries and rows are re-scored from the float32
+    rows). Either way: the float32 set's answer, one user and many, bit for bit."""
+    with using_isa(isa):
+        for name, users, ads in _extreme_scale_sets(rng):
+            exact, plain = sk.Candidates(ads, dtype, exact=True), sk.Candidates(ads, "float32")
+            for k in (1, 2, 10):
+                for u in (users[0], users[:2], users):  # one user, the user-by-user scan, the int8 tile
+                    got, want = exact.topk(u, k), plain.topk(u, k)
+                    assert np.array_equal(got[1], want[1]), (name, k, np.shape(u))
+                    _same(got, want)
+
+
 def test_exact_sets_save_and_load(tmp_path, rng):
     ads = _adversarial(rng, "nonfinite", 3000, 24)
     users = rng.standard_normal((4, 24)).astype(np.float32)

@@ -46,13 +46,27 @@ struct ExactRows {
 
 namespace detail {
 
-// E = alpha * norm + beta * residual + rel * |s~| + tau bounds |s - s~| for every row of one query.
+// Rows whose norm or residual reaches this, and queries whose norm (or bias) does, are never
+// bounded: below it every term, lane and product of both scores stays far inside the float32
+// range (|q| |a| < 2^121, docs/design.md), beyond it a lane could overflow where the exact sum
+// does not. Such rows are always re-scored; such queries go to the float32 rows.
+constexpr float kBoundedNorm = 0x1p60f;
+
+// Whether rows whose norms and residuals are at most these can be bounded (false for NaN).
+inline bool bounded(float norm, float residual) { return norm < kBoundedNorm && residual < kBoundedNorm; }
+
+// E = alpha * norm + beta * residual + tau + rel * |s~| bounds |s - s~| for every row of one query.
 struct ScoreBound {
   float alpha = 0, beta = 0, rel = 0, tau = 0;
-  bool usable = false;  // false: the query is not finite or the bound overflows; re-score everything
+  bool usable = false;  // false: the query is not finite or too large; re-score everything
 
+  // M: the largest E, less its relative term, of rows whose norms and residuals are at most
+  // these; +inf where such rows cannot be bounded.
+  float most(float norm, float residual) const {
+    return bounded(norm, residual) ? alpha * norm + beta * residual + tau : kInf;
+  }
   float operator()(float approx, float norm, float residual) const {
-    return alpha * norm + beta * residual + rel * std::fabs(approx) + tau;
+    return most(norm, residual) + rel * std::fabs(approx);
   }
 };
 
@@ -63,20 +77,24 @@ inline double norm2(const float* x, index_t n) {
 }
 
 // The bound's constants for one float32 query of `dim` values (the stored width) against rows of
-// `dtype`. With u = 2^-24 and gamma_m = m u / (1 - m u): the float32 order sums each term
-// through at most L = ceil(dim / 8) + 3 roundings, so |fl(q.x) - q.x| <= gamma_L ||q|| ||x||.
+// `dtype`, and a score bias. With u = 2^-24 and gamma_m = m u / (1 - m u): the float32 order sums
+// each term through at most L = ceil(dim / 8) + 3 roundings, so |fl(q.x) - q.x| <= gamma_L ||q|| ||x||.
 //   16-bit:  s~ is the float32 order on a~:   |s - s~| <= ||q|| r + gamma_L ||q|| (||a|| + ||a~||)
 //   int8:    s~ = fl(fl(I) fl(sq sr)) for the exact integer I = q8 . r8, q^ = sq q8, a~ = sr r8:
 //            |s - s~| <= ||q|| r + ||q - q^|| ||a~|| + gamma_L ||q|| ||a|| + gamma_3 ||q^|| ||a~||
+//            + |I| 2^-150, the underflow of a subnormal fl(sq sr) carried by the integer
+//            (|I| <= 127^2 dim)
 // with ||a~|| <= ||a|| + r, plus the two bias additions (u |s| + u |s~| <= 2u |s~| + u E) and
 // 2^-150 of underflow per rounding. Every constant is inflated by 2^-16, which covers 1 / (1 - u)
-// and evaluating E in float32 (four roundings of non-negative terms).
-inline ScoreBound score_bound(const float* query, index_t dim, Dtype dtype) {
+// and evaluating E in float32 (four roundings of non-negative terms). None of it holds where a
+// lane overflows: usable needs ||q|| and |bias| below kBoundedNorm (and 2^120), rows need
+// bounded(norm, residual).
+inline ScoreBound score_bound(const float* query, index_t dim, Dtype dtype, float bias) {
   constexpr double u = 0x1p-24, inflate = 1.0 + 0x1p-16;
   const double terms = static_cast<double>((dim + kSumLanes - 1) / kSumLanes + 3);
   const double gamma = terms * u / (1.0 - terms * u), gamma3 = 3 * u / (1 - 3 * u);
   const double q = norm2(query, dim);
-  double alpha = 2 * gamma * q, beta = q * (1 + gamma);
+  double alpha = 2 * gamma * q, beta = q * (1 + gamma), underflow = (4.0 * dim + 64) * 0x1p-150 * 2;
   if (dtype == Dtype::i8) {
     std::vector<std::int8_t> q8(static_cast<size_t>(dim));
     const double scale = quantize_query_i8(query, dim, q8.data());
@@ -89,16 +107,16 @@ inline ScoreBound score_bound(const float* query, index_t dim, Dtype dtype) {
     err = std::sqrt(err) * (1 + 1e-12), hat = std::sqrt(hat) * (1 + 1e-12);  // the double sums' own error
     alpha = err + gamma * q + gamma3 * hat;
     beta = q + err + gamma3 * hat;
+    underflow += 127.0 * 127.0 * static_cast<double>(dim) * 0x1p-150 * 2;
   }
   ScoreBound b;
   b.alpha = static_cast<float>(alpha * inflate * (1 + 1e-12));
   b.beta = static_cast<float>(beta * inflate * (1 + 1e-12));
   b.rel = static_cast<float>(2 * u * inflate);
-  b.tau = static_cast<float>((4.0 * dim + 64) * 0x1p-150 * 2);
+  b.tau = static_cast<float>(underflow);
   // the float32 constants rounded up, never down
-  for (float* c : {&b.alpha, &b.beta}) *c = std::nextafter(*c, std::numeric_limits<float>::infinity());
-  b.tau = std::max(b.tau, std::numeric_limits<float>::denorm_min() * (4.0f * static_cast<float>(dim) + 64));
-  b.usable = std::isfinite(q) && std::isfinite(b.alpha) && std::isfinite(b.beta);
+  for (float* c : {&b.alpha, &b.beta, &b.tau}) *c = std::nextafter(*c, std::numeric_limits<float>::infinity());
+  b.usable = q < kBoundedNorm && std::fabs(bias) < 0x1p120f && std::isfinite(b.alpha) && std::isfinite(b.beta);
   return b;
 }
 
@@ -210,7 +228,7 @@ class CertifiedTile {
       const index_t q0 = first / exact_.block, q1 = (first + n - 1) / exact_.block;
       if (q0 == span_[0] && q1 == span_[1]) return gates_.data();
       const auto [norm, residual] = exact_.stored_maxima(first, n);
-      if (std::isfinite(norm) && std::isfinite(residual)) {
+      if (bounded(norm, residual)) {
         span_[0] = q0, span_[1] = q1;
         return open(norm, residual);
       }
@@ -260,7 +278,7 @@ class CertifiedTile {
   // The gates for rows whose largest norm and residual are these.
   const float* open(float norm, float residual) {
     for (index_t u = 0; u < n_users_; ++u) {
-      bound_most_[u] = bounds_[u].alpha * norm + bounds_[u].beta * residual + bounds_[u].tau;
+      bound_most_[u] = bounds_[u].most(norm, residual);
       gates_[u] = tile_gate(floors_[u], bound_most_[u]);
     }
     return gates_.data();
@@ -291,7 +309,7 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
                               int threads, const index_t* ids = nullptr, index_t n_ids = 0) {
   using namespace detail;
   const index_t n = ids ? n_ids : small.count;
-  const ScoreBound bound = score_bound(query, small.dim, small.dtype);
+  const ScoreBound bound = score_bound(query, small.dim, small.dtype, bias);
   if (!bound.usable) {  // nothing to certify with: the float32 rows, every one
     topk_one(table, query, stored(exact.rows), k, bias, out_scores, out_ids, threads, ids, n_ids);
     return n;
@@ -318,7 +336,7 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
       const auto [norm, residual] = stored ? exact.stored_maxima(b, count)
                                            : std::pair(largest(table, norms, count), largest(table, residuals, count));
       // the block's gate, as the certified tile's: a score below it has s~ + E below the floor
-      const float most = bound.alpha * norm + bound.beta * residual + bound.tau, gate = tile_gate(lower.floor(), most);
+      const float most = bound.most(norm, residual), gate = tile_gate(lower.floor(), most);
       // Where the block's maxima are stored and finite, each row's bound is taken at them (a
       // looser bound, never a wrong one): reading the bounds of the rows that pass the gate, a
       // cache miss each, cost more than re-scoring the few more rows it keeps.
@@ -349,16 +367,16 @@ inline index_t topk_exact_tile(const KernelTable& table, const Rows& users, cons
   using namespace detail;
   std::vector<ScoreBound> bounds(static_cast<size_t>(users.count));
   for (index_t u = 0; u < users.count; ++u) {
-    bounds[u] = score_bound(users.row(u), small.dim, small.dtype);
+    bounds[u] = score_bound(users.row(u), small.dim, small.dtype, bias);
     if (!bounds[u].usable) return -1;
   }
-  std::vector<index_t> unbounded;  // looked for only in blocks whose stored maxima are not finite
+  std::vector<index_t> unbounded;  // looked for only in blocks whose stored maxima are not bounded
   const index_t block = exact.block > 0 ? exact.block : std::max<index_t>(small.count, 1);
   for (index_t b = 0; b < small.count; b += block) {
     const index_t q = b / block;
-    if (exact.block > 0 && std::isfinite(exact.block_norms[q]) && std::isfinite(exact.block_residuals[q])) continue;
+    if (exact.block > 0 && bounded(exact.block_norms[q], exact.block_residuals[q])) continue;
     for (index_t r = b; r < std::min(small.count, b + block); ++r)
-      if (!std::isfinite(exact.norms[r]) || !std::isfinite(exact.residuals[r])) unbounded.push_back(r);
+      if (!bounded(exact.norms[r], exact.residuals[r])) unbounded.push_back(r);
   }
   const index_t block_users = std::min(users_per_block(users.dim), users.count);
   const index_t tasks =

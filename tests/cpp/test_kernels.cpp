@@ -416,28 +416,39 @@ std::uint16_t nearest_half(float x) {
 }
 
 // The exact sets' bound (exact.h) on its own: for adversarial rows (near-ties, one huge value per
-// row, magnitudes from 1e-30 to 1e30, subnormal and all-zero rows) and queries, the float32
-// score s and the reduced-precision score s~ never differ by more than score_bound's E. norms
-// and residuals are computed as _storage.py stores them: in double, rounded up to float32.
+// row, magnitudes from 2^-100 to 2^148, subnormal and all-zero rows, rows and queries so small
+// that the int8 scale product is subnormal, lanes that overflow where the exact sum does not) and
+// queries, with and without a bias, the float32 score s and the reduced-precision score s~ are
+// finite and never differ by more than score_bound's E wherever the bound claims to hold (a
+// usable query, a bounded row). norms and residuals are computed as _storage.py stores them: in
+// double, rounded up to float32.
 void check_exact_bound(const KernelTable& t, Random& random) {
-  const float bias = 0.25f;
   bool ok = true;
   for (index_t dim : {index_t{1}, index_t{7}, index_t{64}, index_t{300}})
-    for (int trial = 0; trial < 40; ++trial) {
+    for (int trial = 0; trial < 60; ++trial) {
       const index_t n_rows = 33;
+      const float bias = trial % 2 == 0 ? 0.25f : 0.0f;  // a bias hides errors far below it
       context = std::string(isa_name(t.isa)) + " exact bound dim=" + std::to_string(dim);
       std::vector<float> query = random.floats(dim), rows = random.floats(n_rows * dim);
-      const float query_scale = std::ldexp(1.0f, static_cast<int>(random.next() >> 59) * 8 - 100);  // 1e-30..1e30
+      // 1e-30..1e30 (and beyond), or (every third trial) the extremes: 2^-75 (the int8 scale
+      // product subnormal against rows of 2^-74), 2^58 (just below the bounded norm)
+      const int extreme = trial % 3 == 2 ? (trial % 4 < 2 ? -75 : 58) : 0;
+      const float query_scale = std::ldexp(1.0f, extreme ? extreme : static_cast<int>(random.next() >> 59) * 8 - 100);
       for (float& q : query) q *= query_scale;
       for (index_t i = 0; i < n_rows; ++i) {
         float* row = rows.data() + i * dim;
         const int shape = static_cast<int>(random.next() >> 61);
-        const float scale = std::ldexp(1.0f, static_cast<int>(random.next() >> 58) * 3 - 96);
+        const float scale = extreme ? std::ldexp(1.0f + 4.0f * std::fabs(random.uniform()), extreme == 58 ? 50 : -74)
+                                    : std::ldexp(1.0f, static_cast<int>(random.next() >> 58) * 3 - 96);
         for (index_t d = 0; d < dim; ++d) row[d] *= scale;
         if (shape == 1) row[random.next() % dim] *= 1e4f;                    // one huge coordinate
         if (shape == 2 && i > 0) std::memcpy(row, row - dim, dim * 4), row[0] = std::nextafter(row[0], 1e30f);
         if (shape == 3) std::fill(row, row + dim, 0.0f);
         if (shape == 4) for (index_t d = 0; d < dim; ++d) row[d] = std::numeric_limits<float>::denorm_min() * (d % 5);
+        if (shape == 5)  // products of 2^126 in one lane, two up and two down: the lane overflows, the sum is 0
+          for (index_t j = 0; j < 4 && 8 * j < dim; ++j)
+            row[8 * j] = std::ldexp(std::copysign(1.0f, query[8 * j]) * (j < 2 ? 1.0f : -1.0f),
+                                    126 - std::ilogb(query[8 * j] == 0.0f ? 1.0f : query[8 * j]));
       }
       std::vector<float> exact(static_cast<size_t>(n_rows));
       t.score_rows_f32(query.data(), rows.data(), n_rows, dim, dim, bias, exact.data());
@@ -473,7 +484,7 @@ void check_exact_bound(const KernelTable& t, Random& random) {
           (dtype == Dtype::bf16 ? t.score_rows_bf16 : t.score_rows_f16)(query.data(), half.data(), n_rows, dim, dim, bias,
                                                                        approx.data());
         }
-        const detail::ScoreBound bound = detail::score_bound(query.data(), dim, dtype);
+        const detail::ScoreBound bound = detail::score_bound(query.data(), dim, dtype, bias);
         if (!bound.usable) continue;
         for (index_t i = 0; i < n_rows; ++i) {
           double norm = 0, residual = 0;
@@ -482,9 +493,11 @@ void check_exact_bound(const KernelTable& t, Random& random) {
             residual += (rows[i * dim + d] - stored[i * dim + d]) * (rows[i * dim + d] - stored[i * dim + d]);
           }
           auto up = [](double x) { const float y = static_cast<float>(x); return y < x ? std::nextafter(y, 1e38f) : y; };
-          const float e = bound(approx[i], up(std::sqrt(norm)), std::isfinite(stored[i * dim]) ? up(std::sqrt(residual)) : INFINITY);
-          if (!std::isfinite(exact[i]) || !std::isfinite(approx[i])) continue;  // such rows are always re-scored
-          ok = ok && std::fabs(static_cast<double>(exact[i]) - approx[i]) <= e;
+          const float nu = up(std::sqrt(norm)), rho = std::isfinite(stored[i * dim]) ? up(std::sqrt(residual)) : INFINITY;
+          if (!detail::bounded(nu, rho)) continue;  // such rows are always re-scored
+          const float e = bound(approx[i], nu, rho);
+          ok = ok && std::isfinite(exact[i]) && std::isfinite(approx[i]) &&
+               std::fabs(static_cast<double>(exact[i]) - approx[i]) <= e;
         }
       }
     }
@@ -501,12 +514,12 @@ void check_tile_gate(Random& random) {
     const int scale = static_cast<int>(random.next() >> 58) - 32;
     std::vector<float> query = random.floats(8);
     for (float& q : query) q = std::ldexp(q, scale);
-    const detail::ScoreBound bound = detail::score_bound(query.data(), 8, Dtype::i8);
+    const detail::ScoreBound bound = detail::score_bound(query.data(), 8, Dtype::i8, 0.0f);
     if (!bound.usable) continue;
     const float norm = std::ldexp(std::fabs(random.uniform()), static_cast<int>(random.next() >> 59) - 16);
     const float residual = norm * std::ldexp(std::fabs(random.uniform()), -static_cast<int>(random.next() >> 60));
     const float floor = std::ldexp(random.uniform(), scale + static_cast<int>(random.next() >> 60) - 8);
-    const float gate = detail::tile_gate(floor, bound.alpha * norm + bound.beta * residual + bound.tau);
+    const float gate = detail::tile_gate(floor, bound.most(norm, residual));
     if (!std::isfinite(gate)) continue;
     const float below = std::nextafter(gate, -detail::kInf);
     for (float f : {1.0f, std::fabs(random.uniform()), 0.0f}) {
