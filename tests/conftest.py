@@ -94,6 +94,16 @@ def rng(request):
 
 
 # ---- metrics --------------------------------------------------------------------------------
+def allowed_form(ids: np.ndarray, count: int):
+    """ids as allowed= takes them: as a boolean mask where `count` integers of 0 and 1 would be
+    ambiguous (a set of one or two rows; Candidates refuses them)."""
+    if len(ids) == count and count <= 2:
+        mask = np.zeros(count, bool)
+        mask[ids] = True
+        return mask
+    return ids
+
+
 def make_metric(kind: str, n: int, rng, bias: float = 0.0, rank: int = 3) -> sk.Metric:
     if kind == "dot":
         return sk.Metric.dot(n, bias=bias)

@@ -1,12 +1,18 @@
 """Hostile files and inputs for sk.Candidates (issue 9): saving under a process that maps the file,
 values that overflow the storage, tiny int8 rows, damaged and malformed headers, hostile
-`allowed` subsets, and int8 rows longer than the kernels take."""
+`allowed` subsets, and int8 rows longer than the kernels take. Issue 22: damaged, crafted and
+foreign Metric / ObjectiveMetrics files, and paths that are not regular files (a FIFO)."""
 
+import io
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import threading
+import warnings
+import zipfile
 import zlib
 
 import numpy as np
@@ -323,3 +329,349 @@ def test_int8_rows_longer_than_the_kernels_take_are_refused_when_built():
     longest = sk.Candidates(np.ones((2, 131072), np.float32), dtype="int8")
     scores = longest.score(np.ones(131072, np.float32))
     np.testing.assert_allclose(scores, [131072.0, 131072.0], rtol=1e-2)
+
+
+# ---- 8. Metric and ObjectiveMetrics files (issue 22): one ValueError naming the file -------------
+def _metric() -> sk.Metric:
+    rng = np.random.default_rng(5)
+    return sk.Metric.low_rank(rng.standard_normal((3, 1)), rng.standard_normal((3, 1)), rng.standard_normal(3),
+                              bias=0.5)
+
+
+def _objective_metrics() -> sk.ObjectiveMetrics:
+    return sk.ObjectiveMetrics([sk.Metric.scaled(3, 2.0, bias=-1.0), _metric()], names=["video_view", "app_install"])
+
+
+def _same_metric(a: sk.Metric, b: sk.Metric) -> bool:
+    return (a.kind, a.dim, a.bias) == (b.kind, b.dim, b.bias) and all(
+        (x is None and y is None) or (x is not None and y is not None and np.array_equal(x, y))
+        for x, y in zip(a.form, b.form))
+
+
+def _same(a, b) -> bool:
+    if isinstance(b, sk.Metric):
+        return isinstance(a, sk.Metric) and _same_metric(a, b)
+    return a.names == b.names and len(a) == len(b) and all(_same_metric(x, y) for x, y in zip(a, b))
+
+
+_SAVED = {"metric": (_metric, sk.Metric.load), "objective metrics": (_objective_metrics, sk.ObjectiveMetrics.load)}
+
+
+@pytest.mark.parametrize("what", list(_SAVED))
+def test_a_bit_flip_anywhere_in_a_metric_file_loads_the_same_or_is_refused(tmp_path, what):
+    """One bit of every byte (the bit turning with the position): the file loads as the very
+    metric saved, or is one ValueError naming it; never another exception, never another metric."""
+    make, load = _SAVED[what]
+    saved, path, bad = make(), tmp_path / "good.npz", tmp_path / "bad.npz"
+    saved.save(path)
+    raw = path.read_bytes()
+    assert _same(load(path), saved)
+    bad.write_bytes(raw)
+    refused = 0
+    fd = os.open(bad, os.O_WRONLY)
+    try:
+        for position in range(len(raw)):
+            os.pwrite(fd, bytes([raw[position] ^ (1 << (position % 8))]), position)  # in place: fast
+            try:
+                loaded = load(bad)
+            except ValueError as error:
+                assert str(bad) in str(error), (position, error)
+                refused += 1
+            else:
+                assert _same(loaded, saved), f"byte {position} flipped: loaded {loaded!r}"
+            os.pwrite(fd, raw[position:position + 1], position)
+    finally:
+        os.close(fd)
+    assert refused > len(raw) // 2  # the data and most of the zip structure are checked
+
+
+def test_a_bit_flip_that_drops_an_entry_from_the_zip_directory_is_refused(tmp_path):
+    """The flips in the zip directory that hide d.npy: before, the file loaded as a low_rank
+    metric without its diagonal."""
+    path, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    _metric().save(path)
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        names, directory = set(archive.namelist()), archive.start_dir
+    dropping = 0
+    for bit in range(8 * directory, 8 * len(raw)):
+        flipped = bytearray(raw)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        try:
+            with zipfile.ZipFile(io.BytesIO(flipped)) as archive:
+                if not set(archive.namelist()) < names:
+                    continue
+        except Exception:  # noqa: BLE001 - zipfile itself sees the damage: not this test's case
+            continue
+        dropping += 1
+        bad.write_bytes(bytes(flipped))
+        with pytest.raises(ValueError, match=re.escape(str(bad))):
+            sk.Metric.load(bad)
+    assert dropping > 0  # the damage this test is about does happen
+
+
+@pytest.mark.parametrize("what", list(_SAVED))
+def test_every_truncation_of_a_metric_file_is_refused(tmp_path, what):
+    make, load = _SAVED[what]
+    path, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    make().save(path)
+    raw = path.read_bytes()
+    bad.write_bytes(raw)
+    for length in reversed(range(len(raw))):
+        os.truncate(bad, length)
+        with pytest.raises(ValueError, match=re.escape(str(bad))):
+            load(bad)
+            pytest.fail(f"loaded the first {length} of {len(raw)} bytes")
+
+
+def _npy(header: object, data: bytes) -> bytes:
+    """A .npy 1.0 entry whose header says anything (shape and type), followed by `data`."""
+    text = repr(header).encode()
+    text += b" " * (-(10 + len(text) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + data
+
+
+def _npz(path, entries: dict, compression: int = zipfile.ZIP_STORED) -> None:
+    """A zip of .npy entries: arrays through numpy's own writer, bytes as given."""
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, value in entries.items():
+            if not isinstance(value, bytes):
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.asanyarray(value), allow_pickle=True)
+                value = buffer.getvalue()
+            archive.writestr(f"{name}.npy", value)
+
+
+_DIAGONAL = {"kind": np.array("diagonal"), "dim": np.array(3), "bias": np.array(0.0), "s": np.ones(3, np.float32)}
+_CRAFTED_METRICS = {
+    "dot of dim 2**40": {"kind": np.array("dot"), "dim": np.array(2**40), "bias": np.array(0.0)},
+    "scaled of dim 2**40": {"kind": np.array("scaled"), "dim": np.array(2**40), "bias": np.array(0.0),
+                            "w": np.array(1.0)},
+    "dim 4.7": {**_DIAGONAL, "kind": np.array("dot"), "dim": np.array(4.7)},
+    "dim True": {"kind": np.array("dot"), "dim": np.array(True), "bias": np.array(0.0)},
+    "dim an array": {**_DIAGONAL, "dim": np.array([3])},
+    "dim zero": {"kind": np.array("dot"), "dim": np.array(0), "bias": np.array(0.0)},
+    "dim not the parameters'": {**_DIAGONAL, "dim": np.array(4)},
+    "kind an integer": {**_DIAGONAL, "kind": np.array(3)},
+    "kind unknown": {**_DIAGONAL, "kind": np.array("cubic")},
+    "bias True": {**_DIAGONAL, "bias": np.array(True)},
+    "bias text": {**_DIAGONAL, "bias": np.array("0.5")},
+    "bias infinite": {**_DIAGONAL, "bias": np.array(np.inf)},
+    "w an array": {"kind": np.array("scaled"), "dim": np.array(3), "bias": np.array(0.0), "w": np.ones(3)},
+    "s of objects": {**_DIAGONAL, "s": np.array([1.0, None, 2.0], object)},
+    "s records": {**_DIAGONAL, "s": np.zeros(3, [("a", np.float32)])},
+    "s matrix": {**_DIAGONAL, "s": np.ones((3, 3), np.float32)},
+    "missing bias": {key: value for key, value in _DIAGONAL.items() if key != "bias"},
+    "missing s": {key: value for key, value in _DIAGONAL.items() if key != "s"},
+    "an unexpected entry": {**_DIAGONAL, "d": np.ones(3, np.float32)},
+    "not .npy": {**_DIAGONAL, "notes.txt": b"hello"},
+    ".npy shape beyond its bytes": {**_DIAGONAL, "s": _npy({"descr": "<f4", "fortran_order": False,
+                                                             "shape": (2**40,)}, bytes(12))},
+    ".npy shape negative": {**_DIAGONAL, "s": _npy({"descr": "<f4", "fortran_order": False,
+                                                     "shape": (-1, -3)}, bytes(12))},
+    ".npy of objects": {**_DIAGONAL, "s": _npy({"descr": "|O", "fortran_order": False, "shape": (3,)}, bytes(24))},
+    ".npy text of 2**40 characters": {**_DIAGONAL, "kind": _npy({"descr": f"<U{2**40}", "fortran_order": False,
+                                                                  "shape": ()}, bytes(32))},
+    ".npy header not a dict": {**_DIAGONAL, "s": _npy([1, 2], bytes(12))},
+    ".npy magic": {**_DIAGONAL, "s": b"\x93NUMPZ" + bytes(100)},
+}
+
+
+@pytest.mark.parametrize("name", list(_CRAFTED_METRICS))
+def test_crafted_metric_files_are_value_errors(tmp_path, name):
+    path = tmp_path / "crafted.npz"
+    _npz(path, _CRAFTED_METRICS[name])
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        sk.Metric.load(path)
+
+
+def test_an_entry_twice_is_refused(tmp_path):
+    """zip allows two entries of one name, and np.load would take the last: which is meant is unknown."""
+    path = tmp_path / "twice.npz"
+    _npz(path, _DIAGONAL)
+    with zipfile.ZipFile(path, "a") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name"
+        archive.writestr("s.npy", _npy({"descr": "<f4", "fortran_order": False, "shape": (3,)},
+                                       np.full(3, 2.0, np.float32).tobytes()))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: .*unique"):
+        sk.Metric.load(path)
+
+
+def test_the_crafted_good_metric_loads(tmp_path):
+    path = tmp_path / "crafted.npz"
+    _npz(path, _DIAGONAL)
+    assert _same(sk.Metric.load(path), sk.Metric.diagonal(np.ones(3)))
+    _npz(path, {**_DIAGONAL, "s": np.ones(3, np.float64)})  # another real type: converted, as the constructor does
+    assert _same(sk.Metric.load(path), sk.Metric.diagonal(np.ones(3)))
+
+
+def test_a_compressed_npz_is_refused(tmp_path):
+    """np.savez_compressed's entries are deflated: refused rather than inflated (a zip bomb)."""
+    path = tmp_path / "compressed.npz"
+    np.savez_compressed(path, **_DIAGONAL)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: .*stored"):
+        sk.Metric.load(path)
+
+
+def test_a_dot_metric_beyond_the_file_dim_is_refused_when_saved(tmp_path, monkeypatch):
+    """What load refuses, save refuses first (and leaves no file): every saved file loads."""
+    from splitnet_kernels import _metric
+
+    assert _metric.FILE_MAX_DIM >= 2**20
+    monkeypatch.setattr(_metric, "FILE_MAX_DIM", 8)  # the same rule, without a big diagonal
+    for kind, metric in (("dot", sk.Metric.dot(9)), ("scaled", sk.Metric.scaled(9, 2.0))):
+        with pytest.raises(ValueError, match=f"dim 9: a {kind} metric's file holds at most dim 8"):
+            metric.save(tmp_path / "big.npz")
+        with pytest.raises(ValueError, match=f"dim 9: a {kind} metric's file holds at most dim 8"):
+            sk.ObjectiveMetrics([metric]).save(tmp_path / "big.npz")
+    assert not (tmp_path / "big.npz").exists()
+    sk.Metric.dot(8).save(tmp_path / "dot.npz")
+    assert sk.Metric.load(tmp_path / "dot.npz").dim == 8
+    sk.Metric.diagonal(np.ones(9)).save(tmp_path / "diagonal.npz")  # its file's size bounds its dim
+    assert sk.Metric.load(tmp_path / "diagonal.npz").dim == 9
+
+
+def _objectives_file(**changes) -> dict:
+    entries = {"names": np.array(["a", "b"]), "count": np.array(2)}
+    for t in range(2):
+        entries.update({f"{t}/{key}": value for key, value in _DIAGONAL.items()})
+    entries.update(changes)
+    return {key: value for key, value in entries.items() if value is not None}
+
+
+_CRAFTED_OBJECTIVES = {
+    "integer names": _objectives_file(names=np.array([7, 8])),
+    "one name": _objectives_file(names=np.array("a")),
+    "names repeat": _objectives_file(names=np.array(["a", "a"])),
+    "count 2**40": _objectives_file(count=np.array(2**40)),
+    "count True": _objectives_file(count=np.array(True)),
+    "count 1.5": _objectives_file(count=np.array(1.5)),
+    "count not the names'": _objectives_file(count=np.array(1)),
+    "count zero": _objectives_file(count=np.array(0), names=np.array([], "<U1"), **{
+        f"{t}/{key}": None for t in range(2) for key in _DIAGONAL}),
+    "an objective beyond count": _objectives_file(**{f"2/{key}": value for key, value in _DIAGONAL.items()}),
+    "an unexpected entry": _objectives_file(extra=np.ones(2)),
+    "a metric's unexpected entry": _objectives_file(**{"1/d": np.ones(3, np.float32)}),
+    "a metric's missing entry": _objectives_file(**{"1/s": None}),
+    "dimensions differ": _objectives_file(**{"1/s": np.ones(4, np.float32), "1/dim": np.array(4)}),
+}
+
+
+@pytest.mark.parametrize("name", list(_CRAFTED_OBJECTIVES))
+def test_crafted_objective_metrics_files_are_value_errors(tmp_path, name):
+    path = tmp_path / "crafted.npz"
+    _npz(path, _CRAFTED_OBJECTIVES[name])
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        sk.ObjectiveMetrics.load(path)
+
+
+def test_the_crafted_good_objective_metrics_load(tmp_path):
+    path = tmp_path / "crafted.npz"
+    _npz(path, _objectives_file())
+    loaded = sk.ObjectiveMetrics.load(path)
+    assert loaded.names == ("a", "b") and all(_same(m, sk.Metric.diagonal(np.ones(3))) for m in loaded)
+
+
+def test_metric_files_of_the_other_class_are_value_errors(tmp_path):
+    _objective_metrics().save(tmp_path / "om.npz")
+    _metric().save(tmp_path / "m.npz")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "om.npz"))):
+        sk.Metric.load(tmp_path / "om.npz")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "m.npz"))):
+        sk.ObjectiveMetrics.load(tmp_path / "m.npz")
+    sk.Candidates(np.ones((2, 3), np.float32)).save(tmp_path / "c.skc")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "c.skc"))):
+        sk.Metric.load(tmp_path / "c.skc")
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "m.npz"))):
+        sk.Candidates.load(tmp_path / "m.npz")
+
+
+def _users_parquet(path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    users = np.ones((4, 3), np.float32)
+    pq.write_table(pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(users.ravel()), 3)}), path)
+
+
+@pytest.mark.parametrize("damage", ("truncated", "bit flipped", "directory", "not a zip"))
+def test_the_offline_command_refuses_a_damaged_metric_in_one_line(tmp_path, capsys, damage):
+    from splitnet_kernels import cli
+
+    _users_parquet(tmp_path / "users.parquet")
+    sk.Candidates(np.ones((5, 3), np.float32)).save(tmp_path / "ads.skc")
+    metric = tmp_path / "metric.npz"
+    _metric().save(metric)
+    raw = metric.read_bytes()
+    if damage == "truncated":
+        metric.write_bytes(raw[:len(raw) // 2])
+    elif damage == "bit flipped":
+        metric.write_bytes(raw[:200] + bytes([raw[200] ^ 4]) + raw[201:])
+    elif damage == "directory":
+        metric.unlink()
+        metric.mkdir()
+    else:
+        metric.write_bytes(b"PK\x05\x06" + bytes(18))
+    code = cli.main(["offline", "--users", str(tmp_path / "users.parquet"), "--candidates", str(tmp_path / "ads.skc"),
+                     "--k", "2", "--metric", str(metric), "--out", str(tmp_path / "top.parquet"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.count("\n") == 1 and "Traceback" not in err and str(metric) in err, err
+    assert not (tmp_path / "top.parquet").exists()
+
+
+# ---- 9. only regular files are read (issue 22): a FIFO must not block the load forever -------------
+def _within(seconds: float, call, unblock):
+    """call()'s exception (or None) if it returns within `seconds`; else unblocks it and fails."""
+    outcome: list = []
+
+    def run():
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        unblock()
+        thread.join(10)
+        pytest.fail(f"still waiting after {seconds} s")
+    return outcome[0]
+
+
+_LOADERS = {"Candidates": sk.Candidates.load, "Metric": sk.Metric.load, "ObjectiveMetrics": sk.ObjectiveMetrics.load}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+@pytest.mark.parametrize("loader", list(_LOADERS))
+def test_a_fifo_is_refused_without_waiting(tmp_path, loader):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    error = _within(10, lambda: _LOADERS[loader](fifo),
+                    lambda: os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)))  # the waiting reader sees EOF
+    assert isinstance(error, ValueError) and re.search(rf"{re.escape(str(fifo))}: not a regular file.*FIFO",
+                                                       str(error)), repr(error)
+
+
+@pytest.mark.parametrize("loader", list(_LOADERS))
+def test_directories_and_devices_are_refused(tmp_path, loader):
+    for path, what in ((tmp_path, "directory"), (pathlib.Path(os.devnull), "device")):
+        if what == "device" and not os.path.exists(path):
+            continue
+        with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a regular file.*{what}"):
+            _LOADERS[loader](path)
+
+
+def test_symlinks_to_saved_files_load_and_missing_files_stay_os_errors(tmp_path):
+    for name, saved in (("c.skc", sk.Candidates(np.ones((2, 3), np.float32))), ("m.npz", _metric()),
+                        ("om.npz", _objective_metrics())):
+        saved.save(tmp_path / name)
+        (tmp_path / f"link-{name}").symlink_to(tmp_path / name)
+    assert len(sk.Candidates.load(tmp_path / "link-c.skc")) == 2
+    assert _same(sk.Metric.load(tmp_path / "link-m.npz"), _metric())
+    assert _same(sk.ObjectiveMetrics.load(tmp_path / "link-om.npz"), _objective_metrics())
+    for loader in _LOADERS.values():
+        with pytest.raises(FileNotFoundError):
+            loader(tmp_path / "nothing")

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import splitnet_kernels as sk
-from conftest import SUPPORTED_ISAS, make_metric, to_numpy
+from conftest import SUPPORTED_ISAS, allowed_form, make_metric, to_numpy
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")
@@ -237,7 +237,8 @@ def _check_topk_by_value(cands, users, om, k, allowed, threads):
                       *cands.topk(users, k, om, output="value", threads=threads))
     else:
         results = ((cands.score(user, om, output="value", threads=threads),
-                    *cands.topk(user, k, om, output="value", allowed=allowed, threads=threads)) for user in users)
+                    *cands.topk(user, k, om, output="value", allowed=allowed_form(allowed, len(cands)), threads=threads))
+                   for user in users)
     for values, scores, ids in results:
         order = pool[np.lexsort((pool, -np.nan_to_num(values[pool].astype(np.float64), nan=-np.inf),
                                  np.isnan(values[pool])))][:k]
@@ -254,3 +255,29 @@ def test_fused_scan_splits_across_tasks_exactly(rng):
         expected = np.stack([np.lexsort((np.arange(len(ads)), -row))[:100] for row in values])
         for threads in (1, 2):
             np.testing.assert_array_equal(np.atleast_2d(cands.topk(users, 100, om, threads=threads)[1]), expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_users_of_every_float_type_fold_in_float32_on_the_objectives_path(kind, rng):
+    """Every path gives a pair the same bits: float64, float16 and torch float64 users fold in
+    float32 with objectives as without (they were folded in float64 there, 6e-5 apart)."""
+    dim, count = 24, 600
+    ads = rng.standard_normal((count, dim)).astype(np.float32)
+    metric = make_metric(kind, dim, rng, bias=0.3)
+    plain, grouped = sk.Candidates(ads), sk.Candidates(ads, objectives=np.zeros(count, int))
+    om = sk.ObjectiveMetrics([metric])
+    users64 = rng.standard_normal((7, dim)) * 3
+    kinds_of_users = [users64, users64.astype(np.float16), users64[0]]
+    try:
+        import torch
+        kinds_of_users.append(torch.from_numpy(users64))
+    except ImportError:
+        pass
+    for users in kinds_of_users:
+        for output in ("logit", "probability"):
+            want = to_numpy(plain.score(users, metric, output=output))
+            np.testing.assert_array_equal(to_numpy(grouped.score(users, om, output=output)), want)
+            np.testing.assert_array_equal(
+                to_numpy(sk.score(users, ads, om, objectives=np.zeros(count, int), output=output)), want)
+            for got, expected in zip(grouped.topk(users, 20, om, output=output), plain.topk(users, 20, metric, output=output)):
+                np.testing.assert_array_equal(to_numpy(got), to_numpy(expected))

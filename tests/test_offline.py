@@ -238,3 +238,193 @@ def test_out_that_is_a_file_without_the_suffix(capsys, tmp_path, data):
     assert offline(tmp_path, "--candidates", tmp_path / "ads.skc", "--k", 5, "--out", tmp_path / "top.pq") == 2
     assert "is a file without the .parquet suffix" in capsys.readouterr().err
     assert (tmp_path / "top.pq").read_bytes() == b"keep me"
+
+
+# ---- bids: the one check Candidates makes, by the column's name (issue 22, class 3) -------------
+BAD_BIDS = {  # bid_column values, each refused; the middle row is the bad one
+    "negative": pa.array([1.0, -1.0, 2.0]),
+    "nan": pa.array([1.0, np.nan, 2.0]),
+    "inf": pa.array([1.0, np.inf, 2.0]),
+    "null": pa.array([1.0, None, 2.0]),
+    "bool": pa.array([True, False, True]),
+    "text": pa.array(["1", "2", "3"]),
+}
+
+
+def pairs_with_bids(rng, bids):
+    users, ads = (rng.standard_normal((len(bids), DIM)).astype(np.float32) for _ in range(2))
+    return pa.table({"user": fixed_lists(users), "ad": fixed_lists(ads), "objective": np.zeros(len(bids), np.int64),
+                     "bid": bids})
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BIDS))
+def test_score_batch_refuses_the_bids_candidates_refuse(rng, case):
+    bids = BAD_BIDS[case]
+    om = sk.ObjectiveMetrics([sk.Metric.dot(DIM)])
+    job = _offline.ScoreBatch(om, objective_column="objective", bid_column="bid", output="value")
+    with pytest.raises(ValueError, match="bid_column: column 'bid'") as refused:
+        job(pairs_with_bids(rng, bids))
+    with pytest.raises(ValueError, match="bids") as by_candidates:
+        sk.Candidates(np.zeros((3, DIM), np.float32), objectives=np.zeros(3, np.int64), bids=bids.to_numpy(False))
+    if case != "null":  # the same check says the same thing (a null arrives as a null, not as a NaN)
+        assert str(refused.value).split(": ", 2)[-1] == str(by_candidates.value).split(": ", 1)[-1]
+
+
+@pytest.mark.parametrize("case", ["bool", "text"])
+def test_bids_that_are_not_numbers_are_refused_before_any_row(rng, case):
+    """The local engine runs the schema's empty table through the job first: no row is read."""
+    job = _offline.ScoreBatch(sk.ObjectiveMetrics([sk.Metric.dot(DIM)]), objective_column="objective",
+                              bid_column="bid")
+    with pytest.raises(ValueError, match=f"bid_column: column 'bid': expected 0 numbers .* got (bool|object)"):
+        job(pairs_with_bids(rng, BAD_BIDS[case]).schema.empty_table())
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BIDS))
+def test_cli_pairs_refuses_bad_bids_and_writes_nothing(capsys, tmp_path, rng, case):
+    pq.write_table(pairs_with_bids(rng, BAD_BIDS[case]), tmp_path / "pairs.parquet")
+    sk.ObjectiveMetrics([sk.Metric.dot(DIM)]).save(tmp_path / "om.npz")
+    assert cli.main(["offline", "--pairs", "--users", str(tmp_path / "pairs.parquet"), "--metric",
+                     str(tmp_path / "om.npz"), "--objective-column", "objective", "--bid-column", "bid", "--out",
+                     str(tmp_path / "scores.parquet"), "--no-progress"]) == 2
+    message = capsys.readouterr().err
+    assert "bid_column: column 'bid'" in message and message.count("\n") == 1, message
+    assert sorted(os.listdir(tmp_path)) == ["om.npz", "pairs.parquet"]
+
+
+def test_good_bids_of_any_number_type_score_as_float32(rng):
+    om = sk.ObjectiveMetrics([sk.Metric.dot(DIM, bias=0.5)])
+    job = _offline.ScoreBatch(om, objective_column="objective", bid_column="bid")
+    table = pairs_with_bids(rng, pa.array([0, 3, 7], pa.int32()))
+    users, ads = (np.array(table.column(c).to_pylist(), np.float32) for c in ("user", "ad"))
+    expected = sk.score(users, ads, om[0], pairwise=True, sigmoid=True) * np.array([0, 3, 7], np.float32)
+    np.testing.assert_array_equal(job(table).column("score").to_numpy(), expected)
+
+
+# ---- shard offsets: ids past int64 are uint64, as merge_topk gives them (issue 22, class 4) ----
+@pytest.fixture
+def two_shards(tmp_path, rng):
+    """2,000 candidates: shard 0 holds 1,990 of them, shard 1 the last 10."""
+    ads = rng.standard_normal((2000, DIM)).astype(np.float32)
+    paths = [tmp_path / "shard0.skc", tmp_path / "shard1.skc"]
+    sk.Candidates(ads[:1990]).save(paths[0])
+    sk.Candidates(ads[1990:]).save(paths[1])
+    return ads, paths
+
+
+def expected_global_ids(users, ads, k, offsets):
+    """sk.topk's ids over all the ads, mapped to each shard's offset (Python ints: no wrap)."""
+    _, rows = sk.topk(users, ads, k)
+    global_ids = [offsets[0] + r for r in range(1990)] + [offsets[1] + r for r in range(10)]
+    return np.array([[global_ids[r] for r in row] for row in rows.tolist()], np.uint64)
+
+
+@pytest.mark.parametrize("offsets", [[0, 2**63 - 3], [2**63, 0], [0, 2**64 - 10]])
+def test_shard_offsets_past_int64_give_uint64_ids(rng, two_shards, offsets):
+    ads, paths = two_shards
+    users = rng.standard_normal((40, DIM)).astype(np.float32)
+    job = _offline.TopkBatch(paths, 20, offsets=offsets)
+    scores, ids = job.topk(users)
+    assert ids.dtype == np.uint64
+    np.testing.assert_array_equal(ids, expected_global_ids(users, ads, 20, offsets))
+    np.testing.assert_array_equal(scores, sk.topk(users, ads, 20)[0])
+    for rows in (users[:1], users[:0]):  # every batch has the job's id type, whatever ids it holds
+        assert job.topk(rows)[1].dtype == np.uint64
+    assert job(pa.table({"embedding": fixed_lists(users[:0])})).schema.field("topk_ids").type.value_type == pa.uint64()
+
+
+def test_shard_offsets_within_int64_keep_int64_ids(rng, two_shards):
+    _, paths = two_shards
+    job = _offline.TopkBatch(paths, 5, offsets=[0, 2**63 - 10])  # the largest id is 2**63 - 1
+    assert job.topk(rng.standard_normal((3, DIM)).astype(np.float32))[1].dtype == np.int64
+
+
+@pytest.mark.parametrize("offset", [2**64 - 9, 2**64, 2**70])
+def test_shard_offsets_past_uint64_are_refused_by_value(two_shards, offset):
+    _, paths = two_shards
+    with pytest.raises(ValueError, match=f"offsets: the offset {offset} "):
+        _offline.TopkBatch(paths, 5, offsets=[0, offset])
+
+
+def test_cli_writes_uint64_ids_for_offsets_past_int64(tmp_path, rng, two_shards):
+    """k=3 in batches of one user: most batches hold no id of shard 1, yet every one is uint64."""
+    ads, paths = two_shards
+    users = rng.standard_normal((60, DIM)).astype(np.float32)
+    write_users(tmp_path / "users.parquet", users)
+    offsets = [0, 2**63 - 3]
+    assert offline(tmp_path, "--candidates", *paths, "--offsets", *offsets, "--k", 3, "--batch-rows", 1, "--out",
+                   tmp_path / "top.parquet") == 0
+    table = pq.read_table(tmp_path / "top.parquet")
+    assert table.schema.field("topk_ids").type.value_type == pa.uint64()
+    np.testing.assert_array_equal(np.array(table.column("topk_ids").to_pylist(), np.uint64),
+                                  expected_global_ids(users, ads, 3, offsets))
+
+
+def test_cli_refuses_offsets_past_uint64(capsys, tmp_path, data, two_shards):
+    _, paths = two_shards
+    assert_refused(capsys, tmp_path, ["--candidates", *paths, "--offsets", 0, 2**64, "--k", 5, "--out",
+                                      tmp_path / "top.parquet"], "offsets", str(2**64))
+
+
+# ---- without pyarrow: one line naming the extra (issue 22, class 14) ---------------------------
+WITHOUT_PYARROW = """
+import sys
+sys.modules["pyarrow"] = None  # import pyarrow now fails, as where it is not installed
+from splitnet_kernels import cli
+rc = cli.main(["offline", "--users", "u.parquet", "--candidates", "a.skc", "--k", "3", "--out", "o.parquet"])
+try:
+    import splitnet_kernels.distributed
+except ImportError as error:
+    print(error)
+sys.exit(rc)
+"""
+
+
+def test_offline_without_pyarrow_names_the_extra(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WITHOUT_PYARROW], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    hint = 'pip install "splitnet-kernels[offline]"'
+    assert done.stderr.startswith("splitnet-kernels offline: error: ") and hint in done.stderr
+    assert hint in done.stdout  # importing splitnet_kernels.distributed says the same
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(os.path.dirname(__file__), os.pardir, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert any(need.startswith("pyarrow") for need in extras["offline"])
+    assert "splitnet-kernels[offline]" in extras["ray"]
+
+
+def test_ray_engine_without_ray_names_the_extra(tmp_path, data):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['ray'] = None; from splitnet_kernels import cli; "
+            f"sys.exit(cli.main(['offline', '--engine', 'ray', '--users', 'users.parquet', '--candidates', 'ads.skc', "
+            f"'--k', '3', '--out', 'top.parquet']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert 'pip install "splitnet-kernels[ray]"' in done.stderr
+    assert not os.path.exists(tmp_path / "top.parquet")
+
+
+# ---- the Ray engine writes the part files the local engine writes ------------------------------
+@pytest.mark.ray
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+def test_ray_engine_writes_part_files_and_uint64_ids(tmp_path, rng, two_shards):
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()  # the command starts Ray and stops it
+    ads, paths = two_shards
+    users = rng.standard_normal((300, DIM)).astype(np.float32)
+    write_users(tmp_path / "users.parquet", users)
+    offsets = [0, 2**63]
+    assert offline(tmp_path, "--engine", "ray", "--concurrency", 1, "--candidates", *paths, "--offsets", *offsets,
+                   "--k", 3, "--batch-rows", 100, "--out", tmp_path / "top") == 0
+    names = sorted(os.listdir(tmp_path / "top"))
+    assert names == [f"part-{i:05d}.parquet" for i in range(len(names))] and names, names
+    table = pq.read_table(tmp_path / "top").sort_by("user_id")
+    assert table.schema.field("topk_ids").type.value_type == pa.uint64()
+    np.testing.assert_array_equal(np.array(table.column("topk_ids").to_pylist(), np.uint64),
+                                  expected_global_ids(users, ads, 3, offsets))

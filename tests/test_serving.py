@@ -83,6 +83,32 @@ def test_allowed_mask_and_ids_equal_topk_of_the_subset(data, dtype):
             cands.topk(users[1], 5, allowed=bad)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_integer_zero_one_masks_are_refused_not_read_as_ids(data, dtype):
+    """A 0/1 mask built with arithmetic (uint8, int, a list, a tensor) of length N would read as
+    the ids 0 and 1: every path that takes allowed= refuses it and names the fix."""
+    ads, users = data
+    mask = np.random.default_rng(2).random(len(ads)) < 0.3
+    plain = sk.Candidates(ads, dtype=dtype)
+    exact = sk.Candidates(ads, dtype=dtype, exact=True) if dtype != "float32" else plain
+    om = sk.ObjectiveMetrics([sk.Metric.dot(ads.shape[1])] * 2)
+    valued = sk.Candidates(ads, dtype=dtype, objectives=np.arange(len(ads)) % 2, bids=np.ones(len(ads)))
+    candidates = [mask.astype(np.uint8), mask.astype(np.int64), mask.astype(int).tolist(), np.ones(len(ads), np.int8)]
+    try:
+        import torch
+        candidates.append(torch.from_numpy(mask.astype(np.int64)))
+    except ImportError:
+        pass
+    for bad in candidates:
+        for call in (lambda: plain.topk(users[1], 5, allowed=bad), lambda: exact.topk(users[:3], 5, allowed=bad),
+                     lambda: valued.topk(users[1], 5, om, allowed=bad)):
+            with pytest.raises(ValueError, match=r"allowed: .*0 and 1.*astype\(bool\)"):
+                call()
+    want = plain.topk(users[1], 5, allowed=np.flatnonzero(mask))
+    np.testing.assert_array_equal(plain.topk(users[1], 5, allowed=mask)[1], want[1])
+    assert sorted(plain.topk(users[1], 5, allowed=np.array([1, 1, 0]))[1].tolist()) == [0, 1]  # other lengths: ids
+
+
 def test_many_threads_match_serial(data):
     """16 Python threads x 500 mixed calls on shared sets: identical to the serial results."""
     ads, users = data

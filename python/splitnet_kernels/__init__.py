@@ -10,7 +10,8 @@ from ._candidates import Candidates
 from ._info import backends, get_include, info, set_isa
 from ._metric import Metric
 from ._objectives import ObjectiveMetrics
+from ._threads import set_threads
 from ._version import __version__
 
 __all__ = ["Candidates", "Metric", "ObjectiveMetrics", "__version__", "backends", "get_include", "info", "merge_topk",
-           "score", "set_isa", "topk"]
+           "score", "set_isa", "set_threads", "topk"]

@@ -4,13 +4,13 @@ arrays to what it computes on and back."""
 from __future__ import annotations
 
 import numbers
-import os
+import operator
 import sys
 
 import numpy as np
 
-from . import _dispatch
-from ._metric import Metric, _is_tensor
+from . import _dispatch, _threads
+from ._metric import Metric, _is_tensor, check_tensor, numpy_floats
 from ._metric import host as _host
 from ._objectives import _sigmoid_, check_output, dot_metric, probability
 from ._order import merge_numpy, topk_by_id
@@ -28,10 +28,7 @@ def _embeddings(x, name: str, ndims: tuple, meta: bool = False):
     if _is_tensor(x):
         if not x.dtype.is_floating_point:
             raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
-        if str(x.layout) != "torch.strided":
-            raise TypeError(f"{name}: expected a dense tensor, got layout {x.layout} (call .to_dense())")
-        if x.device.type == "meta" and not meta:
-            raise ValueError(f"{name}: a meta tensor holds no values to score (shape {_shape(x)})")
+        check_tensor(x, name, meta)
     else:
         if not isinstance(x, np.ndarray):
             try:
@@ -48,18 +45,10 @@ def _embeddings(x, name: str, ndims: tuple, meta: bool = False):
     return x
 
 
-_CPUS = os.cpu_count() or 1
-
-
 def check_threads(threads):
-    """threads is an upper bound: more than this machine's CPUs means all of them, on every backend."""
-    if threads is None:
-        return None
-    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, numbers.Integral):
-        raise TypeError(f"threads: expected None or an integer, got {type(threads).__name__}")
-    if threads < 1:
-        raise ValueError(f"threads: must be >= 1, got {threads}")
-    return min(int(threads), _CPUS)
+    """threads is an upper bound: more than this machine's CPUs means all of them, on every backend.
+    None stays None: each backend takes it as the process-wide count (_threads.default())."""
+    return None if threads is None else _threads.check(threads)
 
 
 def check_k(k) -> int:
@@ -70,9 +59,25 @@ def check_k(k) -> int:
     return int(k)
 
 
+_DEFAULT_METRICS: dict[int, Metric] = {}  # metric=None's dot_metric for each dimension met
+
+
+def _default_metric_made(dim: int) -> int:
+    """Makes _DEFAULT_METRICS[dim]. Dynamo runs it as the constant it is, rather than trace the
+    Metric's construction (which it cannot), and then reads the metric from the dict as a global
+    it can guard and look into."""
+    if dim not in _DEFAULT_METRICS:
+        _DEFAULT_METRICS[dim] = dot_metric(dim)
+    return dim
+
+
+_default_metric_made._dynamo_marked_constant = True  # type: ignore[attr-defined]  # as assume_constant_result marks
+
+
 def check_metric(metric, dim: int, users, ads) -> Metric:
-    if metric is None:
-        return dot_metric(dim)
+    if metric is None:  # operator.index fixes a dimension that dynamo holds as a symbol (dynamic=True)
+        dim = _default_metric_made(operator.index(dim))
+        return _DEFAULT_METRICS[dim]
     if not isinstance(metric, Metric):
         raise TypeError(f"metric: expected a splitnet_kernels.Metric or None, got {type(metric).__name__}")
     if metric.dim != dim:
@@ -83,9 +88,24 @@ def check_metric(metric, dim: int, users, ads) -> Metric:
     return metric
 
 
+def one_device(**arguments):
+    """The device of the tensors among the named arguments, None when none is a tensor; tensors
+    on two devices are a TypeError naming both (nothing is moved between devices unasked)."""
+    device = first = None
+    for name, x in arguments.items():
+        if _is_tensor(x):
+            if device is None:
+                device, first = x.device, name
+            elif x.device != device:
+                raise TypeError(f"{first} and {name}: expected tensors on one device, got {first} on {device} and "
+                                f"{name} on {x.device}")
+    return device
+
+
 def _check_pair(users, ads, pairwise: bool, meta: bool = False):
     users = _embeddings(users, "users", (2,) if pairwise else (1, 2), meta)
     ads = _embeddings(ads, "ads", (2,), meta)
+    one_device(users=users, ads=ads)
     if users.shape[-1] != ads.shape[-1]:
         raise ValueError(f"users {_shape(users)} and ads {_shape(ads)} differ in embedding dimension")
     if pairwise and users.shape[0] != ads.shape[0]:
@@ -93,7 +113,9 @@ def _check_pair(users, ads, pairwise: bool, meta: bool = False):
     return users, ads
 
 
-def _check_out(out, shape, torch_input: bool):
+def _check_out(out, shape, torch_input: bool, device=None):
+    """out checked against the result's shape and the inputs: an array for arrays, a tensor on
+    their `device` (when given) for tensors."""
     if out is None:
         return None
     if torch_input != _is_tensor(out):
@@ -104,6 +126,8 @@ def _check_out(out, shape, torch_input: bool):
 
         if out.dtype != torch.float32:
             raise TypeError(f"out: expected dtype torch.float32, got {out.dtype}")
+        if device is not None and out.device != device:
+            raise TypeError(f"out: expected a tensor on {device} like the inputs, got one on {out.device}")
     else:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out: expected a numpy array, got {type(out).__name__}")
@@ -245,7 +269,7 @@ def score_store(users, store, metric, *, ids, sigmoid, backend, threads, out, pa
     torch_input = device is not None
     n_candidates = count(store) if ids is None else len(ids)
     shape = (n_candidates,) if pairwise or users.ndim == 1 else (users.shape[0], n_candidates)
-    out = _check_out(out, shape, torch_input)
+    out = _check_out(out, shape, torch_input, device)
     if torch_input and _ops_take(backend):
         return _ops().score_store(users, store, metric, ids=ids, sigmoid=sigmoid, threads=threads, out=out,
                                   pairwise=pairwise)
@@ -338,6 +362,34 @@ def _objective_set(ads, objectives, bids):
     return Candidates(ads, "float32", objectives=objectives, bids=bids)
 
 
+def _objective_call(users, ads, objectives, bids):
+    """(the set of the ads with their objectives and bids, users, bids, the device of the tensors
+    among the arguments or None) for a call with objectives or bids. When any argument is a tensor,
+    the users come as one on its device, so that the results are tensors (torch in, torch out)."""
+    device = one_device(users=users, ads=ads, objectives=objectives, bids=bids)
+    bids = numpy_floats(check_tensor(bids, "bids"))
+    cands = _objective_set(ads, check_tensor(objectives, "objectives"), bids)
+    if device is not None and not _is_tensor(users):
+        users = _to_torch(_embeddings(users, "users", (1, 2)), device)
+    return cands, users, bids, device
+
+
+def without_gradient(name: str, result, *inputs):
+    """result, computed off autograd's record: where tensors among inputs ask for a gradient, its
+    backward raises and says why (as the op `name`'s does), rather than leave them without one."""
+    wanting = _ops().wanting_gradients(*inputs) if any(_is_tensor(x) for x in inputs) else []
+    return _ops().refused(name, result, wanting) if wanting else result
+
+
+def host_argument(x, name: str, users):
+    """An argument that is read on the host (allowed=), refused by name where it is a tensor that
+    cannot be: on another device than tensor users, not dense, or holding no values."""
+    if not _is_tensor(x):
+        return x
+    one_device(users=users, **{name: x})
+    return check_tensor(x, name)
+
+
 def score(users, ads, metric=None, *, pairwise=False, sigmoid=False, backend="auto", threads=None, out=None,
           objectives=None, bids=None, output=None):
     """Scores users against ads with the metric: u^T S a + bias (sigmoid of it if sigmoid=True).
@@ -352,8 +404,11 @@ def score(users, ads, metric=None, *, pairwise=False, sigmoid=False, backend="au
         if pairwise:
             raise ValueError("pairwise=True scores one metric per pair; objectives, bids and output='value' are for "
                              "candidate sets")
-        return _objective_set(ads, objectives, bids).score(users, metric, output=output, sigmoid=sigmoid,
-                                                           backend=backend, threads=threads, out=out)
+        cands, users, bids, device = _objective_call(users, ads, objectives, bids)
+        if device is not None and _ops_take(backend) and _ops().wanting_gradients(users, ads, bids):
+            return _ops().score_by_objective(cands, users, ads, bids, metric, output=output, sigmoid=sigmoid,
+                                             threads=threads, out=out)
+        return cands.score(users, metric, output=output, sigmoid=sigmoid, backend=backend, threads=threads, out=out)
     if output is not None:
         sigmoid = check_output(output, False, sigmoid) == "probability"
     fast = None if pairwise or out is not None else _fast_metric(users, ads, metric, backend, threads)
@@ -383,8 +438,9 @@ def topk(users, ads, k, metric=None, *, sigmoid=False, backend="auto", threads=N
     by the quantity returned.
     """
     if _by_objective(metric, objectives, bids, output):
-        return _objective_set(ads, objectives, bids).topk(users, k, metric, output=output, sigmoid=sigmoid,
-                                                          backend=backend, threads=threads)
+        cands, users, bids, _ = _objective_call(users, ads, objectives, bids)
+        scores, ids = cands.topk(users, k, metric, output=output, sigmoid=sigmoid, backend=backend, threads=threads)
+        return without_gradient("topk", scores, users, ads, bids), ids  # a selection, as the op says
     if output is not None:
         sigmoid = check_output(output, False, sigmoid) == "probability"
     fast = None if sigmoid else _fast_metric(users, ads, metric, backend, threads)

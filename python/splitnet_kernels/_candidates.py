@@ -17,7 +17,7 @@ import zlib
 import numpy as np
 
 from . import _api, _dispatch
-from ._metric import _is_tensor, host
+from ._metric import _is_tensor, host, open_regular
 from ._objectives import _FIRST_BLOCK, Grouping, ObjectiveMetrics, check_metric_for, check_objectives, check_output, \
     folded, keep_best, quantity, scan_by_value
 from ._storage import ALIGN, DTYPES, INT8_MAX_DIM, NUMPY_TYPES, ExactStorage, Storage, stored_width
@@ -169,6 +169,11 @@ class Candidates:
         if allowed.dtype.kind not in "iu" or allowed.ndim != 1:
             raise TypeError(f"allowed: expected a boolean mask or a 1-D integer id array, got {allowed.dtype} {allowed.shape}")
         ids = np.unique(allowed)
+        # N integers of 0 and 1 name at most two ids, or were a mask built with arithmetic: the two
+        # readings always differ, so neither is taken
+        if len(allowed) == len(self) and ids.size and ids[0] >= 0 and ids[-1] <= 1:
+            raise ValueError(f"allowed: {len(allowed)} {allowed.dtype} values of 0 and 1 for {len(self)} candidates "
+                             f"could be a mask or an id list: pass the mask as booleans (allowed.astype(bool))")
         # in the ids' own dtype: a uint64 id >= 2**63 would wrap to a negative int64
         if ids.size and (ids[0] < 0 or ids[-1] >= len(self)):
             raise ValueError(f"allowed: ids must be in [0, {len(self)}), got {ids[0]}..{ids[-1]} ({ids.dtype})")
@@ -184,7 +189,7 @@ class Candidates:
                                     backend=backend, threads=threads, out=out)
         device = users.device if _is_tensor(users) else None
         shape = (len(self),) if users.ndim == 1 else (users.shape[0], len(self))
-        _api._check_out(out, shape, device is not None)
+        _api._check_out(out, shape, device is not None, device)
         result = np.empty(shape, np.float32)
         plain_users = _api._to_numpy(users)
         for t, begin, end, bids, ids in self._groups():
@@ -192,7 +197,7 @@ class Candidates:
             logits = _api._host(_api.score_store(queries, self._store.slice(begin, end), dot, ids=None, sigmoid=False,
                                                  backend=backend, threads=threads, out=None))
             result[..., ids] = quantity(logits, bids, output)
-        result = _api._result_for(result, device is not None, device)
+        result = _api.without_gradient("candidates_score", _api._result_for(result, device is not None, device), users)
         if out is None:
             return result
         out.copy_(result) if device is not None else np.copyto(out, result)
@@ -204,7 +209,7 @@ class Candidates:
         `allowed` (a boolean mask of length N, or an id list) restricts the candidates without
         copying them. Ids are indices into the ads as given."""
         users, metric, threads, output = self._operands(users, metric, threads, output, sigmoid)
-        k, allowed_ids = _api.check_k(k), self._allowed(allowed)
+        k, allowed_ids = _api.check_k(k), self._allowed(_api.host_argument(allowed, "allowed", users))
         if self._grouping is None and output != "value":
             return _api.topk_store(users, self._store, k, metric, ids=allowed_ids, sigmoid=output == "probability",
                                    backend=backend, threads=threads)
@@ -230,7 +235,8 @@ class Candidates:
         scores, found = best
         if users.ndim == 1:
             scores, found = scores[0], found[0]
-        return _api._result_for(scores, device is not None, device), _api._result_for(found, device is not None, device)
+        scores = _api.without_gradient("candidates_topk", _api._result_for(scores, device is not None, device), users)
+        return scores, _api._result_for(found, device is not None, device)
 
     def _operands(self, users, metric, threads, output, sigmoid):
         users = _api._embeddings(users, "users", (1, 2))
@@ -382,8 +388,9 @@ class Candidates:
     def load(cls, path, mmap: bool = True, verify: bool = True) -> "Candidates":
         """Reads a set written by save(). mmap=True maps the file read-only instead of copying
         it; verify=True checks the CRC-32s of the arrays (reading the file once; the header's is
-        always checked). A truncated, damaged, foreign or older-format file raises ValueError."""
-        with open(path, "rb") as f:  # one open file throughout: a concurrent save cannot mix two files
+        always checked). A truncated, damaged, foreign or older-format file, or a path that is not
+        a regular file (a FIFO, a directory, a device), raises ValueError."""
+        with open_regular(path) as f:  # one open file throughout: a concurrent save cannot mix two files
             size = os.fstat(f.fileno()).st_size
             head = f.read(len(_MAGIC) + 8)
             if head[:len(_V1_MAGIC)] == _V1_MAGIC:

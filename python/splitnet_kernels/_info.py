@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 
-from . import _dispatch
+from . import _dispatch, _threads
 from ._version import __version__
 from .backends import _simd
 
@@ -30,7 +29,13 @@ def set_isa(name: str) -> str:
 
 
 def info() -> dict:
-    """Version, detected and active ISA, backends, default threads."""
+    """Version, detected and active ISA, backends, default threads and where that count comes from.
+
+    default_threads is what a call with threads=None uses (None while a bad SPLITNET_KERNELS_THREADS
+    is in force: threads_error says why); threads_source is where it comes from: "set_threads",
+    "SPLITNET_KERNELS_THREADS", "cgroup cpu quota", "cpu affinity" (or "cpu count" where the OS
+    has no affinity call).
+    """
     compiled = _simd.compiled()
     return {
         "version": __version__,
@@ -38,7 +43,7 @@ def info() -> dict:
         "isa_active": _simd.active_isa() if compiled else None,
         "isa_supported": _simd.supported_isas() if compiled else [],
         "isa_error": _dispatch.ISA_ERROR or None,
-        "default_threads": _simd.max_threads() if compiled else os.cpu_count(),
+        **_threads.report(),
         "backends": backends(),
     }
 

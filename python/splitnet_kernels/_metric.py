@@ -8,7 +8,12 @@ per candidate.
 
 from __future__ import annotations
 
+import io
+import math
 import numbers
+import os
+import stat
+import zipfile
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -64,9 +69,32 @@ def host(x) -> np.ndarray:
     return x.detach().cpu().numpy() if _is_tensor(x) else np.asarray(x)
 
 
+def check_tensor(x, name: str, meta: bool = False):
+    """x, refused by name where it is a tensor that cannot be read: not dense (sparse: a
+    TypeError) or, unless `meta` lets it go on (to the custom ops, which give meta results),
+    holding no values (a meta tensor: a ValueError)."""
+    if _is_tensor(x):
+        if str(x.layout) != "torch.strided":
+            raise TypeError(f"{name}: expected a dense tensor, got layout {x.layout} (call .to_dense())")
+        if x.device.type == "meta" and not meta:
+            raise ValueError(f"{name}: a meta tensor holds no values (shape {tuple(x.shape)})")
+    return x
+
+
+_NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
+
+
+def numpy_floats(x):
+    """A tensor in a type NumPy has: float types that it lacks (bfloat16, float8) widened to
+    float32, which holds them exactly; other tensors (and anything else) as they are."""
+    if _is_tensor(x) and x.dtype.is_floating_point and str(x.dtype) not in _NUMPY_FLOATS:
+        return x.float()
+    return x
+
+
 def _parameter(value, name: str, ndim: int) -> np.ndarray:
     if _is_tensor(value):
-        value = value.detach().cpu().numpy()
+        value = numpy_floats(check_tensor(value, name)).detach().cpu().numpy()
     array = np.asarray(value)
     if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
         raise TypeError(f"{name}: expected a real numeric array, got dtype {array.dtype}")
@@ -128,9 +156,10 @@ class Metric:
     def __reduce__(self):
         return build, (self._kind, self._dim, self._params, self._bias)
 
-    # ---- files: NumPy .npz, never pickle ----------------------------------------------------
+    # ---- files: NumPy .npz, never pickle; read by read_npz, never np.load -------------------
     def arrays(self, prefix: str = "") -> dict:
         """The metric as named arrays (kind, dim, bias and its parameters), for np.savez."""
+        _check_file_dim(self._kind, self._dim)
         arrays = {f"{prefix}kind": np.array(self._kind), f"{prefix}dim": np.array(self._dim),
                   f"{prefix}bias": np.array(self._bias, np.float64)}
         for name, value in self._params.items():
@@ -140,14 +169,19 @@ class Metric:
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "", source: str = "metric") -> "Metric":
-        """The metric that arrays() wrote; a missing or malformed entry is a ValueError."""
+        """The metric that arrays() wrote; a missing, malformed or unexpected entry (one whose
+        name starts with `prefix`) is a ValueError."""
         try:
-            kind = str(arrays[f"{prefix}kind"][()])
-            dim = int(arrays[f"{prefix}dim"][()])
-            bias = float(arrays[f"{prefix}bias"][()])
+            kind = str(_entry(arrays, prefix + "kind", "U"))
             if kind not in KINDS:
-                raise ValueError(f"unknown metric kind {kind!r}")
-            parameters = {part.name: (float(arrays[prefix + part.name][()]) if part.shape == "scalar"
+                raise ValueError(f"unknown metric kind {kind[:40]!r}")
+            names = {"kind", "dim", "bias", *(part.name for part in PARTS[kind])}
+            unexpected = sorted(key for key in arrays if key.startswith(prefix) and key[len(prefix):] not in names)
+            if unexpected:
+                raise ValueError(f"unexpected entries {str(unexpected)[:200]}")
+            dim, bias = int(_entry(arrays, prefix + "dim", "iu")), float(_entry(arrays, prefix + "bias", "fiu"))
+            _check_file_dim(kind, dim)
+            parameters = {part.name: (float(_entry(arrays, prefix + part.name, "fiu")) if part.shape == "scalar"
                                       else arrays[prefix + part.name])
                           for part in PARTS[kind] if prefix + part.name in arrays}
             metric = build(kind, dim, parameters, bias)
@@ -159,14 +193,15 @@ class Metric:
 
     def save(self, path) -> None:
         """Writes the metric to `path` as a NumPy .npz (no pickle): kind, dim, bias, parameters."""
+        arrays = self.arrays()
         with open(path, "wb") as f:
-            np.savez(f, **self.arrays())
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path) -> "Metric":
-        """Reads a metric written by save(), through the constructors' checks."""
-        with np.load(path, allow_pickle=False) as arrays:
-            return cls.from_arrays(arrays, source=str(path))
+        """Reads a metric written by save(), through the constructors' checks. Anything else (not
+        a regular file, damaged, foreign) is a ValueError naming `path`."""
+        return cls.from_arrays(read_npz(path, "splitnet_kernels metric"), source=str(path))
 
     # ---- constructors ---------------------------------------------------------------------
     @classmethod
@@ -360,6 +395,97 @@ def _fold_gain(form: Form, always: bool = False):
     if diag is not None:
         magnitude[np.diag_indices(dim)] += np.abs(diag)
     return max(float(np.square(m).sum(axis=0).max()) for m in matrices), matrices
+
+
+# ---- files ------------------------------------------------------------------------------------
+# A dot or scaled metric holds no array of length dim that the file's size would bound, yet
+# loading one allocates its dim: its files hold at most this dim (a 64 MiB diagonal).
+FILE_MAX_DIM = 1 << 24
+_FILE_TYPES = {"d": "a directory", "p": "a named pipe (FIFO)", "c": "a character device", "b": "a block device",
+               "s": "a socket"}
+# What zipfile and the .npy header parser raise on bytes that are no .npz of ours (OverflowError:
+# an offset beyond any seek); the bytes are read into memory first, so none of these is an I/O
+# error of the file system.
+_NPZ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError, ValueError, OverflowError)
+
+
+def open_regular(path):
+    """`path` opened for binary reading, or a ValueError naming it unless it is a regular file:
+    checked before opening (a FIFO would block the open forever, a device may act on it), and
+    again on the open file, should the path have been replaced in between."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return open(fd, "rb")
+        os.close(fd)
+    kind = _FILE_TYPES.get(stat.filemode(mode)[0], "another kind of file")
+    raise ValueError(f"{path}: not a regular file but {kind}")
+
+
+def read_npz(path, what: str) -> dict:
+    """The arrays of the NumPy .npz at `path` by entry name (without .npy), as read-only views of
+    its bytes, never through np.load or pickle: a ValueError naming `path` and `what` it should be
+    unless it is a regular file whose zip entries are stored .npy arrays that account for every
+    byte before the zip directory (a damaged directory that drops an entry leaves a gap), each
+    entry matching its zip CRC-32 and its .npy header matching its size. Nothing is allocated by
+    a size that the file states, only by the bytes it has."""
+    with open_regular(path) as f:
+        raw = f.read()
+    arrays: dict = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            end = 0  # where the next entry's local header must start
+            for info in sorted(archive.infolist(), key=lambda info: info.header_offset):
+                name = info.filename.removesuffix(".npy")
+                if name == info.filename or name in arrays or info.compress_type != zipfile.ZIP_STORED \
+                        or info.flag_bits & 1:
+                    raise ValueError(f"the entry {info.filename[:80]!r} is no stored, unencrypted, unique .npy array")
+                if info.header_offset != end:
+                    raise ValueError(f"the entry {name[:80]!r} starts at byte {info.header_offset}, expected {end}")
+                blob = archive.read(info)  # checks the local header, its name and the CRC-32
+                lengths = raw[end + 26:end + 30]  # the local header's name and extra field lengths
+                end += 30 + int.from_bytes(lengths[:2], "little") + int.from_bytes(lengths[2:], "little") \
+                    + info.compress_size
+                arrays[name] = _npy(blob)
+            if end != archive.start_dir:
+                raise ValueError(f"bytes {end} to {archive.start_dir} belong to no entry of the zip directory")
+    except _NPZ_ERRORS as error:
+        raise ValueError(f"{path}: not a {what} file, or a damaged one ({type(error).__name__}: "
+                         f"{str(error)[:200]})") from None
+    return arrays
+
+
+def _npy(blob: bytes) -> np.ndarray:
+    """The array in a .npy entry, once its header's type (numbers or text: no objects, no
+    records) and shape are found to describe exactly the bytes that follow it."""
+    stream = io.BytesIO(blob)
+    version = np.lib.format.read_magic(stream)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f".npy format version {version} (written are 1.0 and 2.0)")
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(stream)
+    start, count = stream.tell(), math.prod(shape)
+    if dtype.kind not in "biufU" or dtype.fields is not None or dtype.subdtype is not None or dtype.itemsize == 0 \
+            or min(shape, default=0) < 0 or count * dtype.itemsize != len(blob) - start:
+        raise ValueError(f"a .npy header ({str(dtype)[:40]}, shape {str(shape)[:80]}) that does not describe "
+                         f"its {len(blob) - start} bytes")
+    return np.frombuffer(blob, dtype, count, start).reshape(shape, order="F" if fortran_order else "C")
+
+
+def _entry(arrays, key: str, kinds: str, scalar: bool = True):
+    """arrays[key] if its dtype is of one of `kinds` (numpy's letters), as a scalar when `scalar`
+    (then it must hold one value, ndim 0); else a ValueError (a KeyError if it is missing)."""
+    value = arrays[key]
+    if value.dtype.kind not in kinds or (scalar and value.ndim):
+        raise ValueError(f"{key} is {str(value.dtype)[:40]} of shape {str(value.shape)[:80]}")
+    return value[()] if scalar else value
+
+
+def _check_file_dim(kind: str, dim: int) -> None:
+    if dim > FILE_MAX_DIM and all(part.shape == "scalar" for part in PARTS[kind]):
+        raise ValueError(f"dim {dim}: a {kind} metric's file holds at most dim {FILE_MAX_DIM}")
 
 
 def build(kind: str, dim: int, parameters: dict, bias: float = 0.0) -> Metric:

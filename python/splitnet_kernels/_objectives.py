@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from ._metric import Metric, _is_tensor
+from ._metric import Metric, _entry, _is_tensor, read_npz
 from ._metric import host as _host
 from ._order import topk_by_id
 from .backends import _simd
@@ -82,14 +82,26 @@ class ObjectiveMetrics:
 
     @classmethod
     def load(cls, path) -> "ObjectiveMetrics":
-        """Reads what save() wrote, through the metric constructors' checks."""
-        with np.load(path, allow_pickle=False) as arrays:
-            try:
-                count, names = int(arrays["count"][()]), [str(n) for n in arrays["names"]]
-            except (KeyError, ValueError, TypeError) as error:
-                raise ValueError(f"{path}: not saved splitnet_kernels objective metrics ({error})") from None
-            metrics = [Metric.from_arrays(arrays, prefix=f"{t}/", source=str(path)) for t in range(count)]
-        return cls(metrics, names)
+        """Reads what save() wrote (read_npz), through the metric constructors' checks. Anything
+        else (not a regular file, damaged, foreign) is a ValueError naming `path`."""
+        arrays = read_npz(path, "splitnet_kernels objective metrics")
+        try:
+            count, names = int(_entry(arrays, "count", "iu")), _entry(arrays, "names", "U", scalar=False)
+            if names.shape != (count,):
+                raise ValueError(f"{count} objectives, names of shape {names.shape}")
+            prefixes = {f"{t}/" for t in range(count)}  # count is bounded by the names in the file
+            unexpected = sorted(key for key in arrays
+                                if key not in ("count", "names") and key[:key.find("/") + 1] not in prefixes)
+            if unexpected:
+                raise ValueError(f"unexpected entries {str(unexpected)[:200]}")
+        except (KeyError, ValueError, TypeError) as error:
+            raise ValueError(f"{path}: not saved splitnet_kernels objective metrics ({type(error).__name__}: "
+                             f"{error})") from None
+        metrics = [Metric.from_arrays(arrays, prefix=f"{t}/", source=str(path)) for t in range(count)]
+        try:
+            return cls(metrics, [str(name) for name in names])
+        except ValueError as error:  # dimensions that differ, names that repeat
+            raise ValueError(f"{path}: {error}") from None
 
 
 def check_output(output, objectives: bool, sigmoid: bool) -> str:
@@ -111,20 +123,24 @@ def check_objectives(objectives, bids, count: int):
         raise ValueError(f"objectives: expected {count} integers (one per candidate), got {obj.dtype} {obj.shape}")
     if count and (obj.min() < 0 or obj.max() > np.iinfo(np.int64).max):
         raise ValueError(f"objectives: ids must be in [0, 2**63), got {obj.min()}..{obj.max()}")
-    if bids is None:
-        bid_values = np.ones(count, np.float32)
-    else:
-        bid_values = np.asarray(_host(bids))
-        if bid_values.dtype.kind not in "fiu" or bid_values.shape != (count,):
-            raise ValueError(f"bids: expected {count} numbers (one per candidate), got {bid_values.dtype} "
-                             f"{bid_values.shape}")
-        with np.errstate(over="ignore", invalid="ignore"):
-            bid_values = bid_values.astype(np.float32)
-        bad = ~(np.isfinite(bid_values) & (bid_values >= 0))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"bids: must be finite and >= 0 (as float32), got {np.asarray(_host(bids))[i]!r} at {i}")
+    bid_values = np.ones(count, np.float32) if bids is None else check_bids(bids, count)
     return obj.astype(np.int64), bid_values
+
+
+def check_bids(bids, count: int, name: str = "bids") -> np.ndarray:
+    """Bids as float32 (count,), one per candidate or pair: numbers (not bools or text), each
+    finite and >= 0 once rounded to float32. The one check of bids, wherever they come from;
+    `name` is what an error calls them (an argument, or a column of the input)."""
+    values = np.asarray(_host(bids))
+    if values.dtype.kind not in "fiu" or values.shape != (count,):
+        raise ValueError(f"{name}: expected {count} numbers (one per row), got {values.dtype} {values.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        bid_values = values.astype(np.float32)
+    bad = ~(np.isfinite(bid_values) & (bid_values >= 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name}: must be finite and >= 0 (as float32), got {values[i].item()!r} at {i}")
+    return bid_values
 
 
 # ---- candidates grouped by objective ----------------------------------------------------------
@@ -213,7 +229,8 @@ def folded(metric, users: np.ndarray, t: int):
     """(objective t's queries: users folded through its metric, a dot metric with its bias):
     each user folds T queries once per request, and every block of every scan reuses them."""
     metric = metric[t] if isinstance(metric, ObjectiveMetrics) else metric
-    if _simd.compiled() and users.dtype == np.float32:  # the kernels' fold: one user's bits are a batch's
+    users = np.asarray(users, np.float32)  # float64 and float16 users as the plain route takes them: float32
+    if _simd.compiled():  # the kernels' fold: one user's bits are a batch's
         return _simd.fold(np.atleast_2d(users), metric).reshape(users.shape), dot_metric(metric.dim, metric.bias)
     return metric.fold(users), dot_metric(metric.dim, metric.bias)
 

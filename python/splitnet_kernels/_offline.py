@@ -14,14 +14,19 @@ import sys
 import uuid
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
+
+try:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+except ImportError as missing:  # the extras [offline] and [ray] bring it
+    raise ImportError(f'offline scoring needs pyarrow ({missing}): pip install "splitnet-kernels[offline]"') \
+        from missing
 
 from . import _api
 from ._candidates import Candidates
 from ._metric import Metric
-from ._objectives import ObjectiveMetrics, check_output, quantity
+from ._objectives import ObjectiveMetrics, check_bids, check_output, quantity
 
 BATCH_ROWS = 4096  # users per batch: the candidate set is read once per batch, the results stay small
 ROWS_PER_FILE = 1 << 20  # a folder written by the local engine gets a new part file after this many rows
@@ -134,7 +139,7 @@ def shard_paths(candidates) -> list:
 def load_shards(paths: list, offsets=None) -> list:
     """[(Candidates mapped with mmap=True, id offset)] for shard paths. A shard's ids start at its
     offset: by default the rows of the shards before it, as if the files were one; explicit
-    offsets must keep the shards' id ranges apart."""
+    offsets must keep the shards' id ranges apart and every id within uint64 (see id_dtype)."""
     shards = []
     for path in paths:
         if not os.path.isfile(path):
@@ -147,10 +152,24 @@ def load_shards(paths: list, offsets=None) -> list:
     offsets = list(offsets)
     if len(offsets) != len(shards) or not all(isinstance(o, (int, np.integer)) and o >= 0 for o in offsets):
         raise ValueError(f"offsets: expected {len(shards)} integers >= 0 (one per shard), got {offsets!r}")
+    for o, c in zip(offsets, shards):
+        if int(o) + len(c) > _UINT64_END:
+            raise ValueError(f"offsets: the offset {int(o)} puts the ids of a shard of {len(c)} rows past 2**64 - 1, "
+                             f"the largest id there is (ids are int64, or uint64 beyond that, as in merge_topk)")
     ranges = sorted((int(o), int(o) + len(c)) for o, c in zip(offsets, shards))
     if any(end > begin for (_, end), (begin, _) in zip(ranges, ranges[1:])):
         raise ValueError(f"offsets: the shards' id ranges overlap ({ranges})")
     return [(c, int(o)) for c, o in zip(shards, offsets)]
+
+
+_UINT64_END = 1 << 64  # one past the largest id
+
+
+def id_dtype(shards: list) -> np.dtype:
+    """The ids' type for shards [(Candidates, offset)]: int64, or uint64 when an offset puts some
+    id past the int64 range (sk.merge_topk's rule), fixed by the shards so every batch agrees."""
+    end = max(offset + len(c) for c, offset in shards)
+    return np.dtype(np.int64 if end <= np.iinfo(np.int64).max + 1 else np.uint64)
 
 
 def load_metric(path):
@@ -186,9 +205,10 @@ class _Job:
 class TopkBatch(_Job):
     """The top-k batch function: called with a table of users (any columns, the embeddings in
     user_column), returns it with topk_scores and topk_ids added (fixed-size lists, best first;
-    ids index the candidates as saved, plus each shard's offset); keep_embeddings=False leaves the
-    embedding column out. topk(users) does the same on a (rows, n) array. Built once per worker:
-    it maps the candidate files (mmap=True), so workers on one machine share the page cache."""
+    ids index the candidates as saved, plus each shard's offset: int64, or uint64 in every batch
+    when an offset puts ids past the int64 range, as sk.merge_topk gives them); keep_embeddings=False
+    leaves the embedding column out. topk(users) does the same on a (rows, n) array. Built once per
+    worker: it maps the candidate files (mmap=True), so workers on one machine share the page cache."""
 
     def __init__(self, candidates, k, metric=None, *, user_column="embedding", output=None, offsets=None,
                  threads=None, keep_embeddings=True):
@@ -197,7 +217,7 @@ class TopkBatch(_Job):
         self.arguments = dict(candidates=paths, k=k, metric=metric, user_column=user_column, output=output,
                               offsets=[o for _, o in self.shards], threads=threads, keep_embeddings=keep_embeddings)
         self.k, self.metric, self.output, self.threads = _api.check_k(k), metric, output, threads
-        self.user_column, self.dim = user_column, self.shards[0][0].dim
+        self.user_column, self.dim, self.id_dtype = user_column, self.shards[0][0].dim, id_dtype(self.shards)
         self.embedding_columns, self.keep_embeddings = (user_column,), keep_embeddings
         self.topk(np.zeros((0, self.dim), np.float32))  # every check of metric, output and threads, now
 
@@ -210,8 +230,11 @@ class TopkBatch(_Job):
         parts = []
         for cands, offset in self.shards:
             scores, ids = cands.topk(users, self.k, self.metric, output=self.output, threads=self.threads)
-            parts.append((scores, ids + offset))
-        return parts[0] if len(parts) == 1 else _api.merge_topk(parts, self.k)
+            parts.append((scores, ids.astype(self.id_dtype, copy=False) + self.id_dtype.type(offset)))
+        if len(parts) == 1:
+            return parts[0]
+        scores, ids = _api.merge_topk(parts, self.k)  # int64 when this batch's ids all fit: the job's type
+        return scores, ids.astype(self.id_dtype, copy=False)
 
     def __call__(self, batch) -> pa.Table:
         table = as_table(batch)
@@ -223,8 +246,9 @@ class TopkBatch(_Job):
 class ScoreBatch(_Job):
     """The pairs batch function: a table of (user, ad) embedding pairs in, the table plus `score`
     out (float32). With an ObjectiveMetrics, objective_column gives each pair's objective and
-    bid_column its bid (default 1.0); output as in sk.score. metric None is the dot metric of the
-    embeddings' dimension; keep_embeddings=False leaves the two embedding columns out."""
+    bid_column its bid (default 1.0; checked as Candidates checks bids: numbers, finite, >= 0);
+    output as in sk.score. metric None is the dot metric of the embeddings' dimension;
+    keep_embeddings=False leaves the two embedding columns out."""
 
     def __init__(self, metric=None, *, user_column="user", ad_column="ad", objective_column=None, bid_column=None,
                  output=None, threads=None, keep_embeddings=True):
@@ -256,9 +280,13 @@ class ScoreBatch(_Job):
 
     def score(self, users: np.ndarray, ads: np.ndarray, objectives=None, bids=None) -> np.ndarray:
         """The (rows,) float32 quantity of pairs (users[i], ads[i])."""
+        if bids is None:
+            bids = np.float32(1.0)
+        else:  # first, so that an empty batch (the schema's) already refuses bids that are not numbers
+            bids = check_bids(bids, len(users), "bids" if self.bid_column is None else
+                              f"bid_column: column {self.bid_column!r}")
         if not len(users):
             return np.empty(0, np.float32)
-        bids = np.float32(1.0) if bids is None else np.asarray(bids, np.float32)
         if not isinstance(self.metric, ObjectiveMetrics):
             logits = _api.score(users, ads, self.metric, pairwise=True, threads=self.threads)
             return quantity(logits, bids, self.output)
@@ -280,9 +308,17 @@ class ScoreBatch(_Job):
         users = embeddings(table, self.user_column, self.dim, "user_column")
         ads = embeddings(table, self.ad_column, self.dim, "ad_column")
         objectives = None if self.objective_column is None else \
-            table.column(self.objective_column).to_numpy()
-        bids = None if self.bid_column is None else table.column(self.bid_column).to_numpy()
+            _flat(table, self.objective_column, "objective_column")
+        bids = None if self.bid_column is None else _flat(table, self.bid_column, "bid_column")
         return self._finish(table.append_column(SCORE_COLUMN, pa.array(self.score(users, ads, objectives, bids))))
+
+
+def _flat(table: pa.Table, column: str, what: str) -> np.ndarray:
+    """A column of one value per row as a NumPy array; null rows refused by the column's name."""
+    array = table.column(column)
+    if array.null_count:
+        raise ValueError(f"{what}: column {column!r} has {array.null_count} null rows")
+    return array.to_numpy()
 
 
 # ---- output ----------------------------------------------------------------------------------

@@ -20,7 +20,11 @@ bits, ties by id).
 
 score and score_pairs are differentiable in users, ads, diag, left and right: the gradients are
 bilinear products again, made with torch ops, so they differentiate once more. The top-k ops
-raise if a gradient is asked of them. Importing this module registers the ops.
+raise if a gradient is asked of them: their backward (the op no_gradient) raises when it runs,
+so that a compiled function with inputs that ask for gradients still compiles and serves.
+sk.score with objectives on such tensors forms each objective's logits with the score op and the
+quantity with torch ops (score_by_objective), so its gradient flows too. Importing this module
+registers the ops.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch
 
 from . import _dispatch
 from ._metric import _FOLD_LIMIT, Form, Metric, _fold_gain
-from ._objectives import _sigmoid_, dot_metric, probability
+from ._objectives import ObjectiveMetrics, _sigmoid_, dot_metric, probability
 from ._storage import BLOCK_ROWS, Storage, is_plain
 from .backends import _torch as torch_backend
 from .backends import _simd as simd_module
@@ -287,7 +291,7 @@ def _topk_one(users, ads, diag, left, right, bias, k, threads):
     scores, ids = np.empty(k, _F32_NUMPY), np.empty(k, np.int64)
     try:
         simd_module._core.topk(user, rows, "float32", None, None, *form, bias, k, scores, ids,
-                               simd_module._MAX_THREADS if threads is None else threads)
+                               SimdBackend._threads(threads))
     except ValueError:
         return None
     return torch.from_numpy(scores), torch.from_numpy(ids)
@@ -436,19 +440,36 @@ def _score_pairs_backward(ctx, grad):
     return gradients(ctx.needs_input_grad, grad, users, ads, Form(diag, left, right), True) + (None, None)
 
 
+# The backward of a selection is this op, which raises when it runs, not when it is traced: so a
+# compiled function whose inputs ask for gradients (a tower's parameters) compiles and serves, and
+# only running its backward raises, as in eager mode. It takes the output's gradient, which keeps
+# it in the backward graph, and gives a tensor like `like`, an input's gradient.
+_LIBRARY.define("no_gradient(Tensor grad, Tensor like, str op) -> Tensor")
+
+
+def _no_gradient(grad, like, op):
+    raise RuntimeError(f"{NAMESPACE}::{op} is not differentiable (a selection); to train through the "
+                       f"selected candidates, score them again with sk.score or {NAMESPACE}::score_pairs")
+
+
+_LIBRARY.impl("no_gradient", _no_gradient, "CompositeExplicitAutograd")
+torch.library.register_fake(f"{NAMESPACE}::no_gradient", lambda grad, like, op: torch.empty_like(like),
+                            lib=_LIBRARY)
+
+
 class _Refused(torch.autograd.Function):
     """Marks a selection's scores as computed from inputs that ask for gradients, with a
-    backward that says why there is none."""
+    backward that says why there is none (ops.no_gradient, in the inputs' shapes)."""
 
     @staticmethod
     def forward(ctx, name, scores, *inputs):
-        ctx.name = name
+        ctx.name, ctx.inputs = name, [(x.shape, x.dtype) for x in inputs]
         return scores.clone()
 
     @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(f"{NAMESPACE}::{ctx.name} is not differentiable (a selection); to train through the "
-                           f"selected candidates, score them again with sk.score or {NAMESPACE}::score_pairs")
+    def backward(ctx, grad):
+        return (None, None) + tuple(ops.no_gradient(grad, grad.new_empty(shape, dtype=dtype), ctx.name)
+                                    for shape, dtype in ctx.inputs)
 
 
 _TENSOR_ARGS = {"topk": 5, "candidates_topk": 7, "candidates_score": 7}  # the leading (optional) tensors
@@ -582,6 +603,11 @@ def _packed_tensors(store, device):
     return data.to(device), scales
 
 
+# A set's rows are constants of a compiled graph, as a metric's form is (_constant_form below):
+# dynamo runs this once while tracing (it cannot trace from_dlpack).
+_packed_tensors._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 def _probability(scores):
     """sigmoid as every call reports it: in float64, rounded to float32 (in place on values here)."""
     if holds_values(scores) and not scores.requires_grad:
@@ -652,3 +678,46 @@ def topk_store(users, store, k: int, metric: Metric, *, ids, sigmoid: bool, thre
         allowed = None if ids is None else torch.from_numpy(ids).to(device)
         return _call("candidates_topk", users, data, scales, allowed, *form, metric.bias, k, threads, sigmoid)
     return _call("topk", users, _as_tensor(store, device), *form, metric.bias, k, threads, sigmoid)
+
+
+# ---- objectives with tensors that ask for gradients -----------------------------------------------
+def wanting_gradients(*tensors) -> list:
+    """The tensors among the arguments that ask for a gradient, where autograd records (else none)."""
+    if not torch.is_grad_enabled():
+        return []
+    return [x for x in tensors if isinstance(x, _TENSOR) and x.requires_grad]
+
+
+def refused(name: str, scores, wanting: list):
+    """A selection's scores, whose backward to the tensors `wanting` a gradient says why there is none."""
+    return _Refused.apply(name, scores, *wanting)
+
+
+def score_by_objective(cands, users, ads, bids, metric, *, output, sigmoid: bool, threads, out):
+    """sk.score with objectives (or bids) on tensors that ask for a gradient: each objective's
+    logits from the score op, which has gradients, and the quantity from them with torch ops, so
+    that the gradient reaches the users, the ads and the bids. cands is the set of the ads, with
+    their objectives and bids checked (cands.score answers the same without gradients)."""
+    from ._api import _check_out
+
+    users, metric, threads, output = cands._operands(users, metric, threads, output, sigmoid)
+    device = users.device
+    users, ads = _as_tensor(users, device), _as_tensor(ads, device)
+    shape = _score_shape(users, ads.shape[0])
+    out = _check_out(out, shape, True, device)
+    objectives = np.zeros(len(cands), np.int64) if cands.objectives is None else cands.objectives
+    groups = [(int(t), np.flatnonzero(objectives == t)) for t in np.unique(objectives)]
+    result = users.new_zeros(shape)  # no candidates
+    if groups:
+        logits = torch.cat([score_store(users, ads[torch.from_numpy(rows).to(device)],
+                                        metric[t] if isinstance(metric, ObjectiveMetrics) else metric, ids=None,
+                                        sigmoid=False, threads=threads, out=None, pairwise=False)
+                            for t, rows in groups], -1)
+        order = np.concatenate([rows for _, rows in groups])
+        result = logits.index_select(-1, torch.from_numpy(np.argsort(order)).to(device))  # in the ads' order
+    if output != "logit":
+        result = _probability(result)
+    if output == "value" and bids is not None:
+        weights = bids if isinstance(bids, _TENSOR) else torch.from_numpy(cands.bids)  # checked by the set
+        result = result * weights.to(device=device, dtype=torch.float32)
+    return result if out is None else out.copy_(result)

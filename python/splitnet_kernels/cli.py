@@ -66,11 +66,11 @@ def _non_negative(text: str) -> float:
 
 
 def _offline(args) -> int:
-    from . import _offline
-
     try:
+        from . import _offline
+
         return _offline.command(args)
-    except (ValueError, TypeError, OSError) as error:  # bad input: one line, before any work
+    except (ImportError, ValueError, TypeError, OSError) as error:  # bad input or a missing extra: one line
         print(f"splitnet-kernels offline: error: {error}", file=sys.stderr)
         return 2
 
@@ -152,10 +152,10 @@ def _add_experiment_parser(commands):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="splitnet-kernels", description=__doc__)
     commands = parser.add_subparsers(dest="command")
-    info_parser = commands.add_parser("info", help="version, ISA and backends")
+    info_parser = commands.add_parser("info", help="version, ISA, default threads and backends")
     info_parser.add_argument("--json", action="store_true", help="print JSON")
     info_parser.set_defaults(run=_info)
-    bench_parser = commands.add_parser("bench", help="workloads W1-W8 against the floors and the peers")
+    bench_parser = commands.add_parser("bench", help="workloads W1-W9 against the floors and the peers")
     bench_parser.add_argument("--workload", action="append", default=[], metavar="W",
                               help="W1..W9, repeatable or comma-separated (default: all)")
     bench_parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")

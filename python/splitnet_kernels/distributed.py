@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import os
 
-import pyarrow as pa
-
 from ._offline import BATCH_ROWS, Output, ScoreBatch, TopkBatch, check_out, check_reachable, parquet_options, \
     users_dataset
+
+import pyarrow as pa  # after _offline, whose error without pyarrow names the extra to install
 
 __all__ = ["ScoreBatch", "TopkBatch", "connect", "map_job", "score_dataset", "topk_dataset"]
 
 # CPUs one actor reserves. Fractional on purpose: with one CPU each, as many actors as CPUs hold
 # every CPU and the read tasks feeding them never run (a deadlock seen on a 2-CPU machine).
 ACTOR_CPUS = 0.5
+
+
+def _ray():
+    """The ray module, or an ImportError that names the extra to install."""
+    try:
+        import ray
+    except ImportError as missing:
+        raise ImportError(f'the Ray engine needs Ray Data ({missing}): pip install "splitnet-kernels[ray]"') \
+            from missing
+    return ray
 
 
 class _Worker:
@@ -39,7 +49,7 @@ def map_job(dataset, job, *, batch_size: int = BATCH_ROWS, concurrency=None, num
     batch_size rows. concurrency: actors (default one per CPU of the cluster); num_cpus: CPUs each
     reserves; the job's threads= is what each one computes with. A killed actor is restarted and
     its batch retried (Ray Data's default for actor pools)."""
-    import ray
+    ray = _ray()
 
     schema = dataset.schema()  # from the files' metadata for read_parquet: nothing is scored yet
     base = getattr(schema, "base_schema", schema)
@@ -78,7 +88,7 @@ def connect(address=None) -> bool:
     """Joins the cluster at address (host:port, ray://host:port or "auto"), or starts a local one
     when address is None; an unreachable address is an error within seconds, not a hang. Returns
     whether this call started Ray (and so should shut it down). A running Ray is used as it is."""
-    import ray
+    ray = _ray()
 
     check_reachable(address)
     if ray.is_initialized():
@@ -90,10 +100,18 @@ def connect(address=None) -> bool:
     return True
 
 
+def name_parts(folder) -> None:
+    """Renames the Parquet files Ray Data wrote in folder (named by its own uuids) to the local
+    engine's part-00000.parquet, part-00001.parquet, ... in the order of Ray's names."""
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".parquet"))
+    for i, name in enumerate(names):
+        os.rename(os.path.join(folder, name), os.path.join(folder, f"part-{i:05d}.parquet"))
+
+
 def run_ray(job, users, out, *, address=None, batch_size: int = BATCH_ROWS, concurrency=None) -> int:
     """The local engine's job on Ray: users' Parquet in, `out` written. A folder is written by the
     workers (it must be where every node can write); a file is written here, streamed from them."""
-    import ray
+    ray = _ray()
 
     local = users_dataset(users)
     job.check_schema(local.schema)  # before connecting: bad input costs no cluster
@@ -108,6 +126,7 @@ def run_ray(job, users, out, *, address=None, batch_size: int = BATCH_ROWS, conc
         with Output(out, empty) as output:
             if output.folder:  # renamed into place once every part is written, as locally
                 result.write_parquet(output.temp, **parquet_options(empty.schema))
+                name_parts(output.temp)
                 return local.count_rows()
             for table in result.iter_batches(batch_size=None, batch_format="pyarrow"):
                 output.write(table)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ._arrays import ArrayBackend
+from .. import _threads
 
 _INT32_MIN = -(2**31)
 _INT64_MIN = -(2**63)
@@ -221,9 +222,10 @@ def _kernels():
 # ---- the backend -------------------------------------------------------------------------
 @contextlib.contextmanager
 def _thread_count(numba, threads):
-    """Sets numba's (thread-local) thread count for the call and yields it; restores it after."""
+    """Sets numba's (thread-local) thread count for the call and yields it; restores it after.
+    None: the package's default (_threads.default())."""
     limit = numba.config.NUMBA_NUM_THREADS
-    count = limit if threads is None else max(1, min(int(threads), limit))
+    count = max(1, min(int(_threads.default() if threads is None else threads), limit))
     previous = numba.get_num_threads()
     numba.set_num_threads(count)
     try:

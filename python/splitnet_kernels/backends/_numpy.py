@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 
 import numpy as np
 
 from ._arrays import ArrayBackend
+from .. import _threads
 from .._order import chunked_topk
 
 
-def _blas_threads(threads):
-    if threads is None:
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
+@functools.cache
+def _blas():
+    """NumPy's BLAS, found once (a fresh threadpool_limits looks it up for ~0.2 ms a call)."""
+    from threadpoolctl import ThreadpoolController
 
-    return threadpool_limits(limits=threads, user_api="blas")
+    return ThreadpoolController().select(user_api="blas")
+
+
+def _blas_threads(threads):
+    """The BLAS thread count for one call: threads, or the package's default for None."""
+    return _blas().limit(limits=_threads.default() if threads is None else threads)
 
 
 class NumpyBackend(ArrayBackend):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _threads as threads_
 from .._storage import BOUND_BLOCK, ExactStorage, is_plain
 
 try:
@@ -15,7 +16,6 @@ except ImportError as error:  # the package still works on the other backends
     _IMPORT_ERROR = f"compiled module not loaded: {error}"
 else:
     _IMPORT_ERROR = ""
-_MAX_THREADS = _core.max_threads() if _core is not None else 1
 
 
 # ---- the compiled module's facts, for _dispatch, _info and the benchmarks -----------------------
@@ -39,10 +39,6 @@ def supported_isas() -> list:
     return list(_core.supported_isas())
 
 
-def max_threads() -> int:
-    return _core.max_threads()
-
-
 def read_bytes(buffer, threads: int) -> int:
     """Reads a C-contiguous, 8-byte aligned buffer once across threads: the read-bandwidth floor."""
     return _core.read_bytes(buffer, threads)
@@ -60,7 +56,7 @@ def fold(users: np.ndarray, metric) -> np.ndarray:
     out = np.empty(users.shape, np.float32)
     if len(users):
         diag, left, right = metric.form
-        _core.fold(kernel_rows(users), diag, left, right, out, _MAX_THREADS)
+        _core.fold(kernel_rows(users), diag, left, right, out, threads_.default())
     return out
 
 
@@ -97,7 +93,7 @@ class SimdBackend:
 
     @staticmethod
     def _threads(threads):
-        return _MAX_THREADS if threads is None else threads
+        return threads_.default() if threads is None else threads
 
     def score(self, users, store, metric, *, ids, threads, out):
         data, dtype, scales = _storage(store)
@@ -148,8 +144,9 @@ class SimdBackend:
     # They read the metric's slots directly: W6's whole call is a few microseconds.
     def score_plain(self, user, ads, metric, out):
         diag, left, right = metric._form
-        _core.score(user, ads, "float32", None, None, diag, left, right, metric._bias, out, _MAX_THREADS)
+        _core.score(user, ads, "float32", None, None, diag, left, right, metric._bias, out, threads_.default())
 
     def topk_plain(self, user, ads, k, metric, scores, ids):
         diag, left, right = metric._form
-        _core.topk(user, ads, "float32", None, None, diag, left, right, metric._bias, k, scores, ids, _MAX_THREADS)
+        _core.topk(user, ads, "float32", None, None, diag, left, right, metric._bias, k, scores, ids,
+                   threads_.default())

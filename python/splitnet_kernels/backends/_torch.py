@@ -7,6 +7,7 @@ import contextlib
 import threading
 
 from ._arrays import ArrayBackend
+from .. import _threads
 from .._order import chunked_topk, topk_torch
 
 _THREADS_LOCK = threading.Lock()  # torch's thread count is process-wide
@@ -31,7 +32,12 @@ def topk_blocks(folded, rows, count: int, bias, k: int):
 
 @contextlib.contextmanager
 def _torch_threads(torch, threads, device):
-    if threads is None or device.type != "cpu":
+    """torch's thread count for a CPU call: threads, or the package's default for None."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = _threads.default() if threads is None else threads
+    if torch.get_num_threads() == threads:  # nothing to change (and no lock to wait for)
         yield
         return
     with _THREADS_LOCK:

@@ -1,0 +1,75 @@
+"""README.md, docs/*.md and the CLI help: every figure names its CPU and its run, every workload is listed."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+from splitnet_kernels import cli
+from splitnet_kernels.bench import driver
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+# Wording that only its writer can place: a session, "this 2-core ...", a figure measured "here".
+SESSION = re.compile(r"\bsession", re.IGNORECASE)
+THIS_HOST = re.compile(r"\bthis (\d+-core|host|vm|cpu)\b", re.IGNORECASE)
+FIGURE_HERE = re.compile(r"\d(\.\d+)?\s*(×|x|%|ms|µs|us|ns|s|GB/s)\b[^.;]*?\bhere\b", re.IGNORECASE)
+WORKLOAD_RANGE = re.compile(r"\bW(\d+)\s*(?:-|–|\.\.)\s*W(\d+)\b")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_no_wording_only_its_writer_can_place(path):
+    text = path.read_text(encoding="utf-8")
+    prose = " ".join(text.split())  # sentences broken across lines read as one
+    for pattern in (SESSION, THIS_HOST, FIGURE_HERE):
+        found = [m.group(0) for m in pattern.finditer(prose)]
+        assert not found, f"{path.name}: {found} (name the CPU and the run, e.g. its commit)"
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_tables_have_no_empty_cells(path):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("|") and not set(line) <= set("|-: "):
+            cells = line.strip().strip("|").split("|")
+            assert all(cell.strip() for cell in cells), f"{path.name}:{number}: an empty cell (say 'not measured')"
+
+
+def test_readme_figures_name_their_runs():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    how_fast = text[text.index("## How fast"):text.index("\n## ", text.index("## How fast") + 1)]
+    items = [" ".join(item.split()) for item in how_fast.split("\n- ")[1:]]
+    for host in ("Zen 5", "Zen 3", "Sapphire Rapids"):  # the table's columns
+        item = next(item for item in items if item.startswith(f"**{host}:**"))
+        assert re.search(r"commit [0-9a-f]{7}", item), item
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def _workloads(text: str) -> set:
+    named = set(re.findall(r"\bW\d+\b", text))
+    for first, last in WORKLOAD_RANGE.findall(text):
+        named |= {f"W{i}" for i in range(int(first), int(last) + 1)}
+    return named
+
+
+def test_cli_help_names_every_workload(capsys):
+    assert driver.WORKLOADS == tuple(driver.RUNNERS)
+    for argv in ((), ("bench",)):
+        assert _workloads(_help(capsys, *argv)) == set(driver.WORKLOADS), argv
+
+
+def test_every_list_of_the_workloads_is_complete():
+    last = int(driver.WORKLOADS[-1][1:])
+    bench = ROOT / "python" / "splitnet_kernels" / "bench"
+    sources = [*DOCS, ROOT / "python" / "splitnet_kernels" / "cli.py", *bench.glob("*.py"), *(ROOT / "bench").glob("*.py")]
+    for path in sources:
+        for match in re.finditer(r"workloads? W1\s*(?:-|–|\.\.)\s*W(\d+)", path.read_text(encoding="utf-8")):
+            assert int(match.group(1)) == last, f"{path.relative_to(ROOT)}: {match.group(0)!r}"
