@@ -675,3 +675,21 @@ def test_symlinks_to_saved_files_load_and_missing_files_stay_os_errors(tmp_path)
     for loader in _LOADERS.values():
         with pytest.raises(FileNotFoundError):
             loader(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("kind", ["Metric", "ObjectiveMetrics"])
+def test_metric_saves_replace_the_file_whole(tmp_path, kind):
+    """A save is written beside the path and renamed over it (as Candidates.save): a reader that
+    opened the old file reads it whole, the new one loads, no temporary file stays behind."""
+    first, second = sk.Metric.diagonal(np.arange(1.0, 5.0)), sk.Metric.low_rank(np.ones((4, 2)), np.eye(4, 2), bias=1.0)
+    if kind == "ObjectiveMetrics":
+        first, second = sk.ObjectiveMetrics([first]), sk.ObjectiveMetrics([first, second], names=["a", "b"])
+    path = tmp_path / "m.npz"
+    first.save(path)
+    before = path.read_bytes()
+    with open(path, "rb") as reader:
+        second.save(path)
+        assert reader.read() == before
+    loaded = type(second).load(path)
+    assert repr(loaded) == repr(second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]

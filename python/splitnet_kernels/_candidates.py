@@ -17,7 +17,7 @@ import zlib
 import numpy as np
 
 from . import _api, _dispatch
-from ._metric import _is_tensor, host, open_regular
+from ._metric import _is_tensor, host, open_regular, writing_beside
 from ._objectives import _FIRST_BLOCK, Grouping, ObjectiveMetrics, check_metric_for, check_objectives, check_output, \
     folded, keep_best, quantity, scan_by_value
 from ._storage import ALIGN, DTYPES, INT8_MAX_DIM, NUMPY_TYPES, ExactStorage, Storage, stored_width
@@ -58,20 +58,6 @@ def _parse_header(path, blob: bytes):
             or (dtype == "int8" and stored > INT8_MAX_DIM):
         raise ValueError(f"{path}: damaged header (dtype {str(dtype)[:40]!r}, count {count}, dim {dim}/{stored})")
     return dtype, count, dim, specs
-
-
-def _fsync_directory(directory: str) -> None:
-    """Makes a rename in `directory` durable, where the system allows opening a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Candidates:
@@ -362,27 +348,12 @@ class Candidates:
         head = bytearray(start)
         head[:len(_MAGIC) + 8 + len(blob)] = _MAGIC + len(blob).to_bytes(8, "little") + blob
         head[-4:] = zlib.crc32(head[:-4]).to_bytes(4, "little")
-        # through a symlink to its target, as open(path, "wb") did, rather than over the link
-        path = os.path.realpath(path)
-        temp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"  # same directory: the rename is atomic
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        try:
-            with open(fd, "wb") as f:
-                f.write(head)
-                for name, array in arrays.items():
-                    f.seek(start + header["arrays"][name]["offset"])
-                    f.write(np.ascontiguousarray(array).tobytes())
-                f.truncate(start + offset)
-                f.flush()
-                os.fsync(f.fileno())  # the data is on disk before the name points at it
-            os.replace(temp, path)
-        except BaseException:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise
-        _fsync_directory(os.path.dirname(path))
+        with writing_beside(path) as f:
+            f.write(head)
+            for name, array in arrays.items():
+                f.seek(start + header["arrays"][name]["offset"])
+                f.write(np.ascontiguousarray(array).tobytes())
+            f.truncate(start + offset)
 
     @classmethod
     def load(cls, path, mmap: bool = True, verify: bool = True) -> "Candidates":

@@ -8,6 +8,7 @@ per candidate.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import numbers
@@ -194,7 +195,7 @@ class Metric:
     def save(self, path) -> None:
         """Writes the metric to `path` as a NumPy .npz (no pickle): kind, dim, bias, parameters."""
         arrays = self.arrays()
-        with open(path, "wb") as f:
+        with writing_beside(path) as f:  # a crash while saving leaves the previous file whole
             np.savez(f, **arrays)
 
     @classmethod
@@ -422,6 +423,44 @@ def open_regular(path):
         os.close(fd)
     kind = _FILE_TYPES.get(stat.filemode(mode)[0], "another kind of file")
     raise ValueError(f"{path}: not a regular file but {kind}")
+
+
+@contextlib.contextmanager
+def writing_beside(path):
+    """A binary file to write what goes to `path`: written beside it and renamed over it once
+    complete and on disk, never rewritten in place, so that a reader sees the old file or the new
+    one (a process that maps the old one keeps its bytes) and a crash leaves the old file whole.
+    Through a symlink to its target, as open(path, "wb") writes, rather than over the link."""
+    path = os.path.realpath(path)
+    temp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"  # same directory: the rename is atomic
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with open(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(os.path.dirname(path))
+
+
+def _fsync_directory(directory: str) -> None:
+    """Makes a rename in `directory` durable, where the system allows opening a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_npz(path, what: str) -> dict:

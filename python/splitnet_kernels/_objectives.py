@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from ._metric import Metric, _entry, _is_tensor, read_npz
+from ._metric import Metric, _entry, _is_tensor, read_npz, writing_beside
 from ._metric import host as _host
 from ._order import topk_by_id
 from .backends import _simd
@@ -77,7 +77,7 @@ class ObjectiveMetrics:
         arrays = {"names": np.array(self._names), "count": np.array(len(self))}
         for t, metric in enumerate(self._metrics):
             arrays.update(metric.arrays(prefix=f"{t}/"))
-        with open(path, "wb") as f:
+        with writing_beside(path) as f:  # a crash while saving leaves the previous file whole
             np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its allow_pickle
 
     @classmethod

@@ -448,8 +448,9 @@ _LIBRARY.define("no_gradient(Tensor grad, Tensor like, str op) -> Tensor")
 
 
 def _no_gradient(grad, like, op):
-    raise RuntimeError(f"{NAMESPACE}::{op} is not differentiable (a selection); to train through the "
-                       f"selected candidates, score them again with sk.score or {NAMESPACE}::score_pairs")
+    what = "a selection" if op.endswith("topk") else "a prepared set's packed rows hold no gradient"
+    raise RuntimeError(f"{NAMESPACE}::{op} is not differentiable ({what}); to train through the "
+                       f"candidates, score them with sk.score on their embeddings or {NAMESPACE}::score_pairs")
 
 
 _LIBRARY.impl("no_gradient", _no_gradient, "CompositeExplicitAutograd")
