@@ -19,6 +19,7 @@ if os.environ.get("SPLITNET_KERNELS_SANITIZE") == "1":
     FLAGS = ["-O1", "-Wall", *SANITIZE]
 
 HEADERS = sorted(str(p) for p in pathlib.Path("kernels/splitnet_kernels").glob("*.h"))
+BINDING_HEADERS = sorted(str(p) for p in pathlib.Path("src").glob("*.h"))  # the binding's own, not shipped
 
 
 class build_py_with_headers(build_py):
@@ -39,7 +40,7 @@ setup(
             cxx_std=17,
             extra_compile_args=FLAGS,
             extra_link_args=SANITIZE if "-fsanitize=address,undefined" in FLAGS else [],
-            depends=HEADERS,
+            depends=[*HEADERS, *BINDING_HEADERS],
         )
     ],
     cmdclass={"build_ext": build_ext, "build_py": build_py_with_headers},

@@ -2,7 +2,7 @@
 
 Run: pytest bench --benchmark-only  (add --benchmark-group-by=group). Sizes follow
 SPLITNET_BENCH_SCALE (default 1.0 = the reference sizes; 0.1 for a quick look). The workloads
-(sizes, data, metrics) are those of splitnet_kernels.bench.workloads, which `splitnet-kernels
+(sizes, data, metrics) are those of splitnet_kernels.benchmark.workloads, which `splitnet-kernels
 bench` also runs, with floors and targets.
 """
 

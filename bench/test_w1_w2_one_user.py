@@ -5,7 +5,7 @@ import pytest
 from conftest import optional, scaled
 
 import splitnet_kernels as sk
-from splitnet_kernels.bench import workloads as wl
+from splitnet_kernels.benchmark import workloads as wl
 
 N, DIM, K = scaled(wl.CANDIDATES), wl.DIM, wl.TOP_K
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import optional, scaled
 
 import splitnet_kernels as sk
-from splitnet_kernels.bench import workloads as wl
+from splitnet_kernels.benchmark import workloads as wl
 
 N, K = scaled(wl.CANDIDATES), wl.TOP_K
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import splitnet_kernels as sk
-from splitnet_kernels.bench import workloads as wl
+from splitnet_kernels.benchmark import workloads as wl
 from splitnet_kernels.nn import MetricHead, SplitNet
 
 

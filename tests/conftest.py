@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import splitnet_kernels as sk
+from splitnet_kernels._metric import KINDS as METRIC_KINDS
 
 # No example database on disk (the suite writes nothing outside tests/), and the backend
 # fixture is function scoped but idempotent per example (it only sets the active ISA). The
@@ -27,12 +28,13 @@ settings.load_profile("splitnet")
 
 EPS32 = float(np.finfo(np.float32).eps)  # 2**-23
 SIZES = (1, 3, 7, 15, 17, 33, 65, 127, 300)  # not lane multiples, on purpose
-KINDS = ("dot", "scaled", "diagonal", "low_rank", "low_rank_no_d", "full")
+KINDS = (*METRIC_KINDS, "low_rank_no_d")  # every metric kind (the package's one list), and low_rank without d
 BACKEND_NAMES = ("simd", "numba", "torch", "numpy")
 
 _STATUS = sk.backends()
 _INFO = sk.info()
 SUPPORTED_ISAS = list(_INFO["isa_supported"])
+KNOWN_ISAS = list(_INFO["isa_known"])  # the C++ list of levels, supported here or not
 
 
 def backend_available(name: str) -> bool:

@@ -1,4 +1,4 @@
-"""One summation order (kernels/splitnet_kernels/common.h): every path of the compiled backend
+"""One summation order (kernels/splitnet_kernels/order.h): every path of the compiled backend
 gives a pair (user, candidate) the same float32 score, bit for bit: score and topk, one user and
 many, with and without an allowed subset, objectives and plain metrics, on every ISA this CPU
 runs. An exact reduced-precision set (issue 13) re-scores through these paths, and an offline

@@ -88,7 +88,7 @@ def _modules_after(argv) -> set:
 
 def test_info_imports_no_other_command():
     modules = _modules_after(["info"])
-    loaded = sorted(m for m in modules if m.startswith(("splitnet_kernels.experiment", "splitnet_kernels.bench",
+    loaded = sorted(m for m in modules if m.startswith(("splitnet_kernels.experiment", "splitnet_kernels.benchmark",
                                                         "splitnet_kernels.nn")))
     assert not loaded, f"`splitnet-kernels info` imported {loaded}"
     # torch only where sk.info() itself needs it: the torch backend's status reports its version
@@ -99,7 +99,7 @@ def test_info_imports_no_other_command():
 
 def test_bench_imports_no_experiment():
     modules = _modules_after(["bench", "--workload", "W0", "--no-progress"])  # unknown: stops before timing
-    assert "splitnet_kernels.bench.driver" in modules
+    assert "splitnet_kernels.benchmark.driver" in modules
     loaded = sorted(m for m in modules if m.startswith(("splitnet_kernels.experiment", "splitnet_kernels.nn")))
     assert not loaded, f"`splitnet-kernels bench` imported {loaded}"
 
@@ -112,13 +112,14 @@ def test_experiment_variants_in_the_help_are_the_experiments():
 
 def test_info_keys():
     report = sk.info()
-    for key in ("version", "isa_detected", "isa_active", "isa_supported", "backends", "default_threads"):
+    for key in ("version", "isa_detected", "isa_active", "isa_supported", "isa_known", "backends", "default_threads"):
         assert key in report
     assert report["default_threads"] >= 1
     if report["backends"]["simd"]["available"]:
         assert report["isa_supported"][0] == "scalar"
         assert report["isa_detected"] in report["isa_supported"]
         assert report["isa_active"] in report["isa_supported"]
+        assert report["isa_known"][0] == "scalar" and set(report["isa_supported"]) <= set(report["isa_known"])
 
 
 _SCORE_CALL = """
@@ -138,7 +139,7 @@ def test_bad_isa_environment_is_a_clear_error(backend, isa):
     if not sk.backends()["simd"]["available"]:
         pytest.skip("compiled kernels not available")
     if isa == "neon_or_other":  # a known ISA name this CPU cannot run, if there is one
-        missing = [name for name in ("neon", "avx512", "avx2") if name not in sk.info()["isa_supported"]]
+        missing = [name for name in sk.info()["isa_known"] if name not in sk.info()["isa_supported"]]
         if not missing:
             pytest.skip("this CPU runs every known ISA")
         isa = missing[0]
@@ -186,7 +187,7 @@ def test_backend_environment():
 
 
 def test_paired_ratio_is_taken_round_by_round():
-    from splitnet_kernels.bench.timing import paired_ratio
+    from splitnet_kernels.benchmark.timing import paired_ratio
 
     # a drift that slows both in round 2 cancels out round by round
     assert paired_ratio([10.0, 40.0, 10.0], [5.0, 20.0, 5.0]) == (2.0, 2.0, 2.0)

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from splitnet_kernels import cli
-from splitnet_kernels.bench import driver
+from splitnet_kernels.benchmark import driver
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -282,7 +282,8 @@ int main() {
   MetricForm dot;  // the package's dot metric: diag = ones
   dot.dim = n;
   dot.diag = ones.data();
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512bf16, Isa::neon}) {
+  for (const IsaLevel& level : kIsaLevels) {
+    const Isa isa = level.isa;
     if (!isa_supported(isa)) continue;
     const KernelTable& table = kernel_table(isa);
     const long before = allocations.load();

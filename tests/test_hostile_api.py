@@ -59,7 +59,7 @@ def test_out_overlapping_ads_through_candidates_with_tensors():
 
 
 def test_disjoint_halves_of_one_buffer_are_not_an_overlap():
-    from splitnet_kernels._api import _may_share_memory
+    from splitnet_kernels._conversions import may_share_memory as _may_share_memory
 
     buffer = torch.zeros(128)
     assert not _may_share_memory(buffer[:64], buffer[64:])

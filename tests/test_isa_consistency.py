@@ -1,6 +1,6 @@
 """What must not depend on the instruction set: int8 candidates score to the same bits on every
 ISA this CPU runs (their integer sums are exact, and every ISA ends them with one float epilogue,
-score_i8 in common.h), in score and top-k, for one user and for many; and sk.set_isa replaces a
+score_i8 in order.h), in score and top-k, for one user and for many; and sk.set_isa replaces a
 bad SPLITNET_KERNELS_ISA for the rest of the process.
 
 float32 / float16 / bfloat16 are not here: their float sums are ordered differently per ISA
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import splitnet_kernels as sk
 
-from conftest import SUPPORTED_ISAS, allowed_form, backend_available
+from conftest import KNOWN_ISAS, SUPPORTED_ISAS, allowed_form, backend_available
 
 pytestmark = pytest.mark.skipif(not backend_available("simd"), reason="compiled kernels not available")
 
@@ -178,7 +178,7 @@ def _run_python(code: str, **env_overrides) -> list:
 @pytest.mark.parametrize("bad", ("sse", "neon_or_other"))
 def test_set_isa_clears_a_bad_isa_environment(isa, bad):
     if bad == "neon_or_other":  # a known name this CPU cannot run, if there is one
-        missing = [name for name in ("neon", "avx512", "avx2") if name not in SUPPORTED_ISAS]
+        missing = [name for name in KNOWN_ISAS if name not in SUPPORTED_ISAS]
         if not missing:
             pytest.skip("this CPU runs every known ISA")
         bad = missing[0]
@@ -204,3 +204,30 @@ def test_set_isa_keeps_the_backend_environment():
                                                       SPLITNET_KERNELS_ISA="sse", SPLITNET_KERNELS_BACKEND="numpy")
     assert before[0] == "ok" and before[2] and before[4] is False, before  # numpy never needed the ISA
     assert after == ["ok", "ok", None, True, False], after
+
+
+# ---- avx512vnni, once named avx512bf16 --------------------------------------------------------
+def test_the_levels_are_reported_once_by_their_names():
+    assert KNOWN_ISAS[0] == "scalar" and len(set(KNOWN_ISAS)) == len(KNOWN_ISAS)
+    assert "avx512vnni" in KNOWN_ISAS and "avx512bf16" not in KNOWN_ISAS  # an old name is never reported
+    assert set(SUPPORTED_ISAS) <= set(KNOWN_ISAS)
+
+
+@pytest.mark.parametrize("old", ("avx512bf16", "AVX512BF16"))
+def test_set_isa_accepts_the_old_name_avx512bf16(restore_isa, old):
+    if "avx512vnni" not in SUPPORTED_ISAS:
+        with pytest.raises(ValueError, match="not supported"):  # a known name, not an unknown one
+            sk.set_isa(old)
+        return
+    sk.set_isa("scalar")
+    assert sk.set_isa(old) == "scalar"
+    assert sk.info()["isa_active"] == "avx512vnni"
+
+
+def test_isa_environment_accepts_the_old_name_avx512bf16():
+    code = "import splitnet_kernels as sk; i = sk.info(); print(repr([i['isa_active'], i['isa_error']]))"
+    [[active, error]] = _run_python(code, SPLITNET_KERNELS_ISA="avx512bf16")
+    if "avx512vnni" in SUPPORTED_ISAS:
+        assert [active, error] == ["avx512vnni", None]
+    else:
+        assert error and "avx512bf16" in error and "not supported" in error, error

@@ -6,7 +6,11 @@
 #include <cstring>
 #include <vector>
 
+#include "isa.h"
+#include "order.h"
 #include "scalar.h"
+#include "tile_loop.h"
+#include "tuning.h"
 
 #if SPLITNET_KERNELS_HAVE_X86
 #include <immintrin.h>
@@ -72,7 +76,7 @@ SPLITNET_AVX2 inline void pairs(const float* a, index_t a_stride, const float* b
 }
 
 // One block of NC candidates x 8 NV users, stored; with gates, bit c of the result says whether
-// candidate c reaches some user's gate. Each score in the one summation order (common.h): lane j
+// candidate c reaches some user's gate. Each score in the one summation order (order.h): lane j
 // of the eight is a pass over d = j, j + 8, ..., its sums kept in `lanes`, then the lanes' tree.
 template <int NC, int NV>
 SPLITNET_AVX2 inline unsigned tile_block(const float* users_t, index_t users_pad, const float* rows,
@@ -352,7 +356,7 @@ SPLITNET_AVX2 inline unsigned tile_block_i8(const std::int32_t* users_e, const s
     for (int v = 0; v < NV; ++v) {
       __m256 product = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[c][v]), _mm256_mul_ps(_mm256_loadu_ps(user_scales + 8 * v),
                                                                                  _mm256_set1_ps(row_scales[c])));
-      SPLITNET_KERNELS_ROUNDED(product);
+      SPLITNET_KERNELS_NO_CONTRACTION(product);
       const __m256 score = _mm256_add_ps(product, b);
       _mm256_storeu_ps(tile + c * users_pad + 8 * v, score);
       if (gates != nullptr)
@@ -456,7 +460,7 @@ SPLITNET_AVX2 inline void score_rows_i8_avx2(const std::int8_t* query, float que
       sums = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
     }
     __m128 product = _mm_mul_ps(_mm_cvtepi32_ps(sums), _mm_mul_ps(_mm_set1_ps(query_scale), _mm_loadu_ps(row_scales + i)));
-    SPLITNET_KERNELS_ROUNDED(product);  // not fused into the add
+    SPLITNET_KERNELS_NO_CONTRACTION(product);  // not fused into the add
     _mm_storeu_ps(out + i, _mm_add_ps(product, _mm_set1_ps(bias)));
   }
   for (; i < n_rows; ++i)

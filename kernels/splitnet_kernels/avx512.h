@@ -5,6 +5,10 @@
 #include <algorithm>
 
 #include "avx2.h"
+#include "isa.h"
+#include "order.h"
+#include "tile_loop.h"
+#include "tuning.h"
 
 #if SPLITNET_KERNELS_HAVE_X86
 #include <immintrin.h>
@@ -83,7 +87,7 @@ SPLITNET_AVX512 inline void pairs(const float* a, index_t a_stride, const float*
 
 // Stores a finished block of scores (NC candidates x 16 NV users) into the tile; with gates, bit c
 // of the result says whether candidate c reaches some user's gate. Shared by the float32 and the
-// int8 (avx512bf16.h) cross tiles.
+// int8 (avx512vnni.h) cross tiles.
 template <int NC, int NV>
 SPLITNET_AVX512 inline unsigned store_block(const __m512 (&scores)[NC][NV], index_t users_pad, const float* gates,
                                             float* tile) {
@@ -101,7 +105,7 @@ SPLITNET_AVX512 inline unsigned store_block(const __m512 (&scores)[NC][NV], inde
   return hits;
 }
 
-// One block of NC candidates x 16 NV users, each score in the one summation order (common.h):
+// One block of NC candidates x 16 NV users, each score in the one summation order (order.h):
 // lane j of the eight is a pass over d = j, j + 8, ..., its sums kept in `lanes`, then the
 // lanes' tree (as avx2.h's tile, on sixteen users per register).
 template <int NC, int NV>
@@ -259,7 +263,7 @@ SPLITNET_AVX512 inline void widen_bf16_avx512(const std::uint16_t* in, index_t n
 inline constexpr KernelTable kAvx512Table = [] {
   KernelTable t{};
   t.isa = Isa::avx512;
-  // streaming rows: the avx2 kernels, whose eight lanes are the one summation order (common.h);
+  // streaming rows: the avx2 kernels, whose eight lanes are the one summation order (order.h);
   // the scan is bound by memory, not by the width of its FMAs
   SPLITNET_KERNELS_FILL(t, score_rows_f32, avx2);
   SPLITNET_KERNELS_FILL(t, score_tile_f32, avx512);
@@ -271,7 +275,7 @@ inline constexpr KernelTable kAvx512Table = [] {
   SPLITNET_KERNELS_FILL(t, widen_f16, avx512);
   SPLITNET_KERNELS_FILL(t, widen_bf16, avx512);
   SPLITNET_KERNELS_FILL(t, score_rows_i8, avx2);  // vpmaddubsw: on Sapphire Rapids 2x the 16-bit widening
-  SPLITNET_KERNELS_FILL(t, score_tile_i8, avx2);  // the byte dot product is VNNI's (avx512bf16.h)
+  SPLITNET_KERNELS_FILL(t, score_tile_i8, avx2);  // the byte dot product is VNNI's (avx512vnni.h)
   SPLITNET_KERNELS_FILL(t, score_pairs_f32, avx512);
   SPLITNET_KERNELS_FILL(t, sum_u64, avx2);  // reading memory: 32-byte loads already saturate it
   return t;

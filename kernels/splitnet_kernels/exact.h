@@ -3,7 +3,7 @@
 // distance from the float32 set's score s (from a norm and a residual stored per row and a few
 // numbers per query), so the scan knows which rows could still be in the float32 top k: those
 // whose upper bound s~ + E reaches the k-th best lower bound s~ - E. Only those are re-scored,
-// from the float32 rows, with the float32 kernels and their one summation order (common.h),
+// from the float32 rows, with the float32 kernels and their one summation order (order.h),
 // so ids and scores are bit for bit the float32 set's. The bound is derived in docs/design.md
 // ("Exact sets").
 #pragma once
@@ -14,12 +14,12 @@
 #include <utility>
 #include <vector>
 
+#include "convert.h"
 #include "ops.h"
+#include "order.h"
+#include "tuning.h"
 
 namespace splitnet {
-
-// Users from which many-user int8 top-k on an exact set takes the certified int8 tile.
-constexpr index_t kExactTileUsers = 4;
 
 // What the re-score needs: the float32 rows (as the float32 set stores them) and, per row, an
 // upper bound on ||a||_2 (norms) and on ||a - a~||_2, a~ the row as stored in the small type

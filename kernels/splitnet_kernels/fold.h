@@ -67,7 +67,7 @@ inline void fold_users(const KernelTable& table, const MetricForm& form, const R
     if (form.diag != nullptr && form.left != nullptr) {
       for (index_t d = 0; d < dim; ++d) {
         float product = user[d] * form.diag[d];
-        SPLITNET_KERNELS_ROUNDED(product);
+        SPLITNET_KERNELS_NO_CONTRACTION(product);
         q[d] += product;
       }
     } else if (form.diag != nullptr) {

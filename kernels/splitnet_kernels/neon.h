@@ -32,7 +32,7 @@ inline void score_pairs_f32_neon(const float* a, index_t a_stride, const float* 
 }
 
 // The scalar table with NEON kernels in the entries that have one. The scans keep the scalar
-// kernels (the one summation order, common.h, with aarch64's FMA instruction): a NEON row
+// kernels (the one summation order, order.h, with aarch64's FMA instruction): a NEON row
 // kernel in that order is work for a host that can test it.
 inline constexpr KernelTable kNeonTable = [] {
   KernelTable t = kScalarTable;

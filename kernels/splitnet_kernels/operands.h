@@ -6,16 +6,15 @@
 #include <cstring>
 #include <vector>
 
+#include "convert.h"
 #include "dispatch.h"
 #include "rows.h"
+#include "tuning.h"
 
 namespace splitnet {
 namespace detail {
 
-// Below this many multiply-adds per task, waking a worker costs more than it saves.
-constexpr index_t kMinWorkPerTask = index_t{1} << 18;
 constexpr index_t kTileCandidates = 64;  // candidates per cross tile (score_tile_f32's n_rows limit)
-constexpr index_t kMaxBlockUsers = 256;  // users per cross tile, at most
 
 inline index_t min_rows_per_task(index_t dim, index_t work_per_row = 1) {
   return std::max<index_t>(1, kMinWorkPerTask / std::max<index_t>(1, dim * work_per_row));

@@ -12,6 +12,7 @@
 #include "parallel.h"
 #include "sinks.h"
 #include "topk.h"
+#include "tuning.h"
 
 namespace splitnet {
 namespace detail {

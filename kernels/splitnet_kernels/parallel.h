@@ -11,7 +11,7 @@
 #include <thread>
 #include <vector>
 
-#include "common.h"
+#include "build.h"
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>

@@ -1,9 +1,8 @@
-// The operands' vocabulary: float32 rows (Rows), candidate rows in any storage type
-// (StoredRows), the storage types and their names, and a metric's canonical form (MetricForm).
+// The operands' types: float32 rows (Rows), candidate rows in any storage type (StoredRows; the
+// types are dtypes.h's) and a metric's canonical form (MetricForm).
 #pragma once
-#include <cstring>
-
-#include "common.h"
+#include "build.h"
+#include "dtypes.h"
 
 namespace splitnet {
 
@@ -15,33 +14,6 @@ struct Rows {
   index_t stride;  // elements between consecutive rows
   const float* row(index_t i) const { return data + i * stride; }
 };
-
-// How candidates are stored. f16 and bf16 rows are 16-bit patterns (IEEE half, bfloat16); int8
-// rows carry one float32 scale each (row ~= scale * stored).
-enum class Dtype : int { f32, f16, bf16, i8 };
-
-// The storage types' names and element sizes, the one list of them.
-struct DtypeInfo {
-  Dtype dtype;
-  const char* name;
-  index_t size;  // bytes per element
-};
-inline constexpr DtypeInfo kDtypes[] = {
-    {Dtype::f32, "float32", 4}, {Dtype::f16, "float16", 2}, {Dtype::bf16, "bfloat16", 2}, {Dtype::i8, "int8", 1}};
-
-inline const DtypeInfo& dtype_info(Dtype dtype) { return kDtypes[static_cast<int>(dtype)]; }
-inline const char* dtype_name(Dtype dtype) { return dtype_info(dtype).name; }
-inline index_t element_size(Dtype dtype) { return dtype_info(dtype).size; }
-
-// Sets *dtype and returns true when `name` (`length` chars) is one of kDtypes' names.
-inline bool dtype_from_name(const char* name, std::size_t length, Dtype* dtype) {
-  for (const DtypeInfo& entry : kDtypes)
-    if (std::strlen(entry.name) == length && std::memcmp(entry.name, name, length) == 0) {
-      *dtype = entry.dtype;
-      return true;
-    }
-  return false;
-}
 
 // Candidates in any storage type: rows contiguous along dim, `stride` elements apart.
 struct StoredRows {

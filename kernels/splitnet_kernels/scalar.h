@@ -1,12 +1,14 @@
 // The scalar reference kernels: the specification every ISA variant must match. The scans'
-// float32 scores follow the one summation order (common.h, ordered_dot) bit for bit; the pairwise
+// float32 scores follow the one summation order (order.h, ordered_dot) bit for bit; the pairwise
 // kernel is plain accumulation, which the others match to float32 rounding.
 #pragma once
 #include <algorithm>
 #include <limits>
 #include <vector>
 
-#include "common.h"
+#include "convert.h"
+#include "isa.h"
+#include "order.h"
 
 namespace splitnet {
 

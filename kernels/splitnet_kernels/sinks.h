@@ -30,12 +30,10 @@
 
 #include "operands.h"
 #include "topk.h"
+#include "tuning.h"
 
 namespace splitnet {
 namespace detail {
-
-constexpr index_t kBlock = 1024;         // candidates scored per top-k block (4 KiB of scores)
-constexpr index_t kSelectAboveK = 2048;  // above this k (and k > n / 8), score all, then select
 
 // One user: the scores written straight into out (position p at out[p]), in one block.
 class StoreScores {

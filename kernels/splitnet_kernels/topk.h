@@ -1,14 +1,35 @@
-// Exact top-k selection in the package's order (common.h): a threshold-gated heap for small k
-// and partial selection for large k. Both give the same answer; results come out best first.
+// The top-k order (order_key, ranks_before) and exact top-k selection in it: a threshold-gated
+// heap for small k and partial selection for large k. Both give the same answer; results come out
+// best first.
 #pragma once
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
 
-#include "common.h"
+#include "isa.h"
 
 namespace splitnet {
+
+// The top-k order: scores rank by value, descending; NaN ranks below every number (below -inf);
+// equal scores (and +0 / -0) rank by the lower candidate index first. order_key maps a float to
+// an int32 that sorts the same way, so comparisons are exact and total.
+inline std::int32_t order_key(float score) {
+  if (std::isnan(score)) return INT32_MIN;
+  score += 0.0f;  // -0 becomes +0: equal scores must tie
+  std::int32_t bits;
+  std::memcpy(&bits, &score, sizeof bits);
+  return bits ^ ((bits >> 31) & 0x7FFFFFFF);
+}
+
+inline bool ranks_before(float score_a, index_t id_a, float score_b, index_t id_b) {
+  const std::int32_t ka = order_key(score_a), kb = order_key(score_b);
+  return ka > kb || (ka == kb && id_a < id_b);
+}
+
 namespace detail {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 }  // namespace detail

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "tuning.h"
 
 namespace splitnet {
 

@@ -87,8 +87,8 @@ def _fast():
     return BACKENDS["simd"] if (ENV_BACKEND in ("auto", "simd") and not ISA_ERROR and status("simd")[0]) else None
 
 
-# The simd backend when `auto` resolves to it for CPU data, for the one-user fast path in
-# _api; None when auto means anything else. Callers read it as _dispatch.FAST at each call,
+# The simd backend when `auto` resolves to it for CPU data, for the route's fast path (_route);
+# None when auto means anything else. Callers read it as _dispatch.FAST at each call,
 # so isa_changed can turn it on.
 FAST = _fast()
 

@@ -15,7 +15,8 @@ def backends() -> dict:
 
 
 def set_isa(name: str) -> str:
-    """Makes the simd kernels use instruction set `name` (one of info()["isa_supported"]).
+    """Makes the simd kernels use instruction set `name` (one of info()["isa_supported"]; the old
+    name "avx512bf16" is accepted for "avx512vnni", for a while).
 
     Returns the previous one. For testing and comparison: the detected ISA is the fastest.
     Replaces a bad SPLITNET_KERNELS_ISA: after it succeeds, that error is no longer raised.
@@ -42,6 +43,7 @@ def info() -> dict:
         "isa_detected": _simd.detected_isa() if compiled else None,
         "isa_active": _simd.active_isa() if compiled else None,
         "isa_supported": _simd.supported_isas() if compiled else [],
+        "isa_known": _simd.known_isas() if compiled else [],
         "isa_error": _dispatch.ISA_ERROR or None,
         **_threads.report(),
         "backends": backends(),

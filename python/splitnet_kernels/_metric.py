@@ -9,6 +9,7 @@ per candidate.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import numbers
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")
+from ._conversions import check_tensor, is_tensor, numpy_floats
 
 
 class Part(NamedTuple):
@@ -42,6 +43,7 @@ PARTS = {
                  Part("Q", "right", "factor", "small")),
     "full": (Part("S", "left", "square", "eye"),),
 }
+KINDS = tuple(PARTS)  # the metric kinds, cheapest first: the one list the CLI, the bench and the tests read
 
 
 def takes_rank(kind: str) -> bool:
@@ -61,40 +63,8 @@ class Form(NamedTuple):
     right: Any
 
 
-def _is_tensor(x) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
-def host(x) -> np.ndarray:
-    """A numpy view (or host copy) of an array or tensor, keeping its dtype."""
-    return x.detach().cpu().numpy() if _is_tensor(x) else np.asarray(x)
-
-
-def check_tensor(x, name: str, meta: bool = False):
-    """x, refused by name where it is a tensor that cannot be read: not dense (sparse: a
-    TypeError) or, unless `meta` lets it go on (to the custom ops, which give meta results),
-    holding no values (a meta tensor: a ValueError)."""
-    if _is_tensor(x):
-        if str(x.layout) != "torch.strided":
-            raise TypeError(f"{name}: expected a dense tensor, got layout {x.layout} (call .to_dense())")
-        if x.device.type == "meta" and not meta:
-            raise ValueError(f"{name}: a meta tensor holds no values (shape {tuple(x.shape)})")
-    return x
-
-
-_NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
-
-
-def numpy_floats(x):
-    """A tensor in a type NumPy has: float types that it lacks (bfloat16, float8) widened to
-    float32, which holds them exactly; other tensors (and anything else) as they are."""
-    if _is_tensor(x) and x.dtype.is_floating_point and str(x.dtype) not in _NUMPY_FLOATS:
-        return x.float()
-    return x
-
-
 def _parameter(value, name: str, ndim: int) -> np.ndarray:
-    if _is_tensor(value):
+    if is_tensor(value):
         value = numpy_floats(check_tensor(value, name)).detach().cpu().numpy()
     array = np.asarray(value)
     if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
@@ -129,22 +99,39 @@ def _scalar(value, name: str) -> float:
 class Metric:
     """The similarity S of score = u^T S a + bias. Immutable; parameters are float32."""
 
-    __slots__ = ("_kind", "_dim", "_bias", "_params", "_form", "_cache", "_fold_gain")
+    # form and bias are plain (read-only) attributes, not properties: every kernel call reads
+    # them, and W6 is a few microseconds. Nothing is set after __init__ (__setattr__ refuses).
+    __slots__ = {"form": "S = diag(form.diag) + form.left form.right^T (see Form): what every backend reads.",
+                 "bias": "The additive bias b.", "_kind": None, "_dim": None, "_params": None, "_cache": None,
+                 "_fold_gain": None}
+    form: Form
+    bias: float
+    _kind: str
+    _dim: int
+    _params: dict
+    _cache: dict  # the form as tensors, by (device, dtype)
+    _fold_gain: Any  # fold_gain(form): the fold-range check's screen
 
     def __init__(self, kind: str, dim: int, bias: float, **params):
         if kind not in KINDS:
             raise ValueError(f"unknown metric kind {kind!r} (known: {', '.join(KINDS)})")
-        self._kind, self._dim, self._bias = kind, dim, _scalar(bias, "bias")
-        self._params = params
+        bias = _scalar(bias, "bias")
         roles = {part.role: params[part.name] for part in PARTS[kind] if params.get(part.name) is not None}
         diag = roles.get("diag")
         if diag is None and "left" not in roles:
             diag = 1.0  # dot: the identity
         if diag is not None and np.ndim(diag) == 0:
             diag = _frozen(np.full(dim, diag, np.float32))
-        self._form = Form(diag, roles.get("left"), roles.get("right"))
-        self._cache: dict = {}
-        self._fold_gain = _fold_gain(self._form)
+        form = Form(diag, roles.get("left"), roles.get("right"))
+        for name, value in (("_kind", kind), ("_dim", dim), ("bias", bias), ("_params", params),
+                            ("form", form), ("_cache", {}), ("_fold_gain", fold_gain(form))):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Metric is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Metric is immutable: cannot delete {name!r}")
 
     # Immutable: a copy is the object itself, and unpickling rebuilds through the constructors'
     # checks, so no copy can carry writeable parameters.
@@ -155,14 +142,14 @@ class Metric:
         return self
 
     def __reduce__(self):
-        return build, (self._kind, self._dim, self._params, self._bias)
+        return build, (self._kind, self._dim, self._params, self.bias)
 
     # ---- files: NumPy .npz, never pickle; read by read_npz, never np.load -------------------
     def arrays(self, prefix: str = "") -> dict:
         """The metric as named arrays (kind, dim, bias and its parameters), for np.savez."""
         _check_file_dim(self._kind, self._dim)
         arrays = {f"{prefix}kind": np.array(self._kind), f"{prefix}dim": np.array(self._dim),
-                  f"{prefix}bias": np.array(self._bias, np.float64)}
+                  f"{prefix}bias": np.array(self.bias, np.float64)}
         for name, value in self._params.items():
             if value is not None:
                 arrays[f"{prefix}{name}"] = np.asarray(value, np.float32)
@@ -240,28 +227,22 @@ class Metric:
         return cls("low_rank", P.shape[0], bias, P=P, Q=Q, d=d)
 
     # ---- properties -----------------------------------------------------------------------
-    kind = property(lambda self: self._kind, doc="One of dot, scaled, diagonal, low_rank, full.")
+    kind = property(lambda self: self._kind, doc="One of the KINDS: dot, scaled, diagonal, low_rank, full.")
     dim = property(lambda self: self._dim, doc="The embedding dimension n.")
-    bias = property(lambda self: self._bias, doc="The additive bias b.")
 
     @property
     def params(self) -> dict:
         """The parameters by name (read-only float32 arrays, or a float for w)."""
         return dict(self._params)
 
-    @property
-    def form(self) -> Form:
-        """S = diag(form.diag) + form.left form.right^T (see Form): what every backend reads."""
-        return self._form
-
     def __repr__(self) -> str:
-        diag, left, right = self._form
+        diag, left, right = self.form
         extra = f", rank={left.shape[1]}" if right is not None else ""
-        return f"Metric.{self._kind}(dim={self._dim}{extra}, bias={self._bias:g})"
+        return f"Metric.{self._kind}(dim={self._dim}{extra}, bias={self.bias:g})"
 
     def dense(self) -> np.ndarray:
         """S as a new (n, n) float32 array."""
-        diag, left, right = self._form
+        diag, left, right = self.form
         S = np.zeros((self._dim, self._dim), np.float64)
         if left is not None:
             S += left if right is None else left.astype(np.float64) @ right.T.astype(np.float64)
@@ -272,12 +253,12 @@ class Metric:
     def diag_weights(self):
         """The diagonal w when S = diag(w) (the dot, scaled and diagonal kinds), float32 (n,);
         None when S has a factor term."""
-        return self._form.diag if self._form.left is None else None
+        return self.form.diag if self.form.left is None else None
 
     def cost_per_candidate(self, folded: bool = True) -> int:
         """Multiply-adds per (user, candidate) pair: n when folded, else the form's own cost
         (the pair's dot product, plus the diagonal, plus u L and a R)."""
-        n, (diag, left, right), parts = self._dim, self._form, PARTS[self._kind]
+        n, (diag, left, right), parts = self._dim, self.form, PARTS[self._kind]
         if folded or not parts:
             return n
         diagonal = 0 if diag is None else 1 if any(p.shape == "scalar" for p in parts) else n
@@ -287,7 +268,7 @@ class Metric:
     def magnitude(self) -> list:
         """|S| as float64 matrices bounding the fold's partial sums: |diag| + |L| |R|^T (n, n),
         and |L| itself (n, r) when R is given (it bounds the partial product u L)."""
-        return _fold_gain(self._form, always=True)[1]
+        return fold_gain(self.form, always=True)[1]
 
     # ---- the algebra ----------------------------------------------------------------------
     def check_fold_range(self, users) -> None:
@@ -306,20 +287,15 @@ class Metric:
         """
         if self._fold_gain is None:
             return  # a diagonal form: see above
-        if _is_tensor(users):
+        if is_tensor(users):
             users = users.detach().cpu().numpy()  # rare: the check before a tensor call
         with np.errstate(over="ignore", invalid="ignore"):  # an overflowing norm is doubtful, checked below
             norms = np.einsum("...i,...i->...", users, users)  # float32 norms: n eps, inside the slack
-            doubtful = ~(np.float64(norms) * self._fold_gain[0] <= _FOLD_LIMIT_SQUARED)  # the limit is no float32
+            doubtful = ~(np.float64(norms) * self._fold_gain[0] <= FOLD_LIMIT_SQUARED)  # the limit is no float32
         if not np.any(doubtful):
             return
-        rows = np.abs(np.asarray(users, np.float64).reshape(-1, self._dim)[np.reshape(doubtful, -1)])
-        rows = rows[np.all(np.isfinite(rows), axis=1)]
-        if rows.size:
-            bound = max(float((rows @ magnitude).max()) for magnitude in self._fold_gain[1])
-            if bound > _FOLD_LIMIT:
-                raise ValueError(f"users: folding through {self!r} can leave the float32 range "
-                                 f"(|u|^T |S| reaches {bound:.3g} > {_FOLD_LIMIT:.3g}); rescale the users or the metric")
+        refuse_fold_beyond_range(np.asarray(users, np.float64).reshape(-1, self._dim)[np.reshape(doubtful, -1)],
+                                 self._fold_gain[1], repr(self))
 
     def fold(self, users):
         """users @ S for users (n,) or (M, n): numpy in, numpy out; torch in, torch out.
@@ -327,7 +303,7 @@ class Metric:
         float64 users are folded in float64 (the reference); everything else in float32. The
         compiled backend folds inside its kernels call instead, with the same operations.
         """
-        if _is_tensor(users):
+        if is_tensor(users):
             return self._fold(users, self._tensor_params(users))
         users = np.asarray(users)
         if users.dtype.kind != "f":
@@ -338,8 +314,8 @@ class Metric:
             raise ValueError(f"users: expected shape ({self._dim},) or (M, {self._dim}), got {users.shape}")
         with np.errstate(over="ignore", invalid="ignore"):  # IEEE: the fold-range policy (check_fold_range)
             if users.dtype != np.float64:
-                return self._fold(users, self._form)
-            folded = self._fold(users, Form(*(None if x is None else x.astype(np.float64) for x in self._form)))
+                return self._fold(users, self.form)
+            folded = self._fold(users, Form(*(None if x is None else x.astype(np.float64) for x in self.form)))
             beyond = np.isinf(folded.astype(np.float32)) & np.isfinite(folded)  # overflow as float32 has it
         return np.where(beyond, np.copysign(np.inf, folded), folded) if beyond.any() else folded
 
@@ -366,17 +342,36 @@ class Metric:
         cached = self._cache.get(key)
         if cached is None:
             cached = Form(*(None if x is None else torch.tensor(x, device=like.device, dtype=like.dtype)
-                            for x in self._form))
+                            for x in self.form))
             self._cache[key] = cached
         return cached
 
 
+@functools.lru_cache(maxsize=256)
+def dot_metric(dim: int, bias: float = 0.0) -> Metric:
+    """Metric.dot(dim, bias), made once: metric=None's metric, S = I in a form, a folded objective's."""
+    return Metric.dot(dim, bias)
+
+
 # The float32 range, less the rounding of a sum of up to 2^20 terms (a relative 2^20 * 2^-24).
-_FOLD_LIMIT = float(np.finfo(np.float32).max) * (1.0 - 2.0**-4)
-_FOLD_LIMIT_SQUARED = _FOLD_LIMIT**2
+FOLD_LIMIT = float(np.finfo(np.float32).max) * (1.0 - 2.0**-4)
+FOLD_LIMIT_SQUARED = FOLD_LIMIT**2
 
 
-def _fold_gain(form: Form, always: bool = False):
+def refuse_fold_beyond_range(users: np.ndarray, magnitudes: list, metric: str) -> None:
+    """The fold-range rule itself (Metric.check_fold_range): a ValueError when some finite user
+    among `users` (float64 rows) has the bound |u|^T |S| past the limit, for each of the magnitude
+    matrices that fold_gain gives; `metric` names the metric in the message."""
+    rows = np.abs(users)
+    rows = rows[np.all(np.isfinite(rows), axis=1)]
+    if rows.size:
+        bound = max(float((rows @ magnitude).max()) for magnitude in magnitudes)
+        if bound > FOLD_LIMIT:
+            raise ValueError(f"users: folding through {metric} can leave the float32 range "
+                             f"(|u|^T |S| reaches {bound:.3g} > {FOLD_LIMIT:.3g}); rescale the users or the metric")
+
+
+def fold_gain(form: Form, always: bool = False):
     """None for a diagonal form (its overflow is the same on every backend), else (the
     largest squared column norm among the magnitude matrices, the matrices as float64 (n, n)):
     |diag| + |L| |R|^T, and |L| itself when R is given, which bounds the partial product u L."""

@@ -9,13 +9,12 @@ probability, so a value never exceeds its bid.
 
 from __future__ import annotations
 
-import functools
 import numbers
 
 import numpy as np
 
-from ._metric import Metric, _entry, _is_tensor, read_npz, writing_beside
-from ._metric import host as _host
+from ._conversions import holds_values, host, is_tensor
+from ._metric import Metric, _entry, dot_metric, read_npz, writing_beside
 from ._order import topk_by_id
 from .backends import _simd
 
@@ -118,7 +117,7 @@ def check_output(output, objectives: bool, sigmoid: bool) -> str:
 
 def check_objectives(objectives, bids, count: int):
     """(objective ids int64 (N,), bids float32 (N,)) checked against N candidates; bids default 1."""
-    obj = np.asarray(_host(objectives))
+    obj = np.asarray(host(objectives))
     if obj.dtype.kind not in "iu" or obj.shape != (count,):
         raise ValueError(f"objectives: expected {count} integers (one per candidate), got {obj.dtype} {obj.shape}")
     if count and (obj.min() < 0 or obj.max() > np.iinfo(np.int64).max):
@@ -131,7 +130,7 @@ def check_bids(bids, count: int, name: str = "bids") -> np.ndarray:
     """Bids as float32 (count,), one per candidate or pair: numbers (not bools or text), each
     finite and >= 0 once rounded to float32. The one check of bids, wherever they come from;
     `name` is what an error calls them (an argument, or a column of the input)."""
-    values = np.asarray(_host(bids))
+    values = np.asarray(host(bids))
     if values.dtype.kind not in "fiu" or values.shape != (count,):
         raise ValueError(f"{name}: expected {count} numbers (one per row), got {values.dtype} {values.shape}")
     with np.errstate(over="ignore", invalid="ignore"):
@@ -195,26 +194,32 @@ class Grouping:
 
 
 # ---- the quantities a call reports ----------------------------------------------------------
-def _sigmoid_(x):
-    """In place: the probability rounded from float64, stable for every input (no overflow,
-    small probabilities kept) and monotone in x, so ranking by it never contradicts the score."""
-    if _is_tensor(x) and x.device.type != "cpu":
-        import torch
-
-        return x.copy_(torch.sigmoid(x.to(torch.float64)))
-    values = x.numpy() if _is_tensor(x) else x
+def probability(logits, in_place: bool = False):
+    """The reported probability of logits: the logistic function in float64, rounded to float32,
+    stable for every input (no overflow, small probabilities kept) and monotone, so that ranking
+    by it never contradicts the score. The package's one definition: on the host it is the
+    kernels' own (values fused in the kernels and this one agree bit for bit), the same formula
+    in NumPy where they are not loaded, and torch's sigmoid in float64 for tensors off the host,
+    traced, or recorded by autograd. A new array or tensor; with in_place=True the logits' own
+    memory where it can be written (use the result either way)."""
+    if is_tensor(logits):
+        if logits.requires_grad or not holds_values(logits):  # a gradient or a graph: torch ops
+            return logits.double().sigmoid().float()
+        if logits.device.type != "cpu":
+            wide = logits.double().sigmoid()
+            return logits.copy_(wide) if in_place else wide.float()
+        if not in_place:
+            logits = logits.float().clone()
+        probability(logits.numpy(), in_place=True)
+        return logits
+    values = logits if in_place else np.array(logits, np.float32)
     if _simd.compiled() and values.dtype == np.float32 and values.flags.c_contiguous and values.flags.writeable:
-        _simd.probability_(values)  # the kernels' own sigmoid: fused values and this one agree bit for bit
-        return x
+        _simd.probability_(values)
+        return values
     wide = values.astype(np.float64)  # the same formula, where the kernels are not loaded
     e = np.exp(-np.abs(wide))
     values[...] = np.where(wide >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return x
-
-
-def probability(scores, ids=None):
-    """The reported probability of float32 scores (a new array)."""
-    return _sigmoid_(np.array(scores, np.float32))
+    return values
 
 
 def quantity(logits: np.ndarray, bids, output: str) -> np.ndarray:
@@ -233,12 +238,6 @@ def folded(metric, users: np.ndarray, t: int):
     if _simd.compiled():  # the kernels' fold: one user's bits are a batch's
         return _simd.fold(np.atleast_2d(users), metric).reshape(users.shape), dot_metric(metric.dim, metric.bias)
     return metric.fold(users), dot_metric(metric.dim, metric.bias)
-
-
-@functools.lru_cache(maxsize=256)
-def dot_metric(dim: int, bias: float = 0.0) -> Metric:
-    """Metric.dot(dim, bias), made once: the default metric and a folded objective's."""
-    return Metric.dot(dim, bias)
 
 
 def check_metric_for(metric, grouping, dim: int):

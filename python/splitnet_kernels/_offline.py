@@ -3,14 +3,13 @@ pairs in, the same table plus results out) and the local engine that streams Par
 
 Ray Data (splitnet_kernels.distributed), Spark and Dask call the same batch functions; docs/offline.md
 has the recipes. Everything is checked when a batch function is built, before any row is read.
+The command (`splitnet-kernels offline`) is cli.py's; this module imports neither it nor an engine.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import sys
 import uuid
 
 import numpy as np
@@ -27,6 +26,7 @@ from . import _api
 from ._candidates import Candidates
 from ._metric import Metric
 from ._objectives import ObjectiveMetrics, check_bids, check_output, quantity
+from ._progress import Progress
 
 BATCH_ROWS = 4096  # users per batch: the candidate set is read once per batch, the results stay small
 ROWS_PER_FILE = 1 << 20  # a folder written by the local engine gets a new part file after this many rows
@@ -391,21 +391,6 @@ class Output:
         os.replace(self.temp, self.out)
 
 
-class Progress:
-    """Rows done out of the total, one line on stderr."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.enabled = total, 0, enabled and total > 0
-
-    def add(self, rows: int) -> None:
-        self.done += rows
-        if self.enabled:
-            bar = ("#" * (30 * self.done // self.total)).ljust(30, ".")
-            sys.stderr.write(f"\r[{bar}] {self.done:,}/{self.total:,} rows")
-            sys.stderr.write("\n" if self.done >= self.total else "")
-            sys.stderr.flush()
-
-
 # ---- the local engine ------------------------------------------------------------------------
 def users_dataset(users) -> pads.Dataset:
     """The input Parquet (a file, a folder or a list of files) as a pyarrow dataset."""
@@ -440,57 +425,9 @@ def run_local(job, users, out, *, batch_rows: int = BATCH_ROWS, show_progress: b
     a time (memory bounded by a few batches, whatever the number of users). Returns the rows."""
     dataset = users_dataset(users)
     job.check_schema(dataset.schema)
-    progress = Progress(dataset.count_rows(), show_progress)
+    progress = Progress(dataset.count_rows(), show_progress, unit="rows")
     with Output(out, job(dataset.schema.empty_table())) as output:
         for table in batches(dataset, batch_rows):
             output.write(job(table))
             progress.add(table.num_rows)
     return progress.done
-
-
-# ---- connecting to a cluster -----------------------------------------------------------------
-def check_reachable(address, timeout: float = 5.0) -> None:
-    """Refuses, within `timeout` seconds, a host:port (or ray://host:port) that takes no
-    connection; "auto" and "local" are Ray's own words and are left to it."""
-    if address in (None, "auto", "local"):
-        return
-    host, _, port = str(address).removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"address: expected host:port or ray://host:port, got {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as error:
-        raise ConnectionError(f"address: cannot reach a Ray cluster at {address!r} within {timeout:g} s "
-                              f"({error})") from None
-
-
-# ---- `splitnet-kernels offline` --------------------------------------------------------------
-def command(args) -> int:
-    """Builds the job from the command line's arguments (cli.py declares them), every check
-    before any row is read, then runs it on the chosen engine."""
-    if args.engine == "local" and (args.address or args.concurrency):
-        raise ValueError("--address and --concurrency are for --engine ray")
-    metric = load_metric(args.metric) if args.metric else None
-    threads = args.threads if args.threads or args.engine == "local" else 1  # on Ray: one thread per actor
-    batch_rows = args.batch_rows or BATCH_ROWS
-    job: _Job
-    if args.pairs:
-        if args.candidates or args.k is not None or args.offsets:
-            raise ValueError("--pairs scores the pairs as given: --candidates, --k and --offsets are for top-k")
-        job = ScoreBatch(metric, user_column=args.user_column or "user", ad_column=args.ad_column,
-                         objective_column=args.objective_column, bid_column=args.bid_column, output=args.output,
-                         threads=threads, keep_embeddings=False)
-    else:
-        if not args.candidates or args.k is None:
-            raise ValueError("--candidates and --k are needed (or --pairs to score pairs)")
-        job = TopkBatch(args.candidates, args.k, metric, user_column=args.user_column or "embedding",
-                        output=args.output, offsets=args.offsets, threads=threads, keep_embeddings=False)
-    if args.engine == "ray":
-        from .distributed import run_ray
-
-        rows = run_ray(job, args.users, args.out, address=args.address, batch_size=batch_rows,
-                       concurrency=args.concurrency)
-    else:
-        rows = run_local(job, args.users, args.out, batch_rows=batch_rows, show_progress=not args.no_progress)
-    print(f"{rows:,} rows -> {args.out}")
-    return 0

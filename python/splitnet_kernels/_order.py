@@ -1,4 +1,5 @@
-"""The top-k order for the array backends (numpy, torch) and merge_topk.
+"""The top-k order for the array backends (numpy, torch), merge_topk, and the ranking by the
+quantity a call reports (rank_exactly).
 
 Scores rank by value, descending; NaN ranks below every number; equal scores (and +0 / -0)
 rank by the lower candidate index. The C++ and Numba kernels implement the same order.
@@ -117,3 +118,24 @@ def topk_torch(scores, k: int):
     composite = keys * n + (n - 1 - torch.arange(n, device=scores.device, dtype=torch.int64))
     positions = torch.topk(composite, k, dim=-1, sorted=True).indices
     return torch.gather(scores, -1, positions), positions
+
+
+def rank_exactly(n_candidates: int, k: int, raw_topk, every_quantity, transform):
+    """Top k by transform(score) -- the quantity a call reports -- ties to the lower id.
+
+    Ranking by the reported number is what makes per-shard lists merge into the answer of one
+    call: distinct scores can round to one float32 probability (or value), which then ties by id.
+    transform is monotone, so the best k by it are among the best k + 1 by score, unless the
+    (k+1)-th quantity equals the k-th (or is NaN); only then is that user's every quantity formed.
+    raw_topk(count) -> (scores, ids) numpy (M, count) ranked by score; transform(scores, ids) ->
+    quantities; every_quantity(u) -> (quantities, ids) over every eligible candidate of user u.
+    """
+    scores, ids = raw_topk(min(k + 1, n_candidates))
+    quantities = transform(np.array(scores, np.float32), ids)
+    best, best_ids = merge_numpy(quantities, ids, k)
+    if quantities.shape[-1] > k:
+        for u in np.flatnonzero(~(quantities[:, k] < quantities[:, k - 1])):
+            values, candidate_ids = every_quantity(u)
+            top, top_ids = topk_by_id(values, candidate_ids, k)
+            best[u], best_ids[u] = top[0], top_ids[0]
+    return best, best_ids

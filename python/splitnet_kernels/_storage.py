@@ -10,16 +10,14 @@ storage as it is (a float32 view made without copying); Storage is the packed ki
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import numpy as np
 
-from ._metric import _is_tensor
+from ._conversions import is_tensor
 
-DTYPES = ("float32", "float16", "bfloat16", "int8")
-NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int8": np.int8}
 ALIGN, PAD = 64, 64
 BLOCK_ROWS = 1 << 16  # rows widened per block: 16 MiB of float32 at n = 64
-# The kernels refuse longer int8 rows (src/core.cpp): int32 sums of 127 * 127 products could overflow.
-INT8_MAX_DIM = 1 << 17
 
 
 def stored_width(dim: int) -> int:
@@ -45,6 +43,67 @@ def _int8_scales(ads: np.ndarray) -> np.ndarray:
     return np.where(peak > 0, np.maximum(scales, tiny), np.float32(1)).astype(np.float32)
 
 
+def _int8_values(ads: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
+    assert scales is not None  # int8 rows are stored with their scales
+    # in float64: the quotient is not rounded to float32 first, which could carry it across .5
+    return np.clip(np.rint(ads / scales[:, None].astype(np.float64)), -127, 127)
+
+
+def _int8_widened(block: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
+    assert scales is not None  # int8 rows come with their scales
+    return block.astype(np.float32) * scales[:, None]
+
+
+class StorageType(NamedTuple):
+    """One storage type's facts, the one record that Storage, the torch ops, the file format and
+    the checks read. `numpy`: the type NumPy holds its rows in (bfloat16: its bits, as uint16);
+    `torch`: the name of the torch dtype a packed tensor of it has; `max_width`: the longest
+    stored row the kernels take (None: any); `scales`: ads (m, n) -> one float32 scale per row,
+    for a type stored with scales (int8; None for the others); `values`: (ads, their scales or
+    None) -> what to store; `widen`: (stored rows, their scales or None) -> float32 rows. (The
+    C++ side has its own table, dtypes.h's kDtypes.)"""
+
+    name: str
+    numpy: type
+    torch: str
+    max_width: int | None
+    scales: Callable[[np.ndarray], np.ndarray] | None
+    values: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+    widen: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+
+    @property
+    def scaled(self) -> bool:
+        """Whether rows are stored with one float32 scale each."""
+        return self.scales is not None
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per stored element."""
+        return np.dtype(self.numpy).itemsize
+
+
+TYPES = {t.name: t for t in (
+    StorageType("float32", np.float32, "float32", None, None,
+                lambda ads, scales: ads, lambda block, scales: block),
+    StorageType("float16", np.float16, "float16", None, None,
+                lambda ads, scales: ads, lambda block, scales: block.astype(np.float32)),
+    StorageType("bfloat16", np.uint16, "bfloat16", None, None,
+                lambda ads, scales: _to_bfloat16(ads),
+                lambda block, scales: (block.astype(np.uint32) << np.uint32(16)).view(np.float32)),
+    # The kernels refuse longer int8 rows (src/core.cpp): int32 sums of 127 * 127 products could overflow.
+    StorageType("int8", np.int8, "int8", 1 << 17, _int8_scales, _int8_values, _int8_widened),
+)}
+DTYPES = tuple(TYPES)  # the storage type names, float32 first
+
+
+def storage_type(dtype) -> StorageType:
+    """The record of a storage type by name; a ValueError naming the known ones otherwise."""
+    record = TYPES.get(dtype) if isinstance(dtype, str) else None
+    if record is None:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return record
+
+
 def aligned_empty(shape, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
@@ -68,8 +127,7 @@ class Storage:
     def pack(cls, ads: np.ndarray, dtype: str) -> "Storage":
         """ads (N, n), a float numpy array, packed as `dtype`; values the type cannot hold are
         a ValueError."""
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        storage_type(dtype)
         if dtype != "float32" and not np.all(np.isfinite(ads)):
             raise ValueError(f"ads: NaN or infinity cannot be stored as {dtype} (exact=True takes them)")
         storage = cls._pack(ads, dtype)
@@ -79,21 +137,15 @@ class Storage:
     @classmethod
     def _pack(cls, ads: np.ndarray, dtype: str) -> "Storage":
         count, dim = ads.shape
-        if dtype == "int8" and stored_width(dim) > INT8_MAX_DIM:
-            raise ValueError(f"ads: int8 storage takes rows of at most {INT8_MAX_DIM} elements (longer int32 sums "
-                             f"could overflow), got shape {ads.shape}; use float16 or bfloat16")
-        data = aligned_empty((count, stored_width(dim)), NUMPY_TYPES[dtype])
+        record = TYPES[dtype]
+        if record.max_width is not None and stored_width(dim) > record.max_width:
+            raise ValueError(f"ads: {dtype} storage takes rows of at most {record.max_width} elements (longer int32 "
+                             f"sums could overflow), got shape {ads.shape}; use float16 or bfloat16")
+        data = aligned_empty((count, stored_width(dim)), record.numpy)
         data[:, dim:] = 0
-        scales = None
         with np.errstate(over="ignore"):  # values beyond the storage range are refused just below
-            if dtype == "float32" or dtype == "float16":
-                data[:, :dim] = ads
-            elif dtype == "bfloat16":
-                data[:, :dim] = _to_bfloat16(ads)
-            else:
-                scales = _int8_scales(ads)
-                # in float64: the quotient is not rounded to float32 first, which could carry it across .5
-                data[:, :dim] = np.clip(np.rint(ads / scales[:, None].astype(np.float64)), -127, 127)
+            scales = None if record.scales is None else record.scales(ads)
+            data[:, :dim] = record.values(ads, scales)
         return cls(dtype, dim, data, scales)
 
     def _refuse_overflow(self, ads) -> None:
@@ -128,15 +180,8 @@ class Storage:
 
     def rows(self, begin: int = 0, end: int | None = None) -> np.ndarray:
         """Rows [begin, end) as float32 (a view for float32 storage), shape (m, dim)."""
-        block = self.data[begin:end, :self.dim]
-        if self.dtype == "float32":
-            return block
-        if self.dtype == "float16":
-            return block.astype(np.float32)
-        if self.dtype == "bfloat16":
-            return (block.astype(np.uint32) << np.uint32(16)).view(np.float32)
-        assert self.scales is not None  # int8
-        return block.astype(np.float32) * self.scales[begin:end, None]
+        return TYPES[self.dtype].widen(self.data[begin:end, :self.dim],
+                                       None if self.scales is None else self.scales[begin:end])
 
 
 BOUND_BLOCK = 1024  # rows per stored maximum of an exact set's bounds (ExactStorage.block_bounds)
@@ -232,7 +277,7 @@ def blocks(store, ids):
 
 def _index(ids, rows):
     """ids as an index for rows' own type (a tensor for tensor rows)."""
-    if _is_tensor(rows):
+    if is_tensor(rows):
         import torch
 
         return torch.from_numpy(ids).to(rows.device)

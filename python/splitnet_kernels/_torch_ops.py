@@ -35,12 +35,15 @@ import numpy as np
 import torch
 
 from . import _dispatch
-from ._metric import _FOLD_LIMIT, Form, Metric, _fold_gain
-from ._objectives import ObjectiveMetrics, _sigmoid_, dot_metric, probability
-from ._storage import BLOCK_ROWS, Storage, is_plain
+from ._checks import at_least_one, check_out
+from ._conversions import device_of, holds_values, kernel_rows, shape, watched
+from ._metric import FOLD_LIMIT, Form, Metric, dot_metric, fold_gain, refuse_fold_beyond_range
+from ._objectives import ObjectiveMetrics, probability
+from ._order import rank_exactly
+from ._storage import BLOCK_ROWS, TYPES, Storage, is_plain
+from .backends import Request
 from .backends import _torch as torch_backend
-from .backends import _simd as simd_module
-from .backends._simd import SimdBackend, kernel_rows
+from .backends._simd import SimdBackend
 
 NAMESPACE = "splitnet_kernels"
 _FORM = "Tensor? diag, Tensor? left, Tensor? right, float bias"
@@ -56,30 +59,30 @@ _LIBRARY = torch.library.Library(NAMESPACE, "DEF")
 for _name, _schema in SCHEMAS.items():
     _LIBRARY.define(_name + _schema)
 ops = torch.ops.splitnet_kernels
-# Packed storage types as tensor dtypes (bfloat16 rows are their uint16 bits viewed as bfloat16).
-STORED = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8"}
+# The storage types (_storage.TYPES) by the dtype of a packed tensor, and the dtype NumPy holds each
+# one's rows in (bfloat16 rows: their bits, as uint16).
+STORED = {getattr(torch, t.torch): t.name for t in TYPES.values()}
+_HELD_AS = {name: getattr(torch, np.dtype(t.numpy).name) for name, t in TYPES.items()}
+_PACKED_AS = {name: getattr(torch, t.torch) for name, t in TYPES.items()}
 _SIMD = SimdBackend()
 _TENSOR = torch.Tensor
+_tuple = tuple.__new__
 
 
 # ---- checks, shared by the kernels and the fake implementations ---------------------------------
-def _shape(x) -> tuple:
-    return tuple(x.shape)
-
-
 def _check_form(users, diag, left, right, dtype) -> None:
     n = users.shape[-1]
     for name, x in (("diag", diag), ("left", left), ("right", right)):
         if x is not None and (x.device != users.device or x.dtype != dtype):
             raise TypeError(f"{name}: expected a {dtype} tensor on {users.device} like users, got {x.dtype} on {x.device}")
-    if diag is not None and _shape(diag) != (n,):
-        raise ValueError(f"diag: expected shape ({n},) for users {_shape(users)}, got {_shape(diag)}")
+    if diag is not None and shape(diag) != (n,):
+        raise ValueError(f"diag: expected shape ({n},) for users {shape(users)}, got {shape(diag)}")
     if right is not None and left is None:
         raise ValueError("right: given without left")
     if left is not None and (left.ndim != 2 or left.shape[0] != n or (right is None and left.shape[1] != n)
-                             or (right is not None and _shape(right) != _shape(left))):
+                             or (right is not None and shape(right) != shape(left))):
         raise ValueError(f"left, right: expected left ({n}, {n}) alone, or left and right ({n}, r), for users "
-                         f"{_shape(users)}; got {_shape(left)} and {None if right is None else _shape(right)}")
+                         f"{shape(users)}; got {shape(left)} and {None if right is None else shape(right)}")
 
 
 def _check(users, ads, diag, left, right, pairwise: bool = False) -> None:
@@ -90,32 +93,33 @@ def _check(users, ads, diag, left, right, pairwise: bool = False) -> None:
     if users.ndim not in ((2,) if pairwise else (1, 2)) or ads.ndim != 2 or users.shape[-1] != ads.shape[-1] \
             or users.shape[-1] == 0 or (pairwise and users.shape[0] != ads.shape[0]):
         wanted = "(B, n) each" if pairwise else "users (n,) or (M, n) and ads (N, n)"
-        raise ValueError(f"users {_shape(users)} and ads {_shape(ads)}: expected {wanted}, n >= 1")
+        raise ValueError(f"users {shape(users)} and ads {shape(ads)}: expected {wanted}, n >= 1")
     _check_form(users, diag, left, right, users.dtype)
 
 
 def _check_packed(users, data, scales, allowed, diag, left, right) -> None:
     if users.dtype != torch.float32 or users.ndim not in (1, 2) or users.shape[-1] == 0:
-        raise TypeError(f"users: expected a float32 tensor (n,) or (M, n), got {users.dtype} {_shape(users)}")
+        raise TypeError(f"users: expected a float32 tensor (n,) or (M, n), got {users.dtype} {shape(users)}")
     if data.dtype not in STORED or data.ndim != 2 or data.shape[1] < users.shape[-1] or data.device != users.device:
         raise TypeError(f"data: expected packed rows (N, >= {users.shape[-1]}) of {', '.join(STORED.values())} on "
-                        f"{users.device}, got {data.dtype} {_shape(data)} on {data.device}")
-    if (data.dtype == torch.int8) != (scales is not None):
-        raise TypeError(f"scales: int8 data needs float32 scales (N,), other data none; got {data.dtype} data and "
-                        f"scales {None if scales is None else _shape(scales)}")
-    if scales is not None and (scales.dtype != torch.float32 or _shape(scales) != (data.shape[0],)
+                        f"{users.device}, got {data.dtype} {shape(data)} on {data.device}")
+    if TYPES[STORED[data.dtype]].scaled != (scales is not None):
+        scaled = ", ".join(name for name, t in TYPES.items() if t.scaled)
+        raise TypeError(f"scales: {scaled} data needs float32 scales (N,), other data none; got {data.dtype} data and "
+                        f"scales {None if scales is None else shape(scales)}")
+    if scales is not None and (scales.dtype != torch.float32 or shape(scales) != (data.shape[0],)
                                or scales.device != users.device):
         raise ValueError(f"scales: expected float32 ({data.shape[0]},) on {users.device}, got {scales.dtype} "
-                         f"{_shape(scales)} on {scales.device}")
+                         f"{shape(scales)} on {scales.device}")
     if allowed is not None and (allowed.dtype != torch.int64 or allowed.ndim != 1 or allowed.device != users.device):
         raise TypeError(f"allowed: expected a 1-D int64 tensor of ids on {users.device}, got {allowed.dtype} "
-                        f"{_shape(allowed)} on {allowed.device}")
+                        f"{shape(allowed)} on {allowed.device}")
     _check_form(users, diag, left, right, torch.float32)
 
 
-def _kept(k: int, count) -> int:
-    if k < 1:
-        raise ValueError(f"k: must be >= 1, got {k}")
+def _capped_k(k: int, count) -> int:
+    """k checked (>= 1) and capped at the candidates there are."""
+    at_least_one(k)
     return min(k, count)
 
 
@@ -133,16 +137,11 @@ def check_fold_range(users, diag, left, right) -> None:
     left_norm = _norm(left)
     factors = left_norm * (1.0 if right is None else _norm(right))
     gain = max(factors + (0.0 if diag is None else _norm(diag)), left_norm)  # |S| and, with right, |L| (u L)
-    if bool(torch.all(torch.linalg.vector_norm(users.detach(), dim=-1, dtype=torch.float64) * gain <= _FOLD_LIMIT)):
+    if bool(torch.all(torch.linalg.vector_norm(users.detach(), dim=-1, dtype=torch.float64) * gain <= FOLD_LIMIT)):
         return
     form = Form(*(None if x is None else x.detach().cpu().double().numpy() for x in (diag, left, right)))
-    rows = np.abs(users.detach().cpu().double().numpy().reshape(-1, users.shape[-1]))
-    rows = rows[np.all(np.isfinite(rows), axis=1)]
-    if rows.size:
-        bound = max(float((rows @ magnitude).max()) for magnitude in _fold_gain(form, always=True)[1])
-        if bound > _FOLD_LIMIT:
-            raise ValueError(f"users: folding through the metric's factors can leave the float32 range "
-                             f"(|u|^T |S| reaches {bound:.3g} > {_FOLD_LIMIT:.3g}); rescale the users or the metric")
+    refuse_fold_beyond_range(users.detach().cpu().double().numpy().reshape(-1, users.shape[-1]),
+                             fold_gain(form, always=True)[1], "the metric's factors")
 
 
 # ---- the kernels: simd on CPU float32, the torch backend's arithmetic elsewhere ----------------------
@@ -177,9 +176,8 @@ def _for_simd(users, diag, left, right, bias) -> _Scoring:
 
 def _storage(users, data, scales) -> Storage:
     """A packed tensor as the Storage the simd backend reads (numpy views, no copy)."""
-    if data.dtype == torch.bfloat16:
-        return Storage("bfloat16", users.shape[-1], data.detach().view(torch.uint16).numpy(), None)
-    return Storage(STORED[data.dtype], users.shape[-1], _numpy(data), _numpy(scales))
+    name = STORED[data.dtype]
+    return Storage(name, users.shape[-1], data.detach().view(_HELD_AS[name]).numpy(), _numpy(scales))
 
 
 def _widened(data, scales, dim: int, allowed, begin: int, end: int):
@@ -200,19 +198,25 @@ def _one_or_many(users, result):
     return tuple(x[0] for x in result) if users.ndim == 1 else result
 
 
+def _simd_request(users, store, diag, left, right, bias, allowed=None, k=0, threads=None) -> Request:
+    """The simd backend's request for an op's operands: NumPy views, kernel rows where a copy is needed."""
+    return Request(kernel_rows(_numpy(users)), store if isinstance(store, Storage) else kernel_rows(_numpy(store)),
+                   _for_simd(users, diag, left, right, bias), _numpy(allowed), k, "logit", threads)
+
+
 SIMD = {
     "score": lambda users, ads, diag, left, right, bias, threads=None: _tensors(_SIMD.score(
-        _numpy(users), _numpy(ads), _for_simd(users, diag, left, right, bias), ids=None, threads=threads, out=None)),
+        _simd_request(users, ads, diag, left, right, bias, threads=threads), None)),
     "score_pairs": lambda users, ads, diag, left, right, bias, threads=None: _tensors(_SIMD.score_pairs(
-        _numpy(users), _numpy(ads), _for_simd(users, diag, left, right, bias), threads=threads, out=None)),
+        _simd_request(users, ads, diag, left, right, bias, threads=threads), None)),
     "topk": lambda users, ads, diag, left, right, bias, k, threads=None: _tensors(_SIMD.topk(
-        _numpy(users), _numpy(ads), k, _for_simd(users, diag, left, right, bias), ids=None, threads=threads)),
+        _simd_request(users, ads, diag, left, right, bias, k=k, threads=threads))),
     "candidates_score": lambda users, data, scales, allowed, diag, left, right, bias, threads=None: _tensors(
-        _SIMD.score(_numpy(users), _storage(users, data, scales), _for_simd(users, diag, left, right, bias),
-                    ids=_numpy(allowed), threads=threads, out=None)),
+        _SIMD.score(_simd_request(users, _storage(users, data, scales), diag, left, right, bias, allowed,
+                                  threads=threads), None)),
     "candidates_topk": lambda users, data, scales, allowed, diag, left, right, bias, k, threads=None: _tensors(
-        _SIMD.topk(_numpy(users), _storage(users, data, scales), k, _for_simd(users, diag, left, right, bias),
-                   ids=_numpy(allowed), threads=threads)),
+        _SIMD.topk(_simd_request(users, _storage(users, data, scales), diag, left, right, bias, allowed, k,
+                                 threads))),
 }
 
 
@@ -256,8 +260,8 @@ def _count(data, allowed) -> int:
 def _score(users, ads, diag, left, right, bias, threads=None):
     _check(users, ads, diag, left, right)
     check_fold_range(users, diag, left, right)
-    if 0 in _score_shape(users, ads.shape[0]):
-        return users.new_empty(_score_shape(users, ads.shape[0]))
+    if 0 in _scoreshape(users, ads.shape[0]):
+        return users.new_empty(_scoreshape(users, ads.shape[0]))
     return (SIMD if _simd_runs(users, ads) else TORCH)["score"](users, ads, diag, left, right, bias, threads)
 
 
@@ -271,27 +275,28 @@ def _score_pairs(users, ads, diag, left, right, bias, threads=None):
 
 def _topk_one(users, ads, diag, left, right, bias, k, threads):
     """The topk kernel for one CPU float32 user whose operands NumPy can view (W6 through the
-    op): the binding directly, as sk.topk's fast path calls it. None where the call is not one
-    of these (or the binding refuses a layout): then the general kernel runs and reports."""
+    op): the simd backend with the arrays as they are, as the route's fast path takes them (the
+    binding checks their layout). None where the call is not one of these (or the binding
+    refuses a layout): then the general kernel runs and reports."""
     if _dispatch.FAST is None or users.ndim != 1 or k < 1:
         return None
-    try:  # numpy() refuses tensors off the CPU and tensors that ask for a gradient
+    try:  # numpy() refuses tensors off the CPU and tensors that ask for a gradient (written out: W6)
         user, rows = users.numpy(), ads.numpy()
-        form = tuple(None if x is None else x.numpy() for x in (diag, left, right))
+        d, l, r = (None if diag is None else diag.numpy(), None if left is None else left.numpy(),
+                   None if right is None else right.numpy())
     except (RuntimeError, TypeError):
         return None
     if user.dtype is not _F32_NUMPY or rows.dtype is not _F32_NUMPY or rows.ndim != 2 or not rows.shape[0] \
-            or user.shape[0] != rows.shape[1] or any(x is not None and x.dtype is not _F32_NUMPY for x in form):
+            or user.shape[0] != rows.shape[1] or (d is not None and d.dtype is not _F32_NUMPY) \
+            or (l is not None and l.dtype is not _F32_NUMPY) or (r is not None and r.dtype is not _F32_NUMPY):
         return None
-    if diag is None and left is None:  # S = I: the kernels take it as dot's ones
-        form = dot_metric(user.shape[0]).form
+    # S = I (diag and left None): the kernels take it as dot's ones
+    form = dot_metric(user.shape[0]).form if diag is None and left is None else (d, l, r)
     if left is not None:
         check_fold_range(users, diag, left, right)
-    k = min(k, rows.shape[0])
-    scores, ids = np.empty(k, _F32_NUMPY), np.empty(k, np.int64)
-    try:
-        simd_module._core.topk(user, rows, "float32", None, None, *form, bias, k, scores, ids,
-                               SimdBackend._threads(threads))
+    try:  # the request and the metric made without NamedTuple's Python-level __new__ (W6)
+        scores, ids = _SIMD.topk(_tuple(Request, (user, rows, _tuple(_Scoring, (form, bias)), None,
+                                                  min(k, rows.shape[0]), "logit", threads)))
     except ValueError:
         return None
     return torch.from_numpy(scores), torch.from_numpy(ids)
@@ -299,20 +304,18 @@ def _topk_one(users, ads, diag, left, right, bias, k, threads):
 
 def _by_probability(users, k: int, count: int, allowed, top, score_all):
     """The best k of each user by the reported probability, as sk.topk(sigmoid=True) ranks
-    (_api.rank_exactly): top(users (M, n), c) gives the best c by score, score_all(user) one
+    (_order.rank_exactly): top(users (M, n), c) gives the best c by score, score_all(user) one
     user's scores over the `count` eligible candidates (the ids `allowed`, or all)."""
-    from ._api import rank_exactly
-
     many = users.reshape(-1, users.shape[-1])
 
     def raw_topk(how_many):
         return tuple(x.cpu().numpy() for x in top(many, how_many))
 
-    def everything(u):
+    def every_probability(u):
         ids = np.arange(count) if allowed is None else allowed.cpu().numpy()
         return probability(score_all(many[u]).float().cpu().numpy()), ids
 
-    scores, ids = rank_exactly(count, k, raw_topk, everything, probability)
+    scores, ids = rank_exactly(count, k, raw_topk, every_probability, lambda scores, _: probability(scores))
     return _one_or_many(users, (torch.from_numpy(scores).to(users.device), torch.from_numpy(ids).to(users.device)))
 
 
@@ -323,8 +326,8 @@ def _topk(users, ads, diag, left, right, bias, k, threads=None, sigmoid=False):
             return plain
     _check(users, ads, diag, left, right)
     check_fold_range(users, diag, left, right)
-    k = _kept(k, ads.shape[0])
-    if 0 in _score_shape(users, k):
+    k = _capped_k(k, ads.shape[0])
+    if 0 in _scoreshape(users, k):
         return _empty_topk(users, k)
     if sigmoid:
         return _by_probability(users, k, ads.shape[0], None,
@@ -336,8 +339,8 @@ def _topk(users, ads, diag, left, right, bias, k, threads=None, sigmoid=False):
 def _candidates_score(users, data, scales, allowed, diag, left, right, bias, threads=None):
     _check_packed(users, data, scales, allowed, diag, left, right)
     check_fold_range(users, diag, left, right)
-    if 0 in _score_shape(users, _count(data, allowed)):
-        return users.new_empty(_score_shape(users, _count(data, allowed)))
+    if 0 in _scoreshape(users, _count(data, allowed)):
+        return users.new_empty(_scoreshape(users, _count(data, allowed)))
     return (SIMD if _simd_runs(users) else TORCH)["candidates_score"](users, data, scales, allowed, diag, left, right,
                                                                      bias, threads)
 
@@ -345,8 +348,8 @@ def _candidates_score(users, data, scales, allowed, diag, left, right, bias, thr
 def _candidates_topk(users, data, scales, allowed, diag, left, right, bias, k, threads=None, sigmoid=False):
     _check_packed(users, data, scales, allowed, diag, left, right)
     check_fold_range(users, diag, left, right)
-    k = _kept(k, _count(data, allowed))
-    if 0 in _score_shape(users, k):
+    k = _capped_k(k, _count(data, allowed))
+    if 0 in _scoreshape(users, k):
         return _empty_topk(users, k)
     if sigmoid:
         return _by_probability(
@@ -358,18 +361,18 @@ def _candidates_topk(users, data, scales, allowed, diag, left, right, bias, k, t
 
 
 # ---- the fake (meta) implementations: shapes and dtypes --------------------------------------------
-def _score_shape(users, count) -> tuple:
+def _scoreshape(users, count) -> tuple:
     return (count,) if users.ndim == 1 else (users.shape[0], count)
 
 
 def _empty_topk(users, k):
-    shape = _score_shape(users, k)
+    shape = _scoreshape(users, k)
     return users.new_empty(shape, dtype=torch.float32), users.new_empty(shape, dtype=torch.int64)
 
 
 def _score_fake(users, ads, diag, left, right, bias, threads=None):
     _check(users, ads, diag, left, right)
-    return users.new_empty(_score_shape(users, ads.shape[0]))
+    return users.new_empty(_scoreshape(users, ads.shape[0]))
 
 
 def _score_pairs_fake(users, ads, diag, left, right, bias, threads=None):
@@ -379,17 +382,17 @@ def _score_pairs_fake(users, ads, diag, left, right, bias, threads=None):
 
 def _topk_fake(users, ads, diag, left, right, bias, k, threads=None, sigmoid=False):
     _check(users, ads, diag, left, right)
-    return _empty_topk(users, _kept(k, ads.shape[0]))
+    return _empty_topk(users, _capped_k(k, ads.shape[0]))
 
 
 def _candidates_score_fake(users, data, scales, allowed, diag, left, right, bias, threads=None):
     _check_packed(users, data, scales, allowed, diag, left, right)
-    return users.new_empty(_score_shape(users, _count(data, allowed)))
+    return users.new_empty(_scoreshape(users, _count(data, allowed)))
 
 
 def _candidates_topk_fake(users, data, scales, allowed, diag, left, right, bias, k, threads=None, sigmoid=False):
     _check_packed(users, data, scales, allowed, diag, left, right)
-    return _empty_topk(users, _kept(k, _count(data, allowed)))
+    return _empty_topk(users, _capped_k(k, _count(data, allowed)))
 
 
 # ---- autograd ------------------------------------------------------------------------------------
@@ -473,7 +476,12 @@ class _Refused(torch.autograd.Function):
                                     for shape, dtype in ctx.inputs)
 
 
-_TENSOR_ARGS = {"topk": 5, "candidates_topk": 7, "candidates_score": 7}  # the leading (optional) tensors
+def _leading_tensors(schema: str) -> int:
+    """How many of an op's arguments, from the first, are (optional) tensors, by its schema."""
+    arguments = [argument.strip() for argument in schema[1:schema.index(")")].split(",")]
+    return next(i for i, argument in enumerate(arguments) if not argument.startswith("Tensor"))
+
+
 
 
 def _not_differentiable(name: str):
@@ -482,7 +490,7 @@ def _not_differentiable(name: str):
     itself for plain CPU tensors with no gradient asked and nothing looking on, goes below
     autograd to the registered kernels otherwise, and where inputs ask for gradients gives
     scores whose backward raises."""
-    kernel, count = KERNELS[name][0], _TENSOR_ARGS[name]
+    kernel, count = KERNELS[name][0], _leading_tensors(SCHEMAS[name])
 
     def autograd(*args):
         plain, wanting = True, []
@@ -522,69 +530,7 @@ for _name in ("topk", "candidates_topk", "candidates_score"):
 
 
 # ---- the route of sk.score / sk.topk / Candidates for tensors -------------------------------------
-_F32 = torch.float32
 _F32_NUMPY = np.dtype(np.float32)
-
-
-def topk_plain(users, ads, k: int, metric):
-    """sk.topk's fast path for one user in eager torch (W6): plain CPU float32 tensors that ask no
-    gradient, under backend="auto" with the simd kernels, 0 < k <= N; what the topk op's kernel
-    computes, without the dispatcher's round trip. None when the call is not one of these (or the
-    binding refuses a layout): then the general route runs and reports. Each tensor attribute
-    read costs ~0.15 us here, so NumPy's views are made first (numpy() itself refuses tensors
-    off the CPU and tensors that ask for a gradient) and the checks read them."""
-    fast = _dispatch.FAST
-    if type(users) is not _TENSOR or type(ads) is not _TENSOR or fast is None or watched():
-        return None
-    try:
-        user, rows = users.numpy(), ads.numpy()
-    except (RuntimeError, TypeError):
-        return None
-    if (user.dtype is not _F32_NUMPY or rows.dtype is not _F32_NUMPY or user.ndim != 1 or rows.ndim != 2
-            or user.shape[0] != rows.shape[1] or not 0 < k <= rows.shape[0]):
-        return None
-    if metric is None:
-        metric = dot_metric(user.shape[0])
-    elif type(metric) is not Metric or metric.dim != user.shape[0]:
-        return None
-    metric.check_fold_range(user)
-    scores, ids = np.empty(k, _F32_NUMPY), np.empty(k, np.int64)
-    try:
-        fast.topk_plain(user, rows, k, metric, scores, ids)
-    except ValueError:
-        return None  # a layout the general route handles (or reports)
-    return torch.from_numpy(scores), torch.from_numpy(ids)
-
-
-_is_compiling = torch.compiler.is_compiling
-_tracing_state = torch._C._get_tracing_state
-_function_mode = torch._C._is_torch_function_mode_enabled
-_dispatch_modes = torch._C._len_torch_dispatch_stack
-
-
-def watched() -> bool:
-    """Whether a compiler, the JIT tracer or a torch function / dispatch mode looks on (then a
-    kernel may not read tensors directly). dynamo reads the first call as True and stops there."""
-    return _is_compiling() or _tracing_state() is not None or _function_mode() or _dispatch_modes() != 0
-
-
-def holds_values(*tensors) -> bool:
-    """Whether the tensors hold their values here and now: plain tensors off the meta device,
-    with no compiler, tracer or mode looking on (then a kernel may read them directly)."""
-    for x in tensors:
-        if type(x) is not _TENSOR or x.is_meta:
-            return False
-    return not watched()
-
-
-def _call(name: str, *args):
-    """ops.<name>(*args); on plain CPU tensors that no gradient is asked of, the op's kernel
-    directly: the dispatcher's Python round trip costs more than W6's arithmetic."""
-    tensors = [x for x in args if isinstance(x, _TENSOR)]
-    if holds_values(*tensors) and all(x.device.type == "cpu" for x in tensors) and not (
-            torch.is_grad_enabled() and any(x.requires_grad for x in tensors)):
-        return KERNELS[name][0](*args)
-    return getattr(ops, name).default(*args)
 
 
 def _as_tensor(x, device):
@@ -597,9 +543,7 @@ def _as_tensor(x, device):
 
 def _packed_tensors(store, device):
     """(data, scales) of a Storage as tensors on device, viewed without copying on the CPU."""
-    data = torch.from_dlpack(store.data)
-    if store.dtype == "bfloat16":
-        data = data.view(torch.bfloat16)
+    data = torch.from_dlpack(store.data).view(_PACKED_AS[store.dtype])  # bfloat16 rows: from their bits
     scales = None if store.scales is None else torch.from_dlpack(store.scales).to(device)
     return data.to(device), scales
 
@@ -607,13 +551,6 @@ def _packed_tensors(store, device):
 # A set's rows are constants of a compiled graph, as a metric's form is (_constant_form below):
 # dynamo runs this once while tracing (it cannot trace from_dlpack).
 _packed_tensors._dynamo_marked_constant = True  # type: ignore[attr-defined]
-
-
-def _probability(scores):
-    """sigmoid as every call reports it: in float64, rounded to float32 (in place on values here)."""
-    if holds_values(scores) and not scores.requires_grad:
-        return _sigmoid_(scores)
-    return torch.sigmoid(scores.double()).float()
 
 
 def _cached_form(metric: Metric, like) -> Form:
@@ -646,49 +583,42 @@ def _form_of(metric: Metric, users) -> Form:
     return Form(*(None if x is None else torch.tensor(x, device=users.device, dtype=users.dtype) for x in metric.form))
 
 
-def device_of(users, store):
-    return next(x.device for x in (users, store) if torch.is_tensor(x))
-
-
-def score_store(users, store, metric: Metric, *, ids, sigmoid: bool, threads, out, pairwise: bool):
-    """_api.score_store for tensors under backend='auto': one op call."""
+def score(request: Request, out, pairwise: bool):
+    """The route's score for tensors under backend='auto' (_route.score): one op call."""
+    users, store, metric = request.users, request.store, request.metric
     device = device_of(users, store)
     users = _as_tensor(users, device)
     form = _form_of(metric, users)
     if not is_plain(store):
         data, scales = _packed_tensors(store, device)
-        allowed = None if ids is None else torch.from_numpy(ids).to(device)
-        result = _call("candidates_score", users, data, scales, allowed, *form, metric.bias, threads)
+        allowed = None if request.ids is None else torch.from_numpy(request.ids).to(device)
+        result = ops.candidates_score.default(users, data, scales, allowed, *form, metric.bias, request.threads)
     else:
-        result = _call("score_pairs" if pairwise else "score", users, _as_tensor(store, device), *form, metric.bias,
-                       threads)
-    if sigmoid:
-        result = _probability(result)
+        op = ops.score_pairs if pairwise else ops.score
+        result = op.default(users, _as_tensor(store, device), *form, metric.bias, request.threads)
+    if request.output == "probability":
+        result = probability(result, in_place=True)
     if out is None:
         return result
     return out.copy_(result)
 
 
-def topk_store(users, store, k: int, metric: Metric, *, ids, sigmoid: bool, threads):
-    """_api.topk_store for tensors under backend='auto': one op call."""
+def topk(request: Request):
+    """The route's topk for tensors under backend='auto' (_route.topk): one op call."""
+    users, store, metric, k = request.users, request.store, request.metric, request.k
     device = device_of(users, store)
     users = _as_tensor(users, device)
     form = _form_of(metric, users)
+    sigmoid = request.output == "probability"
     if not is_plain(store):
         data, scales = _packed_tensors(store, device)
-        allowed = None if ids is None else torch.from_numpy(ids).to(device)
-        return _call("candidates_topk", users, data, scales, allowed, *form, metric.bias, k, threads, sigmoid)
-    return _call("topk", users, _as_tensor(store, device), *form, metric.bias, k, threads, sigmoid)
+        allowed = None if request.ids is None else torch.from_numpy(request.ids).to(device)
+        return ops.candidates_topk.default(users, data, scales, allowed, *form, metric.bias, k, request.threads,
+                                           sigmoid)
+    return ops.topk.default(users, _as_tensor(store, device), *form, metric.bias, k, request.threads, sigmoid)
 
 
 # ---- objectives with tensors that ask for gradients -----------------------------------------------
-def wanting_gradients(*tensors) -> list:
-    """The tensors among the arguments that ask for a gradient, where autograd records (else none)."""
-    if not torch.is_grad_enabled():
-        return []
-    return [x for x in tensors if isinstance(x, _TENSOR) and x.requires_grad]
-
-
 def refused(name: str, scores, wanting: list):
     """A selection's scores, whose backward to the tensors `wanting` a gradient says why there is none."""
     return _Refused.apply(name, scores, *wanting)
@@ -699,25 +629,23 @@ def score_by_objective(cands, users, ads, bids, metric, *, output, sigmoid: bool
     logits from the score op, which has gradients, and the quantity from them with torch ops, so
     that the gradient reaches the users, the ads and the bids. cands is the set of the ads, with
     their objectives and bids checked (cands.score answers the same without gradients)."""
-    from ._api import _check_out
-
     users, metric, threads, output = cands._operands(users, metric, threads, output, sigmoid)
     device = users.device
     users, ads = _as_tensor(users, device), _as_tensor(ads, device)
-    shape = _score_shape(users, ads.shape[0])
-    out = _check_out(out, shape, True, device)
+    shape = _scoreshape(users, ads.shape[0])
+    out = check_out(out, shape, True, device)
     objectives = np.zeros(len(cands), np.int64) if cands.objectives is None else cands.objectives
     groups = [(int(t), np.flatnonzero(objectives == t)) for t in np.unique(objectives)]
     result = users.new_zeros(shape)  # no candidates
     if groups:
-        logits = torch.cat([score_store(users, ads[torch.from_numpy(rows).to(device)],
-                                        metric[t] if isinstance(metric, ObjectiveMetrics) else metric, ids=None,
-                                        sigmoid=False, threads=threads, out=None, pairwise=False)
+        logits = torch.cat([score(Request(users, ads[torch.from_numpy(rows).to(device)],
+                                          metric[t] if isinstance(metric, ObjectiveMetrics) else metric,
+                                          threads=threads), None, False)
                             for t, rows in groups], -1)
         order = np.concatenate([rows for _, rows in groups])
         result = logits.index_select(-1, torch.from_numpy(np.argsort(order)).to(device))  # in the ads' order
     if output != "logit":
-        result = _probability(result)
+        result = probability(result, in_place=True)
     if output == "value" and bids is not None:
         weights = bids if isinstance(bids, _TENSOR) else torch.from_numpy(cands.bids)  # checked by the set
         result = result * weights.to(device=device, dtype=torch.float32)

@@ -1,13 +1,17 @@
 """The command line: `splitnet-kernels info`, `bench`, `experiment` and `offline`."""
 
-# Every command's parser is declared here and its module is imported only when that command
-# runs, so `info` loads neither the benchmarks nor the experiment (nor torch through it).
+# Every command lives here: its parser and what it does with the arguments. The modules doing the
+# work (benchmark/, experiment/, _offline.py, distributed.py) are imported only when their command
+# runs, so `info` loads neither the benchmarks nor the experiment (nor torch through it), and none
+# of them imports this module.
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from ._metric import KINDS
 
 
 def _info(args) -> int:
@@ -30,7 +34,7 @@ def _info(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import driver
+    from .benchmark import driver
 
     workloads = [w.strip() for chunk in args.workload for w in chunk.split(",") if w.strip()] or driver.WORKLOADS
     driver.run(workloads, quick=args.quick, json_path=args.json, plot_path=args.plot,
@@ -65,14 +69,46 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _offline(args) -> int:
+def _offline_command(args) -> int:
     try:
-        from . import _offline
-
-        return _offline.command(args)
+        return _run_offline(args)
     except (ImportError, ValueError, TypeError, OSError) as error:  # bad input or a missing extra: one line
         print(f"splitnet-kernels offline: error: {error}", file=sys.stderr)
         return 2
+
+
+def _run_offline(args) -> int:
+    """Builds the job from the arguments (_add_offline_parser declares them), every check before
+    any row is read, then runs it on the chosen engine: the local one (_offline.run_local) or Ray
+    (distributed.run_ray)."""
+    from . import _offline as engine  # pyarrow's absence is an ImportError naming the extra
+
+    if args.engine == "local" and (args.address or args.concurrency):
+        raise ValueError("--address and --concurrency are for --engine ray")
+    metric = engine.load_metric(args.metric) if args.metric else None
+    threads = args.threads if args.threads or args.engine == "local" else 1  # on Ray: one thread per actor
+    batch_rows = args.batch_rows or engine.BATCH_ROWS
+    job: engine.TopkBatch | engine.ScoreBatch
+    if args.pairs:
+        if args.candidates or args.k is not None or args.offsets:
+            raise ValueError("--pairs scores the pairs as given: --candidates, --k and --offsets are for top-k")
+        job = engine.ScoreBatch(metric, user_column=args.user_column or "user", ad_column=args.ad_column,
+                                objective_column=args.objective_column, bid_column=args.bid_column,
+                                output=args.output, threads=threads, keep_embeddings=False)
+    else:
+        if not args.candidates or args.k is None:
+            raise ValueError("--candidates and --k are needed (or --pairs to score pairs)")
+        job = engine.TopkBatch(args.candidates, args.k, metric, user_column=args.user_column or "embedding",
+                               output=args.output, offsets=args.offsets, threads=threads, keep_embeddings=False)
+    if args.engine == "ray":
+        from .distributed import run_ray
+
+        rows = run_ray(job, args.users, args.out, address=args.address, batch_size=batch_rows,
+                       concurrency=args.concurrency)
+    else:
+        rows = engine.run_local(job, args.users, args.out, batch_rows=batch_rows, show_progress=not args.no_progress)
+    print(f"{rows:,} rows -> {args.out}")
+    return 0
 
 
 def _add_offline_parser(commands):
@@ -98,7 +134,7 @@ def _add_offline_parser(commands):
     parser.add_argument("--threads", type=_positive, help="threads per process (default: all locally, 1 per actor)")
     parser.add_argument("--batch-rows", type=_positive, help="rows per batch (default 4096)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=_offline)
+    parser.set_defaults(run=_offline_command)
     return parser
 
 
@@ -115,10 +151,9 @@ truth is known, then report quality per objective, the light ranker's value capt
 mixed pool, and that value under a per-request serving budget measured through the kernels.
 docs/reproduction.md describes the setting and the protocol.
 """
-# The names of splitnet_kernels.experiment.VARIANTS, written out so that building the parser
-# imports no experiment; tests/test_cli.py checks that the two agree.
-EXPERIMENT_VARIANTS = tuple(f"{kind}:{norm}" for norm in ("unit", "free", "cosine")
-                            for kind in ("dot", "scaled", "diagonal", "low_rank", "full")) + (
+# The names of splitnet_kernels.experiment.VARIANTS, the norms written out so that building the
+# parser imports no experiment; tests/test_cli.py checks that the two agree.
+EXPERIMENT_VARIANTS = tuple(f"{kind}:{norm}" for norm in ("unit", "free", "cosine") for kind in KINDS) + (
     "scaled:unit:shared", "diagonal:unit:shared")
 
 

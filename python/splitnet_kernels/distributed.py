@@ -5,14 +5,15 @@ functions (TopkBatch, ScoreBatch) on a pool of actors, each mapping the candidat
     out = skd.topk_dataset(users_ds, "ads.skc", k=100, metric=m, user_column="embedding")
 
 Ray is imported when a dataset is built, so TopkBatch and ScoreBatch serve Spark and Dask without it.
+The Ray engine of `splitnet-kernels offline` (run_ray) is here too; the command is cli.py's.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 
-from ._offline import BATCH_ROWS, Output, ScoreBatch, TopkBatch, check_out, check_reachable, parquet_options, \
-    users_dataset
+from ._offline import BATCH_ROWS, Output, ScoreBatch, TopkBatch, check_out, parquet_options, users_dataset
 
 import pyarrow as pa  # after _offline, whose error without pyarrow names the extra to install
 
@@ -82,6 +83,21 @@ def score_dataset(pairs_ds, metric=None, *, user_column="user", ad_column="ad", 
     job = ScoreBatch(metric, user_column=user_column, ad_column=ad_column, objective_column=objective_column,
                      bid_column=bid_column, output=output, threads=threads)
     return map_job(pairs_ds, job, batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus)
+
+
+def check_reachable(address, timeout: float = 5.0) -> None:
+    """Refuses, within `timeout` seconds, a host:port (or ray://host:port) that takes no
+    connection; "auto" and "local" are Ray's own words and are left to it."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = str(address).removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address: expected host:port or ray://host:port, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(f"address: cannot reach a Ray cluster at {address!r} within {timeout:g} s "
+                              f"({error})") from None
 
 
 def connect(address=None) -> bool:

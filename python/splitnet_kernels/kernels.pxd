@@ -17,11 +17,11 @@ from libc.stdint cimport int64_t
 cdef extern from "splitnet_kernels/ops.h" namespace "splitnet" nogil:
     ctypedef int64_t index_t
 
-    enum class Isa(int):  # the names come from isa_name (common.h's one list)
+    enum class Isa(int):  # the names come from isa_name (dispatch.h's one list, kIsaLevels)
         scalar
         avx2
         avx512
-        avx512bf16
+        avx512vnni
         neon
 
     cppclass KernelTable:  # function pointers filled per ISA; pass it whole to the operations

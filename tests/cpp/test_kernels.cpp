@@ -1,7 +1,7 @@
 // The specification as a test: every KernelTable entry of every ISA this machine runs, checked
 // against scalar.h (the reference) and a float64 oracle at sizes that are not lane multiples.
 // The scans' float32 scores (rows of every storage type, one at a time or in blocks, and the
-// cross tile) have the reference's bits: the one summation order (common.h). Pairwise sums may
+// cross tile) have the reference's bits: the one summation order (order.h). Pairwise sums may
 // differ from it by their order (a bound from the terms' magnitudes); int8, widening, the gates
 // and bits, max_lanes and sum_u64 have the reference's bits too. Plus the folding contract: one user folds with the bits of
 // a batch, and one user's scores have the same bits in score and topk. And the value gate
@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <string>
 #include <vector>
@@ -91,7 +92,7 @@ void check_streaming(const KernelTable& t, Random& random) {
         ok = ok && near(out[i], exact, magnitude, dim);
       }
       expect(ok, "score_rows_f32 within rounding of the float64 oracle");
-      // the one summation order (common.h): the reference's bits, row by row or all at once
+      // the one summation order (order.h): the reference's bits, row by row or all at once
       std::vector<float> want(static_cast<size_t>(n_rows));
       kScalarTable.score_rows_f32(query.data(), rows.data(), n_rows, dim, stride, bias, want.data());
       ok = true;
@@ -532,25 +533,51 @@ void check_tile_gate(Random& random) {
          "the gate's edges: an unbounded tile lets every score pass, no floor yet none is stopped");
 }
 
+// The one list of levels (dispatch.h): names both ways, the old name, detection, a value that
+// names no level.
+void check_levels() {
+  context = "levels";
+  for (const IsaLevel& level : kIsaLevels) {
+    Isa found = Isa::scalar;
+    expect(isa_from_name(level.name, std::strlen(level.name), &found) && found == level.isa, "a level's name finds it");
+    expect(std::strcmp(isa_name(level.isa), level.name) == 0, "isa_name is the row's name");
+    expect(isa_supported(level.isa) == level.supported(), "isa_supported is the row's");
+    expect(!level.supported() || (level.table && &kernel_table(level.isa) == level.table),
+           "a supported level has its table");
+  }
+  Isa found = Isa::scalar;
+  expect(isa_from_name("avx512bf16", 10, &found) && found == Isa::avx512vnni, "the old name avx512bf16 is avx512vnni");
+  expect(std::strcmp(isa_name(Isa::avx512vnni), "avx512vnni") == 0, "the level reports its new name");
+  expect(!isa_from_name("avx512", 5, &found) && !isa_from_name("sse", 3, &found), "no other name is a level");
+  const Isa detected = detect_isa();
+  expect(isa_supported(detected), "the detected level is supported");
+  for (const IsaLevel& level : kIsaLevels)
+    if (static_cast<int>(level.isa) > static_cast<int>(detected)) expect(!level.supported(), "no better level is supported");
+  const Isa none = static_cast<Isa>(std::size(kIsaLevels));
+  expect(std::strcmp(isa_name(none), "unknown") == 0 && !isa_supported(none) && &kernel_table(none) == &kScalarTable,
+         "a value past the levels names none");
+}
+
 }  // namespace
 
 int main() {
+  check_levels();
   int isas = 0;
-  for (const IsaName& entry : kIsaNames) {
-    if (!isa_supported(entry.isa)) continue;
-    const KernelTable& t = kernel_table(entry.isa);
-    context = entry.name;
-    expect(t.isa == entry.isa, "the table is the ISA's");
+  for (const IsaLevel& level : kIsaLevels) {
+    if (!level.supported()) continue;
+    const KernelTable& t = *level.table;
+    context = level.name;
+    expect(t.isa == level.isa, "the table is the ISA's");
     expect(table_complete(t), "every entry is filled");
-    expect((t.score_tile_i8 != nullptr) == (entry.isa != Isa::scalar && entry.isa != Isa::neon),
+    expect((t.score_tile_i8 != nullptr) == (level.isa != Isa::scalar && level.isa != Isa::neon),
            "score_tile_i8 on every x86 SIMD table");
-    Random random{static_cast<std::uint64_t>(entry.isa) + 11};
+    Random random{static_cast<std::uint64_t>(level.isa) + 11};
     check_streaming(t, random);
     check_tiles(t, random);
     check_gates_and_widening(t, random);
     check_folding(t, random);
     check_exact_bound(t, random);
-    std::printf("%s: checked\n", entry.name);
+    std::printf("%s: checked\n", level.name);
     ++isas;
   }
   Random random{5};

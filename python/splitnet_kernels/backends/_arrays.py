@@ -6,42 +6,49 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._metric import host as _host
+from .._conversions import host
 from .._order import merge_numpy
 from .._storage import blocks, is_plain
 
 
 class ArrayBackend:
-    """score / topk / score_pairs over candidate stores; subclasses give score_rows(users,
-    ads, metric, *, pairwise, threads, out) and topk_rows(users, ads, k, metric, *, threads)
-    on whole arrays of their native type, and as_rows(rows, like) to bring a block to it."""
+    """score / topk / score_pairs over candidate stores (see backends/__init__.py); subclasses
+    give score_rows(users, ads, metric, *, pairwise, threads, out) and topk_rows(users, ads, k,
+    metric, *, threads) on whole arrays of their native type, and as_rows(rows, like) to bring a
+    block to it. The by-value scan runs in the route (_objectives.scan_by_value)."""
+
+    topk_value = None
 
     def as_rows(self, rows, like):
         return rows
 
-    def score(self, users, store, metric, *, ids, threads, out):
+    def score(self, request, out):
+        users, store, metric, ids, threads = request.users, request.store, request.metric, request.ids, request.threads
         if is_plain(store) and ids is None:
             return self.score_rows(users, store, metric, pairwise=False, threads=threads, out=out)
         parts = [self.score_rows(users, self.as_rows(rows, users), metric, pairwise=False, threads=threads, out=None)
                  for _, rows in blocks(store, ids)]
-        result = self.concatenate(parts)  # score_store never asks for no candidates
+        result = self.concatenate(parts)  # the route never asks for no candidates
         if out is None:
             return result
         out[...] = result
         return out
 
-    def topk(self, users, store, k, metric, *, ids, threads):
+    def topk(self, request):
+        users, store, metric, ids, k, threads = (request.users, request.store, request.metric, request.ids, request.k,
+                                                 request.threads)
         if is_plain(store) and ids is None:
             return self.topk_rows(users, store, k, metric, threads=threads)
         scores, found = [], []
         for block_ids, rows in blocks(store, ids):
             s, local = self.topk_rows(users, self.as_rows(rows, users), min(k, len(block_ids)), metric, threads=threads)
-            scores.append(_host(s))
-            found.append(block_ids[_host(local)])
+            scores.append(host(s))
+            found.append(block_ids[host(local)])
         return merge_numpy(np.concatenate(scores, -1), np.concatenate(found, -1), k)
 
-    def score_pairs(self, users, ads, metric, *, threads, out):
-        return self.score_rows(users, ads, metric, pairwise=True, threads=threads, out=out)
+    def score_pairs(self, request, out):
+        return self.score_rows(request.users, request.store, request.metric, pairwise=True, threads=request.threads,
+                               out=out)
 
     @staticmethod
     def concatenate(parts):

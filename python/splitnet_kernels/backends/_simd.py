@@ -1,13 +1,14 @@
 """The compiled backend: the C++ kernels (kernels/) through splitnet_kernels._core, the only
-module that imports it. Each call checks in Python what the binding cannot, then makes one
-binding call, which folds the users through the metric's form and scores in one pass."""
+module that imports it, and the only place that builds the binding's arguments. Each request is
+one binding call, which folds the users through the metric's form and scores in one pass."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .. import _threads as threads_
-from .._storage import BOUND_BLOCK, ExactStorage, is_plain
+from .._conversions import kernel_rows
+from .._storage import BOUND_BLOCK, ExactStorage
 
 try:
     from .. import _core
@@ -39,6 +40,11 @@ def supported_isas() -> list:
     return list(_core.supported_isas())
 
 
+def known_isas() -> list:
+    """Every level the kernels know (the C++ list of levels), whether this CPU runs it or not."""
+    return [name for name, _ in _core.isas()]
+
+
 def read_bytes(buffer, threads: int) -> int:
     """Reads a C-contiguous, 8-byte aligned buffer once across threads: the read-bandwidth floor."""
     return _core.read_bytes(buffer, threads)
@@ -60,14 +66,6 @@ def fold(users: np.ndarray, metric) -> np.ndarray:
     return out
 
 
-def kernel_rows(x) -> np.ndarray:
-    """x as float32 whose rows are contiguous and float-aligned; copies only when it must."""
-    x = np.asarray(x, dtype=np.float32)
-    if x.shape[-1] > 1 and x.strides[-1] != 4 or x.ctypes.data % 4 or (x.ndim == 2 and x.strides[0] % 4):
-        x = np.array(x, order="C")  # a fresh, aligned copy (ascontiguousarray keeps misalignment)
-    return x
-
-
 def _target(out, shape):
     """Where the kernel writes: `out` itself when it is C-contiguous float32, else a new array."""
     if out is not None and out.flags.c_contiguous:
@@ -75,16 +73,27 @@ def _target(out, shape):
     return np.empty(shape, np.float32)
 
 
-def _storage(store):
-    """(data, dtype name, scales) of a candidate store for the binding."""
-    if is_plain(store):
-        return kernel_rows(store), "float32", None
+# bound once: W6 (a few microseconds a call) counts every lookup
+_ndarray, _empty, _float32, _int64 = np.ndarray, np.empty, np.float32, np.int64
+_default_threads = threads_.default
+
+
+def _rows(store):
+    """(data, dtype name, scales) of a candidate store for the binding: plain float32 rows as
+    they are (the route made them kernel rows, or the binding refuses their layout), a packed
+    Storage's own."""
+    if type(store) is _ndarray:
+        return store, "float32", None
     return store.data, store.dtype, store.scales
 
 
 class SimdBackend:
+    """The compiled kernels: one binding call per request (see backends/__init__.py), the
+    metric crossing as its canonical form. It reads the request's arrays as they are: the
+    binding checks their layout and shapes and raises ValueError, never reads past them."""
+
     name = "simd"
-    native = "numpy"
+    native = "kernels"
 
     def status(self):
         if _core is None:
@@ -95,58 +104,65 @@ class SimdBackend:
     def _threads(threads):
         return threads_.default() if threads is None else threads
 
-    def score(self, users, store, metric, *, ids, threads, out):
-        data, dtype, scales = _storage(store)
-        users = kernel_rows(users)
-        count = data.shape[0] if ids is None else len(ids)
-        target = _target(out, (count,) if users.ndim == 1 else (users.shape[0], count))
-        _core.score(users, data, dtype, scales, ids, *metric.form, metric.bias, target, self._threads(threads))
+    def score(self, request, out):
+        users, store, metric, ids, _, _, threads = request  # one unpacking: W6 counts every attribute read
+        if type(store) is _ndarray:  # plain rows (_rows, inline: the fast path's case)
+            data, dtype, scales = store, "float32", None
+        else:
+            data, dtype, scales = store.data, store.dtype, store.scales
+        count = len(data) if ids is None else len(ids)
+        if out is not None and out.flags.c_contiguous:  # the kernel writes into out itself
+            target = out
+        else:
+            target = _empty((count,) if users.ndim == 1 else (users.shape[0], count), _float32)
+        diag, left, right = metric.form
+        _core.score(users, data, dtype, scales, ids, diag, left, right, metric.bias, target,
+                    threads or _default_threads())
         if out is not None and target is not out:
             out[...] = target
             return out
         return target
 
-    def topk(self, users, store, k, metric, *, ids, threads):
-        data, dtype, scales = _storage(store)
-        users = kernel_rows(users)
+    def topk(self, request):
+        users, store, metric, ids, k, _, threads = request
         shape = (k,) if users.ndim == 1 else (users.shape[0], k)
-        scores, found = np.empty(shape, np.float32), np.empty(shape, np.int64)
-        if isinstance(store, ExactStorage):  # the certified scan of the reduced rows
+        scores, found = _empty(shape, _float32), _empty(shape, _int64)
+        diag, left, right = metric.form
+        threads = threads or _default_threads()
+        if type(store) is _ndarray:  # plain rows (_rows, inline: the fast path's case)
+            data, dtype, scales = store, "float32", None
+        elif isinstance(store, ExactStorage):  # the certified scan of the reduced rows
             scan = store.scan
-            store.rescored = _core.topk_exact(users, scan.data, scan.dtype, scan.scales, ids, data, store.norms,
-                                              store.residuals, *metric.form, metric.bias, k, scores, found,
-                                              self._threads(threads), *store.block_bounds, BOUND_BLOCK)
+            store.rescored = _core.topk_exact(users, scan.data, scan.dtype, scan.scales, ids, store.data,
+                                              store.norms, store.residuals, diag, left, right, metric.bias, k, scores,
+                                              found, threads, *store.block_bounds, BOUND_BLOCK)
             return scores, found
-        _core.topk(users, data, dtype, scales, ids, *metric.form, metric.bias, k, scores, found,
-                   self._threads(threads))
+        else:
+            data, dtype, scales = store.data, store.dtype, store.scales
+        _core.topk(users, data, dtype, scales, ids, diag, left, right, metric.bias, k, scores, found, threads)
         return scores, found
 
-    def topk_value(self, queries, store, *, allowed, bids, ids, bias, begin, end, best, threads):
+    def topk_value(self, request, bids, ids, begin: int, end: int, best):
         """Continues best = (scores, ids, counts) ((M, k), (M, k), (M,)) by value with rows
-        [begin, end) of one objective (see _core.topk_value); returns (where to resume, rows scored)."""
-        data, dtype, scales = _storage(store)
-        width = data.shape[1]
+        [begin, end) of one objective (see _core.topk_value): request.users are the objective's
+        folded queries (M, n), request.store its rows, request.metric a dot metric with its bias,
+        request.ids the allowed rows among them; bids and ids (the candidates' own) per row.
+        Returns (where to resume, rows scored)."""
+        data, dtype, scales = _rows(request.store)
+        queries, width = request.users, data.shape[1]
         if queries.shape[1] != width:  # the stored rows are wider (zero past dim)
             queries = np.pad(queries, ((0, 0), (0, width - queries.shape[1])))
-        return _core.topk_value(kernel_rows(queries), data, dtype, scales, allowed, bids, ids, bias, begin, end,
-                                best[0].shape[1], *best, self._threads(threads))
+        scores, best_ids, counts = best
+        return _core.topk_value(kernel_rows(queries), data, dtype, scales, request.ids, bids, ids,
+                                request.metric.bias, begin, end, scores.shape[1], scores, best_ids, counts,
+                                request.threads or threads_.default())
 
-    def score_pairs(self, users, ads, metric, *, threads, out):
+    def score_pairs(self, request, out):
+        users, ads, metric = request.users, request.store, request.metric
         target = _target(out, ads.shape[:1])
-        _core.score_pairs(kernel_rows(users), kernel_rows(ads), *metric.form, metric.bias, target,
-                          self._threads(threads))
+        diag, left, right = metric.form
+        _core.score_pairs(users, ads, diag, left, right, metric.bias, target, request.threads or threads_.default())
         if out is not None and target is not out:
             out[...] = target
             return out
         return target
-
-    # The fast path's calls: float32 numpy arrays whose layout the binding checks (ValueError).
-    # They read the metric's slots directly: W6's whole call is a few microseconds.
-    def score_plain(self, user, ads, metric, out):
-        diag, left, right = metric._form
-        _core.score(user, ads, "float32", None, None, diag, left, right, metric._bias, out, threads_.default())
-
-    def topk_plain(self, user, ads, k, metric, scores, ids):
-        diag, left, right = metric._form
-        _core.topk(user, ads, "float32", None, None, diag, left, right, metric._bias, k, scores, ids,
-                   threads_.default())

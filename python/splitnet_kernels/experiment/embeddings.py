@@ -1,6 +1,6 @@
 """Trained campaign embeddings for the benchmarks (W9's "campaign" rows): one small two-tower
-model trained on make_campaign data the way run.py trains (its Model and _train, one seed, no
-learning-rate search), then every ad and user of that campaign through the towers.
+model trained on make_campaign data the way the experiment trains (model.Model, training.train,
+one seed, no learning-rate search), then every ad and user of that campaign through the towers.
 
 The ad rows are what serving scores: the ad tower's unit-length output. The users are folded
 (u @ S_t of one objective's learned diagonal), so that user . ad is the model's logit for that
@@ -13,8 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from . import campaign
-from .run import Settings, _train
+from . import campaign, training
 
 __all__ = ["CODE_VERSION", "TowerRecipe", "campaign_embeddings"]
 
@@ -32,7 +31,7 @@ class TowerRecipe:
     kind: str = "diagonal"  # one S_t per objective, unit-length towers (the production shape)
     hidden: tuple[int, ...] = (64,)
     learning_rate: float = 3e-2
-    max_epochs: int = 8  # early stopping as run.py's (patience 2); 8 epochs take ~20 s on one core
+    max_epochs: int = 8  # early stopping as the experiment's (patience 2); 8 epochs take ~20 s on one core
     batch_size: int = 2048
     objective: str = "link_click"  # the users are folded with this objective's S_t
     seed: int = 0
@@ -55,19 +54,17 @@ def campaign_embeddings(recipe: TowerRecipe = TowerRecipe(), *, batch_rows: int 
     shuffled = rng.permutation(len(data.pairs))
     n_validation = len(shuffled) // 10
     train, validation = shuffled[n_validation:], shuffled[:n_validation]
-    settings = Settings(dim=recipe.dim, hidden=recipe.hidden, batch_size=recipe.batch_size,
-                        max_epochs=recipe.max_epochs)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as run.py's workers: the model is too small for threads to pay
-    try:
+    schedule = training.Schedule(learning_rate=recipe.learning_rate, max_epochs=recipe.max_epochs,
+                                 batch_size=recipe.batch_size, seed=recipe.seed)
+    with training.one_torch_thread():  # as the experiment's workers: the model is too small for threads to pay
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe.seed)
             model = Model(data.user_features.shape[1], data.ad_features.shape[1], len(data.objectives),
                           kind=recipe.kind, norm="unit", head="per_objective", dim=recipe.dim, rank=4,
                           hidden=recipe.hidden)
         user_x, ad_x = torch.from_numpy(data.user_features), torch.from_numpy(data.ad_features)
-        epochs, loss = _train(model, user_x, ad_x, data.pairs, data.label_matrix(), data.label_mask(), train,
-                              validation, settings, recipe.learning_rate, recipe.seed)
+        epochs, loss = training.train(model, user_x, ad_x, data.pairs, data.label_matrix(), data.label_mask(),
+                                      train, validation, schedule)
         model.eval()
         with torch.no_grad():
             ads = np.empty((len(ad_x), recipe.dim), np.float32)
@@ -75,8 +72,6 @@ def campaign_embeddings(recipe: TowerRecipe = TowerRecipe(), *, batch_rows: int 
                 ads[start:start + batch_rows] = model.embed_ads(ad_x[start:start + batch_rows]).numpy()
             users = model.embed_users(user_x).numpy().astype(np.float32)
         metric = model.to_objective_metrics(data.objectives)[data.objectives.index(recipe.objective)]
-    finally:
-        torch.set_num_threads(threads)
     folded = np.ascontiguousarray(metric.fold(users), dtype=np.float32)
     info = {"epochs": epochs, "validation_loss": loss, "seconds": time.perf_counter() - started,
             "objective": recipe.objective, "bias": float(metric.bias)}

@@ -13,7 +13,7 @@ import splitnet_kernels as sk
 from .._metric import build, takes_rank
 from ..nn import MetricHead, ObjectiveHead, _tower
 
-from .run import HEADS, NORMS
+from .variants import HEADS, NORMS
 
 __all__ = ["Model"]
 
@@ -23,7 +23,7 @@ class Model(nn.Module):
 
     per_objective: logit_t = u^T S_t a + b_t, one S_t of `kind` per objective (ObjectiveHead).
     shared: logit_t = u^T S a + b_t, one S for every objective (the blog's SplitNet).
-    norm: one of NORMS (see run.py).
+    norm: one of NORMS (see variants.py).
     """
 
     def __init__(self, user_features: int, ad_features: int, n_objectives: int, *, kind: str, norm: str,

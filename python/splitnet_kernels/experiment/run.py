@@ -1,7 +1,7 @@
-"""The experiment's run: the variants and settings, the protocol (train / validation / test
-impressions, early stopping on the validation loss, a learning-rate search per variant on seed
-0), evaluation through the serving path, the sweeps, the serving cost under a budget and the
-summary over seeds as 95 % t-intervals.
+"""The experiment's run: the settings, the protocol (train / validation / test impressions, early
+stopping on the validation loss, a learning-rate search per variant on seed 0), evaluation through
+the serving path, the sweeps, the serving cost under a budget and the summary over seeds as 95 %
+t-intervals. The variants are variants.py's, the training loop is training.py's.
 
 Every trained model is a job; jobs run in worker processes, one per core this process may use
 (os.sched_getaffinity), each with one torch thread: the models are too small for threads inside
@@ -12,11 +12,9 @@ ten times slower. Torch is imported only when the experiment runs.
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import dataclasses
 import inspect
 import json
-import math
 import multiprocessing
 import os
 import sys
@@ -26,38 +24,15 @@ import numpy as np
 
 import splitnet_kernels as sk
 
-from .._metric import KINDS
-from ..bench.report import Progress
-from . import campaign, serving
+from .._progress import Progress
+from . import campaign, serving, training
 from .measures import interval, light_ranker, quality, true_values
 from .report import plot, render
+from .variants import HEADS, NORMS, VARIANTS, Variant
 
 __all__ = ["NORMS", "HEADS", "Variant", "VARIANTS", "GROUND_TRUTH", "Settings", "run_experiment"]
 
-# unit: both embeddings on the unit sphere. free: as the towers make them. cosine: on the unit
-# sphere, the user's then times one learned temperature (so dot is the blog's scaled dot).
-NORMS = ("unit", "free", "cosine")
-# per_objective: one S_t and b_t per objective on the shared towers (nn.ObjectiveHead); the ad
-# tower sees the objective only with Settings.ads_see_objective. shared: the blog's SplitNet,
-# one S for every objective and a bias per objective; its ad tower sees the objective (the only
-# way one S can tell objectives apart) and it learns from each ad's own objective's outcome.
-HEADS = ("per_objective", "shared")
 GROUND_TRUTH = "ground truth"  # the row of the true logits, when the data has them
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    kind: str
-    norm: str = "unit"
-    head: str = "per_objective"
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}:{self.norm}" + (":shared" if self.head == "shared" else "")
-
-
-VARIANTS = tuple(Variant(kind, norm) for norm in NORMS for kind in KINDS) + (
-    Variant("scaled", "unit", "shared"), Variant("diagonal", "unit", "shared"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +132,11 @@ class _Worker:
         # the shared head learns only from each ad's own objective's outcome, as the blog's
         mask = (np.eye(len(data.objectives), dtype=np.float32)[data.pair_objective] if variant.head == "shared"
                 else data.label_mask())
-        epochs, loss = _train(model, user_x, ad_x, data.pairs, data.label_matrix(), mask, train, validation, s,
-                              job.learning_rate, job.seed)
+        schedule = training.Schedule(learning_rate=job.learning_rate, max_epochs=s.max_epochs,
+                                     batch_size=s.batch_size, patience=s.patience, weight_decay=s.weight_decay,
+                                     seed=job.seed)
+        epochs, loss = training.train(model, user_x, ad_x, data.pairs, data.label_matrix(), mask, train, validation,
+                                      schedule)
         user_embeddings, ad_embeddings = model.embeddings(user_x, ad_x)
         metrics = model.to_objective_metrics(data.objectives)
 
@@ -184,48 +162,6 @@ def _per_objective(data, test, logits) -> dict:
         for key, value in quality(labels, logits(t, rows)).items():
             measures[f"{key}:{name}"] = value
     return measures
-
-
-def _train(model, user_x, ad_x, pairs, targets, mask, train, validation, settings: Settings, learning_rate: float,
-           seed: int):
-    """AdamW on the mean BCE-with-logits of the outcomes `mask` keeps; stops after `patience`
-    epochs without a better validation loss and keeps the best epoch's weights. Returns (that
-    epoch, its validation loss)."""
-    import torch
-    from torch.nn import functional as F
-
-    pairs, targets, mask = torch.from_numpy(pairs), torch.from_numpy(targets), torch.from_numpy(mask)
-    train, validation = torch.from_numpy(train), torch.from_numpy(validation)
-    # start at the base rates: from 0 (p = 1/2) a 1 % rate takes many steps
-    rates = (targets[train] * mask[train]).sum(0) / mask[train].sum(0).clamp(min=1)
-    model.set_biases(torch.logit(rates.clamp(1e-4, 1 - 1e-4)))
-    undecayed = {"log_temperature"}
-    decay = [p for name, p in model.named_parameters() if not (name.endswith("bias") or name in undecayed)]
-    rest = [p for name, p in model.named_parameters() if name.endswith("bias") or name in undecayed]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=learning_rate)
-    order = torch.Generator().manual_seed(seed)
-
-    def loss_of(rows):
-        logits = model(user_x[pairs[rows, 0]], ad_x[pairs[rows, 1]])
-        return F.binary_cross_entropy_with_logits(logits, targets[rows], weight=mask[rows],
-                                                  reduction="sum") / mask[rows].sum()
-
-    best, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
-    for epoch in range(settings.max_epochs):
-        for batch in train[torch.randperm(len(train), generator=order)].split(settings.batch_size):
-            loss = loss_of(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            validation_loss = loss_of(validation).item()
-        if validation_loss < best:
-            best, best_epoch, best_state = validation_loss, epoch + 1, copy.deepcopy(model.state_dict())
-        elif epoch + 1 - best_epoch >= settings.patience:
-            break
-    model.load_state_dict(best_state)
-    return best_epoch, best
 
 
 _WORKER: _Worker | None = None
@@ -260,14 +196,8 @@ class _Jobs:
 
     def run(self, jobs: list[Job]) -> list[dict]:
         if self.pool is None:
-            import torch
-
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
+            with training.one_torch_thread():
                 return [self._report(self.worker.run(job)) for job in jobs]
-            finally:
-                torch.set_num_threads(threads)
         futures = [self.pool.submit(_run_in_worker, job) for job in jobs]
         for future in concurrent.futures.as_completed(futures):
             self._report(future.result())

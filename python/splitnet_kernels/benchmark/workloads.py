@@ -1,5 +1,5 @@
 """The workloads W1-W9 of docs/design.md: their sizes, data and metrics, defined once for both
-`splitnet-kernels bench` (driver.py) and the pytest-benchmark suites in bench/."""
+`splitnet-kernels bench` (driver.py) and the pytest-benchmark suites in the repository's bench/."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import numpy as np
 
 import splitnet_kernels as sk
 
+from .._metric import KINDS  # W7 measures every kind, cheapest first
+
 DIM = 64  # the embedding length n of W1-W6
 CANDIDATES, QUICK_CANDIDATES = 1_000_000, 100_000  # W1-W4; the second with --quick
 PAIRS, QUICK_PAIRS = 1_000_000, 100_000  # W5
@@ -24,7 +26,6 @@ USERS = 128  # W4
 DTYPES = ("float32", "bfloat16", "float16", "int8")  # the candidate sets of W3 and W4
 REQUEST_CANDIDATES, REQUEST_K = 1000, 10  # W6: one serving request
 PAIR_KINDS = ("dot", "diagonal", "full")  # W5
-KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")  # W7: every metric kind, cheapest first
 W7_DIMS = (16, 32, 64, 128, 256, 512)
 W7_BYTES, QUICK_W7_BYTES = 64 << 20, 4 << 20  # W7's candidates per n: past the L3, as in serving
 # W8: campaign objectives on the ads (and users) of W1-W4, ranked by value = bid * sigmoid(logit)
@@ -172,9 +173,9 @@ def w7_data(rows: int, dim: int):
 
 
 def metrics_for(n: int, rng) -> dict:
-    """W7: one metric of every kind (KINDS) at length n, drawn from rng."""
+    """W7: one metric of every kind (KINDS, in its order) at length n, drawn from rng."""
     rank = max(1, n // 8)
-    return {
+    made = {
         "dot": sk.Metric.dot(n),
         "scaled": sk.Metric.scaled(n, 0.5),
         "diagonal": sk.Metric.diagonal(rng.standard_normal(n)),
@@ -182,6 +183,7 @@ def metrics_for(n: int, rng) -> dict:
                                        d=rng.standard_normal(n)),
         "full": sk.Metric.full(rng.standard_normal((n, n)) / np.sqrt(n)),
     }
+    return {kind: made[kind] for kind in KINDS}  # a KeyError names a kind W7 has no metric for
 
 
 def _bias_for(rate: float, std: float) -> float:

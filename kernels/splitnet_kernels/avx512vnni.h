@@ -1,14 +1,18 @@
-// AVX-512 with BF16 and VNNI: Zen 4 / Zen 5, Sapphire Rapids and later. The avx512 table, except
-// the int8 cross tile, which uses vpdpbusd (its integer sums are exact, so the bits are every
-// ISA's). Rows stream through the avx2 kernels: bfloat16 widens by shift, as vdpbf16ps sums pairs
-// inside the instruction, which no other path can match bit for bit, and on Sapphire Rapids it
-// was the slower one (6.3-7.0 ms against 3.7 ms on 1M rows); int8 rows go through vpmaddubsw,
-// which on Sapphire Rapids scored one user x 1M in 3.4 ms against VNNI's 4.8 ms (bench/RESULTS.md).
+// AVX-512 with VNNI: the avx512 table, except the int8 cross tile, which uses vpdpbusd (its
+// integer sums are exact, so the bits are every ISA's). No bfloat16 instruction runs here (the
+// level's old name, avx512bf16, is still accepted: dispatch.h), but its CPU test and target still
+// ask for BF16, as they did under that name: Zen 4 / Zen 5, Sapphire Rapids and later. Rows
+// stream through the avx2 kernels: bfloat16 widens by shift, as vdpbf16ps sums pairs inside the
+// instruction, which no other path can match bit for bit, and on Sapphire Rapids it was the
+// slower one (6.3-7.0 ms against 3.7 ms on 1M rows); int8 rows go through vpmaddubsw, which on
+// Sapphire Rapids scored one user x 1M in 3.4 ms against VNNI's 4.8 ms (bench/RESULTS.md).
 #pragma once
 #include "avx512.h"
+#include "isa.h"
+#include "tile_loop.h"
 
 #if SPLITNET_KERNELS_HAVE_X86
-#define SPLITNET_AVX512BF16 \
+#define SPLITNET_AVX512VNNI \
   __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx512vnni,fma,avx2")))
 
 #if defined(__GNUC__) && !defined(__clang__)  // as in avx512.h: GCC 12's headers, not our code
@@ -19,13 +23,13 @@
 
 namespace splitnet {
 
-namespace avx512bf16_detail {
+namespace avx512vnni_detail {
 // Adds group g (bytes 4 g .. 4 g + 3) of NC rows against 16 NV users: each row's four bytes,
 // sign-flipped to unsigned and broadcast, against the users' signed words (the flip's 128 * sum
 // comes off through the offsets). The last group of a row whose dim is not a multiple of 4
 // reads only its `bytes` bytes.
 template <int NC, int NV>
-SPLITNET_AVX512BF16 inline void dot_group(__m512i (&acc)[NC][NV], const std::int32_t* users_g,
+SPLITNET_AVX512VNNI inline void dot_group(__m512i (&acc)[NC][NV], const std::int32_t* users_g,
                                           const std::int8_t* rows, index_t row_stride, index_t g,
                                           index_t bytes = 4) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -41,7 +45,7 @@ SPLITNET_AVX512BF16 inline void dot_group(__m512i (&acc)[NC][NV], const std::int
 
 // NC candidates x 16 NV users, the int8 counterpart of avx512_detail::tile_block.
 template <int NC, int NV>
-SPLITNET_AVX512BF16 inline unsigned tile_block_i8(const std::int32_t* users_t, index_t users_pad,
+SPLITNET_AVX512VNNI inline unsigned tile_block_i8(const std::int32_t* users_t, index_t users_pad,
                                                   const std::int32_t* offsets, const float* user_scales,
                                                   const std::int8_t* rows, const float* row_scales, index_t dim,
                                                   index_t row_stride, float bias, const float* gates, float* tile) {
@@ -60,7 +64,7 @@ SPLITNET_AVX512BF16 inline unsigned tile_block_i8(const std::int32_t* users_t, i
       // score_i8 on 16 lanes: the same operations in the same order, the product kept unfused
       const __m512 sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[c][v], offset));
       __m512 product = _mm512_mul_ps(sum, _mm512_mul_ps(scale, _mm512_set1_ps(row_scales[c])));
-      SPLITNET_KERNELS_ROUNDED(product);
+      SPLITNET_KERNELS_NO_CONTRACTION(product);
       scores[c][v] = _mm512_add_ps(product, b);
     }
   }
@@ -68,7 +72,7 @@ SPLITNET_AVX512BF16 inline unsigned tile_block_i8(const std::int32_t* users_t, i
 }
 
 template <int NC>
-SPLITNET_AVX512BF16 inline unsigned tile_columns_i8(const std::int32_t* users_t, index_t users_pad,
+SPLITNET_AVX512VNNI inline unsigned tile_columns_i8(const std::int32_t* users_t, index_t users_pad,
                                                     const std::int32_t* offsets, const float* user_scales,
                                                     const std::int8_t* rows, const float* row_scales, index_t dim,
                                                     index_t row_stride, float bias, const float* gates, float* tile) {
@@ -96,28 +100,28 @@ struct TileI8 {
   float* tile;
 
   template <int NC>
-  SPLITNET_AVX512BF16 unsigned columns(index_t c) const {
+  SPLITNET_AVX512VNNI unsigned columns(index_t c) const {
     return tile_columns_i8<NC>(users_t, users_pad, offsets, user_scales, rows + c * row_stride, row_scales + c, dim,
                                row_stride, bias, gates, tile + c * users_pad);
   }
 };
-}  // namespace avx512bf16_detail
+}  // namespace avx512vnni_detail
 
-SPLITNET_AVX512BF16 inline std::uint64_t score_tile_i8_avx512bf16(const std::int32_t* users_t, index_t users_pad,
+SPLITNET_AVX512VNNI inline std::uint64_t score_tile_i8_avx512vnni(const std::int32_t* users_t, index_t users_pad,
                                                                   const std::int32_t* offsets,
                                                                   const float* user_scales, const std::int8_t* rows,
                                                                   const float* row_scales, index_t n_rows,
                                                                   index_t dim, index_t row_stride, float bias,
                                                                   const float* gates, float* tile) {
-  return over_candidate_blocks<8>(n_rows, avx512bf16_detail::TileI8{users_t, users_pad, offsets, user_scales, rows,
+  return over_candidate_blocks<8>(n_rows, avx512vnni_detail::TileI8{users_t, users_pad, offsets, user_scales, rows,
                                                                     row_scales, dim, row_stride, bias, gates, tile});
 }
 
 // The avx512 table with the VNNI int8 cross tile.
-inline constexpr KernelTable kAvx512Bf16Table = [] {
+inline constexpr KernelTable kAvx512VnniTable = [] {
   KernelTable t = kAvx512Table;
-  t.isa = Isa::avx512bf16;
-  SPLITNET_KERNELS_FILL(t, score_tile_i8, avx512bf16);
+  t.isa = Isa::avx512vnni;
+  SPLITNET_KERNELS_FILL(t, score_tile_i8, avx512vnni);
   return t;
 }();
 

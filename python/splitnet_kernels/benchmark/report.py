@@ -1,11 +1,9 @@
 """How a run shows its figures: one Table per workload (ours first, ratios, floor and targets),
-the progress bar on stderr, and W7 as a log-log plot."""
+and W7 as a log-log plot. (The progress bar is the package's one, _progress.py.)"""
 
 from __future__ import annotations
 
-import sys
-
-from .workloads import KINDS
+from .._metric import KINDS
 
 
 class Table:
@@ -74,23 +72,6 @@ def _fmt_time(seconds: float) -> str:
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.3f} ms"
     return f"{seconds * 1e6:.2f} us"
-
-
-class Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.enabled = total, 0, enabled and total > 0
-
-    def step(self, label: str):
-        self.done += 1
-        if self.enabled:
-            width = 30
-            filled = int(width * self.done / self.total)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label:40.40s}")
-            sys.stderr.flush()
-            if self.done == self.total:
-                sys.stderr.write("\n")
 
 
 def plot_w7(table: Table, path: str):

@@ -17,8 +17,9 @@ import numpy as np
 
 import splitnet_kernels as sk
 
+from .._progress import Progress
 from . import workloads as wl
-from .report import Progress, Table, plot_w7
+from .report import Table, plot_w7
 from .timing import (floor_and_rounds, floor_beside, machine_facts, median_time, median_times_in_turns, medians,
                      paired_ratio, times_in_turns)
 

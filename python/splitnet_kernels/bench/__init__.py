@@ -1,4 +1,0 @@
-"""The benchmarks of workloads W1-W9 (docs/design.md): workloads.py defines them (sizes, data,
-metrics) for both `splitnet-kernels bench` (driver.py) and the pytest-benchmark suites in bench/;
-timing.py holds the clock and the floors, report.py the tables. Importing this package is light:
-`from splitnet_kernels.bench import driver` when a run is wanted."""
