@@ -120,7 +120,7 @@ def parent(pid) -> int:
 
 def map_workers() -> list:
     """Process ids of this cluster's Ray Data actors: named so by their process title, and children
-    of the raylet that this process started (other sessions on the machine may run Ray too)."""
+    of the raylet that this process started (another Ray cluster on the machine may run actors too)."""
     pids = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:

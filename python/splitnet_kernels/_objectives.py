@@ -14,7 +14,8 @@ import numbers
 import numpy as np
 
 from ._conversions import holds_values, host, is_tensor
-from ._metric import Metric, _entry, dot_metric, read_npz, writing_beside
+from ._files import npz_entry, read_npz, writing_beside
+from ._metric import Metric, dot_metric
 from ._order import topk_by_id
 from .backends import _simd
 
@@ -85,7 +86,7 @@ class ObjectiveMetrics:
         else (not a regular file, damaged, foreign) is a ValueError naming `path`."""
         arrays = read_npz(path, "splitnet_kernels objective metrics")
         try:
-            count, names = int(_entry(arrays, "count", "iu")), _entry(arrays, "names", "U", scalar=False)
+            count, names = int(npz_entry(arrays, "count", "iu")), npz_entry(arrays, "names", "U", scalar=False)
             if names.shape != (count,):
                 raise ValueError(f"{count} objectives, names of shape {names.shape}")
             prefixes = {f"{t}/" for t in range(count)}  # count is bounded by the names in the file

@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-from ._metric import open_regular, writing_beside
+from ._files import open_regular, writing_beside
 from ._objectives import Grouping
 from ._storage import ALIGN, TYPES, ExactStorage, Storage, stored_width
 
