@@ -11,7 +11,7 @@ import operator
 import numpy as np
 
 from . import _threads
-from ._conversions import check_tensor, holds_values, host, is_tensor, shape
+from ._conversions import check_tensor, constant_when_compiled, holds_values, host, is_tensor, shape
 from ._metric import Metric, dot_metric
 
 
@@ -73,6 +73,7 @@ def check_k(k) -> int:
 DEFAULT_METRICS: dict[int, Metric] = {}  # metric=None's dot_metric for each dimension met (the fast path reads it too)
 
 
+@constant_when_compiled
 def _default_metric_made(dim: int) -> int:
     """Makes DEFAULT_METRICS[dim]. Dynamo runs it as the constant it is, rather than trace the
     Metric's construction (which it cannot), and then reads the metric from the dict as a global
@@ -80,9 +81,6 @@ def _default_metric_made(dim: int) -> int:
     if dim not in DEFAULT_METRICS:
         DEFAULT_METRICS[dim] = dot_metric(dim)
     return dim
-
-
-_default_metric_made._dynamo_marked_constant = True  # type: ignore[attr-defined]  # as assume_constant_result marks
 
 
 def check_metric(metric, dim: int, users, ads) -> Metric:

@@ -142,6 +142,14 @@ def _bind_probes() -> None:
     _grad_enabled = torch.is_grad_enabled
 
 
+def constant_when_compiled(fn):
+    """fn, marked as torch.compiler.assume_constant_result marks it (dynamo runs it once while
+    tracing and keeps its result as a constant of the graph), without importing torch._dynamo,
+    which takes seconds, with the package."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 def watched() -> bool:
     """Whether a compiler, the JIT tracer or a torch function / dispatch mode looks on (then a
     kernel may not read tensors directly). dynamo reads the first call as True and stops there."""

@@ -36,7 +36,7 @@ import torch
 
 from . import _dispatch
 from ._checks import at_least_one, check_out
-from ._conversions import device_of, holds_values, kernel_rows, shape, watched
+from ._conversions import constant_when_compiled, device_of, holds_values, kernel_rows, shape, watched
 from ._metric import FOLD_LIMIT, Form, Metric, dot_metric, fold_gain, refuse_fold_beyond_range
 from ._objectives import ObjectiveMetrics, probability
 from ._order import rank_exactly
@@ -541,16 +541,14 @@ def _as_tensor(x, device):
     return x if x.dtype == torch.float32 and x.device == device else x.to(device=device, dtype=torch.float32)
 
 
+# A set's rows are constants of a compiled graph, as a metric's form is (_constant_form below):
+# dynamo cannot trace from_dlpack.
+@constant_when_compiled
 def _packed_tensors(store, device):
     """(data, scales) of a Storage as tensors on device, viewed without copying on the CPU."""
     data = torch.from_dlpack(store.data).view(_PACKED_AS[store.dtype])  # bfloat16 rows: from their bits
     scales = None if store.scales is None else torch.from_dlpack(store.scales).to(device)
     return data.to(device), scales
-
-
-# A set's rows are constants of a compiled graph, as a metric's form is (_constant_form below):
-# dynamo runs this once while tracing (it cannot trace from_dlpack).
-_packed_tensors._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _cached_form(metric: Metric, like) -> Form:
@@ -562,15 +560,11 @@ def _cached_form(metric: Metric, like) -> Form:
     return metric._tensor_params(like)
 
 
+@constant_when_compiled
 def _constant_form(metric: Metric, device, dtype) -> tuple:
     """_cached_form for dynamo, which runs it once while tracing and keeps the tensors as
     constants of the graph (it cannot read the metric's immutable numpy arrays itself)."""
     return tuple(_cached_form(metric, torch.empty(0, device=device, dtype=dtype)))
-
-
-# What torch.compiler.assume_constant_result marks, set without importing torch._dynamo (seconds)
-# with the package.
-_constant_form._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _form_of(metric: Metric, users) -> Form:
