@@ -73,3 +73,27 @@ def test_every_list_of_the_workloads_is_complete():
     for path in sources:
         for match in re.finditer(r"workloads? W1\s*(?:-|–|\.\.)\s*W(\d+)", path.read_text(encoding="utf-8")):
             assert int(match.group(1)) == last, f"{path.relative_to(ROOT)}: {match.group(0)!r}"
+
+
+def _python_blocks(heading: str) -> list:
+    """The ```python blocks of the README section under `heading`, as printed."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return re.findall(r"```python\n(.*?)```", text[start:end if end >= 0 else None], re.S)
+
+
+def test_the_readme_tour_and_exact_sets_run_as_printed():
+    """The tour runs as printed, and the exact-set block after it on the tour's names: the merged
+    shards and the exact set give what one call over every ad gives."""
+    import numpy as np
+
+    import splitnet_kernels as sk
+
+    names: dict = {}
+    for block in _python_blocks("## A short tour") + _python_blocks("## Serving: prepared candidate sets")[:1]:
+        exec(compile(block, "README.md", "exec"), names)
+    want = sk.topk(names["user"], names["ads"], 100, names["m"])
+    for got in (names["best"], (names["scores"], names["ids"])):
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
