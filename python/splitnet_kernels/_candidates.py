@@ -95,7 +95,10 @@ class Candidates:
         """sk.score(users, ads) for users (n,) -> (N,) or (M, n) -> (M, N). metric may be an
         ObjectiveMetrics (a set with objectives); output is "logit", "probability" or "value"
         (bid * probability, the default with objectives)."""
-        request = self._request(users, metric, threads, output, sigmoid)
+        return self._scores(self._request(users, metric, threads, output, sigmoid), backend, out)
+
+    def _scores(self, request: Request, backend="auto", out=None):
+        """score() of a checked request."""
         if self._grouping is None and request.output != "value":
             return _route.score(request, backend, out)
         return _route.score_by_objective(request, self._grouping, backend, out)
@@ -105,7 +108,10 @@ class Candidates:
         """sk.topk(users, ads, k) over this set, ranked by the quantity returned (see score);
         `allowed` (a boolean mask of length N, or an id list) restricts the candidates without
         copying them. Ids are indices into the ads as given."""
-        request = self._request(users, metric, threads, output, sigmoid, k, allowed)
+        return self._best(self._request(users, metric, threads, output, sigmoid, k, allowed), backend)
+
+    def _best(self, request: Request, backend="auto"):
+        """topk() of a checked request (its ids: the allowed positions, ascending, or None)."""
         if self._grouping is None and request.output != "value":
             return _route.topk(request, backend)
         scores, ids, self._last_scan = _route.topk_by_objective(request, self._grouping, backend)
@@ -151,7 +157,21 @@ class Candidates:
         The file is written beside `path` and renamed over it, never rewritten in place: a
         process that maps the old file (even this set, loaded with mmap=True from `path`) keeps
         reading the old bytes, and a reader opening `path` sees the old file or the new one."""
-        _set_file.write(path, self._store, self._grouping, len(self))
+        self._write(path)
+
+    def _write(self, path, external_ids=None) -> None:
+        """save(), with a live set's ad ids (one per row in the order given) when given."""
+        _set_file.write(path, self._store, self._grouping, len(self), external_ids)
+
+    def _pieces(self, positions: np.ndarray):
+        """(packed store, packed positions, objective ids, bids) of the rows at `positions`
+        (indices into the ads as given), for storage.gathered; objective ids and bids are None
+        for a set without objectives."""
+        g = self._grouping
+        if g is None:
+            return self._store, positions, None, None
+        packed = g.positions(positions)
+        return self._store, packed, g.objectives[packed], g.bids[packed]
 
     @classmethod
     def load(cls, path, mmap: bool = True, verify: bool = True) -> "Candidates":
@@ -159,7 +179,15 @@ class Candidates:
         it; verify=True checks the CRC-32s of the arrays (reading the file once; the header's is
         always checked). A truncated, damaged, foreign or older-format file, or a path that is not
         a regular file (a FIFO, a directory, a device), raises ValueError."""
+        store, grouping, external_ids = _set_file.read(path, mmap, verify)
+        if external_ids is not None:
+            raise ValueError(f"{path}: a live candidate set (keyed by ad ids): load it with sk.LiveCandidates.load")
+        return cls.packed(store, grouping)
+
+    @classmethod
+    def packed(cls, store: Storage, grouping: Grouping | None = None) -> "Candidates":
+        """A set of rows already packed (by objective as `grouping` says, when given): nothing
+        is packed again (the live sets assemble theirs from packed rows)."""
         self = cls.__new__(cls)
-        self._store, self._grouping = _set_file.read(path, mmap, verify)
-        self._last_scan = {}
+        self._store, self._grouping, self._last_scan = store, grouping, {}
         return self

@@ -95,12 +95,8 @@ def merge_numpy(scores: np.ndarray, ids: np.ndarray, k: int):
     k = min(k, scores.shape[-1])
     nan = np.isnan(scores)
     descending = -np.where(nan, 0, scores)
-    out_scores = np.empty(scores.shape[:-1] + (k,), scores.dtype)
-    out_ids = np.empty(scores.shape[:-1] + (k,), ids.dtype)
-    for row in np.ndindex(scores.shape[:-1]):
-        order = np.lexsort((ids[row], descending[row], nan[row]))[:k]
-        out_scores[row], out_ids[row] = scores[row][order], ids[row][order]
-    return out_scores, out_ids
+    order = np.lexsort((ids, descending, nan))[..., :k]  # along the last axis, every row at once
+    return np.take_along_axis(scores, order, -1), np.take_along_axis(ids, order, -1)
 
 
 def topk_torch(scores, k: int):

@@ -53,8 +53,9 @@ def _parse_header(path, blob: bytes):
     return dtype, count, dim, specs
 
 
-def write(path, store: Storage, grouping: Grouping | None, count: int) -> None:
-    """Writes a set's packed store (and its packing by objective) to `path`, beside it first and
+def write(path, store: Storage, grouping: Grouping | None, count: int, external_ids=None) -> None:
+    """Writes a set's packed store (and its packing by objective, and a live set's ad ids:
+    external_ids, ascending, one per row in the order given) to `path`, beside it first and
     renamed over it (writing_beside)."""
     if isinstance(store, ExactStorage):  # the reduced rows as data, and what the re-score needs
         scan = store.scan
@@ -65,6 +66,8 @@ def write(path, store: Storage, grouping: Grouping | None, count: int) -> None:
         arrays = {"data": store.data} if store.scales is None else {"data": store.data, "scales": store.scales}
     if grouping is not None:  # the packing by objective travels with the rows
         arrays.update(order=grouping.order, objectives=grouping.objectives, bids=grouping.bids)
+    if external_ids is not None:
+        arrays["external_ids"] = external_ids
     header: dict = {"dtype": store.dtype, "count": count, "dim": store.dim, "stored_dim": int(store.data.shape[1]),
               "arrays": {}}
     offset = 0
@@ -85,8 +88,9 @@ def write(path, store: Storage, grouping: Grouping | None, count: int) -> None:
         f.truncate(start + offset)
 
 
-def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None]:
-    """The store and the packing by objective that write() wrote to `path` (see Candidates.load)."""
+def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None, np.ndarray | None]:
+    """The store, the packing by objective and a live set's ad ids that write() wrote to `path`
+    (see Candidates.load); the ids are checked (ascending, >= 0) whatever `verify` says."""
     with open_regular(path) as f:  # one open file throughout: a concurrent save cannot mix two files
         size = os.fstat(f.fileno()).st_size
         head = f.read(len(MAGIC) + 8)
@@ -113,6 +117,8 @@ def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None]:
         if "order" in specs:  # a set with objectives
             wanted.update(order=(np.dtype(np.int64), (count,)), objectives=(np.dtype(np.int64), (count,)),
                           bids=(np.dtype(np.float32), (count,)))
+        if "external_ids" in specs:  # a live set
+            wanted["external_ids"] = (np.dtype(np.int64), (count,))
         arrays = {}
         for name, (item, shape) in wanted.items():
             spec = specs.get(name)
@@ -145,4 +151,7 @@ def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None]:
         grouping = Grouping(arrays["order"], arrays["objectives"], arrays["bids"])
         if verify:
             grouping.check(path)
-    return store, grouping
+    external_ids = arrays.get("external_ids")
+    if external_ids is not None and count and (external_ids[0] < 0 or np.any(np.diff(external_ids) <= 0)):
+        raise ValueError(f"{path}: damaged ad ids (not ascending, or negative)")
+    return store, grouping, external_ids

@@ -243,6 +243,26 @@ class ExactStorage(Storage):
         return self.data.nbytes + self.scan.nbytes + self.norms.nbytes + self.residuals.nbytes
 
 
+def gathered(parts) -> Storage:
+    """One new packed store of the rows of several stores of one type, each at its positions
+    ([(store, positions), ...], in order), copied as they are packed: no row is converted again,
+    so the rows (and an exact set's bounds) are bit for bit those a fresh pack would make."""
+    first = parts[0][0]
+    if isinstance(first, ExactStorage):
+        rows = gathered([(Storage("float32", s.dim, s.data, None), p) for s, p in parts])
+        return ExactStorage(rows, gathered([(s.scan, p) for s, p in parts]),
+                            np.concatenate([s.norms[p] for s, p in parts]),
+                            np.concatenate([s.residuals[p] for s, p in parts]))
+    data = aligned_empty((sum(len(p) for _, p in parts), first.data.shape[1]), first.data.dtype)
+    begin = 0
+    for store, positions in parts:
+        # mode="clip": positions are in range, and the default ("raise") buffers the whole copy
+        np.take(store.data, positions, axis=0, out=data[begin:begin + len(positions)], mode="clip")
+        begin += len(positions)
+    scales = None if first.scales is None else np.concatenate([s.scales[p] for s, p in parts])
+    return Storage(first.dtype, first.dim, data, scales)
+
+
 def _rounded_up(x: np.ndarray) -> np.ndarray:
     """float64 values as the nearest float32 at or above them."""
     y = x.astype(np.float32)

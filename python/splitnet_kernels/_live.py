@@ -1,0 +1,574 @@
+"""Live candidate sets: an inventory keyed by the user's own ad ids that changes while it serves.
+
+A version of a live set (LiveSnapshot) is immutable: a few segments, each a packed Candidates
+of rows in ascending ad id order with its ids and a deletion mask (the rows of the segment that
+a later batch removed, replaced or re-bid). The first segment is the main store, the others
+small ones that batches added. A batch builds the next version beside the current one, sharing
+every array it does not change, and publishes it by one reference assignment (read-copy-update):
+a query reads the version it started with and never waits; writers take one lock, so batches
+from several threads are applied one at a time. Rows are packed once, when they arrive; merging
+segments (as they grow, and compact()) copies packed rows, so a merged segment is bit for bit
+the set a fresh pack of its rows would make.
+
+Every answer is the oracle's (docs/design.md, "Live candidate sets"): what a Candidates of the
+present rows in ascending id order answers, ids mapped. Each segment answers for its present
+rows with the same kernels, so each row's score has the same bits as in that Candidates, and the
+segments' lists merge in the package's order, where a tie goes to the lower position, which is
+the lower ad id. A bid change moves the row to a new small segment packed by its new bid, so
+every segment stays sorted by bid and the scan by value keeps stopping early.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+
+import numpy as np
+
+from ._candidates import Candidates
+from ._checks import check_k, embeddings, host_argument
+from ._conversions import device_of, host, is_tensor, result_for, to_numpy
+from ._objectives import Grouping, ObjectiveMetrics, check_bids, check_objectives
+from ._order import merge_numpy
+from ._route import without_gradient
+from ._storage import ExactStorage, Storage, gathered, storage_type
+
+_INT64_MAX = np.iinfo(np.int64).max
+_MERGE_RATIO = 4  # a segment merges into the one before it once that one is at most this many times larger
+_REFETCH = 8  # extra rows a top-k asks of a segment with deleted rows, besides its expected share of them
+
+
+# ---- ad ids ---------------------------------------------------------------------------------------
+def _id_array(ids, name: str) -> np.ndarray:
+    """Ad ids as a 1-D integer array, as given (int64, or uint64 beyond the int64 range)."""
+    values = host(ids) if is_tensor(ids) else np.asarray(ids)
+    if values.shape == (0,) and values.dtype.kind == "f":  # [] reads as float64
+        values = values.astype(np.int64)
+    if values.dtype.kind not in "iu" or values.ndim != 1:
+        raise TypeError(f"{name}: expected a 1-D array of integer ad ids, got {values.dtype} {values.shape}")
+    return values
+
+
+def _batch_ids(ids, name: str) -> np.ndarray:
+    """A batch's ad ids as int64, each once; ids beyond int64 are refused (none can be present)."""
+    values = _id_array(ids, name)
+    if values.dtype == np.uint64 and values.size and values.max() > _INT64_MAX:
+        raise ValueError(f"{name}: ad ids are int64, got {values.max()}")
+    values = values.astype(np.int64)
+    ordered = np.sort(values)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if repeated.size:
+        raise ValueError(f"{name}: ad id {repeated[0]} appears more than once in one batch")
+    return values
+
+
+def _lookup_ids(ids, name: str) -> np.ndarray:
+    """Ids to look up (contains, allowed) as int64: those beyond int64 dropped (never present)."""
+    values = _id_array(ids, name)
+    if values.dtype == np.uint64:
+        values = values[values <= _INT64_MAX]
+    return values.astype(np.int64)
+
+
+def _per_user(allowed) -> bool:
+    """Whether allowed= is one filter per user: a list of id arrays, or a 2-D array."""
+    if isinstance(allowed, (list, tuple)):
+        return any(is_tensor(a) or np.ndim(a) > 0 for a in allowed)
+    return (is_tensor(allowed) or isinstance(allowed, np.ndarray)) and allowed.ndim == 2
+
+
+# ---- a segment ------------------------------------------------------------------------------------
+class _Segment:
+    """Packed rows in ascending ad id order (`rows`, a Candidates, and their `ids`) and `dead`,
+    the rows a later batch took out (None: none). Immutable once published."""
+
+    __slots__ = ("rows", "ids", "dead", "alive", "_alive_positions")
+
+    def __init__(self, rows: Candidates, ids: np.ndarray, dead: np.ndarray | None = None):
+        self.rows, self.ids, self.dead = rows, ids, dead
+        for array in (ids, dead):
+            if array is not None and array.flags.writeable:
+                array.flags.writeable = False
+        self.alive = len(ids) - (0 if dead is None else int(np.count_nonzero(dead)))
+        self._alive_positions = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def alive_positions(self) -> np.ndarray:
+        if self._alive_positions is None:  # a race only computes it twice
+            self._alive_positions = np.arange(len(self.ids)) if self.dead is None else np.flatnonzero(~self.dead)
+        return self._alive_positions
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """The positions of the present rows among `ids` (ascending unique int64): ascending."""
+        at = np.searchsorted(self.ids, ids)
+        inside = at < len(self.ids)
+        at = at[inside]
+        at = at[self.ids[at] == ids[inside]]
+        return at if self.dead is None else at[~self.dead[at]]
+
+    def locate(self, ids: np.ndarray) -> np.ndarray:
+        """Each id's position here, -1 where it is not present (any order, repeats allowed)."""
+        at = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
+        found = (self.ids[at] == ids) if len(self.ids) else np.zeros(len(ids), bool)
+        if self.dead is not None:
+            found &= ~self.dead[at]
+        return np.where(found, at, -1)
+
+    def without(self, positions: np.ndarray) -> "_Segment":
+        """This segment with the rows at positions taken out."""
+        dead = np.zeros(len(self.ids), bool) if self.dead is None else self.dead.copy()
+        dead[positions] = True
+        return _Segment(self.rows, self.ids, dead)
+
+    def best(self, users, k: int, metric, positions, output, sigmoid, threads):
+        """The best k of users (M, n) among this segment's present rows (or those at `positions`):
+        (scores (M, k'), ad ids (M, k'))."""
+        rows = self.rows
+        request = rows._request(users, metric, threads, output, sigmoid, k)
+        if positions is None and self.dead is not None:
+            # Ask for enough more rows that, unless the deleted rows crowd the top, k present
+            # ones remain; where they do, the present rows are passed as the allowed subset.
+            wanted = min(k, self.alive)
+            asked = min(len(self.ids), k + _REFETCH + math.ceil(2 * k * (len(self.ids) - self.alive) / len(self.ids)))
+            scores, found = (host(x) for x in rows._best(request._replace(k=asked)))
+            present = ~self.dead[found]
+            if np.all(present.sum(axis=1) >= wanted):
+                first = np.argsort(~present, axis=1, kind="stable")[:, :wanted]  # the present ones, in order
+                return np.take_along_axis(scores, first, 1), self.ids[np.take_along_axis(found, first, 1)]
+            positions = self.alive_positions()
+        if positions is not None:
+            request = request._replace(ids=positions)
+        scores, found = (host(x) for x in rows._best(request))
+        return scores, self.ids[found]
+
+    def pieces(self, positions: np.ndarray):
+        """(store, packed positions, ad ids, objective ids, bids) of the rows at positions."""
+        store, packed, objectives, bids = self.rows._pieces(positions)
+        return store, packed, self.ids[positions], objectives, bids
+
+
+def _assembled(store: Storage, ids: np.ndarray, objectives, bids) -> _Segment:
+    """A segment of packed rows in ascending id order, packed by objective where there are
+    objectives (the packed rows copied once more, in that order)."""
+    if objectives is None:
+        return _Segment(Candidates.packed(store, None), ids)
+    grouping = Grouping.of(objectives, bids)
+    return _Segment(Candidates.packed(gathered([(store, grouping.order)]), grouping), ids)
+
+
+def _plain(store: Storage) -> Storage:
+    """A store's rows as the small segments of its set hold them: an exact store's float32 rows
+    (an exact set answers as its float32 rows do), any other store as it is."""
+    return Storage("float32", store.dim, store.data, None) if isinstance(store, ExactStorage) else store
+
+
+def _merged(segments, objectives: bool, exact: str | None = None) -> _Segment:
+    """One segment of the present rows of `segments`, in ascending id order: an exact set's main
+    store, packed exactly, where `exact` names the type it scans (float32 rows that came in a
+    small segment are packed then, once), else the rows as small segments hold them (_plain)."""
+    parts = []
+    pieces = [s.pieces(s.alive_positions()) for s in segments]
+    for store, packed, *_ in pieces:
+        if exact is None:
+            parts.append((_plain(store), packed))
+        elif isinstance(store, ExactStorage):
+            parts.append((store, packed))
+        else:
+            parts.append((ExactStorage.pack_exact(store.data[packed, :store.dim], exact), np.arange(len(packed))))
+    ids = np.concatenate([p[2] for p in pieces])
+    order = np.argsort(ids, kind="stable")
+    if len(parts) == 1 and np.array_equal(order, np.arange(len(ids))):
+        store = gathered(parts)
+    else:
+        store = gathered([(gathered(parts), order)])
+    if not objectives:
+        return _assembled(store, ids[order], None, None)
+    return _assembled(store, ids[order], np.concatenate([p[3] for p in pieces])[order],
+                      np.concatenate([p[4] for p in pieces])[order])
+
+
+# ---- a version -------------------------------------------------------------------------------------
+class LiveSnapshot:
+    """One version of a live set, frozen: the query calls of LiveCandidates (topk, score, ids,
+    contains, len) answer for this version however the set changes later. No row is copied."""
+
+    def __init__(self, segments: tuple, version: int, dim: int, dtype: str, exact: bool, objectives: bool):
+        self._segments, self._version = segments, version
+        self._dim, self._dtype, self._exact, self._objectives = dim, dtype, exact, objectives
+        self._count = sum(s.alive for s in segments)
+        self._sorted_ids: np.ndarray | None = None
+        self._columns: list | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    version = property(lambda self: self._version, doc="Batches that changed something, since the set was made.")
+    dim = property(lambda self: self._dim, doc="Embedding dimension n.")
+    dtype = property(lambda self: self._dtype, doc="Storage type name (an exact set's: the type it scans).")
+    exact = property(lambda self: self._exact, doc="Whether top-k is bit for bit the float32 set's (exact=True).")
+    objectives = property(lambda self: self._objectives, doc="Whether rows carry objectives and bids.")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: every segment's packed rows (as Candidates.nbytes), ad ids and masks."""
+        return sum(s.rows.nbytes + s.ids.nbytes + (0 if s.dead is None else s.dead.nbytes) for s in self._segments)
+
+    def __repr__(self) -> str:
+        return self._describe("LiveSnapshot")
+
+    def _describe(self, name: str) -> str:
+        extra = (", exact" if self.exact else "") + (", objectives" if self.objectives else "")
+        return (f"{name}({len(self)} x {self.dim}, dtype={self.dtype!r}{extra}, version {self.version}, "
+                f"{len(self._segments)} segment{'s' * (len(self._segments) != 1)}, {self.nbytes / 2**20:.1f} MiB)")
+
+    def ids(self) -> np.ndarray:
+        """The present ad ids, ascending (int64, read-only)."""
+        if self._sorted_ids is None:
+            ids = np.sort(np.concatenate([s.ids[s.alive_positions()] for s in self._segments] or [np.empty(0, np.int64)]))
+            ids.flags.writeable = False
+            self._sorted_ids = ids
+        return self._sorted_ids
+
+    def contains(self, ids) -> np.ndarray:
+        """Whether each of `ids` is present (bool, one per id; ids that cannot be present, negative
+        ones included, are False)."""
+        values = _id_array(ids, "ids")
+        result = np.zeros(len(values), bool)
+        fits = values <= _INT64_MAX if values.dtype == np.uint64 else slice(None)
+        wanted = values[fits].astype(np.int64)
+        result[fits] = np.any([s.locate(wanted) >= 0 for s in self._segments], axis=0) if self._segments else False
+        return result
+
+    # ---- queries ----------------------------------------------------------------------------
+    def _users(self, users):
+        users = embeddings(users, "users", (1, 2))
+        if users.shape[-1] != self.dim:
+            raise ValueError(f"users {tuple(users.shape)} and the live set ({len(self)}, {self.dim}) differ in "
+                             f"embedding dimension")
+        return users, np.atleast_2d(to_numpy(users))
+
+    def _metric(self, metric):
+        """The metric each segment is asked with: an ObjectiveMetrics checked against the present
+        rows' objectives and, where a segment still holds deleted rows of objectives beyond it,
+        padded with its first metric for them (those rows never reach an answer)."""
+        if not isinstance(metric, ObjectiveMetrics) or not self._segments:
+            return metric
+        largest = -1
+        for s in self._segments:
+            g = s.rows._grouping
+            if g is not None and len(g.objectives):
+                present = g.objectives[g.positions(s.alive_positions())] if s.dead is not None else g.objectives
+                largest = max(largest, int(present.max()) if len(present) else -1)
+        if largest >= len(metric):
+            raise ValueError(f"objectives: ids must be in [0, {len(metric)}) for {len(metric)} metrics, got {largest}")
+        needed = max(s.rows._grouping.n_objectives if s.rows._grouping is not None else 0 for s in self._segments)
+        if needed > len(metric):
+            metric = ObjectiveMetrics(list(metric) + [metric[0]] * (needed - len(metric)))
+        return metric
+
+    def topk(self, users, k, metric=None, *, allowed=None, output=None, sigmoid=False, threads=None):
+        """The best k present rows for users (n,) or (M, n), as Candidates.topk ranks them;
+        the ids returned are ad ids. allowed: ad ids (absent ones are ignored), or one such array
+        per user (then each user's list may be shorter: padded with score NaN and id -1)."""
+        users, plain = self._users(users)
+        k = check_k(k)
+        metric = self._metric(metric)
+        if _per_user(allowed):
+            if len(allowed) != len(plain):
+                raise ValueError(f"allowed: {len(allowed)} filters for {len(plain)} users (one per user)")
+            lists = [self._best(plain[u:u + 1], k, metric, self._allowed(allowed[u], users, f"allowed[{u}]"), output,
+                                sigmoid, threads) for u in range(len(plain))]
+            width = max(x[0].shape[1] for x in lists) if lists else 0
+            scores, ids = np.full((len(plain), width), np.nan, np.float32), np.full((len(plain), width), -1, np.int64)
+            for u, (s, i) in enumerate(lists):
+                scores[u, :s.shape[1]], ids[u, :s.shape[1]] = s[0], i[0]
+        else:
+            wanted = None if allowed is None else self._allowed(allowed, users, "allowed")
+            scores, ids = self._best(plain, k, metric, wanted, output, sigmoid, threads)
+        if users.ndim == 1:
+            scores, ids = scores[0], ids[0]
+        device = device_of(users)
+        scores = without_gradient("live_topk", result_for(scores, device is not None, device), users)
+        return scores, result_for(ids, device is not None, device)
+
+    def _allowed(self, allowed, users, name: str) -> np.ndarray:
+        allowed = host_argument(allowed, name, users)
+        if (host(allowed) if is_tensor(allowed) else np.asarray(allowed)).dtype == np.bool_:
+            raise TypeError(f"{name}: a live set takes ad ids, not a mask (positions move with every batch)")
+        return np.unique(_lookup_ids(allowed, name))
+
+    def _best(self, users, k: int, metric, wanted, output, sigmoid, threads):
+        parts, eligible = [], 0
+        for s in self._segments:
+            positions = None if wanted is None else s.positions(wanted)
+            count = s.alive if positions is None else len(positions)
+            if count:
+                parts.append(s.best(users, k, metric, positions, output, sigmoid, threads))
+                eligible += count
+        if not parts:
+            return np.empty((len(users), 0), np.float32), np.empty((len(users), 0), np.int64)
+        if len(parts) == 1:
+            return parts[0]
+        return merge_numpy(np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1),
+                           min(k, eligible))
+
+    def score(self, users, metric=None, *, ids=None, output=None, sigmoid=False, threads=None):
+        """The quantity asked for (as Candidates.score) of users (n,) or (M, n) against the rows
+        of `ids` (ad ids, each present, else a ValueError), in that order; by default every
+        present row in ascending id order (ids())."""
+        users, plain = self._users(users)
+        metric = self._metric(metric)
+        if ids is None:
+            columns = self._every_column()
+            width = len(self)
+        else:
+            wanted = _lookup_ids(ids, "ids")
+            if len(wanted) != len(_id_array(ids, "ids")):
+                raise ValueError("ids: ad ids beyond int64 are never present")
+            columns, found = [], np.zeros(len(wanted), bool)
+            for s in self._segments:
+                at = s.locate(wanted)
+                hit = np.flatnonzero(at >= 0)
+                found[hit] = True
+                columns.append((at[hit], hit))
+            if not found.all():
+                raise ValueError(f"ids: ad id {wanted[np.flatnonzero(~found)[0]]} is not in the live set")
+            width = len(wanted)
+        result = np.empty((len(plain), width), np.float32)
+        for s, (positions, destination) in zip(self._segments, columns):
+            if len(positions):
+                rows = s.rows
+                every = host(rows._scores(rows._request(plain, metric, threads, output, sigmoid)))
+                result[:, destination] = every[:, positions]
+        if users.ndim == 1:
+            result = result[0]
+        device = device_of(users)
+        return without_gradient("live_score", result_for(result, device is not None, device), users)
+
+    def _every_column(self) -> list:
+        """Per segment: (its present positions, where their columns go in ascending id order)."""
+        if self._columns is None:
+            present = [s.alive_positions() for s in self._segments]
+            ids = np.concatenate([s.ids[p] for s, p in zip(self._segments, present)] or [np.empty(0, np.int64)])
+            destination = np.empty(len(ids), np.int64)
+            destination[np.argsort(ids, kind="stable")] = np.arange(len(ids))
+            starts = np.cumsum([0] + [len(p) for p in present])
+            self._columns = [(p, destination[b:b + len(p)]) for p, b in zip(present, starts)]
+        return self._columns
+
+
+# ---- the live set ------------------------------------------------------------------------------------
+class LiveCandidates:
+    """A candidate set keyed by int64 ad ids (>= 0) that batches change while queries run. Its
+    queries answer the version current when they start (see LiveSnapshot); snapshot() pins one."""
+
+    def __init__(self, dim, dtype: str = "float32", *, exact: bool = False, objectives: bool = False):
+        if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral) or dim < 1:
+            raise ValueError(f"dim: expected an integer >= 1, got {dim!r}")
+        storage_type(dtype)
+        for name, flag in (("exact", exact), ("objectives", objectives)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected True or False, got {type(flag).__name__}")
+        if exact and dtype == "float32":
+            raise ValueError("dtype: exact=True scans a reduced type (float16, bfloat16, int8), got 'float32'")
+        self._lock = threading.Lock()  # writers only: readers take self._current as it is
+        self._current = LiveSnapshot((), 0, int(dim), dtype, bool(exact), bool(objectives))
+
+    @classmethod
+    def from_arrays(cls, ids, ads, dtype: str = "float32", *, exact: bool = False, objectives=None, bids=None):
+        """A live set of rows ads (N, n) under ad ids (N,), int64, unique, >= 0. objectives (an
+        array of ids, or True: all 0) or bids make a set ranked by value, as Candidates."""
+        ads = to_numpy(embeddings(ads, "ads", (2,)))
+        with_objectives = not (objectives is None or objectives is False) or bids is not None
+        self = cls(ads.shape[1], dtype, exact=exact, objectives=with_objectives)
+        if with_objectives:
+            objectives = np.zeros(len(ads), np.int64) if objectives is None or objectives is True else objectives
+            bids = np.ones(len(ads), np.float32) if bids is None else bids
+        segment = self._segment(ids, ads, objectives, bids, main=True)
+        if segment is not None:
+            self._current = self._version_of([segment], 0)
+        return self
+
+    # ---- the current version's answers ---------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._current)
+
+    version = property(lambda self: self._current.version, doc=LiveSnapshot.version.__doc__)
+    dim = property(lambda self: self._current.dim, doc=LiveSnapshot.dim.__doc__)
+    dtype = property(lambda self: self._current.dtype, doc=LiveSnapshot.dtype.__doc__)
+    exact = property(lambda self: self._current.exact, doc=LiveSnapshot.exact.__doc__)
+    objectives = property(lambda self: self._current.objectives, doc=LiveSnapshot.objectives.__doc__)
+    nbytes = property(lambda self: self._current.nbytes, doc=LiveSnapshot.nbytes.__doc__)
+
+    def __repr__(self) -> str:
+        return self._current._describe("LiveCandidates")
+
+    def snapshot(self) -> LiveSnapshot:
+        """The current version, frozen: its answers never change. Costs nothing (no copy)."""
+        return self._current
+
+    def ids(self) -> np.ndarray:
+        return self._current.ids()
+
+    def contains(self, ids) -> np.ndarray:
+        return self._current.contains(ids)
+
+    def topk(self, users, k, metric=None, **options):
+        return self._current.topk(users, k, metric, **options)
+
+    def score(self, users, metric=None, **options):
+        return self._current.score(users, metric, **options)
+
+    ids.__doc__, contains.__doc__ = LiveSnapshot.ids.__doc__, LiveSnapshot.contains.__doc__
+    topk.__doc__, score.__doc__ = LiveSnapshot.topk.__doc__, LiveSnapshot.score.__doc__
+
+    # ---- batches ----------------------------------------------------------------------------------
+    def _version_of(self, segments, version: int) -> LiveSnapshot:
+        c = self._current
+        return LiveSnapshot(tuple(segments), version, c.dim, c.dtype, c.exact, c.objectives)
+
+    def _taken_out(self, ids: np.ndarray):
+        """(the current segments with `ids` taken out, how many were present)."""
+        segments, present = [], 0
+        for s in self._current._segments:
+            at = s.locate(ids)
+            at = at[at >= 0]
+            present += len(at)
+            segments.append(s.without(at) if len(at) else s)
+        return segments, present
+
+    def _publish(self, segments: list, version: int) -> None:
+        """Publishes the next version: segments merged as they grow (each one at most half the
+        one before it), empty ones dropped, a segment most of whose rows are gone rewritten."""
+        segments = [s for s in segments if s.alive]
+        segments = [self._merged([s], i == 0) if s.dead is not None and 2 * s.alive < len(s) else s
+                    for i, s in enumerate(segments)]
+        while len(segments) >= 2 and len(segments[-2]) <= _MERGE_RATIO * len(segments[-1]):
+            segments[-2:] = [self._merged(segments[-2:], len(segments) == 2)]
+        self._current = self._version_of(segments, version)
+
+    def _merged(self, segments, main: bool) -> _Segment:
+        """_merged for this set: the main store (the first segment) of an exact set packed exactly."""
+        return _merged(segments, self.objectives, self.dtype if main and self.exact else None)
+
+    def upsert(self, ids, ads, *, objectives=None, bids=None) -> None:
+        """Inserts the rows of new ids and replaces those of present ones: one atomic batch. A set
+        with objectives takes objectives and bids for every row."""
+        segment = self._segment(ids, ads, objectives, bids, main=False)
+        if segment is None:
+            return
+        with self._lock:
+            segments, _ = self._taken_out(segment.ids)
+            self._publish(segments + [segment], self._current.version + 1)
+
+    def _segment(self, ids, ads, objectives, bids, main: bool) -> _Segment | None:
+        """A segment of new rows, checked (None for none). An exact set's rows are packed
+        exactly in its main store; elsewhere they wait as float32 rows (an exact set answers as
+        its float32 rows do), packed exactly when they reach the main store: an upsert costs a
+        float32 pack."""
+        ids = _batch_ids(ids, "ids")
+        if ids.size and ids.min() < 0:
+            raise ValueError(f"ids: ad ids must be >= 0, got {ids.min()}")
+        ads = to_numpy(embeddings(ads, "ads", (2,)))
+        if ads.shape != (len(ids), self.dim):
+            raise ValueError(f"ads: expected shape ({len(ids)}, {self.dim}) for {len(ids)} ids, got {ads.shape}")
+        if self.objectives:
+            if objectives is None or bids is None:
+                raise ValueError("objectives, bids: a live set with objectives takes both for every row")
+            objectives, bids = check_objectives(objectives, bids, len(ids))
+        elif objectives is not None or bids is not None:
+            raise ValueError("objectives, bids: this live set was made without objectives")
+        if not len(ids):
+            return None
+        order = np.argsort(ids) if np.any(ids[1:] < ids[:-1]) else slice(None)  # sorted ids: no copy
+        rows = ads[order]
+        if self.exact and main:
+            store = ExactStorage.pack_exact(rows, self.dtype)
+        else:
+            store = Storage.pack(rows, "float32" if self.exact else self.dtype)
+        return _assembled(store, ids[order], None if objectives is None else objectives[order],
+                          None if bids is None else bids[order])
+
+    def remove(self, ids) -> int:
+        """Removes the rows of `ids` that are present (absent ones, negative ones included, are
+        ignored): one atomic batch. Returns how many were present."""
+        ids = _batch_ids(ids, "ids")
+        with self._lock:
+            segments, present = self._taken_out(ids)
+            if present:
+                self._publish(segments, self._current.version + 1)
+        return present
+
+    def set_bids(self, ids, bids) -> None:
+        """Sets the bids of present ids (pacing): one atomic batch; an absent id is a ValueError
+        and nothing changes. The rows move to a segment packed by their new bids."""
+        if not self.objectives:
+            raise ValueError("set_bids: this live set was made without objectives or bids")
+        ids = _batch_ids(ids, "ids")
+        bids = check_bids(bids, len(ids))
+        with self._lock:
+            current = self._current._segments
+            at = [s.locate(ids) for s in current]
+            found = np.any([a >= 0 for a in at], axis=0) if at else np.zeros(len(ids), bool)
+            if not found.all():
+                raise ValueError(f"ids: ad id {ids[np.flatnonzero(~found)[0]]} is not in the live set")
+            pieces = [s.pieces(a[a >= 0]) for s, a in zip(current, at) if np.any(a >= 0)]
+            moved = np.concatenate([p[2] for p in pieces])
+            new_bids = bids[np.argsort(ids)][np.searchsorted(np.sort(ids), moved)]
+            if np.array_equal(new_bids, np.concatenate([p[4] for p in pieces])):
+                return  # nothing changes
+            order = np.argsort(moved)
+            store = gathered([(gathered([(_plain(p[0]), p[1]) for p in pieces]), order)])
+            segment = _assembled(store, moved[order], np.concatenate([p[3] for p in pieces])[order], new_bids[order])
+            segments = [s.without(a[a >= 0]) if np.any(a >= 0) else s for s, a in zip(current, at)]
+            self._publish(segments + [segment], self._current.version + 1)
+
+    def _one_main(self, version: LiveSnapshot) -> bool:
+        """Whether a version is one main store already, with nothing for compact() to fold."""
+        segments = version._segments
+        return len(segments) == 1 and segments[0].dead is None and \
+            isinstance(segments[0].rows._store, ExactStorage) == self.exact
+
+    def compact(self) -> None:
+        """Folds every segment and deletion into one main store, built beside the current one and
+        swapped in; queries keep running on the version they hold. The version stays."""
+        with self._lock:
+            c = self._current
+            if c._segments and not self._one_main(c):
+                self._current = self._version_of([self._merged(c._segments, True)], c.version)
+
+    # ---- files ----------------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Writes the current version to `path` as one segment with its ad ids, in the format of
+        Candidates.save (CRC-checked, written beside `path` and renamed over it). Writers go on
+        while it writes; the file holds the version current when save began."""
+        c = self._current
+        if self._one_main(c):
+            segment = c._segments[0]
+        elif c._segments:
+            segment = self._merged(c._segments, True)
+        else:  # an empty set still records its type and whether it has objectives
+            empty = np.empty((0, self.dim), np.float32)
+            store = ExactStorage.pack_exact(empty, self.dtype) if self.exact else Storage.pack(empty, self.dtype)
+            none = np.empty(0, np.int64)
+            segment = _assembled(store, none, none if self.objectives else None,
+                                 np.empty(0, np.float32) if self.objectives else None)
+        segment.rows._write(path, segment.ids)
+
+    @classmethod
+    def load(cls, path, mmap: bool = True, verify: bool = True) -> "LiveCandidates":
+        """Reads a live set written by save() (mmap=True maps it read-only); it takes further
+        batches. A file that is not a live set's, or is damaged, raises ValueError."""
+        from . import _set_file
+
+        store, grouping, ids = _set_file.read(path, mmap, verify)
+        if ids is None:
+            raise ValueError(f"{path}: a Candidates file, without ad ids: load it with sk.Candidates.load")
+        exact = isinstance(store, ExactStorage)
+        self = cls(store.dim, store.scan.dtype if exact else store.dtype, exact=exact, objectives=grouping is not None)
+        if len(ids):
+            self._current = self._version_of([_Segment(Candidates.packed(store, grouping), ids)], 0)
+        return self
