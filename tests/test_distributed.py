@@ -105,6 +105,37 @@ def test_tensor_column_sharded_objectives_by_value(cluster, data, tmp_path):
     np.testing.assert_array_equal(column(table, "topk_scores", np.float32), expected_values)
 
 
+def test_topk_dataset_over_live_shards(cluster, data, tmp_path):
+    """Two saved live sets (changed, not compacted; by value) as shards: the ids are the ad ids,
+    merged exactly as the one live set holding both answers."""
+    folder, ads, users, _ = data
+    rng = np.random.default_rng(2)
+    ids = rng.permutation(np.union1d(rng.integers(0, 2**63 - 1, len(ads) - 1), [2**63 - 1]))
+    objectives, bids = rng.integers(0, 2, len(ads)), rng.lognormal(0, 1, len(ads)).astype(np.float32)
+    whole = sk.LiveCandidates.from_arrays(ids, ads, "int8", exact=True, objectives=objectives, bids=bids)
+    odd = ids % 2 == 1
+    shards = [sk.LiveCandidates.from_arrays(ids[m], ads[m], "int8", exact=True, objectives=objectives[m], bids=bids[m])
+              for m in (odd, ~odd)]
+    rows, new_bids = rng.standard_normal((100, DIM)).astype(np.float32), rng.lognormal(0, 1, 300).astype(np.float32)
+    for live in (whole, *shards):  # each applies the changes to the ids it holds
+        mine = live.contains(ids[:300])
+        replaced = mine[:100]
+        live.upsert(ids[:100][replaced], rows[replaced], objectives=np.ones(replaced.sum(), np.int64),
+                    bids=new_bids[:100][replaced])
+        live.set_bids(ids[100:300][mine[100:]], new_bids[100:][mine[100:]])
+        live.remove(ids[300:400])
+    paths = [str(tmp_path / "odd.skl"), str(tmp_path / "even.skl")]
+    for live, path in zip(shards, paths):
+        live.save(path)
+    om = sk.ObjectiveMetrics([sk.Metric.diagonal(rng.standard_normal(DIM), bias=b) for b in (-1.0, 1.0)])
+    dataset = ray.data.from_arrow(pa.table({"user_id": np.arange(200), "embedding": fixed_lists(users[:200])}))
+    table = results(skd.topk_dataset(dataset, paths, k=30, metric=om, batch_size=64, concurrency=1))
+    assert table.schema.field("topk_ids").type.value_type == pa.int64()
+    expected_values, expected_ids = whole.topk(users[:200], 30, om)
+    np.testing.assert_array_equal(column(table, "topk_ids", np.int64), expected_ids)
+    np.testing.assert_array_equal(column(table, "topk_scores", np.float32), expected_values)
+
+
 def test_score_dataset(cluster, data):
     folder, ads, users, metric = data
     pairs = pa.table({"user_id": np.arange(1000), "user": fixed_lists(users[:1000]), "ad": fixed_lists(ads[:1000])})

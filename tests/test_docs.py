@@ -97,3 +97,44 @@ def test_the_readme_tour_and_exact_sets_run_as_printed():
     for got in (names["best"], (names["scores"], names["ids"])):
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_the_readme_live_serving_loop_runs_as_printed(tmp_path, monkeypatch):
+    """The serving loop of a live set runs as printed (in a directory of its own, for its file),
+    and what it ends with is the oracle's: a Candidates of the present rows in ascending id order,
+    rebuilt here by replaying the feed; the file it published loads and answers the same."""
+    import numpy as np
+
+    import splitnet_kernels as sk
+
+    monkeypatch.chdir(tmp_path)
+    names: dict = {}
+    for block in _python_blocks("## Serving a changing inventory"):
+        exec(compile(block, "README.md", "exec"), names)
+
+    first = zip(names["ad_ids"], names["ads"], names["objective"], names["bid"])
+    present = {i: (row, o, b) for i, row, o, b in first}
+    for new, rows, objectives, bids, paused, paced, paced_bids in names["feed"]:
+        present.update(zip(new, zip(rows, objectives, bids)))
+        for i in paused:
+            present.pop(i, None)
+        for i, b in zip(paced, paced_bids):
+            present[i] = (*present[i][:2], b)
+    ids = np.array(sorted(present), np.int64)
+    rows, objectives, bids = (np.array([present[i][j] for i in ids]) for j in range(3))
+    oracle = sk.Candidates(rows, "int8", exact=True, objectives=objectives, bids=bids.astype(np.float32))
+    live, om, users, eligible = names["live"], names["om"], names["users"], names["eligible"]
+    np.testing.assert_array_equal(live.ids(), ids)
+
+    for got in (live, sk.LiveCandidates.load(tmp_path / "ads.skc", mmap=True)):
+        values, found = got.topk(users, 100, om, allowed=eligible)
+        want = oracle.topk(users, 100, om, allowed=np.flatnonzero(np.isin(ids, eligible)))
+        np.testing.assert_array_equal(values, want[0])
+        np.testing.assert_array_equal(found, ids[want[1]])
+    for u in range(len(users)):  # one filter per user, padded where a user has fewer than k
+        want = oracle.topk(users[u], 100, om, allowed=np.flatnonzero(np.isin(ids, eligible[u::8])))
+        np.testing.assert_array_equal(names["values"][u][:len(want[0])], want[0])
+        np.testing.assert_array_equal(names["ids"][u][:len(want[1])], ids[want[1]])
+        assert np.all(names["ids"][u][len(want[1]):] == -1)
+    probability = oracle.score(users[0], om, output="probability")
+    np.testing.assert_array_equal(names["probs"], probability[np.searchsorted(ids, names["ids"][0])])

@@ -365,6 +365,148 @@ def test_cli_refuses_offsets_past_uint64(capsys, tmp_path, data, two_shards):
                                       tmp_path / "top.parquet"], "offsets", str(2**64))
 
 
+# ---- saved live sets: their ids are the ad ids (issue 24, item 5) ------------------------------
+def live_history(rng, count=600, objectives=False):
+    """A history of batches over ad ids spread across int64 (0 and 2**63 - 1 among them): the
+    first rows, then upserts (new ids and replaced rows), removals (present and absent ids) and,
+    with objectives, bid changes. Each step is (method, keyword arguments)."""
+    ids = np.union1d(rng.integers(1, 2**63 - 1, count - 2), [0, 2**63 - 1])
+    ids = rng.permutation(ids)  # given in any order
+    ads = rng.standard_normal((len(ids), DIM)).astype(np.float32)
+
+    def rows(n):
+        extra = dict(objectives=rng.integers(0, 3, n), bids=rng.lognormal(0, 1, n).astype(np.float32))
+        return dict(ads=rng.standard_normal((n, DIM)).astype(np.float32), **(extra if objectives else {}))
+
+    first = dict(ids=ids, **rows(len(ids)))
+    first["ads"] = ads
+    new_ids = np.setdiff1d(rng.integers(1, 2**63 - 1, 40), ids)
+    steps = [("upsert", dict(ids=np.concatenate([new_ids, ids[:30]]), **rows(len(new_ids) + 30))),
+             ("remove", dict(ids=np.concatenate([ids[30:60], new_ids[:5], [12345]]))),
+             ("upsert", dict(ids=ids[100:110], **rows(len(ids[100:110]))))]
+    if objectives:
+        steps.append(("set_bids", dict(ids=ids[200:260], bids=rng.lognormal(0, 1, len(ids[200:260])).astype(np.float32))))
+    steps.append(("remove", dict(ids=ids[300:310])))
+    return first, steps
+
+
+def live_set(history, dtype="float32", exact=False, keep=None):
+    """The live set after the history, not compacted; keep(ids) -> mask: only those ids' rows."""
+    first, steps = history
+    objectives = "objectives" in first
+
+    def kept(arguments):
+        if keep is None:
+            return arguments
+        mask = keep(arguments["ids"])
+        return {name: value[mask] for name, value in arguments.items()}
+
+    first = kept(first)
+    live = sk.LiveCandidates.from_arrays(first["ids"], first["ads"], dtype, exact=exact,
+                                         objectives=first.get("objectives"), bids=first.get("bids"))
+    assert live.objectives == objectives
+    for method, arguments in steps:
+        arguments = dict(kept(arguments))
+        ids = arguments.pop("ids")
+        if method == "upsert":
+            live.upsert(ids, arguments.pop("ads"), **arguments)
+        else:
+            getattr(live, method)(ids, **arguments)
+    return live
+
+
+def same_topk(got, want):
+    assert got[1].dtype == np.int64, got[1].dtype
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+LIVE_CASES = {  # dtype, exact, objectives
+    "float32": ("float32", False, False),
+    "int8-exact": ("int8", True, False),
+    "bfloat16-by-value": ("bfloat16", False, True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIVE_CASES))
+def test_a_saved_live_set_scores_as_live_topk(tmp_path, rng, case):
+    """A live set saved with changes pending answers offline (the batch function, the local
+    engine, the command) exactly as live.topk: its ad ids, int64, the scores bit for bit."""
+    dtype, exact, objectives = LIVE_CASES[case]
+    live = live_set(live_history(rng, objectives=objectives), dtype, exact)
+    assert " 1 segment" not in repr(live)  # changes pending: the file holds their merge
+    live.save(tmp_path / "ads.skl")
+    users = rng.standard_normal((50, DIM)).astype(np.float32)
+    write_users(tmp_path / "users.parquet", users, row_group_size=16)
+    if objectives:
+        metric = sk.ObjectiveMetrics([sk.Metric.diagonal(rng.standard_normal(DIM), bias=b) for b in (-1.0, 0.0, 1.0)])
+    else:
+        metric = sk.Metric.diagonal(rng.standard_normal(DIM), bias=0.25)
+    metric.save(tmp_path / "metric.npz")
+    expected = live.topk(users, 20, metric)  # by value with objectives, as a Candidates file's default
+    job = _offline.TopkBatch(tmp_path / "ads.skl", 20, metric)
+    same_topk(job.topk(users), expected)
+    same_topk(job.topk(users[:1]), live.topk(users[:1], 20, metric))
+    if objectives:  # the other outputs, as live.topk ranks them
+        for output in ("logit", "probability"):
+            same_topk(_offline.TopkBatch(tmp_path / "ads.skl", 20, metric, output=output).topk(users),
+                      live.topk(users, 20, metric, output=output))
+    assert offline(tmp_path, "--candidates", tmp_path / "ads.skl", "--k", 20, "--metric", tmp_path / "metric.npz",
+                   "--batch-rows", 16, "--out", tmp_path / "top.parquet") == 0
+    table, scores, ids = read_results(tmp_path / "top.parquet")
+    assert table.schema.field("topk_ids").type.value_type == pa.int64()
+    same_topk((scores, ids), expected)
+
+
+def test_live_shards_merge_by_ad_id(tmp_path, rng):
+    """Two live shards (the ids split by parity, each after the same history) score as the one
+    live set that holds both: merged by ad id, by value, through the batch function and the
+    command; an empty live shard changes nothing."""
+    history = live_history(rng, objectives=True)
+    whole = live_set(history)
+    paths = [tmp_path / "even.skl", tmp_path / "odd.skl"]
+    for parity, path in enumerate(paths):
+        live_set(history, keep=lambda ids, parity=parity: ids % 2 == parity).save(path)
+    sk.LiveCandidates(DIM, objectives=True).save(tmp_path / "empty.skl")
+    om = sk.ObjectiveMetrics([sk.Metric.diagonal(rng.standard_normal(DIM), bias=b) for b in (-1.0, 0.0, 1.0)])
+    om.save(tmp_path / "om.npz")
+    users = rng.standard_normal((40, DIM)).astype(np.float32)
+    write_users(tmp_path / "users.parquet", users)
+    expected = whole.topk(users, 25, om)
+    same_topk(_offline.TopkBatch(paths, 25, om).topk(users), expected)
+    same_topk(_offline.TopkBatch([*paths, tmp_path / "empty.skl"], 25, om).topk(users), expected)
+    assert offline(tmp_path, "--candidates", *paths, "--k", 25, "--metric", tmp_path / "om.npz", "--out",
+                   tmp_path / "top.parquet") == 0
+    same_topk(read_results(tmp_path / "top.parquet")[1:], expected)
+
+
+def test_live_shards_are_refused_with_offsets_plain_shards_or_shared_ids(capsys, tmp_path, rng, data):
+    history = live_history(rng, count=100)
+    live_set(history).save(tmp_path / "ads.skl")
+    live_set(history, keep=lambda ids: ids % 3 == 0).save(tmp_path / "third.skl")
+    with pytest.raises(ValueError, match="offsets: a saved live set's ids are its own ad ids"):
+        _offline.TopkBatch(tmp_path / "ads.skl", 5, offsets=[0])
+    with pytest.raises(ValueError, match="ads.skl is a saved live set .*/ads.skc a Candidates file"):
+        _offline.TopkBatch([tmp_path / "ads.skl", tmp_path / "ads.skc"], 5)
+    with pytest.raises(ValueError, match="ad id .* is in two live shards .*ads.skl and .*third.skl"):
+        _offline.TopkBatch([tmp_path / "ads.skl", tmp_path / "third.skl"], 5)
+    assert_refused(capsys, tmp_path, ["--candidates", tmp_path / "ads.skl", "--offsets", 0, "--k", 5, "--out",
+                                      tmp_path / "top.parquet"], "offsets", "live set")
+    assert_refused(capsys, tmp_path, ["--candidates", tmp_path / "ads.skc", tmp_path / "ads.skl", "--k", 5, "--out",
+                                      tmp_path / "top.parquet"], "live set", "Candidates file")
+
+
+def test_the_set_file_says_whether_it_is_a_live_set(tmp_path, rng, data):
+    from splitnet_kernels import _set_file
+
+    live_set(live_history(rng, count=50)).save(tmp_path / "ads.skl")
+    assert _set_file.is_live(tmp_path / "ads.skl") and not _set_file.is_live(tmp_path / "ads.skc")
+    assert isinstance(_offline.load_set(tmp_path / "ads.skl"), sk.LiveCandidates)
+    assert isinstance(_offline.load_set(tmp_path / "ads.skc"), sk.Candidates)
+    with pytest.raises(ValueError, match="not a splitnet_kernels candidate file"):
+        _set_file.is_live(tmp_path / "metric.npz")
+
+
 # ---- without pyarrow: one line naming the extra (issue 22, class 14) ---------------------------
 WITHOUT_PYARROW = """
 import sys

@@ -372,6 +372,55 @@ def test_merge_topk_torch_in_torch_out(rng):
         assert torch.equal(merged_ids, expected_ids) and torch.equal(merged_scores, expected_scores)
 
 
+def test_merge_topk_over_live_shards_equals_one_live_set(rng):
+    """Per-shard LiveCandidates answers merge by ad id (up to 2**63 - 1) into the answer of one
+    live set holding both shards' rows, after upserts and removals; with per-user allowed= the
+    shards' padding (score NaN, id -1) never displaces a result, a NaN-scored one included."""
+    n, count = 5, 120
+    users, ads = _integer_data(rng, (3, n), count, n, -2, 3)  # many ties: broken by the lower ad id
+    ads[7] = np.nan  # a row whose every score is NaN
+    ids = rng.permutation(np.union1d(rng.integers(1, 2**63 - 1, count - 2), [0, 2**63 - 1]))
+    in_first = rng.random(count) < 0.5
+    whole = sk.LiveCandidates.from_arrays(ids, ads)
+    shards = [sk.LiveCandidates.from_arrays(ids[mask], ads[mask]) for mask in (in_first, ~in_first)]
+    new_ids = np.setdiff1d(rng.integers(1, 2**62, 10), ids)
+    new_ads = _integer_data(rng, (1, n), 10, n, -2, 3)[1]
+    for live in (whole, *shards):
+        live.remove(ids[20:40])
+        mine = live.contains(ids[40:50])  # replaced where they are
+        live.upsert(ids[40:50][mine], new_ads[mine])
+        if live is whole or live is shards[0]:  # new ids go to the first shard
+            live.upsert(new_ids, new_ads[:len(new_ids)])
+    for k in (1, 5, 40, count + 20):
+        for who in (users[0], users):
+            merged = sk.merge_topk([live.topk(who, k) for live in shards], k)
+            expected = whole.topk(who, k)
+            assert merged[1].dtype == np.int64
+            np.testing.assert_array_equal(merged[1], expected[1])
+            np.testing.assert_array_equal(merged[0], expected[0])
+    present = whole.ids()
+    allowed = [rng.choice(present, size, replace=False) for size in (3, 0, 12)]
+    allowed[0][0] = ids[7]  # the NaN row is allowed for user 0
+    for k in (2, 4, 12):
+        merged = sk.merge_topk([live.topk(users, k, allowed=allowed) for live in shards], k)
+        expected = whole.topk(users, k, allowed=allowed)
+        width = expected[1].shape[1]
+        np.testing.assert_array_equal(merged[1][:, :width], expected[1])
+        np.testing.assert_array_equal(merged[0][:, :width], expected[0])
+        assert np.all(merged[1][:, width:] == -1) and np.all(np.isnan(merged[0][:, width:]))
+
+
+def test_merge_topk_padding_ranks_after_every_result():
+    nan = np.nan
+    parts = [(np.array([nan, nan], np.float32), np.array([5, -1])),
+             (np.array([4.0, nan], np.float32), np.array([1, -1]))]
+    scores, ids = sk.merge_topk(parts, 4)
+    assert ids.tolist() == [1, 5, -1, -1]  # the NaN result of id 5 before the padding of id -1
+    assert sk.merge_topk(parts, 2)[1].tolist() == [1, 5]
+    # a negative id with a number is a result like any other
+    assert sk.merge_topk([(np.array([1.0, nan], np.float32), np.array([-1, 3]))], 2)[1].tolist() == [-1, 3]
+
+
 def test_merge_topk_errors():
     good = (np.zeros(3, np.float32), np.arange(3))
     with pytest.raises(ValueError, match="k"):

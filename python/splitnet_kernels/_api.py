@@ -95,9 +95,11 @@ def merge_topk(parts, k):
 
     Each part is 1-D (k_i,) or, for M users, 2-D (M, k_i); ids are global candidate ids. The
     result equals topk over the concatenation: sorted best first, equal scores by the lower id,
-    NaN below every number. Scores are compared in their own precision and come back in the
-    widest type given (float64 parts stay float64); ids come back as int64, or as uint64 when
-    some id is beyond the int64 range (a mix of those with negative ids is refused).
+    NaN below every number. An entry of score NaN and id -1 is padding (what a live set's topk
+    ends a shorter per-user list with) and ranks below every other, so it never displaces a
+    result. Scores are compared in their own precision and come back in the widest type given
+    (float64 parts stay float64); ids come back as int64, or as uint64 when some id is beyond the
+    int64 range (a mix of those with negative ids is refused).
     """
     k = check_k(k)
     try:
@@ -125,7 +127,9 @@ def merge_topk(parts, k):
             raise ValueError(f"parts[{i}]: shape {scores.shape} does not match parts[0] {all_scores[0].shape}")
         all_scores.append(scores)
         all_ids.append(ids)
-    merged = merge_numpy(np.concatenate(all_scores, -1), _common_ids(all_ids), k)
+    scores, ids = np.concatenate(all_scores, -1), _common_ids(all_ids)
+    padding = np.isnan(scores) & (ids == -1) if ids.dtype.kind == "i" else None
+    merged = merge_numpy(scores, ids, k, padding)
     return tuple(result_for(x, torch_input, device) for x in merged)
 
 

@@ -26,10 +26,11 @@ import threading
 
 import numpy as np
 
+from . import _set_file
 from ._candidates import Candidates
-from ._checks import check_k, embeddings, host_argument
+from ._checks import check_k, check_metric, embeddings, host_argument
 from ._conversions import device_of, host, is_tensor, result_for, to_numpy
-from ._objectives import Grouping, ObjectiveMetrics, check_bids, check_objectives
+from ._objectives import Grouping, ObjectiveMetrics, check_bids, check_metric_for, check_objectives
 from ._order import merge_numpy
 from ._route import without_gradient
 from ._storage import ExactStorage, Storage, gathered, storage_type
@@ -91,15 +92,17 @@ class _Segment:
             if array is not None and array.flags.writeable:
                 array.flags.writeable = False
         self.alive = len(ids) - (0 if dead is None else int(np.count_nonzero(dead)))
-        self._alive_positions = None
+        self._alive_positions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def alive_positions(self) -> np.ndarray:
-        if self._alive_positions is None:  # a race only computes it twice
-            self._alive_positions = np.arange(len(self.ids)) if self.dead is None else np.flatnonzero(~self.dead)
-        return self._alive_positions
+        positions = self._alive_positions
+        if positions is None:  # a race only computes it twice
+            positions = np.arange(len(self.ids)) if self.dead is None else np.flatnonzero(~self.dead)
+            self._alive_positions = positions
+        return positions
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """The positions of the present rows among `ids` (ascending unique int64): ascending."""
@@ -250,12 +253,19 @@ class LiveSnapshot:
                              f"embedding dimension")
         return users, np.atleast_2d(to_numpy(users))
 
-    def _metric(self, metric):
-        """The metric each segment is asked with: an ObjectiveMetrics checked against the present
-        rows' objectives and, where a segment still holds deleted rows of objectives beyond it,
-        padded with its first metric for them (those rows never reach an answer)."""
-        if not isinstance(metric, ObjectiveMetrics) or not self._segments:
-            return metric
+    def _metric(self, metric, users):
+        """The metric each segment is asked with, checked (also where there is no row): an
+        ObjectiveMetrics checked against the present rows' objectives and, where a segment still
+        holds deleted rows of objectives beyond it, padded with its first metric for them (those
+        rows never reach an answer)."""
+        if not isinstance(metric, ObjectiveMetrics):
+            return check_metric(metric, self.dim, users, np.empty((0, self.dim), np.float32))
+        if not self.objectives:
+            check_metric_for(metric, None, self.dim)  # refuses it: the set has no objectives
+        if metric.dim != self.dim:
+            raise ValueError(f"metric has dimension {metric.dim}, but the live set has dimension {self.dim}")
+        for m in metric:
+            m.check_fold_range(users)
         largest = -1
         for s in self._segments:
             g = s.rows._grouping
@@ -264,7 +274,7 @@ class LiveSnapshot:
                 largest = max(largest, int(present.max()) if len(present) else -1)
         if largest >= len(metric):
             raise ValueError(f"objectives: ids must be in [0, {len(metric)}) for {len(metric)} metrics, got {largest}")
-        needed = max(s.rows._grouping.n_objectives if s.rows._grouping is not None else 0 for s in self._segments)
+        needed = max((s.rows._grouping.n_objectives for s in self._segments if s.rows._grouping is not None), default=0)
         if needed > len(metric):
             metric = ObjectiveMetrics(list(metric) + [metric[0]] * (needed - len(metric)))
         return metric
@@ -275,7 +285,7 @@ class LiveSnapshot:
         per user (then each user's list may be shorter: padded with score NaN and id -1)."""
         users, plain = self._users(users)
         k = check_k(k)
-        metric = self._metric(metric)
+        metric = self._metric(metric, plain)
         if _per_user(allowed):
             if len(allowed) != len(plain):
                 raise ValueError(f"allowed: {len(allowed)} filters for {len(plain)} users (one per user)")
@@ -320,7 +330,7 @@ class LiveSnapshot:
         of `ids` (ad ids, each present, else a ValueError), in that order; by default every
         present row in ascending id order (ids())."""
         users, plain = self._users(users)
-        metric = self._metric(metric)
+        metric = self._metric(metric, plain)
         if ids is None:
             columns = self._every_column()
             width = len(self)
@@ -441,8 +451,9 @@ class LiveCandidates:
         return segments, present
 
     def _publish(self, segments: list, version: int) -> None:
-        """Publishes the next version: segments merged as they grow (each one at most half the
-        one before it), empty ones dropped, a segment most of whose rows are gone rewritten."""
+        """Publishes the next version: segments merged as they grow (each one more than
+        _MERGE_RATIO times the next, so there are few), empty ones dropped, a segment most of
+        whose rows are gone rewritten."""
         segments = [s for s in segments if s.alive]
         segments = [self._merged([s], i == 0) if s.dead is not None and 2 * s.alive < len(s) else s
                     for i, s in enumerate(segments)]
@@ -485,6 +496,7 @@ class LiveCandidates:
             return None
         order = np.argsort(ids) if np.any(ids[1:] < ids[:-1]) else slice(None)  # sorted ids: no copy
         rows = ads[order]
+        store: Storage
         if self.exact and main:
             store = ExactStorage.pack_exact(rows, self.dtype)
         else:
@@ -509,6 +521,8 @@ class LiveCandidates:
             raise ValueError("set_bids: this live set was made without objectives or bids")
         ids = _batch_ids(ids, "ids")
         bids = check_bids(bids, len(ids))
+        if not len(ids):
+            return
         with self._lock:
             current = self._current._segments
             at = [s.locate(ids) for s in current]
@@ -562,13 +576,11 @@ class LiveCandidates:
     def load(cls, path, mmap: bool = True, verify: bool = True) -> "LiveCandidates":
         """Reads a live set written by save() (mmap=True maps it read-only); it takes further
         batches. A file that is not a live set's, or is damaged, raises ValueError."""
-        from . import _set_file
-
         store, grouping, ids = _set_file.read(path, mmap, verify)
         if ids is None:
             raise ValueError(f"{path}: a Candidates file, without ad ids: load it with sk.Candidates.load")
-        exact = isinstance(store, ExactStorage)
-        self = cls(store.dim, store.scan.dtype if exact else store.dtype, exact=exact, objectives=grouping is not None)
+        dtype = store.scan.dtype if isinstance(store, ExactStorage) else store.dtype
+        self = cls(store.dim, dtype, exact=isinstance(store, ExactStorage), objectives=grouping is not None)
         if len(ids):
             self._current = self._version_of([_Segment(Candidates.packed(store, grouping), ids)], 0)
         return self

@@ -22,8 +22,9 @@ except ImportError as missing:  # the extras [offline] and [ray] bring it
     raise ImportError(f'offline scoring needs pyarrow ({missing}): pip install "splitnet-kernels[offline]"') \
         from missing
 
-from . import _api
+from . import _api, _set_file
 from ._candidates import Candidates
+from ._live import LiveCandidates
 from ._metric import Metric
 from ._objectives import ObjectiveMetrics, check_bids, check_output, quantity
 from ._progress import Progress
@@ -136,17 +137,28 @@ def shard_paths(candidates) -> list:
     return [os.path.abspath(p) for p in paths]
 
 
+def load_set(path):
+    """The set saved at `path`, mapped (mmap=True): a Candidates, or a LiveCandidates where the
+    file is a saved live set (LiveCandidates.save), whose ids are its ad ids."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"candidates: no candidate file at {path!r}")
+    if _set_file.is_live(path):
+        return LiveCandidates.load(path, mmap=True)
+    return Candidates.load(path, mmap=True)
+
+
 def load_shards(paths: list, offsets=None) -> list:
-    """[(Candidates mapped with mmap=True, id offset)] for shard paths. A shard's ids start at its
-    offset: by default the rows of the shards before it, as if the files were one; explicit
-    offsets must keep the shards' id ranges apart and every id within uint64 (see id_dtype)."""
-    shards = []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"candidates: no candidate file at {path!r}")
-        shards.append(Candidates.load(path, mmap=True))
+    """[(set mapped with mmap=True, id offset)] for shard paths. A Candidates shard's ids start at
+    its offset: by default the rows of the shards before it, as if the files were one; explicit
+    offsets must keep the shards' id ranges apart and every id within uint64 (see id_dtype).
+    Saved live sets answer with their own ad ids (offset None): shards that are live sets must
+    all be, take no offsets and hold disjoint ad ids."""
+    shards = [load_set(path) for path in paths]
     if len({c.dim for c in shards}) > 1:
         raise ValueError(f"candidates: the shards differ in dimension ({', '.join(str(c.dim) for c in shards)})")
+    live = [isinstance(c, LiveCandidates) for c in shards]
+    if any(live):
+        return _live_shards(paths, shards, live, offsets)
     if offsets is None:
         offsets = np.cumsum([0] + [len(c) for c in shards[:-1]]).tolist()
     offsets = list(offsets)
@@ -162,12 +174,40 @@ def load_shards(paths: list, offsets=None) -> list:
     return [(c, int(o)) for c, o in zip(shards, offsets)]
 
 
+def _live_shards(paths: list, shards: list, live: list, offsets) -> list:
+    """[(LiveCandidates, None)]: live shards answer with their ad ids, already global, so they
+    take no offsets, cannot be mixed with Candidates shards (whose ids are row numbers) and must
+    not share an ad id (it would come back twice)."""
+    if not all(live):
+        raise ValueError(f"candidates: {paths[live.index(True)]} is a saved live set (its ids are ad ids) and "
+                         f"{paths[live.index(False)]} a Candidates file (its ids are row numbers plus an offset); "
+                         f"the shards must be all one or all the other")
+    if offsets is not None:
+        raise ValueError("offsets: a saved live set's ids are its own ad ids, global already; offsets are for "
+                         "Candidates shards")
+    ids = [c.ids() for c in shards]
+    for i in range(len(shards)):
+        for j in range(i + 1, len(shards)):
+            a, b = ids[i], ids[j]
+            if not len(a) or not len(b) or a[-1] < b[0] or b[-1] < a[0]:
+                continue
+            at = np.minimum(np.searchsorted(b, a), len(b) - 1)
+            common = a[b[at] == a]
+            if len(common):
+                raise ValueError(f"candidates: ad id {common[0]} is in two live shards ({paths[i]} and {paths[j]}); "
+                                 f"shards must hold disjoint ad ids")
+    return [(c, None) for c in shards]
+
+
 _UINT64_END = 1 << 64  # one past the largest id
 
 
 def id_dtype(shards: list) -> np.dtype:
-    """The ids' type for shards [(Candidates, offset)]: int64, or uint64 when an offset puts some
-    id past the int64 range (sk.merge_topk's rule), fixed by the shards so every batch agrees."""
+    """The ids' type for shards [(set, offset)]: int64, or uint64 when an offset puts some id
+    past the int64 range (sk.merge_topk's rule), fixed by the shards so every batch agrees. Live
+    shards' ad ids (offset None) are int64."""
+    if any(offset is None for _, offset in shards):
+        return np.dtype(np.int64)
     end = max(offset + len(c) for c, offset in shards)
     return np.dtype(np.int64 if end <= np.iinfo(np.int64).max + 1 else np.uint64)
 
@@ -206,7 +246,8 @@ class TopkBatch(_Job):
     """The top-k batch function: called with a table of users (any columns, the embeddings in
     user_column), returns it with topk_scores and topk_ids added (fixed-size lists, best first;
     ids index the candidates as saved, plus each shard's offset: int64, or uint64 in every batch
-    when an offset puts ids past the int64 range, as sk.merge_topk gives them); keep_embeddings=False
+    when an offset puts ids past the int64 range, as sk.merge_topk gives them; for saved live sets
+    (LiveCandidates.save), the ad ids, int64, as live.topk gives them); keep_embeddings=False
     leaves the embedding column out. topk(users) does the same on a (rows, n) array. Built once per
     worker: it maps the candidate files (mmap=True), so workers on one machine share the page cache."""
 
@@ -215,7 +256,8 @@ class TopkBatch(_Job):
         paths = shard_paths(candidates)
         self.shards = load_shards(paths, offsets)
         self.arguments = dict(candidates=paths, k=k, metric=metric, user_column=user_column, output=output,
-                              offsets=[o for _, o in self.shards], threads=threads, keep_embeddings=keep_embeddings)
+                              offsets=None if self.shards[0][1] is None else [o for _, o in self.shards],
+                              threads=threads, keep_embeddings=keep_embeddings)
         self.k, self.metric, self.output, self.threads = _api.check_k(k), metric, output, threads
         self.user_column, self.dim, self.id_dtype = user_column, self.shards[0][0].dim, id_dtype(self.shards)
         self.embedding_columns, self.keep_embeddings = (user_column,), keep_embeddings
@@ -230,7 +272,9 @@ class TopkBatch(_Job):
         parts = []
         for cands, offset in self.shards:
             scores, ids = cands.topk(users, self.k, self.metric, output=self.output, threads=self.threads)
-            parts.append((scores, ids.astype(self.id_dtype, copy=False) + self.id_dtype.type(offset)))
+            if offset is not None:  # a live set's ids are its ad ids already
+                ids = ids.astype(self.id_dtype, copy=False) + self.id_dtype.type(offset)
+            parts.append((scores, ids))
         if len(parts) == 1:
             return parts[0]
         scores, ids = _api.merge_topk(parts, self.k)  # int64 when this batch's ids all fit: the job's type

@@ -89,13 +89,15 @@ def topk_by_id(values: np.ndarray, ids: np.ndarray, k: int):
     return np.take_along_axis(values, positions, axis=-1), np.take_along_axis(ids, positions, axis=-1)
 
 
-def merge_numpy(scores: np.ndarray, ids: np.ndarray, k: int):
+def merge_numpy(scores: np.ndarray, ids: np.ndarray, k: int, last: np.ndarray | None = None):
     """Best k of each row of (scores, ids): scores of any float type compared in that type, ids
-    of any integer type, ties (and +0 / -0) to the lower id, NaN last."""
+    of any integer type, ties (and +0 / -0) to the lower id, NaN last; entries marked in `last`
+    (NaN ones: padding) after every other."""
     k = min(k, scores.shape[-1])
     nan = np.isnan(scores)
     descending = -np.where(nan, 0, scores)
-    order = np.lexsort((ids, descending, nan))[..., :k]  # along the last axis, every row at once
+    rank = nan if last is None else np.where(last, 2, nan.view(np.int8))
+    order = np.lexsort((ids, descending, rank))[..., :k]  # along the last axis, every row at once
     return np.take_along_axis(scores, order, -1), np.take_along_axis(ids, order, -1)
 
 

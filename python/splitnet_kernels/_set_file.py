@@ -88,25 +88,44 @@ def write(path, store: Storage, grouping: Grouping | None, count: int, external_
         f.truncate(start + offset)
 
 
+def _read_header(f, path):
+    """(file size, start of the arrays, dtype, count, dim, arrays) of the open set file f, its
+    magic and header checksum checked; anything else raises ValueError."""
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(len(MAGIC) + 8)
+    if head[:len(V1_MAGIC)] == V1_MAGIC:
+        raise ValueError(f"{path}: an older splitnet_kernels candidate file format (v1, without a header "
+                         f"checksum); load it with the version that wrote it and save it again")
+    if len(head) < len(MAGIC) + 8 or head[:len(MAGIC)] != MAGIC:
+        raise ValueError(f"{path}: not a splitnet_kernels candidate file")
+    length = int.from_bytes(head[len(MAGIC):], "little")
+    start = _data_start(length)
+    if start > size:
+        raise ValueError(f"{path}: truncated or damaged header (header length {length}, file size {size})")
+    block = head + f.read(start - len(head))
+    if len(block) != start or zlib.crc32(block[:-4]) != int.from_bytes(block[-4:], "little"):
+        raise ValueError(f"{path}: the header fails its checksum (the file is damaged)")
+    return (size, start) + _parse_header(path, block[len(head):len(head) + length])
+
+
+def _is_live(specs: dict) -> bool:
+    """Whether a header's arrays are a live set's: they carry its ad ids."""
+    return "external_ids" in specs
+
+
+def is_live(path) -> bool:
+    """Whether the set file at `path` holds a live set (LiveCandidates.save) rather than a
+    Candidates, from its header alone (checked, as read() checks it; no array is read)."""
+    with open_regular(path) as f:
+        *_, specs = _read_header(f, path)
+    return _is_live(specs)
+
+
 def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None, np.ndarray | None]:
     """The store, the packing by objective and a live set's ad ids that write() wrote to `path`
     (see Candidates.load); the ids are checked (ascending, >= 0) whatever `verify` says."""
     with open_regular(path) as f:  # one open file throughout: a concurrent save cannot mix two files
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(len(MAGIC) + 8)
-        if head[:len(V1_MAGIC)] == V1_MAGIC:
-            raise ValueError(f"{path}: an older splitnet_kernels candidate file format (v1, without a header "
-                             f"checksum); load it with the version that wrote it and save it again")
-        if len(head) < len(MAGIC) + 8 or head[:len(MAGIC)] != MAGIC:
-            raise ValueError(f"{path}: not a splitnet_kernels candidate file")
-        length = int.from_bytes(head[len(MAGIC):], "little")
-        start = _data_start(length)
-        if start > size:
-            raise ValueError(f"{path}: truncated or damaged header (header length {length}, file size {size})")
-        block = head + f.read(start - len(head))
-        if len(block) != start or zlib.crc32(block[:-4]) != int.from_bytes(block[-4:], "little"):
-            raise ValueError(f"{path}: the header fails its checksum (the file is damaged)")
-        dtype, count, dim, specs = _parse_header(path, block[len(head):len(head) + length])
+        size, start, dtype, count, dim, specs = _read_header(f, path)
         stored = stored_width(dim)
         wanted: dict = {"data": (np.dtype(TYPES[dtype].numpy), (count, stored))}
         if TYPES[dtype].scaled:
@@ -117,9 +136,9 @@ def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None, np.n
         if "order" in specs:  # a set with objectives
             wanted.update(order=(np.dtype(np.int64), (count,)), objectives=(np.dtype(np.int64), (count,)),
                           bids=(np.dtype(np.float32), (count,)))
-        if "external_ids" in specs:  # a live set
+        if _is_live(specs):
             wanted["external_ids"] = (np.dtype(np.int64), (count,))
-        arrays = {}
+        arrays, end = {}, 0
         for name, (item, shape) in wanted.items():
             spec = specs.get(name)
             nbytes = count * (stored if name in ("data", "exact_rows") else 1) * item.itemsize  # Python ints
@@ -137,6 +156,9 @@ def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None, np.n
             if verify and zlib.crc32(np.ascontiguousarray(array).view(np.uint8).data) != spec["crc32"]:
                 raise ValueError(f"{path}: {name} fails its checksum (the file is damaged)")
             arrays[name] = array
+            end = max(end, spec["offset"] + -(-nbytes // ALIGN) * ALIGN)
+        if size < start + end:  # write() ends the file after its last array's padding
+            raise ValueError(f"{path}: truncated ({size} bytes, the header describes {start + end})")
     scales = arrays.get("scales")
     if scales is not None and not (np.all(np.isfinite(scales)) and np.all(scales > 0)):
         raise ValueError(f"{path}: damaged scales")

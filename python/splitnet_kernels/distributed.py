@@ -70,7 +70,9 @@ def topk_dataset(users_ds, candidates, k, metric=None, *, user_column="embedding
     """users_ds plus "topk_scores" and "topk_ids": the best k candidates of each user (sk.topk's
     order and ranking; output as in Candidates.topk). candidates: a file saved by Candidates.save,
     or a list of shard files (ids offset by the rows of the shards before, or by offsets=), merged
-    exactly with merge_topk. Every check (files, metric, column) runs here, before any work."""
+    exactly with merge_topk; or a file saved by LiveCandidates.save, or a list of them holding
+    disjoint ad ids, whose ids are the ad ids (no offsets). Every check (files, metric, column)
+    runs here, before any work."""
     job = TopkBatch(candidates, k, metric, user_column=user_column, output=output, offsets=offsets, threads=threads)
     return map_job(users_ds, job, batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus)
 
