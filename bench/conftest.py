@@ -1,4 +1,4 @@
-"""pytest-benchmark suites for workloads W1-W9 (docs/design.md), ours beside the peers.
+"""pytest-benchmark suites for workloads W1-W10 (docs/design.md), ours beside the peers.
 
 Run: pytest bench --benchmark-only  (add --benchmark-group-by=group). Sizes follow
 SPLITNET_BENCH_SCALE (default 1.0 = the reference sizes; 0.1 for a quick look). The workloads

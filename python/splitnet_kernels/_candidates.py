@@ -114,7 +114,8 @@ class Candidates:
         """topk() of a checked request (its ids: the allowed positions, ascending, or None)."""
         if self._grouping is None and request.output != "value":
             return _route.topk(request, backend)
-        scores, ids, self._last_scan = _route.topk_by_objective(request, self._grouping, backend)
+        groups = _route.groups_of(request.store, self._grouping, allowed=request.ids)
+        scores, ids, self._last_scan = _route.topk_by_objective(request, groups, backend)
         return scores, ids
 
     def _request(self, users, metric, threads, output, sigmoid, k=None, allowed=None) -> Request:

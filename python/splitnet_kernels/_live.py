@@ -26,14 +26,14 @@ import threading
 
 import numpy as np
 
-from . import _set_file
+from . import _route, _set_file
 from ._candidates import Candidates
-from ._checks import check_k, check_metric, embeddings, host_argument
+from ._checks import check_k, check_metric, check_threads, embeddings, host_argument
 from ._conversions import device_of, host, is_tensor, result_for, to_numpy
-from ._objectives import Grouping, ObjectiveMetrics, check_bids, check_metric_for, check_objectives
+from ._objectives import Grouping, ObjectiveMetrics, check_bids, check_metric_for, check_objectives, check_output
 from ._order import merge_numpy
-from ._route import without_gradient
 from ._storage import ExactStorage, Storage, gathered, storage_type
+from .backends import Request
 
 _INT64_MAX = np.iinfo(np.int64).max
 _MERGE_RATIO = 4  # a segment merges into the one before it once that one is at most this many times larger
@@ -79,12 +79,29 @@ def _per_user(allowed) -> bool:
     return (is_tensor(allowed) or isinstance(allowed, np.ndarray)) and allowed.ndim == 2
 
 
+def _asked(k: int, rows: int, dead: int) -> int:
+    """How many to ask of `rows` of which `dead` are deleted: k, and enough more that, unless
+    deleted rows crowd the top, k present ones remain."""
+    return k if not dead else min(rows, k + _REFETCH + math.ceil(2 * k * dead / rows))
+
+
+def _present_first(scores, ids, present, wanted: int):
+    """The first `wanted` present entries of each ranked list (scores, ids) (M, k'): deleting
+    entries from a ranked list leaves the rest in order, so these are the best present ones, as
+    long as every list holds `wanted` of them; None where one does not (then ask again, with the
+    present rows as the allowed subset)."""
+    if not np.all(present.sum(axis=1) >= wanted):
+        return None
+    first = np.argsort(~present, axis=1, kind="stable")[:, :wanted]
+    return np.take_along_axis(scores, first, 1), np.take_along_axis(ids, first, 1)
+
+
 # ---- a segment ------------------------------------------------------------------------------------
 class _Segment:
     """Packed rows in ascending ad id order (`rows`, a Candidates, and their `ids`) and `dead`,
     the rows a later batch took out (None: none). Immutable once published."""
 
-    __slots__ = ("rows", "ids", "dead", "alive", "_alive_positions")
+    __slots__ = ("rows", "ids", "dead", "alive", "_alive_positions", "_objectives_present", "_groups")
 
     def __init__(self, rows: Candidates, ids: np.ndarray, dead: np.ndarray | None = None):
         self.rows, self.ids, self.dead = rows, ids, dead
@@ -93,6 +110,8 @@ class _Segment:
                 array.flags.writeable = False
         self.alive = len(ids) - (0 if dead is None else int(np.count_nonzero(dead)))
         self._alive_positions: np.ndarray | None = None
+        self._objectives_present: int | None = None
+        self._groups: list | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -103,6 +122,18 @@ class _Segment:
             positions = np.arange(len(self.ids)) if self.dead is None else np.flatnonzero(~self.dead)
             self._alive_positions = positions
         return positions
+
+    def objectives_present(self) -> int:
+        """One more than the largest objective id of a present row (0: none, or no objectives)."""
+        if self._objectives_present is None:
+            g = self.rows._grouping
+            if g is None or not self.alive:
+                self._objectives_present = 0
+            elif self.dead is None:
+                self._objectives_present = g.n_objectives
+            else:
+                self._objectives_present = int(g.objectives[g.positions(self.alive_positions())].max()) + 1
+        return self._objectives_present
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """The positions of the present rows among `ids` (ascending unique int64): ascending."""
@@ -131,21 +162,32 @@ class _Segment:
         (scores (M, k'), ad ids (M, k'))."""
         rows = self.rows
         request = rows._request(users, metric, threads, output, sigmoid, k)
-        if positions is None and self.dead is not None:
-            # Ask for enough more rows that, unless the deleted rows crowd the top, k present
-            # ones remain; where they do, the present rows are passed as the allowed subset.
-            wanted = min(k, self.alive)
-            asked = min(len(self.ids), k + _REFETCH + math.ceil(2 * k * (len(self.ids) - self.alive) / len(self.ids)))
-            scores, found = (host(x) for x in rows._best(request._replace(k=asked)))
-            present = ~self.dead[found]
-            if np.all(present.sum(axis=1) >= wanted):
-                first = np.argsort(~present, axis=1, kind="stable")[:, :wanted]  # the present ones, in order
-                return np.take_along_axis(scores, first, 1), self.ids[np.take_along_axis(found, first, 1)]
+        if positions is None and self.dead is not None:  # deleted rows dropped, or else left out (_present_first)
+            scores, found = (host(x) for x in rows._best(request._replace(k=_asked(k, len(self), len(self) - self.alive))))
+            kept = _present_first(scores, found, ~self.dead[found], min(k, self.alive))
+            if kept is not None:
+                return kept[0], self.ids[kept[1]]
             positions = self.alive_positions()
         if positions is not None:
             request = request._replace(ids=positions)
         scores, found = (host(x) for x in rows._best(request))
         return scores, self.ids[found]
+
+    def groups(self, positions=None) -> list:
+        """This segment's groups for a scan by objective (_route.groups_of), reporting ad ids:
+        the rows at `positions`, or every row, deleted ones reporting id -1 (a scan drops them:
+        _present_first); groups without such rows left out."""
+        if positions is None and self._groups is not None:
+            return self._groups
+        store, grouping = self.rows._store, self.rows._grouping
+        if positions is not None:
+            reported = self.ids if grouping is None else self.ids[grouping.order]
+            return [g for g in _route.groups_of(store, grouping, reported, positions) if g.eligible]
+        reported = np.where(self.dead, -1, self.ids) if self.dead is not None else self.ids
+        groups = [g for g in _route.groups_of(store, grouping, reported if grouping is None else reported[grouping.order])
+                  if g.eligible]
+        self._groups = groups  # a race only computes it twice
+        return groups
 
     def pieces(self, positions: np.ndarray):
         """(store, packed positions, ad ids, objective ids, bids) of the rows at positions."""
@@ -153,13 +195,19 @@ class _Segment:
         return store, packed, self.ids[positions], objectives, bids
 
 
-def _assembled(store: Storage, ids: np.ndarray, objectives, bids) -> _Segment:
-    """A segment of packed rows in ascending id order, packed by objective where there are
-    objectives (the packed rows copied once more, in that order)."""
-    if objectives is None:
-        return _Segment(Candidates.packed(store, None), ids)
-    grouping = Grouping.of(objectives, bids)
-    return _Segment(Candidates.packed(gathered([(store, grouping.order)]), grouping), ids)
+def _segment_of(parts, ids: np.ndarray, objectives=None, bids=None) -> _Segment:
+    """A segment of the rows at each part's positions ([(store, positions), ...], taken in turn)
+    under their ad ids (objective ids and bids, where the set has objectives), in ascending id
+    order and packed by objective and bid: every packed row copied once (storage.gathered). One
+    whole store already in id order, without objectives, is taken as it is."""
+    by_id = np.argsort(ids, kind="stable")
+    grouping = None if objectives is None else Grouping.of(objectives[by_id], bids[by_id])
+    store, positions = parts[0]
+    if grouping is None and len(parts) == 1 and len(positions) == len(store) \
+            and np.array_equal(positions[by_id], np.arange(len(store))):
+        return _Segment(Candidates.packed(store, None), ids[by_id])
+    order = by_id if grouping is None else by_id[grouping.order]
+    return _Segment(Candidates.packed(gathered(parts, order), grouping), ids[by_id])
 
 
 def _plain(store: Storage) -> Storage:
@@ -169,9 +217,9 @@ def _plain(store: Storage) -> Storage:
 
 
 def _merged(segments, objectives: bool, exact: str | None = None) -> _Segment:
-    """One segment of the present rows of `segments`, in ascending id order: an exact set's main
-    store, packed exactly, where `exact` names the type it scans (float32 rows that came in a
-    small segment are packed then, once), else the rows as small segments hold them (_plain)."""
+    """One segment of the present rows of `segments`: an exact set's main store, packed
+    exactly, where `exact` names the type it scans (float32 rows that came in a small segment are
+    packed then, once), else the rows as small segments hold them (_plain)."""
     parts = []
     pieces = [s.pieces(s.alive_positions()) for s in segments]
     for store, packed, *_ in pieces:
@@ -182,15 +230,9 @@ def _merged(segments, objectives: bool, exact: str | None = None) -> _Segment:
         else:
             parts.append((ExactStorage.pack_exact(store.data[packed, :store.dim], exact), np.arange(len(packed))))
     ids = np.concatenate([p[2] for p in pieces])
-    order = np.argsort(ids, kind="stable")
-    if len(parts) == 1 and np.array_equal(order, np.arange(len(ids))):
-        store = gathered(parts)
-    else:
-        store = gathered([(gathered(parts), order)])
     if not objectives:
-        return _assembled(store, ids[order], None, None)
-    return _assembled(store, ids[order], np.concatenate([p[3] for p in pieces])[order],
-                      np.concatenate([p[4] for p in pieces])[order])
+        return _segment_of(parts, ids)
+    return _segment_of(parts, ids, np.concatenate([p[3] for p in pieces]), np.concatenate([p[4] for p in pieces]))
 
 
 # ---- a version -------------------------------------------------------------------------------------
@@ -254,10 +296,8 @@ class LiveSnapshot:
         return users, np.atleast_2d(to_numpy(users))
 
     def _metric(self, metric, users):
-        """The metric each segment is asked with, checked (also where there is no row): an
-        ObjectiveMetrics checked against the present rows' objectives and, where a segment still
-        holds deleted rows of objectives beyond it, padded with its first metric for them (those
-        rows never reach an answer)."""
+        """The query's metric, checked (also where there is no row); an ObjectiveMetrics against
+        the objectives of the present rows."""
         if not isinstance(metric, ObjectiveMetrics):
             return check_metric(metric, self.dim, users, np.empty((0, self.dim), np.float32))
         if not self.objectives:
@@ -266,17 +306,18 @@ class LiveSnapshot:
             raise ValueError(f"metric has dimension {metric.dim}, but the live set has dimension {self.dim}")
         for m in metric:
             m.check_fold_range(users)
-        largest = -1
-        for s in self._segments:
-            g = s.rows._grouping
-            if g is not None and len(g.objectives):
-                present = g.objectives[g.positions(s.alive_positions())] if s.dead is not None else g.objectives
-                largest = max(largest, int(present.max()) if len(present) else -1)
-        if largest >= len(metric):
-            raise ValueError(f"objectives: ids must be in [0, {len(metric)}) for {len(metric)} metrics, got {largest}")
+        present = max((s.objectives_present() for s in self._segments), default=0)
+        if present > len(metric):
+            raise ValueError(f"objectives: ids must be in [0, {len(metric)}) for {len(metric)} metrics, got "
+                             f"{present - 1}")
+        return metric
+
+    def _padded(self, metric):
+        """The metric a segment is scored with: an ObjectiveMetrics padded with its first metric
+        for the objectives beyond it that only deleted rows of a segment hold (never answered)."""
         needed = max((s.rows._grouping.n_objectives for s in self._segments if s.rows._grouping is not None), default=0)
-        if needed > len(metric):
-            metric = ObjectiveMetrics(list(metric) + [metric[0]] * (needed - len(metric)))
+        if isinstance(metric, ObjectiveMetrics) and needed > len(metric):
+            return ObjectiveMetrics(list(metric) + [metric[0]] * (needed - len(metric)))
         return metric
 
     def topk(self, users, k, metric=None, *, allowed=None, output=None, sigmoid=False, threads=None):
@@ -301,7 +342,7 @@ class LiveSnapshot:
         if users.ndim == 1:
             scores, ids = scores[0], ids[0]
         device = device_of(users)
-        scores = without_gradient("live_topk", result_for(scores, device is not None, device), users)
+        scores = _route.without_gradient("live_topk", result_for(scores, device is not None, device), users)
         return scores, result_for(ids, device is not None, device)
 
     def _allowed(self, allowed, users, name: str) -> np.ndarray:
@@ -311,6 +352,27 @@ class LiveSnapshot:
         return np.unique(_lookup_ids(allowed, name))
 
     def _best(self, users, k: int, metric, wanted, output, sigmoid, threads):
+        """(scores, ad ids) (M, k') of users (M, n) among the present rows, or those of `wanted`
+        (ascending ad ids). By objective (or by value): one scan over every segment's groups,
+        which carries the k-th value from segment to segment; otherwise each segment's k best,
+        merged."""
+        output = check_output(output, isinstance(metric, ObjectiveMetrics), sigmoid)
+        if self.objectives or output == "value":
+            request = Request(users, None, self._padded(metric), None, k, output, check_threads(threads))
+            segments = self._segments
+            if wanted is None:
+                rows = sum(len(s) for s in segments)
+                groups = [g for s in segments for g in s.groups()]
+                scores, ids, _ = _route.topk_by_objective(request._replace(k=_asked(k, rows, rows - len(self))),
+                                                          groups, "auto")
+                kept = _present_first(scores, ids, ids >= 0, min(k, len(self)))
+                if kept is not None:
+                    return kept
+                groups = [g for s in segments for g in s.groups(None if s.dead is None else s.alive_positions())]
+            else:
+                groups = [g for s in segments for g in s.groups(s.positions(wanted))]
+            scores, ids, _ = _route.topk_by_objective(request, groups, "auto")
+            return scores, ids
         parts, eligible = [], 0
         for s in self._segments:
             positions = None if wanted is None else s.positions(wanted)
@@ -330,7 +392,7 @@ class LiveSnapshot:
         of `ids` (ad ids, each present, else a ValueError), in that order; by default every
         present row in ascending id order (ids())."""
         users, plain = self._users(users)
-        metric = self._metric(metric, plain)
+        metric = self._padded(self._metric(metric, plain))
         if ids is None:
             columns = self._every_column()
             width = len(self)
@@ -356,7 +418,7 @@ class LiveSnapshot:
         if users.ndim == 1:
             result = result[0]
         device = device_of(users)
-        return without_gradient("live_score", result_for(result, device is not None, device), users)
+        return _route.without_gradient("live_score", result_for(result, device is not None, device), users)
 
     def _every_column(self) -> list:
         """Per segment: (its present positions, where their columns go in ascending id order)."""
@@ -494,15 +556,12 @@ class LiveCandidates:
             raise ValueError("objectives, bids: this live set was made without objectives")
         if not len(ids):
             return None
-        order = np.argsort(ids) if np.any(ids[1:] < ids[:-1]) else slice(None)  # sorted ids: no copy
-        rows = ads[order]
         store: Storage
         if self.exact and main:
-            store = ExactStorage.pack_exact(rows, self.dtype)
+            store = ExactStorage.pack_exact(ads, self.dtype)
         else:
-            store = Storage.pack(rows, "float32" if self.exact else self.dtype)
-        return _assembled(store, ids[order], None if objectives is None else objectives[order],
-                          None if bids is None else bids[order])
+            store = Storage.pack(ads, "float32" if self.exact else self.dtype)
+        return _segment_of([(store, np.arange(len(ids)))], ids, objectives, bids)
 
     def remove(self, ids) -> int:
         """Removes the rows of `ids` that are present (absent ones, negative ones included, are
@@ -534,9 +593,8 @@ class LiveCandidates:
             new_bids = bids[np.argsort(ids)][np.searchsorted(np.sort(ids), moved)]
             if np.array_equal(new_bids, np.concatenate([p[4] for p in pieces])):
                 return  # nothing changes
-            order = np.argsort(moved)
-            store = gathered([(gathered([(_plain(p[0]), p[1]) for p in pieces]), order)])
-            segment = _assembled(store, moved[order], np.concatenate([p[3] for p in pieces])[order], new_bids[order])
+            segment = _segment_of([(_plain(p[0]), p[1]) for p in pieces], moved,
+                                  np.concatenate([p[3] for p in pieces]), new_bids)
             segments = [s.without(a[a >= 0]) if np.any(a >= 0) else s for s, a in zip(current, at)]
             self._publish(segments + [segment], self._current.version + 1)
 
@@ -568,8 +626,8 @@ class LiveCandidates:
             empty = np.empty((0, self.dim), np.float32)
             store = ExactStorage.pack_exact(empty, self.dtype) if self.exact else Storage.pack(empty, self.dtype)
             none = np.empty(0, np.int64)
-            segment = _assembled(store, none, none if self.objectives else None,
-                                 np.empty(0, np.float32) if self.objectives else None)
+            segment = _segment_of([(store, none)], none, none if self.objectives else None,
+                                  np.empty(0, np.float32) if self.objectives else None)
         segment.rows._write(path, segment.ids)
 
     @classmethod

@@ -76,11 +76,14 @@ def chunked_topk(score_chunk, n_users: int, n_cands: int, k: int, topk=None):
 
 def topk_by_id(values: np.ndarray, ids: np.ndarray, k: int):
     """Best k of each row of float32 values (M, N) whose candidates are ids (N,) or (M, N), any
-    order, ids in [0, 2**31): (values (M, k), ids (M, k)), ties to the lower id. Vectorized."""
+    order: (values (M, k), ids (M, k)), ties to the lower id. Vectorized: ids in [0, 2**31) are
+    packed with the values into one key, others sorted with them (merge_numpy)."""
     values = np.atleast_2d(values)
     ids = np.broadcast_to(ids, values.shape).astype(np.int64, copy=False)
     k = min(k, values.shape[-1])
     span = np.int64(2**31)
+    if ids.size and (ids.min() < 0 or ids.max() >= span):  # ad ids of a live set: sorted, not packed
+        return merge_numpy(values, ids, k)
     composite = order_keys(values) * span + (span - 1 - ids)
     part = np.argpartition(-composite, k - 1, axis=-1)[..., :k] if k < values.shape[-1] else \
         np.broadcast_to(np.arange(values.shape[-1]), values.shape)

@@ -221,24 +221,36 @@ def as_given(users, store, metric, backend, threads, output: str = "logit", k=No
 
 
 # ---- the route by objective ---------------------------------------------------------------------------
-class _Group(NamedTuple):
-    """One objective's rows of a set packed by objective: [begin, end) of the packed rows, their
-    bids (descending) and the candidates' ids (indices into the ads as given)."""
+class Group(NamedTuple):
+    """One objective's rows, as a scan by objective takes them: the objective, its rows (a
+    store), their bids (descending; a scalar where every row has the same), the ids the results
+    report for them, and the allowed ones among them (positions, ascending; None: all)."""
 
     objective: int
-    begin: int
-    end: int
-    bids: np.ndarray
+    rows: Any
+    bids: Any
     ids: np.ndarray
+    local: np.ndarray | None = None
+
+    @property
+    def eligible(self) -> int:
+        return count(self.rows) if self.local is None else len(self.local)
 
 
-def _groups(grouping, n_candidates: int):
-    """The groups of a set packed by objective; one group of every candidate without objectives."""
+def groups_of(store, grouping, reported=None, allowed=None) -> list:
+    """The groups of a store packed by objective as grouping says (None: one group of every
+    row). reported: the id each packed row reports (default: its index in the order given);
+    allowed: the allowed rows' indices in the order given (ascending; None: all)."""
+    n = count(store)
     if grouping is None:
-        yield _Group(0, 0, n_candidates, np.float32(1.0), np.arange(n_candidates))
-        return
-    for t, begin, end in grouping.groups():
-        yield _Group(t, begin, end, grouping.bids[begin:end], grouping.order[begin:end])
+        return [Group(0, store, np.float32(1.0), np.arange(n) if reported is None else reported, allowed)]
+    mask = None
+    if allowed is not None:
+        mask = np.zeros(n, bool)
+        mask[grouping.positions(allowed)] = True
+    reported = grouping.order if reported is None else reported
+    return [Group(t, store.slice(begin, end), grouping.bids[begin:end], reported[begin:end],
+                  None if mask is None else np.flatnonzero(mask[begin:end])) for t, begin, end in grouping.groups()]
 
 
 def score_by_objective(request: Request, grouping, backend, out):
@@ -250,10 +262,9 @@ def score_by_objective(request: Request, grouping, backend, out):
     check_out(out, shape, device is not None, device)
     result = np.empty(shape, np.float32)
     plain_users = to_numpy(users)
-    for group in _groups(grouping, n_candidates):
+    for group in groups_of(request.store, grouping):
         queries, dot = folded(request.metric, plain_users, group.objective)
-        logits = host(score(Request(queries, request.store.slice(group.begin, group.end), dot,
-                                    threads=request.threads), backend))
+        logits = host(score(Request(queries, group.rows, dot, threads=request.threads), backend))
         result[..., group.ids] = quantity(logits, group.bids, request.output)
     result = without_gradient("candidates_score", result_for(result, device is not None, device), users)
     if out is None:
@@ -262,10 +273,11 @@ def score_by_objective(request: Request, grouping, backend, out):
     return out
 
 
-def topk_by_objective(request: Request, grouping, backend):
-    """(scores, ids, rows scanned per objective): the best request.k of a packed store by the
-    quantity request.output (see _ByObjective), in the users' type."""
-    scan = _ByObjective(request, grouping, backend)
+def topk_by_objective(request: Request, groups: list, backend):
+    """(scores, ids, rows scanned per objective): the best request.k of the groups' allowed rows
+    (groups_of, of one store or of several: the ids they report rank ties) by the quantity
+    request.output (see _ByObjective), for request.users, in the users' type."""
+    scan = _ByObjective(request, groups, backend)
     scores, found = scan.run()
     users, device = request.users, device_of(request.users)
     if users.ndim == 1:
@@ -275,73 +287,67 @@ def topk_by_objective(request: Request, grouping, backend):
 
 
 class _ByObjective:
-    """One top-k of a set packed by objective, by the quantity asked for, exactly (ties to the
-    lower id). Two rounds: every objective's highest bids first, so that the k-th value each
-    scan stops at comes from all objectives, then the rest of each, as far as the bids allow
-    (a value never exceeds its bid). The backend runs the scan by value inside its kernels where
-    it can (its topk_value); otherwise the route runs it (scan_by_value)."""
+    """One top-k by objective, by the quantity asked for, exactly (ties to the lower id). Two
+    rounds: every group's highest bids first, so that the k-th value each scan stops at comes
+    from all objectives, then the rest of each, as far as the bids allow (a value never exceeds
+    its bid). The backend runs the scan by value inside its kernels where it can (its
+    topk_value); otherwise the route runs it (scan_by_value)."""
 
-    def __init__(self, request: Request, grouping, backend):
-        self.request, self.backend = request, backend
+    def __init__(self, request: Request, groups: list, backend):
+        self.request, self.backend, self.groups = request, backend, groups
         self.users = np.atleast_2d(to_numpy(request.users))
-        n_candidates = count(request.store)
-        self.groups = list(_groups(grouping, n_candidates))
-        self.mask = None  # the allowed candidates, in packed order
-        if request.ids is not None:
-            self.mask = np.zeros(n_candidates, bool)
-            self.mask[request.ids if grouping is None else grouping.positions(request.ids)] = True
-        eligible = n_candidates if request.ids is None else len(request.ids)
+        eligible = sum(group.eligible for group in groups)
         kept = min(request.k, eligible) if len(self.users) == 0 else 0  # no users: (0, k) results
         self.best = np.empty((len(self.users), kept), np.float32), np.empty((len(self.users), kept), np.int64)
-        self.resume: dict = {}  # per objective: how many of its eligible rows are behind the scan
+        self.resume: dict = {}  # per group: how many of its eligible rows are behind the scan
         self.scanned: dict = {}  # per objective: rows scored
 
     def run(self):
         if len(self.users):
-            queries = {group.objective: folded(self.request.metric, self.users, group.objective)
-                       for group in self.groups}
+            queries = {t: folded(self.request.metric, self.users, t) for t in {g.objective for g in self.groups}}
             for until in (_FIRST_BLOCK, None):
-                for group in self.groups:
-                    self.best = self._objective(group, *queries[group.objective], until)
+                for g, group in enumerate(self.groups):
+                    self.best = self._objective(g, group, *queries[group.objective], until)
         return self.best
 
     def _count(self, t: int, rows: int) -> None:
         self.scanned[t] = self.scanned.get(t, 0) + rows
 
-    def _objective(self, group: _Group, queries, metric, until):
-        """best merged with one objective's candidates: its rows up to `until` (None: all), from
+    def _objective(self, g: int, group: Group, queries, metric, until):
+        """best merged with one group's candidates: its rows up to `until` (None: all), from
         where the last round stopped."""
-        request, t = self.request, group.objective
-        start = self.resume.get(t, 0)
-        local = None if self.mask is None else np.flatnonzero(self.mask[group.begin:group.end])
-        eligible = group.end - group.begin if local is None else len(local)
+        request, t, local = self.request, group.objective, group.local
+        start, eligible = self.resume.get(g, 0), group.eligible
         if start >= eligible:
             return self.best
-        rows = request.store.slice(group.begin, group.end)
-        bids = np.broadcast_to(group.bids, (group.end - group.begin,))
-        objective = Request(queries, rows, metric, local, request.k, "logit", request.threads)
+        bids = np.broadcast_to(group.bids, (count(group.rows),))
+        objective = Request(queries, group.rows, metric, local, request.k, "logit", request.threads)
         if request.output != "value" or bids[0] == bids[-1]:  # the quantity is monotone in the logit here
-            self.resume[t] = eligible  # ranked whole, in one call
+            self.resume[g] = eligible  # ranked whole, in one call
             self._count(t, eligible)
             scores, ids = self._ranked_whole(objective, group.ids, bids, eligible)
             return keep_best(self.best[0], self.best[1], scores, ids, request.k)
+        scores = self.best[0]
+        if scores.shape[1] == request.k and bids[start if local is None else local[start]] < scores[:, -1].min():
+            self.resume[g] = eligible  # no value ahead can reach any user's k-th (a value never exceeds its bid)
+            return self.best
         chosen = _dispatch.resolve(self.backend, False)
         if chosen.topk_value is not None:  # values formed and ranked inside the backend's kernels
             end = eligible if until is None else min(until, eligible)
-            return self._fused(chosen, objective, group, bids, start, end)
+            return self._fused(chosen, objective, g, group, bids, start, end)
 
         def score_rows(first, last):
             block = objective._replace(k=0, ids=None if local is None else local[first:last],
-                                       store=rows.slice(first, last) if local is None else rows)
+                                       store=group.rows.slice(first, last) if local is None else group.rows)
             return host(score(block, self.backend)).reshape(len(queries), -1)
 
-        *best, self.resume[t], scored = scan_by_value(queries, bids, group.ids, local, request.k, score_rows,
+        *best, self.resume[g], scored = scan_by_value(queries, bids, group.ids, local, request.k, score_rows,
                                                       *self.best, begin=start, until=until)
         self._count(t, scored)
         return tuple(best)
 
     def _ranked_whole(self, objective: Request, ids, bids, eligible: int):
-        """One objective's best by a quantity monotone in its logit (rank_exactly)."""
+        """One group's best by a quantity monotone in its logit (rank_exactly)."""
         output, local = self.request.output, objective.ids
 
         def raw_topk(how_many):
@@ -356,14 +362,14 @@ class _ByObjective:
         return rank_exactly(eligible, min(self.request.k, eligible), raw_topk, every_quantity,
                             lambda scores, _: quantity(scores, bids[0], output))
 
-    def _fused(self, chosen, objective: Request, group: _Group, bids, begin: int, end: int):
-        """The scan by value of rows [begin, end) of one objective inside the backend's kernels."""
+    def _fused(self, chosen, objective: Request, g: int, group: Group, bids, begin: int, end: int):
+        """The scan by value of rows [begin, end) of one group inside the backend's kernels."""
         n_users, kept = self.best[0].shape
         k = objective.k
         scores, found = np.empty((n_users, k), np.float32), np.empty((n_users, k), np.int64)
         scores[:, :kept], found[:, :kept] = self.best
         counts = np.full(n_users, kept, np.int64)
-        self.resume[group.objective], scored = chosen.topk_value(
+        self.resume[g], scored = chosen.topk_value(
             objective, np.ascontiguousarray(bids, np.float32), np.ascontiguousarray(group.ids, np.int64), begin, end,
             (scores, found, counts))
         self._count(group.objective, scored)

@@ -243,23 +243,28 @@ class ExactStorage(Storage):
         return self.data.nbytes + self.scan.nbytes + self.norms.nbytes + self.residuals.nbytes
 
 
-def gathered(parts) -> Storage:
-    """One new packed store of the rows of several stores of one type, each at its positions
-    ([(store, positions), ...], in order), copied as they are packed: no row is converted again,
-    so the rows (and an exact set's bounds) are bit for bit those a fresh pack would make."""
+def gathered(parts, order: np.ndarray) -> Storage:
+    """One new packed store of rows of several stores of one type: the rows at each part's
+    positions ([(store, positions), ...]) taken in turn, then in `order` (row i of the result is
+    their row order[i]). Each row is copied as it is packed, in one pass where there is one part:
+    nothing is converted again, so the rows (and an exact set's bounds) are bit for bit those a
+    fresh pack would make."""
     first = parts[0][0]
     if isinstance(first, ExactStorage):
-        rows = gathered([(Storage("float32", s.dim, s.data, None), p) for s, p in parts])
-        return ExactStorage(rows, gathered([(s.scan, p) for s, p in parts]),
-                            np.concatenate([s.norms[p] for s, p in parts]),
-                            np.concatenate([s.residuals[p] for s, p in parts]))
-    data = aligned_empty((sum(len(p) for _, p in parts), first.data.shape[1]), first.data.dtype)
-    begin = 0
-    for store, positions in parts:
-        # mode="clip": positions are in range, and the default ("raise") buffers the whole copy
-        np.take(store.data, positions, axis=0, out=data[begin:begin + len(positions)], mode="clip")
-        begin += len(positions)
-    scales = None if first.scales is None else np.concatenate([s.scales[p] for s, p in parts])
+        rows = gathered([(Storage("float32", s.dim, s.data, None), p) for s, p in parts], order)
+        return ExactStorage(rows, gathered([(s.scan, p) for s, p in parts], order),
+                            np.concatenate([s.norms[p] for s, p in parts])[order],
+                            np.concatenate([s.residuals[p] for s, p in parts])[order])
+    data = aligned_empty((len(order), first.data.shape[1]), first.data.dtype)
+    starts = np.cumsum([0] + [len(p) for _, p in parts])
+    part = np.searchsorted(starts, order, side="right") - 1  # the part each row comes from
+    for i, (store, positions) in enumerate(parts):
+        if len(parts) == 1:  # mode="clip": positions are in range, and "raise" buffers the whole copy
+            np.take(store.data, positions[order], axis=0, out=data, mode="clip")
+        else:
+            into = np.flatnonzero(part == i)
+            data[into] = np.take(store.data, positions[order[into] - starts[i]], axis=0, mode="clip")
+    scales = None if first.scales is None else np.concatenate([s.scales[p] for s, p in parts])[order]
     return Storage(first.dtype, first.dim, data, scales)
 
 

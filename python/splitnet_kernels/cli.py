@@ -116,9 +116,9 @@ def _add_offline_parser(commands):
                                  description="Offline scoring: Parquet in, Parquet out (docs/offline.md).")
     parser.add_argument("--users", required=True, nargs="+", metavar="PATH", help="Parquet file(s) or folder")
     parser.add_argument("--candidates", nargs="+", metavar="PATH",
-                        help="a saved candidate set (.skc), or its shards in id order")
+                        help="a saved candidate set (.skc) or live set (ids: its ad ids), or shards of either")
     parser.add_argument("--offsets", type=int, nargs="+", metavar="N",
-                        help="each shard's first id (default: the rows of the shards before it)")
+                        help="each shard's first id (default: the rows of the shards before it; not for live sets)")
     parser.add_argument("--k", type=_positive, help="results per user")
     parser.add_argument("--metric", metavar="PATH", help="a Metric or ObjectiveMetrics .npz (default: dot)")
     parser.add_argument("--output", choices=("logit", "probability", "value"), help="the quantity ranked and written")
@@ -190,9 +190,9 @@ def main(argv=None) -> int:
     info_parser = commands.add_parser("info", help="version, ISA, default threads and backends")
     info_parser.add_argument("--json", action="store_true", help="print JSON")
     info_parser.set_defaults(run=_info)
-    bench_parser = commands.add_parser("bench", help="workloads W1-W9 against the floors and the peers")
+    bench_parser = commands.add_parser("bench", help="workloads W1-W10 against the floors and the peers")
     bench_parser.add_argument("--workload", action="append", default=[], metavar="W",
-                              help="W1..W9, repeatable or comma-separated (default: all)")
+                              help="W1..W10, repeatable or comma-separated (default: all)")
     bench_parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench_parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     bench_parser.add_argument("--plot", metavar="PATH", help="write W7 as a log-log PNG")

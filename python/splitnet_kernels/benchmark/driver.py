@@ -1,4 +1,4 @@
-"""The benchmark driver behind `splitnet-kernels bench`: workloads W1-W9 of docs/design.md.
+"""The benchmark driver behind `splitnet-kernels bench`: workloads W1-W10 of docs/design.md.
 
 Every table is measured in one run, side by side: our kernels, the other backends, and what a
 user would pick instead (NumPy/BLAS, PyTorch, FAISS, Numba), each as a median time, its ratio to
@@ -23,7 +23,7 @@ from .report import Table, plot_w7
 from .timing import (floor_and_rounds, floor_beside, machine_facts, median_time, median_times_in_turns, medians,
                      paired_ratio, times_in_turns)
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10")
 
 
 # ---- the peers (real packages, loaded when present) ---------------------------------------
@@ -495,6 +495,285 @@ def w9(ctx) -> list[Table]:
     return tables
 
 
+# ---- W10: a live set under a stream of changes ---------------------------------------------
+def _live_check(got, want, ids, label):
+    """Asserts that a live set's (scores, ids) are bit for bit the frozen set's (scores, rows),
+    its rows mapped to the external ids `ids` (ascending): the oracle of docs/design.md."""
+    assert np.array_equal(got[0], want[0]), f"W10 {label}: scores differ from the frozen set's"
+    assert np.array_equal(got[1], ids[want[1]]), f"W10 {label}: ids differ from the frozen set's, mapped"
+
+
+def _live_table(title, lives, frozen, ids, u, k, index, repeat, limit, state) -> Table:
+    """One W10 query table: each live set (LIVE_SETS key -> set) beside the frozen set of the same
+    rows (and FAISS's search when index is given), timed in turns, ratios taken round by round;
+    every live answer first checked against the frozen set's, ids mapped (`ids`: the present ids,
+    ascending)."""
+    fns: dict = {}
+    pair = {}  # live row name -> frozen row name
+    for (dtype, exact), live in lives.items():
+        name = f"{dtype}{', exact' if exact else ''}"
+        _live_check(live.topk(u, k), frozen[(dtype, exact)].topk(u, k), ids, f"{name}, {u.ndim}-d users, {state}")
+        fns[f"LiveCandidates {name}"] = functools.partial(live.topk, u, k)
+        fns[f"Candidates {name} (frozen)"] = functools.partial(frozen[(dtype, exact)].topk, u, k)
+        pair[f"LiveCandidates {name}"] = f"Candidates {name} (frozen)"
+    if index is not None:
+        fns["faiss"] = functools.partial(index.search, np.atleast_2d(u), k)
+    rounds = times_in_turns(fns, repeat)
+    times = medians(rounds)
+    t = Table("W10", title, None, "", columns=("x frozen [quartiles]", "faiss / this [quartiles]"))
+    for name, frozen_name in pair.items():
+        over = paired_ratio(rounds[name], rounds[frozen_name])
+        over_faiss = _quartiles(paired_ratio(rounds["faiss"], rounds[name])) if index is not None else ""
+        t.add(name, times[name], (_quartiles(over), over_faiss))
+        t.add(frozen_name, times[frozen_name], ("1.00", ""))
+        t.target(f"{name} <= {limit:.2f}x the frozen set ({over[0]:.2f}x)", over[0] <= limit)
+    if index is not None:
+        t.add("faiss  IndexIDMap2(IndexFlatIP).search", times["faiss"], ("", "1.00"))
+        name = next(n for n in pair if "float32" in n)  # FAISS's like: float32 rows, a flat scan
+        faster = paired_ratio(rounds["faiss"], rounds[name])[0]
+        t.target(f"{name} >= 2x faster than FAISS IndexIDMap2 search ({faster:.2f}x)", faster >= 2)
+    t.notes.append(f"x frozen: the live set's time over the frozen set's, round by round in {repeat} rounds timed in "
+                   "turns: median [first quartile, third quartile]"
+                   + ("; faiss / this: FAISS's time over this one's" if index is not None else ""))
+    t.notes.append("frozen: a Candidates built from the present rows in ascending id order; every live answer is its "
+                   "answer, ids mapped, scores bit for bit (checked in this run)")
+    return t
+
+
+def _reader_beside_writer(ctx, live, user, k, batches, label) -> Table:
+    """W10: one-user top-k latency (median of `calls` calls) with no writer, then while a writer
+    thread applies one upsert batch every LIVE_WRITER_PERIOD_S; compact() (untimed) before each
+    round, so every round starts from one main store."""
+    import threading
+
+    rounds, calls = ctx.rounds_w10_writer
+    period = wl.LIVE_WRITER_PERIOD_S
+    idle, busy, applied, writing, spans = [], [], [], [], []
+    query = functools.partial(live.topk, user, k)
+    for _ in range(rounds):
+        live.compact()
+        idle.append(median_time(query, calls))
+        stop = threading.Event()
+        seconds: list[float] = []
+
+        def write():
+            began = time.perf_counter()
+            for i in range(1 << 30):
+                start = time.perf_counter()
+                live.upsert(*batches[i % len(batches)])
+                seconds.append(time.perf_counter() - start)
+                if stop.wait(max(0.0, began + (i + 1) * period - time.perf_counter())):
+                    break
+
+        writer = threading.Thread(target=write, name="W10 writer")
+        started = time.perf_counter()
+        writer.start()
+        try:
+            busy.append(median_time(query, calls))
+        finally:
+            stop.set()
+            writer.join()
+        spans.append(time.perf_counter() - started)
+        applied.append(len(seconds))
+        writing.append(sum(seconds))
+    live.compact()
+    over = paired_ratio(busy, idle)
+    t = Table("W10", f"one-user top-{k} on a live {label} set while a writer thread upserts {wl.LIVE_BATCH:,} rows "
+              f"every {period * 1e3:.0f} ms", None, "", columns=("x idle [quartiles]",))
+    t.add("reader, no writer (median call)", float(np.median(idle)), ("1.00",))
+    t.add("reader, writer running (median call)", float(np.median(busy)), (_quartiles(over),))
+    t.target(f"reader median while writing <= 1.5x idle ({over[0]:.2f}x)", over[0] <= 1.5)
+    batches_per_s = sum(applied) / sum(spans)
+    t.notes.append(f"{rounds} rounds of {calls} calls each way, compact() before each round (untimed); x idle: the "
+                   f"median while writing over the median without, round by round; the writer applied "
+                   f"{batches_per_s:.1f} batches/s ({batches_per_s * wl.LIVE_BATCH / 1e3:,.0f}k rows/s; asked "
+                   f"{1 / period:.0f}/s), busy {sum(writing) / sum(spans):.0%} of the time, a batch in "
+                   f"{sum(writing) / max(1, sum(applied)) * 1e3:.1f} ms on average; "
+                   f"{ctx.threads} query threads on {ctx.cores} cores")
+    return t
+
+
+def _chunks(array, size, count):
+    return [array[i * size:(i + 1) * size] for i in range(count)]
+
+
+def w10(ctx) -> list[Table]:
+    """W10: a live set (LiveCandidates) under a stream of changes, beside the frozen Candidates of
+    the same rows (the oracle: every live answer is checked bit for bit, ids mapped) and FAISS
+    IndexIDMap2(IndexFlatIP): queries right after compact() and after 1 % upserted and 1 % removed,
+    by value after 10 % of bids changed, the rates of the batches, a reader beside a writer, and
+    memory."""
+    faiss = ctx.peers.faiss
+    if faiss is None:
+        return _w10(ctx, None)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(ctx.threads)  # FAISS on as many threads as ours
+    try:
+        return _w10(ctx, faiss)
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _w10(ctx, faiss) -> list[Table]:
+    Live = sk.LiveCandidates
+    n, N, k, M, B = wl.DIM, ctx.n_cands, wl.TOP_K, wl.USERS, wl.LIVE_BATCH
+    one, many = ctx.repeat_w10
+    ads, user = wl.one_user(N)
+    users = wl.many_users(N)[1]
+    ids = wl.live_ids(N)
+    who = (("one user", user, one), (f"{M} users", users, many))
+    names = {(dtype, exact): f"{dtype}{', exact' if exact else ''}" for dtype, exact in wl.LIVE_SETS}
+    lives = {key: Live.from_arrays(ids, ads, dtype=key[0], exact=key[1]) for key in wl.LIVE_SETS}
+    for live in lives.values():
+        live.compact()
+    frozen = {key: sk.Candidates(ads, key[0], exact=key[1]) for key in wl.LIVE_SETS}
+    index = None
+    if faiss is not None:
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(n))
+        index.add_with_ids(ads, ids)
+    tables = []
+
+    # (1) right after compact(), with FAISS's search in the same turns; (7) memory
+    memory = []
+    for key, live in lives.items():
+        floor = frozen[key].nbytes + 24 * N
+        memory.append((f"{names[key]}: live {live.nbytes / 2**20:,.1f} MiB, frozen {frozen[key].nbytes / 2**20:,.1f} "
+                       f"MiB + 24 B/row = {floor / 2**20:,.1f} MiB ({(live.nbytes - frozen[key].nbytes) / N:.1f} "
+                       f"B/row over the frozen set)", live.nbytes <= floor))
+    for label, u, repeat in who:
+        t = _live_table(f"live sets right after compact(), {label} x {N:,}, top-{k} (n={n})", lives, frozen, ids, u,
+                        k, index, repeat, 1.05, "after compact()")
+        if label == "one user":
+            for text, ok in memory:
+                t.target(f"memory after compact() <= frozen nbytes + 24 B/row: {text}", ok)
+        tables.append(t)
+    ctx.progress.step("W10 after compact()")
+
+    # (2) 1 % upserted (half replacing present ids, half new) and 1 % removed since compact()
+    changed = max(2, int(wl.LIVE_CHANGED * N))
+    changes = wl.live_changes(ids, changed, changed, seed=22)
+    for live in lives.values():
+        live.upsert(changes.upsert_ids, changes.upsert_rows)
+        live.remove(changes.remove_ids)
+    if index is not None:  # FAISS the same way: a replaced id is removed, then added
+        index.remove_ids(np.concatenate([changes.upsert_ids, changes.remove_ids]))
+        index.add_with_ids(changes.upsert_rows, changes.upsert_ids)
+    now_ids, now_ads = wl.live_present(ids, ads, changes)
+    assert np.array_equal(lives[wl.LIVE_SETS[0]].ids(), now_ids), "W10: the live set's ids after the changes"
+    del frozen
+    frozen = {key: sk.Candidates(now_ads, key[0], exact=key[1]) for key in wl.LIVE_SETS}
+    for label, u, repeat in who:
+        tables.append(_live_table(f"live sets with {changed:,} rows upserted ({changed // 2:,} replaced, "
+                                  f"{changed - changed // 2:,} new) and {changed:,} removed since compact(), {label} "
+                                  f"x {len(now_ids):,}, top-{k}", lives, frozen, now_ids, u, k, None, repeat, 1.25,
+                                  "after changes"))
+    del frozen
+    ctx.progress.step("W10 after changes")
+
+    # (5) a reader beside a writer (replacing present ids: the set keeps its size)
+    rng = np.random.default_rng(23)
+    writer_batches = [(np.sort(rng.choice(now_ids, B, replace=False)), rng.standard_normal((B, n), dtype=np.float32))
+                      for _ in range(4)]
+    float32_key = wl.LIVE_SETS[0]
+    tables.append(_reader_beside_writer(ctx, lives[float32_key], user, k, writer_batches, names[float32_key]))
+    ctx.progress.step("W10 reader beside a writer")
+
+    # (3) by value after 10 % of bids changed, beside a frozen set built with the new bids and NumPy
+    objectives, bids, _ = wl.objectives_and_bids(N)
+    om = wl.objective_metrics(n)
+    by_value = Live.from_arrays(ids, ads, dtype="float32", objectives=objectives, bids=bids)
+    by_value.compact()
+    moved, values, new_bids = wl.live_new_bids(ids, bids, wl.LIVE_BIDS_CHANGED)
+    for i in range(0, len(moved), B):
+        by_value.set_bids(moved[i:i + B], values[i:i + B])
+    value_frozen = sk.Candidates(ads, "float32", objectives=objectives, bids=new_bids)
+    _live_check(by_value.topk(user, k, om), value_frozen.topk(user, k, om), ids, "by value after set_bids")
+    peer = wl.NumpyObjectives(ads, objectives, new_bids, om)
+    fns: dict = {"live": functools.partial(by_value.topk, user, k, om), "frozen": functools.partial(value_frozen.topk, user, k, om),
+           "numpy": functools.partial(peer.topk, user, k), "numpy in place": functools.partial(peer.topk_in_place, user, k)}
+    rounds = times_in_turns(fns, one)
+    times = medians(rounds)
+    best = min(("numpy", "numpy in place"), key=lambda name: times[name])
+    over, faster = paired_ratio(rounds["live"], rounds["frozen"]), paired_ratio(rounds[best], rounds["live"])
+    t = Table("W10", f"by value after {len(moved):,} bids changed ({wl.LIVE_BIDS_CHANGED:.0%}, set_bids in batches of "
+              f"{B:,}), one user x {N:,}, {len(om)} objectives, top-{k} (float32)", None, "",
+              columns=("x frozen [quartiles]", "numpy / this [quartiles]"))
+    t.add("LiveCandidates float32, objectives", times["live"], (_quartiles(over), _quartiles(faster)))
+    t.add("Candidates float32, objectives (frozen, new bids)", times["frozen"], ("1.00", ""))
+    t.add("numpy  grouped matvecs+sigmoid+argpartition", times["numpy"])
+    t.add("numpy  same, in place", times["numpy in place"])
+    t.target(f"<= 1.5x a frozen set built with the new bids ({over[0]:.2f}x)", over[0] <= 1.5)
+    t.target(f">= 10x faster than the best NumPy expression ({best}: {faster[0]:.2f}x)", faster[0] >= 10)
+    t.notes.append(f"changed bids drawn anew from lognormal(0, {wl.BID_SIGMA:g}); no compact() after them; ratios "
+                   f"round by round in {one} rounds timed in turns; identical answers to the frozen set's (checked)")
+    tables.append(t)
+    del value_frozen, peer
+    ctx.progress.step("W10 by value")
+
+    # (4) the rates of the batches, and (6) remove against FAISS remove_ids, in turns
+    repeat = ctx.repeat_w10_rates
+    stream = wl.live_changes(now_ids, B * (repeat + 1), B * (repeat + 1), seed=24)
+    half = B // 2
+    replaced, new = stream.upsert_ids[:len(stream.upsert_ids) // 2], stream.upsert_ids[len(stream.upsert_ids) // 2:]
+    rows_replaced, rows_new = stream.upsert_rows[:len(replaced)], stream.upsert_rows[len(replaced):]
+    upserts = [(np.concatenate([a, b]), np.concatenate([ra, rb])) for a, b, ra, rb in
+               zip(_chunks(replaced, half, repeat + 1), _chunks(new, B - half, repeat + 1),
+                   _chunks(rows_replaced, half, repeat + 1), _chunks(rows_new, B - half, repeat + 1))]
+    removes = iter(_chunks(stream.remove_ids, B, repeat + 1))
+    small = iter(_chunks(np.setdiff1d(now_ids, np.concatenate([stream.upsert_ids, stream.remove_ids]))[::7],
+                         wl.LIVE_FAISS_REMOVE, repeat + 1))
+    small_faiss = iter(_chunks(np.setdiff1d(now_ids, np.concatenate([stream.upsert_ids, stream.remove_ids]))[3::7],
+                               wl.LIVE_FAISS_REMOVE, repeat + 1))
+    rng = np.random.default_rng(25)
+    bid_batches = iter([(np.sort(rng.choice(ids, B, replace=False)), rng.lognormal(0.0, wl.BID_SIGMA, B).astype(np.float32))
+                        for _ in range(repeat + 1)])
+    float32_live, int8_live = lives[wl.LIVE_SETS[0]], lives[wl.LIVE_SETS[1]]
+    f32_batches, i8_batches = iter(upserts), iter(upserts)
+    removed_small = []
+    fns = {"set_bids": lambda: by_value.set_bids(*next(bid_batches)),
+           "remove": lambda: float32_live.remove(next(removes)),
+           "upsert float32": lambda: float32_live.upsert(*next(f32_batches)),
+           "upsert int8 exact": lambda: int8_live.upsert(*next(i8_batches)),
+           "remove small": lambda: removed_small.append(int8_live.remove(next(small)))}
+    if index is not None:
+        fns["faiss remove_ids"] = lambda: index.remove_ids(next(small_faiss))
+    rounds = times_in_turns(fns, repeat)
+    assert all(r == wl.LIVE_FAISS_REMOVE for r in removed_small), "W10: remove() did not find every present id"
+    times = medians(rounds)
+    t = Table("W10", f"batches on live sets of {N:,} rows: the rates", None, "", columns=("per second [quartiles]",))
+    rates = {}
+    for name, what, size, unit, least in (("set_bids", "set_bids, float32 with objectives", B, "ids", 2e6),
+                                          ("remove", "remove, float32", B, "ids", 1e6),
+                                          ("upsert float32", "upsert, float32", B, "rows", 3e5),
+                                          ("upsert int8 exact", "upsert, int8 exact", B, "rows", 1e5)):
+        rates[name] = paired_ratio([size] * repeat, rounds[name])  # size over each round's seconds
+        t.add(f"{what}: {size:,} {unit}", times[name], (_rate(rates[name]),))
+        t.target(f"{what} >= {_rate((least,) * 3).split()[0]} {unit}/s ({_rate(rates[name]).split()[0]})",
+                 rates[name][0] >= least)
+    t.add(f"remove, int8 exact: {wl.LIVE_FAISS_REMOVE:,} ids", times["remove small"],
+          (_rate(paired_ratio([wl.LIVE_FAISS_REMOVE] * repeat, rounds["remove small"])),))
+    if index is not None:
+        t.add(f"faiss  IndexIDMap2.remove_ids: {wl.LIVE_FAISS_REMOVE:,} ids", times["faiss remove_ids"],
+              (_rate(paired_ratio([wl.LIVE_FAISS_REMOVE] * repeat, rounds["faiss remove_ids"])),))
+        faster = paired_ratio(rounds["faiss remove_ids"], rounds["remove small"])
+        t.target(f"removing {wl.LIVE_FAISS_REMOVE:,} ids >= 100x faster than FAISS remove_ids ({_quartiles(faster)}x)",
+                 faster[0] >= 100)
+    t.notes.append(f"one batch per round, {repeat} rounds timed in turns (after one untimed batch each); upserts: half "
+                   f"replace present ids, half add new ones; every id a batch names is present (rates of real work); "
+                   f"FAISS removes from an IndexIDMap2 of the same {len(now_ids):,} rows, int64 id array, "
+                   f"{ctx.threads} OpenMP threads")
+    tables.append(t)
+    ctx.progress.step("W10 rates")
+    return tables
+
+
+def _rate(ratio: tuple[float, float, float]) -> str:
+    def short(x):
+        return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.0f}k" if x >= 1e4 else f"{x / 1e3:.2f}k"
+    median, q1, q3 = ratio
+    return f"{short(median)} [{short(q1)}, {short(q3)}]"
+
+
 def _quartiles(ratio: tuple[float, float, float]) -> str:
     median, q1, q3 = ratio
     return f"{median:.2f} [{q1:.2f}, {q3:.2f}]"
@@ -517,11 +796,18 @@ class Context:
         self.w7_bytes = wl.QUICK_W7_BYTES if quick else wl.W7_BYTES
         self.repeat_w7 = 3 if quick else 9
         self.repeat_w9 = (3, 3) if quick else (15, 9)  # rounds in turns: one user, many users
+        # W10, kept short (about a minute on 2 cores at full size: FAISS's 128-user search alone takes
+        # 1.8 s a call there): rounds in turns for one user and for many users; batches timed per
+        # rate (after one untimed); rounds and calls per median of the reader beside a writer
+        self.repeat_w10 = (3, 3) if quick else (5, 3)
+        self.repeat_w10_rates = 3 if quick else 5
+        self.rounds_w10_writer = (2, 5) if quick else (3, 21)
+        self.cores = facts["cores"]
         self.peers = Peers()
 
 
-RUNNERS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8, "W9": w9}
-STEPS = {"W7": len(wl.W7_DIMS)}  # W7 steps the progress bar once per n
+RUNNERS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8, "W9": w9, "W10": w10}
+STEPS = {"W7": len(wl.W7_DIMS), "W10": 5}  # W7 steps the progress bar once per n, W10 once per part
 
 
 def run(workloads=WORKLOADS, quick=False, json_path=None, plot_path=None, show_progress=True, out=sys.stdout):

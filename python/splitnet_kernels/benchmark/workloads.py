@@ -1,4 +1,4 @@
-"""The workloads W1-W9 of docs/design.md: their sizes, data and metrics, defined once for both
+"""The workloads W1-W10 of docs/design.md: their sizes, data and metrics, defined once for both
 `splitnet-kernels bench` (driver.py) and the pytest-benchmark suites in the repository's bench/."""
 
 from __future__ import annotations
@@ -39,6 +39,14 @@ EXACT_DTYPES = ("int8", "bfloat16", "float16")
 W9_DATA = ("gaussian", "campaign", "clustered")
 CLUSTERS, CLUSTER_NOISE = 1000, 0.05  # clustered rows: near-ties by the thousand
 CAMPAIGN_SEED = 0  # of the campaign and the towers trained on it (experiment/embeddings.py)
+# W10: a live set (LiveCandidates) of W1-W4's rows under a stream of changes, beside the frozen
+# Candidates of the same rows and FAISS IndexIDMap2(IndexFlatIP)
+LIVE_SETS = (("float32", False), ("int8", True))  # (dtype, exact)
+LIVE_CHANGED = 0.01  # rows upserted (half replacing present ids, half new ids) and rows removed since compact()
+LIVE_BIDS_CHANGED = 0.10  # bids changed by set_bids before the query by value
+LIVE_BATCH = 10_000  # ids per set_bids/remove/upsert batch in the rates, and rows per writer batch
+LIVE_FAISS_REMOVE = 1_000  # ids per remove, ours against faiss remove_ids
+LIVE_WRITER_PERIOD_S = 0.020  # the writer thread's cadence: one LIVE_BATCH-row upsert per period
 
 
 def data(rows: int, dim: int, seed: int) -> np.ndarray:
@@ -272,3 +280,50 @@ def numpy_topk(scores: np.ndarray, k: int):
     """The top k of one row of scores the NumPy way, best first: what a user would write."""
     part = np.argpartition(-scores, k - 1)[:k]
     return part[np.argsort(-scores[part], kind="stable")]
+
+
+def live_ids(rows: int, seed: int = 20) -> np.ndarray:
+    """W10: (rows,) int64 external ids, ascending, unique, with gaps (as an ad id space has)."""
+    return np.random.default_rng(seed).integers(1, 8, rows).cumsum() - 1
+
+
+class LiveChanges(NamedTuple):
+    """One W10 batch of changes to a live set whose ids are `ids`: upsert_ids (ascending; the first
+    half replace present ids, the second half are new ids above the largest), their rows, and
+    remove_ids (present ids, none of them upserted)."""
+    upsert_ids: np.ndarray
+    upsert_rows: np.ndarray
+    remove_ids: np.ndarray
+
+
+def live_changes(ids: np.ndarray, upserted: int, removed: int, seed: int, dim: int = DIM) -> LiveChanges:
+    """W10: `upserted` rows to upsert (half replacing present ids, half new ids) and `removed`
+    present ids to remove, disjoint, drawn from seed."""
+    rng = np.random.default_rng(seed)
+    replaced = upserted // 2
+    present = rng.choice(len(ids), replaced + removed, replace=False)
+    new = int(ids[-1]) + 1 + np.sort(rng.choice(4 * (upserted - replaced) + 1, upserted - replaced, replace=False))
+    upsert_ids = np.concatenate([np.sort(ids[present[:replaced]]), new]).astype(np.int64)
+    rows = rng.standard_normal((upserted, dim), dtype=np.float32)
+    return LiveChanges(upsert_ids, rows, np.sort(ids[present[replaced:]]).astype(np.int64))
+
+
+def live_present(ids: np.ndarray, ads: np.ndarray, changes: LiveChanges):
+    """W10's oracle rows: (ids, ads) of a live set that held (ids, ads) (ids ascending) after
+    `changes`, in ascending id order: what a frozen Candidates of the present rows holds."""
+    gone = np.isin(ids, changes.upsert_ids) | np.isin(ids, changes.remove_ids)
+    new_ids = np.concatenate([ids[~gone], changes.upsert_ids])
+    order = np.argsort(new_ids, kind="stable")
+    return new_ids[order], np.concatenate([ads[~gone], changes.upsert_rows])[order]
+
+
+def live_new_bids(ids: np.ndarray, bids: np.ndarray, fraction: float, seed: int = 21):
+    """W10: (changed ids ascending, their new bids, every row's bids after the change): `fraction`
+    of the ids get a bid drawn anew from W8's lognormal(0, BID_SIGMA), as a bid change that moves
+    a row anywhere in the bid order."""
+    rng = np.random.default_rng(seed)
+    where = np.sort(rng.choice(len(ids), int(round(fraction * len(ids))), replace=False))
+    values = rng.lognormal(0.0, BID_SIGMA, len(where)).astype(np.float32)
+    after = bids.copy()
+    after[where] = values
+    return ids[where], values, after
