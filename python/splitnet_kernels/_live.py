@@ -36,7 +36,7 @@ from ._storage import ExactStorage, Storage, gathered, storage_type
 from .backends import Request
 
 _INT64_MAX = np.iinfo(np.int64).max
-_MERGE_RATIO = 4  # a segment merges into the one before it once that one is at most this many times larger
+_MERGE_RATIO = 8  # a segment merges into the one before it once that one is at most this many times larger
 _REFETCH = 8  # extra rows a top-k asks of a segment with deleted rows, besides its expected share of them
 
 
