@@ -41,6 +41,7 @@ PyObject* score_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObje
                          a.object(7));
     const float bias = a.real(8);
     py::array out = a.array(9);
+    require(!p.filter, "allowed: score takes ids (ascending int64), not a bitmap");
     float* o = output_for(out, "out", users, p.users.count, p.candidates());
     const int t = a.threads(10);
     py::gil_scoped_release release;
@@ -60,7 +61,8 @@ PyObject* topk_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObjec
     const TopkOutputs out(a, 9, users, p.users.count, p.candidates());
     const int t = a.threads(12);
     py::gil_scoped_release release;
-    splitnet::topk(table(), p.users, p.rows, p.form.form, bias, p.ids, p.n_ids, out.k, out.scores, out.ids, t);
+    splitnet::topk(table(), p.users, p.rows, p.form.form, bias, p.ids, p.n_ids, out.k, out.scores, out.ids, t,
+                   p.filter);
   });
 }
 
@@ -151,7 +153,7 @@ PyObject* topk_exact_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, P
     {
       py::gil_scoped_release release;
       count = splitnet::topk_exact(table(), p.users, p.rows, rows, p.form.form, bias, p.ids, p.n_ids, out.k,
-                                   out.scores, out.ids, t);
+                                   out.scores, out.ids, t, p.filter);
     }
     rescored = PyLong_FromLongLong(count);
   });
@@ -199,7 +201,8 @@ PyMethodDef kEntries[] = {
     {"topk", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(topk_entry)), METH_FASTCALL | METH_KEYWORDS,
      "topk(users, data, dtype, scales, allowed, diag, left, right, bias, k, out_scores, out_ids, threads)\n--\n\n"
      "The best k scores per user (as score), best first, and their candidate ids (int64): (k,) for users (n,), "
-     "else (M, k)."},
+     "else (M, k). allowed: None, ascending int64 ids (their rows gathered), or a bitmap of the N candidates "
+     "(uint64 words, bit c % 64 of word c / 64: every row read, the others left out); k <= the allowed count."},
     {"score_pairs", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(score_pairs_entry)),
      METH_FASTCALL | METH_KEYWORDS,
      "score_pairs(users, ads, diag, left, right, bias, out, threads)\n--\n\n"

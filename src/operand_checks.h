@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "splitnet_kernels/dtypes.h"
+#include "splitnet_kernels/filter.h"
 #include "splitnet_kernels/parallel.h"
 #include "splitnet_kernels/rows.h"
 
@@ -228,13 +229,40 @@ std::pair<const index_t*, index_t> ids_of(const py::object& ids, index_t count, 
   return {p, array.shape(0)};
 }
 
-// The operands of score and topk: users, candidates, allowed subset and metric form.
+// A dense allowed subset: a bitmap of `count` candidates (uint64 words, bit c % 64 of word
+// c / 64; bits past `count` are never read), (W,) for every user or (users, W) one per user; and
+// the most candidates it allows a user.
+std::pair<splitnet::Filter, index_t> filter_of(const py::array& array, index_t count, index_t users) {
+  const index_t words = (count + 63) / 64;
+  const bool per_user = array.ndim() == 2;
+  require((array.ndim() == 1 || (per_user && array.shape(0) == users)) && array.shape(array.ndim() - 1) == words,
+          "allowed: a bitmap of ", count, " candidates is (", words, ",) uint64 words, or (", users, ", ", words,
+          ") for one per user, got shape ", ShapeOf{array});
+  require(array.flags() & py::array::c_style, "allowed: the bitmap must be C-contiguous");
+  const auto* p = static_cast<const std::uint64_t*>(array.data());
+  index_t most = 0;
+  for (index_t u = 0; u < (per_user ? users : 1); ++u) {
+    index_t allowed = 0;
+    for (index_t w = 0; w < words; ++w) {
+      const index_t rest = count - 64 * w;
+      const std::uint64_t word = p[u * words + w];
+      allowed += __builtin_popcountll(rest >= 64 ? word : word & ((std::uint64_t{1} << rest) - 1));
+    }
+    most = std::max(most, allowed);
+  }
+  return {splitnet::Filter{p, per_user ? words : 0}, most};
+}
+
+// The operands of score and topk: users, candidates, allowed subset (ids, or a bitmap for
+// top-k) and metric form.
 struct ScanOperands {
   py::object keep_scales, keep_ids;  // converted operands, alive for the call
   Rows users;
   StoredRows rows;
   const index_t* ids = nullptr;
   index_t n_ids = 0;
+  splitnet::Filter filter;
+  index_t n_allowed = 0;  // the most candidates the filter allows a user
   FormOperands form;
 
   ScanOperands(const py::array& users_array, const py::array& data, const py::handle& dtype, const py::object& scales,
@@ -242,10 +270,16 @@ struct ScanOperands {
       : users(users_of(users_array)), rows(stored_of(data, dtype, scales, keep_scales)),
         form(diag, left, right, users.dim) {
     require(rows.dim >= users.dim, "data: rows of ", rows.dim, " values are shorter than the users' ", users.dim);
-    std::tie(ids, n_ids) = ids_of(allowed, rows.count, keep_ids);
+    if (py::isinstance<py::array>(allowed) && allowed.cast<py::array>().dtype().kind() == 'u' &&
+        allowed.cast<py::array>().itemsize() == 8) {
+      keep_ids = allowed;
+      std::tie(filter, n_allowed) = filter_of(allowed.cast<py::array>(), rows.count, users.count);
+    } else {
+      std::tie(ids, n_ids) = ids_of(allowed, rows.count, keep_ids);
+    }
   }
 
-  index_t candidates() const { return ids ? n_ids : rows.count; }
+  index_t candidates() const { return ids ? n_ids : filter ? n_allowed : rows.count; }
 };
 
 // A C-contiguous 1-D array of `length` values of the given kind ('f': float32, 'i': int64).

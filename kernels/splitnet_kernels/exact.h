@@ -173,7 +173,8 @@ inline index_t rescore(const KernelTable& table, const float* query, const Exact
   std::sort(positions.begin(), positions.end());
   const index_t m = static_cast<index_t>(positions.size());
   std::vector<float> scores(static_cast<size_t>(m));
-  score_one(table, query, stored(exact.rows), bias, scores.data(), threads, positions.data(), m);
+  if (m > 0)  // none (a user a filter allows nothing): an empty list, then padding
+    score_one(table, query, stored(exact.rows), bias, scores.data(), threads, positions.data(), m);
   select_best(scores.data(), positions.data(), m, k, out_scores, out_ids);
   return m;
 }
@@ -211,8 +212,8 @@ class CertifiedTile {
  public:
   CertifiedTile(const KernelTable& table, index_t k, const ScoreBound* bounds, index_t n_users, index_t pad,
                 const ExactRows& exact, const std::vector<index_t>& unbounded, Survivors* kept, index_t most,
-                std::atomic<bool>* overflow)
-      : table_(table), bounds_(bounds), n_users_(n_users), exact_(exact), unbounded_(unbounded),
+                std::atomic<bool>* overflow, Filter filter)
+      : table_(table), filter_(filter), bounds_(bounds), n_users_(n_users), exact_(exact), unbounded_(unbounded),
         kept_(kept), most_(most), overflow_(overflow), gates_(static_cast<size_t>(pad), kInf),
         floors_(gates_.size(), -kInf), bound_most_(gates_.size(), kInf) {
     heaps_.reserve(static_cast<size_t>(n_users));
@@ -239,10 +240,18 @@ class CertifiedTile {
 
   void add_tile(const float* tile, index_t pad, index_t first, index_t n, std::uint64_t hits) {
     if (overflow_->load(std::memory_order_relaxed)) return;
+    if (filter_ && !filter_.per_user()) {  // what it leaves out is never kept
+      hits &= filter_.span(first, n);
+    } else if (filter_) {
+      std::uint64_t any = 0;
+      for (index_t u = 0; u < n_users_; ++u) any |= filter_.user(u).span(first, n);
+      hits &= any;
+    }
     for (; next_ < unbounded_.size() && unbounded_[next_] < first + n; ++next_) {
       if (unbounded_[next_] < first) continue;
       hits &= ~(std::uint64_t{1} << (unbounded_[next_] - first));
-      for (index_t u = 0; u < n_users_; ++u) survive(u, unbounded_[next_], kInf);
+      for (index_t u = 0; u < n_users_; ++u)
+        if (!filter_ || filter_.user(u).allows(unbounded_[next_])) survive(u, unbounded_[next_], kInf);
     }
     std::uint64_t bits[(kMaxBlockUsers + 63) / 64];
     for (; hits != 0; hits &= hits - 1) {
@@ -253,6 +262,7 @@ class CertifiedTile {
       for (index_t w = 0; w * 64 < n_users_; ++w)
         for (std::uint64_t word = bits[w]; word != 0; word &= word - 1) {
           const index_t u = w * 64 + __builtin_ctzll(word);
+          if (filter_.per_user() && !filter_.user(u).allows(row)) continue;
           const float e = bounds_[u](scores[u], norm, residual), low = scores[u] - e, high = scores[u] + e;
           TopK& heap = heaps_[u];
           if (!(low < heap.gate())) {
@@ -285,6 +295,7 @@ class CertifiedTile {
   }
 
   const KernelTable& table_;
+  Filter filter_;
   const ScoreBound* bounds_;
   index_t n_users_;
   const ExactRows& exact_;
@@ -303,15 +314,16 @@ class CertifiedTile {
 // The best k (k <= the candidates) of query . a + bias over the float32 rows, best first, as
 // topk_one on exact.rows gives them (the same ids and bits), computed by scanning `small` (the
 // same candidates in a reduced type) and re-scoring only the rows that may enter. ids: the
-// allowed subset (ascending) or null. Returns how many rows were re-scored.
+// allowed subset (ascending) or null; or a filter (every row read, those it leaves out never
+// kept). Returns how many rows were re-scored.
 inline index_t topk_exact_one(const KernelTable& table, const float* query, const StoredRows& small,
                               const ExactRows& exact, index_t k, float bias, float* out_scores, index_t* out_ids,
-                              int threads, const index_t* ids = nullptr, index_t n_ids = 0) {
+                              int threads, const index_t* ids = nullptr, index_t n_ids = 0, Filter filter = {}) {
   using namespace detail;
   const index_t n = ids ? n_ids : small.count;
   const ScoreBound bound = score_bound(query, small.dim, small.dtype, bias);
   if (!bound.usable) {  // nothing to certify with: the float32 rows, every one
-    topk_one(table, query, stored(exact.rows), k, bias, out_scores, out_ids, threads, ids, n_ids);
+    topk_one(table, query, stored(exact.rows), k, bias, out_scores, out_ids, threads, ids, n_ids, filter);
     return n;
   }
   const OneQuery approx(table, query, small, bias, ids);
@@ -342,6 +354,11 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
       // cache miss each, cost more than re-scoring the few more rows it keeps.
       const bool at_maxima = stored && std::isfinite(most);
       for (index_t i = table.first_not_below_f32(scores, count, gate); i < count;) {
+        if (filter && !filter.allows(b + i)) {  // left out: neither a lower bound nor a survivor
+          ++i;
+          i += table.first_not_below_f32(scores + i, count - i, gate);
+          continue;
+        }
         const float e = at_maxima ? bound(scores[i], norm, residual) : bound(scores[i], norms[i], residuals[i]);
         const float low = scores[i] - e, high = scores[i] + e;
         if (!(low < lower.gate())) lower.push(low == low ? low : -kInf, b + i);  // positions; ids come in below
@@ -363,7 +380,7 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
 // takes another way).
 inline index_t topk_exact_tile(const KernelTable& table, const Rows& users, const StoredRows& small,
                                const ExactRows& exact, float bias, index_t k, float* out_scores, index_t* out_ids,
-                               int threads) {
+                               int threads, Filter filter = {}) {
   using namespace detail;
   std::vector<ScoreBound> bounds(static_cast<size_t>(users.count));
   for (index_t u = 0; u < users.count; ++u) {
@@ -391,7 +408,7 @@ inline index_t topk_exact_tile(const KernelTable& table, const Rows& users, cons
       [&](index_t pad) { return std::max(min_rows_per_task(small.dim, pad), 4 * k); },
       [&](int t, index_t u0, index_t u1, index_t pad) {
         return CertifiedTile(table, k, bounds.data() + u0, u1 - u0, pad, exact, unbounded,
-                             kept.data() + t * (u1 - u0), most, &overflow);
+                             kept.data() + t * (u1 - u0), most, &overflow, filter.from(u0));
       },
       [&](index_t u0, index_t u1) {  // each user's survivors re-scored, users in parallel
         if (overflow) return;
@@ -410,7 +427,8 @@ inline index_t topk_exact_tile(const KernelTable& table, const Rows& users, cons
   return overflow ? -1 : rescored;
 }
 
-// Many users: each user's query folded once (as topk folds). Without an allowed subset, int8
+// Many users: each user's query folded once (as topk folds). Without an allowed subset (a
+// filter keeps every way: each reads it where it keeps rows), int8
 // rows go through the certified int8 tile (topk_exact_tile) where the table has one; other rows,
 // once the scans would read more bytes than the float32 rows hold (users x the reduced element
 // size >= 4 bytes), through the float32 rows' cross tile, as the float32 set's many-user top-k
@@ -418,22 +436,23 @@ inline index_t topk_exact_tile(const KernelTable& table, const Rows& users, cons
 // Returns the rows scored in float32, summed over users.
 inline index_t topk_exact(const KernelTable& table, const Rows& users, const StoredRows& small, const ExactRows& exact,
                           const MetricForm& form, float bias, const index_t* ids, index_t n_ids, index_t k,
-                          float* out_scores, index_t* out_ids, int threads) {
+                          float* out_scores, index_t* out_ids, int threads, Filter filter = {}) {
   if (k == 0 || users.count == 0) return 0;
   if (ids == nullptr && users.count >= kExactTileUsers && small.dtype == Dtype::i8 && table.score_tile_i8 != nullptr) {
     detail::Queries queries(table, form, users, small.dim, threads);
-    const index_t rescored = topk_exact_tile(table, queries.rows(), small, exact, bias, k, out_scores, out_ids, threads);
+    const index_t rescored =
+        topk_exact_tile(table, queries.rows(), small, exact, bias, k, out_scores, out_ids, threads, filter);
     if (rescored >= 0) return rescored;
   }
   if (ids == nullptr && users.count * element_size(small.dtype) >= element_size(Dtype::f32)) {
-    topk(table, users, stored(exact.rows), form, bias, nullptr, 0, k, out_scores, out_ids, threads);
+    topk(table, users, stored(exact.rows), form, bias, nullptr, 0, k, out_scores, out_ids, threads, filter);
     return users.count * exact.rows.count;
   }
   detail::Queries queries(table, form, users, small.dim, threads);
   index_t rescored = 0;
   for (index_t u = 0; u < users.count; ++u)
     rescored += topk_exact_one(table, queries.row(u), small, exact, k, bias, out_scores + u * k, out_ids + u * k,
-                               threads, ids, n_ids);
+                               threads, ids, n_ids, filter.user(u));
   return rescored;
 }
 

@@ -87,10 +87,11 @@ inline void score_one(const KernelTable& table, const float* query, const Rows& 
 }
 
 // The best k (k <= number of candidates) of query . candidate + bias, best first, over every
-// row or over the candidates ids[0..n_ids) (ascending) when ids is set.
+// row, over the candidates ids[0..n_ids) (ascending) when ids is set, or over those the filter
+// allows (every row read, the others left out where results are collected).
 inline void topk_one(const KernelTable& table, const float* query, const StoredRows& rows, index_t k,
                      float bias, float* out_scores, index_t* out_ids, int threads,
-                     const index_t* ids = nullptr, index_t n_ids = 0) {
+                     const index_t* ids = nullptr, index_t n_ids = 0, Filter filter = {}) {
   using namespace detail;
   const OneQuery score(table, query, rows, bias, ids);
   const index_t n = ids ? n_ids : rows.count;
@@ -98,14 +99,14 @@ inline void topk_one(const KernelTable& table, const float* query, const StoredR
   const index_t tasks = std::max<index_t>(1, std::min<index_t>(threads, n / min_chunk));
   if (tasks <= 1) {  // straight into the outputs: a serving call allocates nothing
     sweep_blocks(score, n, 1, min_chunk, kBlock, [&](int, index_t begin, index_t end) {
-      return KeepTopK(table, k, begin, end, out_scores, out_ids);
+      return KeepTopK(table, k, begin, end, out_scores, out_ids, nullptr, filter);
     });
     return;
   }
   std::vector<float> scores(static_cast<size_t>(tasks * k));
   std::vector<index_t> found(static_cast<size_t>(tasks * k)), counts(static_cast<size_t>(tasks), 0);
   sweep_blocks(score, n, static_cast<int>(tasks), min_chunk, kBlock, [&](int t, index_t begin, index_t end) {
-    return KeepTopK(table, k, begin, end, scores.data() + t * k, found.data() + t * k, &counts[t]);
+    return KeepTopK(table, k, begin, end, scores.data() + t * k, found.data() + t * k, &counts[t], filter);
   });
   merge_lists(scores, found, counts, 0, 1, tasks, k, out_scores, out_ids);
 }
@@ -138,13 +139,16 @@ inline void score_cross(const KernelTable& table, const Rows& users, const Rows&
 // out_scores[u * k ...]. The (users x rows) score matrix is never formed: tiles of it are
 // scanned into per-user heaps as they are computed. The candidates are read once for all
 // users in any storage type (16-bit rows widened a tile at a time, int8 rows on the int8 tile),
-// except int8 on an ISA without a byte dot product, which goes user by user.
+// except int8 on an ISA without a byte dot product, which goes user by user. A filter leaves
+// out what it does not allow (one for every user, or each user's own). A user allowed fewer
+// than k candidates gets them, then padding: score NaN, id -1 (TopK::finish).
 inline void topk_cross(const KernelTable& table, const Rows& users, const StoredRows& rows, index_t k,
-                       float bias, float* out_scores, index_t* out_ids, int threads) {
+                       float bias, float* out_scores, index_t* out_ids, int threads, Filter filter = {}) {
   using namespace detail;
   if (!has_tile(table, rows)) {
     for (index_t u = 0; u < users.count; ++u)
-      topk_one(table, users.row(u), rows, k, bias, out_scores + u * k, out_ids + u * k, threads);
+      topk_one(table, users.row(u), rows, k, bias, out_scores + u * k, out_ids + u * k, threads, nullptr, 0,
+               filter.user(u));
     return;
   }
   const index_t block_users = users_per_block(users.dim);
@@ -157,7 +161,8 @@ inline void topk_cross(const KernelTable& table, const Rows& users, const Stored
       table, users, rows, bias, static_cast<int>(max_tasks),
       [&](index_t pad) { return std::max(min_rows_per_task(rows.dim, pad), 4 * k); },
       [&](int t, index_t u0, index_t u1, index_t pad) {
-        return KeepTopKTile(table, k, u1 - u0, pad, t * (u1 - u0), scores.data(), ids.data(), counts.data());
+        return KeepTopKTile(table, k, u1 - u0, pad, t * (u1 - u0), scores.data(), ids.data(), counts.data(),
+                            filter.from(u0));
       },
       [&](index_t u0, index_t u1) {
         const index_t n_users = u1 - u0;
@@ -263,14 +268,17 @@ inline void score(const KernelTable& table, const Rows& users, const StoredRows&
 }
 
 // The best k (k <= the number of allowed candidates) of each user's scores as in score(), best
-// first, at out_scores / out_ids + u * k; ids are candidate ids (indices into rows).
+// first, at out_scores / out_ids + u * k; ids are candidate ids (indices into rows). The allowed
+// candidates: ids[0..n_ids) (ascending) when ids is set, those the filter allows when it is set
+// (not both), else every row.
 inline void topk(const KernelTable& table, const Rows& users, const StoredRows& rows, const MetricForm& form,
                  float bias, const index_t* ids, index_t n_ids, index_t k, float* out_scores, index_t* out_ids,
-                 int threads) {
+                 int threads, Filter filter = {}) {
   if (k == 0 || users.count == 0) return;
   detail::Queries queries(table, form, users, rows.dim, threads);
-  if (users.count == 1) return topk_one(table, queries.row(0), rows, k, bias, out_scores, out_ids, threads, ids, n_ids);
-  if (ids == nullptr) return topk_cross(table, queries.rows(), rows, k, bias, out_scores, out_ids, threads);
+  if (users.count == 1)
+    return topk_one(table, queries.row(0), rows, k, bias, out_scores, out_ids, threads, ids, n_ids, filter.user(0));
+  if (ids == nullptr) return topk_cross(table, queries.rows(), rows, k, bias, out_scores, out_ids, threads, filter);
   for (index_t u = 0; u < users.count; ++u)
     topk_one(table, queries.row(u), rows, k, bias, out_scores + u * k, out_ids + u * k, threads, ids, n_ids);
 }

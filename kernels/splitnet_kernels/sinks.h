@@ -48,16 +48,17 @@ class StoreScores {
   float* out_;
 };
 
-// One user: the best k of positions [begin, end), best first, into out_scores / out_ids (ids are
-// candidate ids), and how many into *kept when kept is set. Small k: a gated heap over blocks of kBlock; a large k against few candidates:
+// One user: the best k of positions [begin, end) (those the filter allows, where there is one),
+// best first, into out_scores / out_ids (ids are candidate ids), and how many into *kept when
+// kept is set. Small k: a gated heap over blocks of kBlock; a large k against few candidates:
 // every score kept, then selected.
 class KeepTopK {
  public:
   KeepTopK(const KernelTable& table, index_t k, index_t begin, index_t end, float* out_scores, index_t* out_ids,
-           index_t* kept = nullptr)
+           index_t* kept = nullptr, Filter filter = {})
       : table_(table), heap_(out_scores, out_ids, select_all_of(k, begin, end) ? 0 : k),
         select_all_(select_all_of(k, begin, end)), k_(k), begin_(begin), out_scores_(out_scores), out_ids_(out_ids),
-        kept_(kept) {
+        kept_(kept), filter_(filter) {
     if (select_all_) {
       all_scores_.resize(static_cast<size_t>(end - begin));
       all_ids_.resize(all_scores_.size());
@@ -66,12 +67,18 @@ class KeepTopK {
   index_t block_size() const { return select_all_ ? std::numeric_limits<index_t>::max() : kBlock; }
   float* block(index_t first, index_t) { return select_all_ ? all_scores_.data() + (first - begin_) : buffer_; }
   void add(const float* scores, index_t first, index_t n, const index_t* ids) {
-    if (!select_all_) return heap_.scan(scores, n, first, ids, table_);
+    if (!select_all_) return heap_.scan(scores, n, first, ids, table_, filter_);
     for (index_t i = 0; i < n; ++i) all_ids_[first - begin_ + i] = ids ? ids[first + i] : first + i;
   }
   void finish() {
-    const index_t count = select_all_ ? select_best(all_scores_.data(), all_ids_.data(),
-                                                    static_cast<index_t>(all_scores_.size()), k_, out_scores_, out_ids_)
+    index_t n = static_cast<index_t>(all_scores_.size());
+    if (select_all_ && filter_) {  // the allowed ones alone
+      index_t m = 0;
+      for (index_t i = 0; i < n; ++i)
+        if (filter_.allows(all_ids_[i])) all_scores_[m] = all_scores_[i], all_ids_[m++] = all_ids_[i];
+      n = m;
+    }
+    const index_t count = select_all_ ? select_best(all_scores_.data(), all_ids_.data(), n, k_, out_scores_, out_ids_)
                                       : heap_.finish();
     if (kept_ != nullptr) *kept_ = count;
   }
@@ -86,6 +93,7 @@ class KeepTopK {
   float* out_scores_;
   index_t* out_ids_;
   index_t* kept_;
+  Filter filter_;
   std::vector<float> all_scores_;
   std::vector<index_t> all_ids_;
   float buffer_[kBlock];
@@ -114,14 +122,15 @@ class StoreTile {
 
 // Many users: the best k of each user of the block, into slots of k in scores / ids (user u's
 // at slot first_slot + u), counts[first_slot + u] the number kept. Tiles are pre-tested against
-// every user's gate on the registers (the tile kernel's hit bits), then per user.
+// every user's gate on the registers (the tile kernel's hit bits, and the filter's where there
+// is one: the block's users' own, from the block's first user on), then per user.
 class KeepTopKTile {
  public:
   KeepTopKTile(const KernelTable& table, index_t k, index_t n_users, index_t pad, index_t first_slot,
-               float* scores, index_t* ids, index_t* counts)
+               float* scores, index_t* ids, index_t* counts, Filter filter = {})
       // the padding lanes' gates are +inf: their scores pass only as NaN, which the exact
       // per-user test then drops
-      : table_(table), n_users_(n_users), counts_(counts + first_slot),
+      : table_(table), filter_(filter), n_users_(n_users), counts_(counts + first_slot),
         gates_(static_cast<size_t>(pad), std::numeric_limits<float>::infinity()) {
     heaps_.reserve(static_cast<size_t>(n_users));
     for (index_t u = 0; u < n_users; ++u) {
@@ -130,7 +139,14 @@ class KeepTopKTile {
     }
   }
   const float* gates(index_t, index_t) const { return gates_.data(); }
-  void add_tile(const float* tile, index_t pad, index_t first, index_t, std::uint64_t hits) {
+  void add_tile(const float* tile, index_t pad, index_t first, index_t n, std::uint64_t hits) {
+    if (filter_ && !filter_.per_user()) {
+      hits &= filter_.span(first, n);
+    } else if (filter_) {  // the candidates some user of the block may get
+      std::uint64_t any = 0;
+      for (index_t u = 0; u < n_users_; ++u) any |= filter_.user(u).span(first, n);
+      hits &= any;
+    }
     std::uint64_t bits[(kMaxBlockUsers + 63) / 64];
     for (; hits != 0; hits &= hits - 1) {
       const index_t c = __builtin_ctzll(hits);
@@ -139,6 +155,7 @@ class KeepTopKTile {
       for (index_t w = 0; w * 64 < n_users_; ++w)
         for (std::uint64_t word = bits[w]; word != 0; word &= word - 1) {
           const index_t u = w * 64 + __builtin_ctzll(word);
+          if (filter_.per_user() && !filter_.user(u).allows(first + c)) continue;
           heaps_[u].push(row_scores[u], first + c);
           gates_[u] = heaps_[u].gate();
         }
@@ -151,6 +168,7 @@ class KeepTopKTile {
 
  private:
   const KernelTable& table_;
+  Filter filter_;
   index_t n_users_;
   index_t* counts_;
   std::vector<TopK> heaps_;

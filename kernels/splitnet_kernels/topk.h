@@ -10,6 +10,7 @@
 #include <numeric>
 #include <vector>
 
+#include "filter.h"
 #include "isa.h"
 
 namespace splitnet {
@@ -33,6 +34,12 @@ inline bool ranks_before(float score_a, index_t id_a, float score_b, index_t id_
 namespace detail {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 }  // namespace detail
+
+// Slots [count, k) of a best-k list: padding, score NaN and id -1 (a user allowed fewer than k
+// candidates gets them, then padding).
+inline void pad(index_t count, index_t k, float* scores, index_t* ids) {
+  for (index_t i = count; i < k; ++i) scores[i] = std::numeric_limits<float>::quiet_NaN(), ids[i] = -1;
+}
 
 // The best k of everything pushed, by one of two means. For small k, a binary heap whose top is
 // the worst kept entry: the gate rises with every accepted entry, which matters when there are
@@ -81,18 +88,25 @@ class TopK {
   // Offers the scores of candidates first, first + 1, ... (or ids[first], ids[first + 1], ...
   // when ids is set); the kernel table's vectorized pre-test skips the scores below the gate, so
   // only those that may enter are looked at one by one.
-  void scan(const float* scores, index_t n, index_t first, const index_t* ids, const KernelTable& table) {
-    if (std::isnan(gate_) && k_ <= kLanes) set_floor(lane_bound(scores, n, table));
+  // With a filter (ids null), only the candidates it allows are offered (and the lane bound,
+  // which counts every score of the block, is not taken).
+  void scan(const float* scores, index_t n, index_t first, const index_t* ids, const KernelTable& table,
+            Filter filter = {}) {
+    if (std::isnan(gate_) && k_ <= kLanes && !filter) set_floor(lane_bound(scores, n, table));
+    const auto offer = [&](index_t i) {
+      if (!filter || filter.allows(first + i)) push(scores[i], ids ? ids[first + i] : first + i);
+    };
     index_t i = 0;
-    for (; i < n && std::isnan(gate_); ++i) push(scores[i], ids ? ids[first + i] : first + i);  // all enter
+    for (; i < n && std::isnan(gate_); ++i) offer(i);  // all enter
     for (i += table.first_not_below_f32(scores + i, n - i, gate_); i < n;) {
-      push(scores[i], ids ? ids[first + i] : first + i);
+      offer(i);
       ++i;
       i += table.first_not_below_f32(scores + i, n - i, gate_);
     }
   }
 
-  // Writes the kept entries best first to the outputs; returns how many (min(k, pushed)).
+  // Writes the kept entries best first to the outputs, then padding (score NaN, id -1) up to k;
+  // returns how many were kept (min(k, pushed)).
   index_t finish() {
     const index_t count = std::min(k_, size_);
     keep_best(count);
@@ -101,6 +115,7 @@ class TopK {
       out_scores_[i] = begin()[i].score;
       out_ids_[i] = begin()[i].id;
     }
+    pad(count, k_, out_scores_, out_ids_);
     return count;
   }
 
@@ -149,11 +164,11 @@ class TopK {
   float gate_ = std::numeric_limits<float>::quiet_NaN();  // NaN: not yet k entries, all may enter
 };
 
-// The best k of (scores[i], ids[i]), i < n, written best first to out_scores / out_ids.
-// Returns min(k, n). O(n + k log k).
-inline index_t select_best(const float* scores, const index_t* ids, index_t n, index_t k,
+// The best k of (scores[i], ids[i]), i < n, written best first to out_scores / out_ids, then
+// padding up to k slots. Returns min(k, n). O(n + k log k).
+inline index_t select_best(const float* scores, const index_t* ids, index_t n, index_t slots,
                            float* out_scores, index_t* out_ids) {
-  k = std::min(k, n);
+  const index_t k = std::min(slots, n);
   std::vector<index_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), index_t{0});
   auto better = [&](index_t a, index_t b) { return ranks_before(scores[a], ids[a], scores[b], ids[b]); };
@@ -163,6 +178,7 @@ inline index_t select_best(const float* scores, const index_t* ids, index_t n, i
     out_scores[i] = scores[order[i]];
     out_ids[i] = ids[order[i]];
   }
+  pad(k, slots, out_scores, out_ids);
   return k;
 }
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _route, _set_file
-from ._checks import check_allowed, check_k, check_metric, check_threads, embeddings, host_argument
+from ._checks import Mask, check_allowed, check_k, check_metric, check_threads, embeddings, host_argument, \
+    positions_of
 from ._conversions import to_numpy
 from ._objectives import Grouping, ObjectiveMetrics, check_metric_for, check_objectives, check_output
 from ._set_file import MAGIC as _MAGIC  # noqa: F401  (the tests forge files with it)
@@ -106,15 +107,20 @@ class Candidates:
     def topk(self, users, k, metric=None, *, allowed=None, output=None, sigmoid=False, backend="auto",
              threads=None):
         """sk.topk(users, ads, k) over this set, ranked by the quantity returned (see score);
-        `allowed` (a boolean mask of length N, or an id list) restricts the candidates without
-        copying them. Ids are indices into the ads as given."""
+        `allowed` restricts the candidates without copying them: a boolean mask of length N or
+        an id list, for every user; or, for users (M, n), one such filter per user (a list of M,
+        or a boolean mask (M, N)): then each user's list is what the call with users[u] and its
+        own filter gives, padded to the longest with score NaN and id -1. Ids are indices into
+        the ads as given."""
         return self._best(self._request(users, metric, threads, output, sigmoid, k, allowed), backend)
 
     def _best(self, request: Request, backend="auto"):
-        """topk() of a checked request (its ids: the allowed positions, ascending, or None)."""
+        """topk() of a checked request (its ids: the allowed subset, check_allowed's form)."""
         if self._grouping is None and request.output != "value":
             return _route.topk(request, backend)
-        groups = _route.groups_of(request.store, self._grouping, allowed=request.ids)
+        if isinstance(request.ids, Mask) and request.ids.per_user:  # by objective: one user at a time
+            return _route.user_by_user(request, lambda one: self._best(one, backend))
+        groups = _route.groups_of(request.store, self._grouping, allowed=positions_of(request.ids))
         scores, ids, self._last_scan = _route.topk_by_objective(request, groups, backend)
         return scores, ids
 
@@ -135,8 +141,9 @@ class Candidates:
         if k is None:
             return Request(users, self._store, metric, None, 0, output, threads)
         k = check_k(k)
-        return Request(users, self._store, metric, check_allowed(host_argument(allowed, "allowed", users), len(self)),
-                       k, output, threads)
+        allowed = check_allowed(host_argument(allowed, "allowed", users), len(self),
+                                users.shape[0] if users.ndim == 2 else None)
+        return Request(users, self._store, metric, allowed, k, output, threads)
 
     def _operands(self, users, metric, threads, output, sigmoid):
         """(users, metric, threads, output) of a call on this set, checked (see _request)."""

@@ -149,37 +149,121 @@ def host_argument(x, name: str, users):
     return check_tensor(x, name)
 
 
-def check_allowed(allowed, n_candidates: int):
-    """allowed= of a top-k over n_candidates: the allowed subset as ascending unique int64 ids,
-    from a boolean mask or an id list (an empty sequence allows no candidate); None: all."""
+# A filter allowing at least 1 / DENSE of the candidates is read as a bitmap beside the rows
+# (every row scored, the others left out where results are collected); a sparser one as its ids
+# (only their rows gathered). bench/RESULTS.md, "Filters", has the measurements behind it.
+DENSE = 8
+
+
+class Mask:
+    """A dense allowed subset as the compiled kernels take it: `mask` (bool, one per candidate;
+    (M, N) for one per user), its bitmap `words` (uint64, bit c % 64 of word c // 64, per row)
+    and, as len(), the most candidates it allows a user (`counts`: each user's). positions()
+    gives a shared one's ascending ids, user(u) user u's own subset, for the paths that take
+    those."""
+
+    __slots__ = ("mask", "counts", "_words")
+
+    def __init__(self, mask: np.ndarray, counts):
+        self.mask, self.counts = mask, np.atleast_1d(counts)
+        self._words: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.counts.max()) if len(self.counts) else 0
+
+    @property
+    def per_user(self) -> bool:
+        return self.mask.ndim == 2
+
+    @property
+    def words(self) -> np.ndarray:
+        words = self._words
+        if words is None:  # a race only packs it twice
+            packed = np.packbits(self.mask, axis=-1, bitorder="little")
+            words = np.zeros(self.mask.shape[:-1] + (-(-self.mask.shape[-1] // 64),), np.uint64)
+            words.view(np.uint8)[..., :packed.shape[-1]] = packed
+            self._words = words
+        return words
+
+    def positions(self) -> np.ndarray:
+        assert not self.per_user  # a per-user subset goes user by user (_route.user_by_user)
+        return np.flatnonzero(self.mask)
+
+    def user(self, u: int):
+        """User u's subset, in the kernels' form (subset)."""
+        return subset(self.mask[u]) if self.per_user else self
+
+
+def positions_of(allowed):
+    """An allowed subset (check_allowed's, shared) as ascending ids, or None."""
+    return allowed.positions() if isinstance(allowed, Mask) else allowed
+
+
+def subset(mask: np.ndarray):
+    """The kernels' form of the allowed subset `mask` (bool (N,)): a Mask where it is dense,
+    else its ascending ids."""
+    count = int(np.count_nonzero(mask))
+    return Mask(mask, count) if count * DENSE >= len(mask) else np.flatnonzero(mask)
+
+
+def _one_per_user(allowed) -> bool:
+    """Whether allowed= holds one filter per user: a list of masks or id arrays, or a 2-D mask."""
+    if isinstance(allowed, (list, tuple)):
+        return any(is_tensor(a) or np.ndim(a) > 0 for a in allowed)
+    return (is_tensor(allowed) or isinstance(allowed, np.ndarray)) and len(shape(allowed)) == 2
+
+
+def check_allowed(allowed, n_candidates: int, n_users=None):
+    """allowed= of a top-k over n_candidates, in the kernels' form: ascending int64 ids or a
+    Mask; None: all. One filter for every user: a boolean mask or an id list (an empty sequence
+    allows no candidate; repeats are one). One per user, for users (n_users, n): a list of such
+    filters, or a 2-D boolean mask (n_users, n_candidates); then a Mask with one row per user.
+    Ids are never sorted: they mark a mask."""
     if allowed is None:
         return None
+    if _one_per_user(allowed):
+        if n_users is None:
+            raise TypeError("allowed: one filter per user needs users (M, n); for one user pass one mask or id list")
+        if len(allowed) != n_users:
+            raise ValueError(f"allowed: {len(allowed)} filters for {n_users} users (one per user)")
+        masks = np.zeros((n_users, n_candidates), bool)
+        for u in range(n_users):
+            masks[u] = _mask(allowed[u], n_candidates, f"allowed[{u}]")
+        return Mask(masks, np.count_nonzero(masks, axis=1))
+    return subset(_mask(allowed, n_candidates, "allowed"))
+
+
+def _mask(allowed, n_candidates: int, name: str) -> np.ndarray:
+    """One filter (a boolean mask, or an id list) as a boolean mask of n_candidates."""
     if is_tensor(allowed):
         try:  # as it is: to_numpy would make masks and ids float32
             allowed = host(allowed)
         except TypeError:  # a dtype numpy lacks (bfloat16)
-            raise TypeError(f"allowed: expected a boolean mask or a 1-D integer id tensor, got {allowed.dtype} "
+            raise TypeError(f"{name}: expected a boolean mask or a 1-D integer id tensor, got {allowed.dtype} "
                             f"{tuple(allowed.shape)}") from None
     elif not isinstance(allowed, np.ndarray):
         try:
             allowed = np.asarray(allowed)
         except (ValueError, TypeError) as error:
-            raise TypeError(f"allowed: cannot be read as an array: {error}") from None
+            raise TypeError(f"{name}: cannot be read as an array: {error}") from None
         if allowed.shape == (0,):  # [] reads as float64: an empty id list
             allowed = allowed.astype(np.int64)
     if allowed.dtype == np.bool_:
         if allowed.shape != (n_candidates,):
-            raise ValueError(f"allowed: a mask must have shape ({n_candidates},), got {allowed.shape}")
-        return np.flatnonzero(allowed).astype(np.int64)
+            raise ValueError(f"{name}: a mask must have shape ({n_candidates},), got {allowed.shape}")
+        return allowed
     if allowed.dtype.kind not in "iu" or allowed.ndim != 1:
-        raise TypeError(f"allowed: expected a boolean mask or a 1-D integer id array, got {allowed.dtype} {allowed.shape}")
-    ids = np.unique(allowed)
-    # N integers of 0 and 1 name at most two ids, or were a mask built with arithmetic: the two
-    # readings always differ, so neither is taken
-    if len(allowed) == n_candidates and ids.size and ids[0] >= 0 and ids[-1] <= 1:
-        raise ValueError(f"allowed: {len(allowed)} {allowed.dtype} values of 0 and 1 for {n_candidates} candidates "
-                         f"could be a mask or an id list: pass the mask as booleans (allowed.astype(bool))")
-    # in the ids' own dtype: a uint64 id >= 2**63 would wrap to a negative int64
-    if ids.size and (ids[0] < 0 or ids[-1] >= n_candidates):
-        raise ValueError(f"allowed: ids must be in [0, {n_candidates}), got {ids[0]}..{ids[-1]} ({ids.dtype})")
-    return ids.astype(np.int64)
+        raise TypeError(f"{name}: expected a boolean mask or a 1-D integer id array, got {allowed.dtype} {allowed.shape}")
+    mask = np.zeros(n_candidates, bool)
+    if allowed.size:
+        low, high = allowed.min(), allowed.max()  # in the ids' own dtype: a uint64 id >= 2**63 would wrap
+        # N integers of 0 and 1 name at most two ids, or were a mask built with arithmetic: the
+        # two readings always differ, so neither is taken
+        if len(allowed) == n_candidates and low >= 0 and high <= 1:
+            raise ValueError(f"{name}: {len(allowed)} {allowed.dtype} values of 0 and 1 for {n_candidates} "
+                             f"candidates could be a mask or an id list: pass the mask as booleans "
+                             f"(allowed.astype(bool))")
+        if low < 0 or high >= n_candidates:
+            raise ValueError(f"{name}: ids must be in [0, {n_candidates}), got {low}..{high} ({allowed.dtype})")
+        mask[allowed] = True
+    return mask

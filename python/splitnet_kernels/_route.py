@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _dispatch
-from ._checks import DEFAULT_METRICS, check_metric, check_out
+from ._checks import DEFAULT_METRICS, Mask, check_metric, check_out, positions_of
 from ._conversions import device_of, holds_values, host, kernel_rows, may_share_memory, result_for, to_numpy, \
     to_torch, wanting_gradients, watched
 from ._metric import Metric
@@ -132,6 +132,11 @@ def topk(request: Request, backend):
     device = device_of(users, store)
     torch_input = device is not None
     chosen = _backend_for(users, store, backend, device)
+    kernels = chosen is not None and chosen.native == "kernels"
+    if isinstance(request.ids, Mask) and request.ids.per_user and not (kernels and request.output == "logit"):
+        return user_by_user(request, lambda one: topk(one, backend))
+    if not kernels:  # the kernels read a Mask as it is; the rest take its ids
+        request = request._replace(ids=positions_of(request.ids))
     if chosen is None:
         return tensor_ops().topk(request)
     eligible = count(store) if request.ids is None else len(request.ids)
@@ -150,6 +155,21 @@ def topk(request: Request, backend):
     return result_for(scores, torch_input, device), result_for(found, torch_input, device)
 
 
+def user_by_user(request: Request, answer):
+    """The top-k of a request with one filter per user (a per-user Mask), one user at a time:
+    answer(the request of user u alone) -> (scores, ids) (k_u,); the lists padded to the longest,
+    min(k, the most any user may get), with score NaN and id -1. In the users' type."""
+    users, mask = request.users, request.ids
+    device = device_of(users)
+    lists = [tuple(host(x) for x in answer(request._replace(users=users[u], ids=mask.user(u))))
+             for u in range(users.shape[0])]
+    width = min(request.k, len(mask))
+    scores, ids = np.full((len(lists), width), np.nan, np.float32), np.full((len(lists), width), -1, np.int64)
+    for u, (s, i) in enumerate(lists):
+        scores[u, :len(s)], ids[u, :len(i)] = s, i
+    return result_for(scores, device is not None, device), result_for(ids, device is not None, device)
+
+
 def _ranked(chosen, request: Request):
     """chosen.topk(request), ranked by the probability where the request asks for it (rank_exactly)."""
     if request.output != "probability":
@@ -160,8 +180,9 @@ def _ranked(chosen, request: Request):
         return tuple(host(x) for x in chosen.topk(request._replace(k=how_many)))
 
     def every_probability(u):
-        logits = chosen.score(request._replace(users=request.users[u], k=0), None)
-        return probability(host(logits)), np.arange(eligible) if request.ids is None else request.ids
+        ids = positions_of(request.ids)
+        logits = chosen.score(request._replace(users=request.users[u], ids=ids, k=0), None)
+        return probability(host(logits)), np.arange(eligible) if ids is None else ids
 
     return rank_exactly(eligible, request.k, raw_topk, every_probability, lambda scores, _: probability(scores))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _threads as threads_
+from .._checks import Mask
 from .._conversions import kernel_rows
 from .._storage import BOUND_BLOCK, ExactStorage
 
@@ -125,6 +126,8 @@ class SimdBackend:
 
     def topk(self, request):
         users, store, metric, ids, k, _, threads = request
+        if type(ids) is Mask:  # a dense subset: its bitmap, read beside the rows
+            ids = ids.words
         shape = (k,) if users.ndim == 1 else (users.shape[0], k)
         scores, found = _empty(shape, _float32), _empty(shape, _int64)
         diag, left, right = metric.form
