@@ -146,3 +146,29 @@ def test_per_user_filters_need_many_users(rng):
     # a flat list of integers stays one id list for every user
     scores, ids = cands.topk(rng.standard_normal((2, 4)).astype(np.float32), 2, allowed=[1, 3, 5])
     assert set(ids.ravel()) <= {1, 3, 5}
+
+
+@pytest.mark.parametrize("dtype,exact", [("float32", False), ("int8", True), ("bfloat16", False)])
+def test_one_filter_per_user_on_a_live_set(rng, dtype, exact):
+    """A live set with several segments and deleted rows, one id filter per user: each user's
+    answer is its own call's, padded to the longest (the lists of every segment merged)."""
+    dim = 12
+    ids = rng.choice(10**9, 3000, replace=False)
+    live = sk.LiveCandidates.from_arrays(ids, rng.standard_normal((3000, dim)).astype(np.float32), dtype, exact=exact)
+    new = rng.choice(10**9, 300, replace=False) + 10**9
+    live.upsert(new, rng.standard_normal((300, dim)).astype(np.float32))
+    live.remove(ids[:200])
+    present = live.ids()
+    users = rng.standard_normal((5, dim)).astype(np.float32)
+    filters = [rng.choice(present, n, replace=False) for n in (0, 3, 40, 1500, 3000)]
+    filters[1] = np.append(filters[1], [-5, 10**15])  # absent ids are ignored
+    for output in ("logit", "probability"):
+        scores, found = live.topk(users, 50, allowed=filters, output=output)
+        assert scores.shape == (5, 50)
+        for u, wanted in enumerate(filters):
+            if not len(live.contains(wanted).nonzero()[0]):
+                assert np.all(np.isnan(scores[u])) and np.all(found[u] == -1)
+                continue
+            want = live.topk(users[u], 50, allowed=wanted, output=output)
+            _same((scores[u, :len(want[0])], found[u, :len(want[1])]), want, f"user {u}, {output}")
+            assert np.all(np.isnan(scores[u, len(want[0]):])) and np.all(found[u, len(want[1]):] == -1)

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _route, _set_file
 from ._candidates import Candidates
-from ._checks import check_k, check_metric, check_threads, embeddings, host_argument
+from ._checks import Mask, check_k, check_metric, check_threads, embeddings, host_argument
 from ._conversions import device_of, host, is_tensor, result_for, to_numpy
 from ._objectives import Grouping, ObjectiveMetrics, check_bids, check_metric_for, check_objectives, check_output
 from ._order import merge_numpy
@@ -171,7 +171,7 @@ class _Segment:
         if positions is not None:
             request = request._replace(ids=positions)
         scores, found = (host(x) for x in rows._best(request))
-        return scores, self.ids[found]
+        return scores, np.where(found >= 0, self.ids[found], -1)  # -1: padding (a filter per user)
 
     def groups(self, positions=None) -> list:
         """This segment's groups for a scan by objective (_route.groups_of), reporting ad ids:
@@ -328,14 +328,12 @@ class LiveSnapshot:
         k = check_k(k)
         metric = self._metric(metric, plain)
         if _per_user(allowed):
+            if users.ndim == 1:
+                raise TypeError("allowed: one filter per user needs users (M, n); for one user pass one id array")
             if len(allowed) != len(plain):
                 raise ValueError(f"allowed: {len(allowed)} filters for {len(plain)} users (one per user)")
-            lists = [self._best(plain[u:u + 1], k, metric, self._allowed(allowed[u], users, f"allowed[{u}]"), output,
-                                sigmoid, threads) for u in range(len(plain))]
-            width = max(x[0].shape[1] for x in lists) if lists else 0
-            scores, ids = np.full((len(plain), width), np.nan, np.float32), np.full((len(plain), width), -1, np.int64)
-            for u, (s, i) in enumerate(lists):
-                scores[u, :s.shape[1]], ids[u, :s.shape[1]] = s[0], i[0]
+            wanted = [self._allowed(allowed[u], users, f"allowed[{u}]") for u in range(len(plain))]
+            scores, ids = self._best_per_user(plain, k, metric, wanted, output, sigmoid, threads)
         else:
             wanted = None if allowed is None else self._allowed(allowed, users, "allowed")
             scores, ids = self._best(plain, k, metric, wanted, output, sigmoid, threads)
@@ -386,6 +384,35 @@ class LiveSnapshot:
             return parts[0]
         return merge_numpy(np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1),
                            min(k, eligible))
+
+    def _best_per_user(self, users, k: int, metric, wanted: list, output, sigmoid, threads):
+        """Each user's best k among the present rows of its own ad ids (wanted[u], ascending),
+        padded to the longest list (score NaN, id -1). Without objectives, one call per segment
+        for every user (a filter per user, read beside the rows), the lists merged per user; by
+        objective, one user at a time."""
+        if self.objectives or check_output(output, isinstance(metric, ObjectiveMetrics), sigmoid) == "value":
+            lists = [self._best(users[u:u + 1], k, metric, wanted[u], output, sigmoid, threads)
+                     for u in range(len(users))]
+            width = max((s.shape[1] for s, _ in lists), default=0)
+            scores, ids = np.full((len(users), width), np.nan, np.float32), np.full((len(users), width), -1, np.int64)
+            for u, (s, i) in enumerate(lists):
+                scores[u, :s.shape[1]], ids[u, :s.shape[1]] = s[0], i[0]
+            return scores, ids
+        parts, counts = [], np.zeros(len(users), np.int64)
+        for s in self._segments:
+            masks = np.zeros((len(users), len(s)), bool)
+            for u, w in enumerate(wanted):
+                masks[u, s.positions(w)] = True
+            here = np.count_nonzero(masks, axis=1)
+            if here.any():
+                parts.append(s.best(users, k, metric, Mask(masks, here), output, sigmoid, threads))
+                counts += here
+        width = min(k, int(counts.max()) if len(counts) else 0)
+        if len(parts) <= 1:
+            return parts[0] if parts else (np.full((len(users), 0), np.nan, np.float32),
+                                           np.full((len(users), 0), -1, np.int64))
+        scores, ids = np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1)
+        return merge_numpy(scores, ids, width, last=(ids == -1) & np.isnan(scores))
 
     def score(self, users, metric=None, *, ids=None, output=None, sigmoid=False, threads=None):
         """The quantity asked for (as Candidates.score) of users (n,) or (M, n) against the rows
