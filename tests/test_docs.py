@@ -97,6 +97,12 @@ def test_the_readme_tour_and_exact_sets_run_as_printed():
     for got in (names["best"], (names["scores"], names["ids"])):
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[0], want[0])
+    # the batch of requests with their own filters: each row is its own call
+    exec(compile(_python_blocks("## Serving: prepared candidate sets")[1], "README.md", "exec"), names)
+    for u, eligible in enumerate(names["eligible"]):
+        want = sk.Candidates(names["ads"][eligible]).topk(names["batch"][u], 100, names["m"])
+        np.testing.assert_array_equal(names["ids"][u], eligible[want[1]])
+        np.testing.assert_array_equal(names["scores"][u], want[0])
 
 
 def test_the_readme_live_serving_loop_runs_as_printed(tmp_path, monkeypatch):
