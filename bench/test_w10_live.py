@@ -3,8 +3,10 @@ the frozen Candidates of the same rows and FAISS IndexIDMap2(IndexFlatIP): queri
 compact() and with 1 % of rows upserted and 1 % removed since, by value after 10 % of bids
 changed (beside a frozen set built with the new bids and the NumPy expression), the batches
 (set_bids, remove, upsert), removing 1,000 ids against FAISS remove_ids, and one user's query while
-a writer thread upserts 10,000 rows every 20 ms. `splitnet-kernels bench --workload W10` times the
-same with ratios taken in turns and the targets."""
+a writer thread upserts 10,000 rows every 20 ms; and filters per request (allowed=, issue 25) on
+the frozen sets: one user with a random 50 % filter as a mask and as ids and with a 5 % mask, 32
+users sharing the 50 % mask, each with its own in one call, and as 32 one-user calls.
+`splitnet-kernels bench --workload W10` times the same with ratios taken in turns and the targets."""
 
 import itertools
 import threading
@@ -15,6 +17,7 @@ import pytest
 from conftest import optional, scaled
 
 import splitnet_kernels as sk
+from splitnet_kernels.benchmark import driver, timing
 from splitnet_kernels.benchmark import workloads as wl
 
 N, DIM, K = scaled(wl.CANDIDATES), wl.DIM, wl.TOP_K
@@ -237,3 +240,53 @@ def test_w10_by_value_answers(data, sets):
                                                                bids=data["new_bids"]))
     user, om = data["who"]["one user"], data["om"]
     _same(made.topk(user, K, om), frozen.topk(user, K, om), data["ids"])
+
+
+ONE_USER_FILTERS = ("unfiltered", "50% mask", "50% ids", "5% mask")
+MANY_USER_FILTERS = ("unfiltered", "shared 50% mask", "own 50% masks", "own 50% masks, a loop")
+
+
+@pytest.fixture(scope="module")
+def filters():
+    return wl.filters(N)
+
+
+def frozen(data, sets, name):
+    dtype, exact = SETS[name]
+    return sets.get((name, "frozen"), lambda: sk.Candidates(data["ads"], dtype, exact=exact))
+
+
+@pytest.mark.benchmark(group="W10 filters, one user")
+@pytest.mark.parametrize("allowed", ONE_USER_FILTERS)
+@pytest.mark.parametrize("name", SETS)
+def test_w10_filters_one_user(benchmark, data, sets, filters, name, allowed):
+    form = {"unfiltered": None, "50% mask": filters.dense, "50% ids": filters.dense_ids, "5% mask": filters.sparse}
+    benchmark(frozen(data, sets, name).topk, data["who"]["one user"], K, allowed=form[allowed])
+
+
+@pytest.mark.benchmark(group=f"W10 filters, {wl.FILTER_USERS} users")
+@pytest.mark.parametrize("allowed", MANY_USER_FILTERS)
+@pytest.mark.parametrize("name", SETS)
+def test_w10_filters_many_users(benchmark, data, sets, filters, name, allowed):
+    cands, users = frozen(data, sets, name), data["who"]["many users"][:wl.FILTER_USERS]
+    if allowed == "own 50% masks, a loop":
+        benchmark(lambda: [cands.topk(user, K, allowed=mask) for user, mask in zip(users, filters.per_user)])
+    else:
+        form = {"unfiltered": None, "shared 50% mask": filters.dense, "own 50% masks": filters.per_user}
+        benchmark(cands.topk, users, K, allowed=form[allowed])
+
+
+def test_w10_filter_table_through_the_driver(monkeypatch):
+    """The driver's filter table on a small set (no pauses between calls): its answers checked (the
+    driver asserts them), every row of both sets, the issue's six targets on float32 only."""
+    monkeypatch.setattr(timing, "PAUSE_S", 0.0)
+    ads, user = wl.one_user(2000)
+    users = wl.many_users(2000)[1]
+    names = {key: f"{key[0]}{', exact' if key[1] else ''}" for key in wl.LIVE_SETS}
+    sets = {key: sk.Candidates(ads, key[0], exact=key[1]) for key in wl.LIVE_SETS}
+    table = driver._filter_table(sets, names, ads, user, users, K, 2)
+    assert len(table.rows) == 8 * len(wl.LIVE_SETS)
+    assert all(len(table.extras[name]) == 3 for name, _ in table.rows)
+    assert len(table.targets) == 6 and all(text.startswith("float32, ") for text, _ in table.targets)
+    assert "int8, exact: no target: the issue's targets are on float32" in table.notes
+    assert "filters per request" in table.render()

@@ -593,6 +593,92 @@ def _reader_beside_writer(ctx, live, user, k, batches, label) -> Table:
     return t
 
 
+def _filter_table(frozen, names, ads, user, users, k, repeat) -> Table:
+    """W10's filter rows (issue 25): one user with a dense filter as a mask and as ids and with a
+    sparse mask, FILTER_USERS users sharing the dense mask, each with a mask of its own in one call,
+    and the same as a Python loop of one-user calls; on each frozen set (LIVE_SETS key -> set), timed
+    in turns, ratios round by round; the answers checked first."""
+    M, N = wl.FILTER_USERS, len(ads)
+    users = users[:M]
+    f = wl.filters(N)
+    float32_key = wl.LIVE_SETS[0]
+    # the answers: a filtered call is the top-k of the allowed rows alone, mapped back; the id form
+    # answers what the mask form answers; each user of a per-user call what its one-user call does;
+    # an exact set what the float32 set does
+    got = frozen[float32_key].topk(user, k, allowed=f.dense)
+    want = sk.Candidates(ads[f.dense], "float32").topk(user, k)
+    assert np.array_equal(got[0], want[0]), "W10 filters: scores differ from those of the allowed rows alone"
+    assert np.array_equal(got[1], np.flatnonzero(f.dense)[want[1]]), "W10 filters: ids differ from the allowed rows'"
+    del want
+    fns: dict = {}
+    for key, cands in frozen.items():
+        name = names[key]
+        for form in (f.dense, f.dense_ids):
+            each = cands.topk(user, k, allowed=form)
+            assert all(np.array_equal(a, b) for a, b in zip(each, got)), f"W10 filters, {name}: a one-user answer"
+        per_user = cands.topk(users, k, allowed=f.per_user)
+        for i in (0, M - 1):
+            alone = cands.topk(users[i], k, allowed=f.per_user[i])
+            assert all(np.array_equal(a[i], b) for a, b in zip(per_user, alone)), f"W10 filters, {name}: user {i}"
+        fns[(name, "one")] = functools.partial(cands.topk, user, k)
+        fns[(name, "mask")] = functools.partial(cands.topk, user, k, allowed=f.dense)
+        fns[(name, "ids")] = functools.partial(cands.topk, user, k, allowed=f.dense_ids)
+        fns[(name, "sparse")] = functools.partial(cands.topk, user, k, allowed=f.sparse)
+        fns[(name, "many")] = functools.partial(cands.topk, users, k)
+        fns[(name, "shared")] = functools.partial(cands.topk, users, k, allowed=f.dense)
+        fns[(name, "own")] = functools.partial(cands.topk, users, k, allowed=f.per_user)
+        fns[(name, "loop")] = functools.partial(lambda c: [c.topk(users[i], k, allowed=f.per_user[i]) for i in range(M)],
+                                                cands)
+    rounds = times_in_turns(fns, repeat)
+    times = medians(rounds)
+    dense, sparse = f"{wl.FILTER_DENSE:.0%}", f"{wl.FILTER_SPARSE:.0%}"
+    t = Table("W10", f"filters per request (allowed=) on frozen sets of the {N:,} rows, one user and the first {M} "
+              f"users, top-{k} (n={wl.DIM})", None, "",
+              columns=("x unfiltered [quartiles]", "x shared [quartiles]", "loop / this [quartiles]"))
+
+    def ratio(key, a, b):
+        return paired_ratio(rounds[(names[key], a)], rounds[(names[key], b)])
+
+    for key in frozen:
+        name = names[key]
+        over = {form: ratio(key, form, "one") for form in ("mask", "ids", "sparse")}
+        over["shared"], over["own"] = ratio(key, "shared", "many"), ratio(key, "own", "many")
+        own_shared, loop_own = ratio(key, "own", "shared"), ratio(key, "loop", "own")
+        rows = ((f"{name}: one user, unfiltered", "one", ("1.00", "", "")),
+                (f"{name}: one user, a {dense} mask", "mask", (_quartiles(over["mask"]), "", "")),
+                (f"{name}: one user, the {dense} as shuffled int64 ids", "ids", (_quartiles(over["ids"]), "", "")),
+                (f"{name}: one user, a {sparse} mask", "sparse", (_quartiles(over["sparse"]), "", "")),
+                (f"{name}: {M} users, unfiltered", "many", ("1.00", "", "")),
+                (f"{name}: {M} users sharing the {dense} mask", "shared", (_quartiles(over["shared"]), "1.00", "")),
+                (f"{name}: {M} users, a {dense} mask each, one call", "own",
+                 (_quartiles(over["own"]), _quartiles(own_shared), _quartiles(loop_own))),
+                (f"{name}: {M} one-user calls, a mask each (Python loop)", "loop", ("", "", "1.00")))
+        for row, form, extras in rows:
+            t.add(row, times[(name, form)], extras)
+        if key != float32_key:
+            continue
+        for form, what, limit in (("mask", f"a {dense} mask", 1.15), ("ids", f"the {dense} as int64 ids", 1.15),
+                                  ("sparse", f"a {sparse} mask", 0.5)):
+            t.target(f"{name}, one user, {what} <= {limit:.2f}x the unfiltered call ({over[form][0]:.2f}x)",
+                     over[form][0] <= limit)
+        t.target(f"{name}, {M} users sharing the {dense} mask <= 1.15x the unfiltered {M}-user call "
+                 f"({over['shared'][0]:.2f}x)", over["shared"][0] <= 1.15)
+        t.target(f"{name}, {M} users, a {dense} mask each, one call <= 1.5x the shared-filter call "
+                 f"({own_shared[0]:.2f}x)", own_shared[0] <= 1.5)
+        t.target(f"{name}, {M} users, a {dense} mask each, one call >= 4x faster than {M} one-user calls "
+                 f"({loop_own[0]:.2f}x)", loop_own[0] >= 4)
+    t.notes.append(f"x unfiltered: the time over the unfiltered call of the same users, x shared: over the call with "
+                   f"the shared mask, loop / this: the loop's time over this one's; each round by round in {repeat} "
+                   "rounds timed in turns: median [first quartile, third quartile]")
+    t.notes.append(f"filters: each row allowed at random, a {dense} mask, the same rows as an int64 id array in random "
+                   f"order, a {sparse} mask, and {M} masks of {dense} drawn apart; answers checked in this run: a "
+                   "filtered call is the top-k of a Candidates of the allowed rows alone, ids mapped back; ids and "
+                   "mask the same answer; a user of the one per-user call its one-user call")
+    t.notes.append("; ".join(f"{names[key]}: no target: the issue's targets are on float32" for key in frozen
+                             if key != float32_key))
+    return t
+
+
 def _chunks(array, size, count):
     return [array[i * size:(i + 1) * size] for i in range(count)]
 
@@ -601,8 +687,8 @@ def w10(ctx) -> list[Table]:
     """W10: a live set (LiveCandidates) under a stream of changes, beside the frozen Candidates of
     the same rows (the oracle: every live answer is checked bit for bit, ids mapped) and FAISS
     IndexIDMap2(IndexFlatIP): queries right after compact() and after 1 % upserted and 1 % removed,
-    by value after 10 % of bids changed, the rates of the batches, a reader beside a writer, and
-    memory."""
+    by value after 10 % of bids changed, the rates of the batches, a reader beside a writer,
+    memory, and filters per request (allowed=) on the frozen sets."""
     faiss = ctx.peers.faiss
     if faiss is None:
         return _w10(ctx, None)
@@ -648,6 +734,10 @@ def _w10(ctx, faiss) -> list[Table]:
                 t.target(f"memory after compact() <= frozen nbytes + 24 B/row: {text}", ok)
         tables.append(t)
     ctx.progress.step("W10 after compact()")
+
+    # (8) filters per request (issue 25), on the frozen sets of these rows
+    tables.append(_filter_table(frozen, names, ads, user, users, k, one))
+    ctx.progress.step("W10 filters")
 
     # (2) 1 % upserted (half replacing present ids, half new) and 1 % removed since compact()
     changed = max(2, int(wl.LIVE_CHANGED * N))
@@ -807,7 +897,7 @@ class Context:
 
 
 RUNNERS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8, "W9": w9, "W10": w10}
-STEPS = {"W7": len(wl.W7_DIMS), "W10": 5}  # W7 steps the progress bar once per n, W10 once per part
+STEPS = {"W7": len(wl.W7_DIMS), "W10": 6}  # W7 steps the progress bar once per n, W10 once per part
 
 
 def run(workloads=WORKLOADS, quick=False, json_path=None, plot_path=None, show_progress=True, out=sys.stdout):

@@ -47,6 +47,9 @@ LIVE_BIDS_CHANGED = 0.10  # bids changed by set_bids before the query by value
 LIVE_BATCH = 10_000  # ids per set_bids/remove/upsert batch in the rates, and rows per writer batch
 LIVE_FAISS_REMOVE = 1_000  # ids per remove, ours against faiss remove_ids
 LIVE_WRITER_PERIOD_S = 0.020  # the writer thread's cadence: one LIVE_BATCH-row upsert per period
+# W10's filter rows (issue 25): eligibility filters per request on the frozen Candidates of W10's rows
+FILTER_USERS = 32  # the first FILTER_USERS of W4's users: one batch of requests, each with its own filter
+FILTER_DENSE, FILTER_SPARSE = 0.50, 0.05  # the share of the rows a random filter allows
 
 
 def data(rows: int, dim: int, seed: int) -> np.ndarray:
@@ -327,3 +330,24 @@ def live_new_bids(ids: np.ndarray, bids: np.ndarray, fraction: float, seed: int 
     after = bids.copy()
     after[where] = values
     return ids[where], values, after
+
+
+class Filters(NamedTuple):
+    """W10's filters over `rows` rows (issue 25), each row allowed at random: `dense` (bool mask,
+    FILTER_DENSE of the rows), `dense_ids` (the same rows as int64 ids, shuffled), `sparse` (bool
+    mask, FILTER_SPARSE of the rows), `per_user` (FILTER_USERS masks, FILTER_DENSE each, drawn
+    apart: one per request of a batch)."""
+    dense: np.ndarray
+    dense_ids: np.ndarray
+    sparse: np.ndarray
+    per_user: list
+
+
+def filters(rows: int, seed: int = 29) -> Filters:
+    """W10: the filters of its filter rows, drawn from seed."""
+    rng = np.random.default_rng(seed)
+    dense = rng.random(rows) < FILTER_DENSE
+    dense_ids = rng.permutation(np.flatnonzero(dense)).astype(np.int64)
+    sparse = rng.random(rows) < FILTER_SPARSE
+    per_user = [rng.random(rows) < FILTER_DENSE for _ in range(FILTER_USERS)]
+    return Filters(dense, dense_ids, sparse, per_user)
