@@ -156,32 +156,32 @@ DENSE = 8
 
 
 class Mask:
-    """A dense allowed subset as the compiled kernels take it: `mask` (bool, one per candidate;
-    (M, N) for one per user), its bitmap `words` (uint64, bit c % 64 of word c // 64, per row)
-    and, as len(), the most candidates it allows a user (`counts`: each user's). positions()
-    gives a shared one's ascending ids, user(u) user u's own subset, for the paths that take
-    those."""
+    """A dense allowed subset as the compiled kernels take it: `mask` (bool (N,); for one filter
+    per user, a sequence of M such rows), its bitmap `words` (uint64, bit c % 64 of word c // 64;
+    (M, W) per user) and, as len(), the most candidates it allows a user (`counts`: each user's).
+    positions() gives a shared one's ascending ids, user(u) user u's own subset, for the paths
+    that take those."""
 
-    __slots__ = ("mask", "counts", "_words")
+    __slots__ = ("mask", "counts", "per_user", "_words")
 
-    def __init__(self, mask: np.ndarray, counts):
-        self.mask, self.counts = mask, np.atleast_1d(counts)
+    def __init__(self, mask, counts, per_user: bool = False):
+        self.mask, self.counts, self.per_user = mask, np.atleast_1d(counts), per_user
         self._words: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.counts.max()) if len(self.counts) else 0
 
     @property
-    def per_user(self) -> bool:
-        return self.mask.ndim == 2
-
-    @property
     def words(self) -> np.ndarray:
         words = self._words
         if words is None:  # a race only packs it twice
-            packed = np.packbits(self.mask, axis=-1, bitorder="little")
-            words = np.zeros(self.mask.shape[:-1] + (-(-self.mask.shape[-1] // 64),), np.uint64)
-            words.view(np.uint8)[..., :packed.shape[-1]] = packed
+            rows = self.mask if self.per_user else [self.mask]
+            n = len(rows[0]) if len(rows) else 0
+            words = np.zeros((len(rows), -(-n // 64)), np.uint64)
+            for u, row in enumerate(rows):  # row by row: no (M, N) copy of the masks
+                packed = np.packbits(row, bitorder="little")
+                words[u].view(np.uint8)[:len(packed)] = packed
+            words = words if self.per_user else words[0]
             self._words = words
         return words
 
@@ -226,10 +226,8 @@ def check_allowed(allowed, n_candidates: int, n_users=None):
             raise TypeError("allowed: one filter per user needs users (M, n); for one user pass one mask or id list")
         if len(allowed) != n_users:
             raise ValueError(f"allowed: {len(allowed)} filters for {n_users} users (one per user)")
-        masks = np.zeros((n_users, n_candidates), bool)
-        for u in range(n_users):
-            masks[u] = _mask(allowed[u], n_candidates, f"allowed[{u}]")
-        return Mask(masks, np.count_nonzero(masks, axis=1))
+        masks = [_mask(allowed[u], n_candidates, f"allowed[{u}]") for u in range(n_users)]
+        return Mask(masks, [np.count_nonzero(m) for m in masks], per_user=True)
     return subset(_mask(allowed, n_candidates, "allowed"))
 
 

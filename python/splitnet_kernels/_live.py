@@ -405,7 +405,7 @@ class LiveSnapshot:
                 masks[u, s.positions(w)] = True
             here = np.count_nonzero(masks, axis=1)
             if here.any():
-                parts.append(s.best(users, k, metric, Mask(masks, here), output, sigmoid, threads))
+                parts.append(s.best(users, k, metric, Mask(masks, here, per_user=True), output, sigmoid, threads))
                 counts += here
         width = min(k, int(counts.max()) if len(counts) else 0)
         if len(parts) <= 1:
