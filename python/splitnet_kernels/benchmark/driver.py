@@ -613,8 +613,8 @@ def _filter_table(frozen, names, ads, user, users, k, repeat) -> Table:
     fns: dict = {}
     for key, cands in frozen.items():
         name = names[key]
-        for form in (f.dense, f.dense_ids):
-            each = cands.topk(user, k, allowed=form)
+        for allowed in (f.dense, f.dense_ids):
+            each = cands.topk(user, k, allowed=allowed)
             assert all(np.array_equal(a, b) for a, b in zip(each, got)), f"W10 filters, {name}: a one-user answer"
         per_user = cands.topk(users, k, allowed=f.per_user)
         for i in (0, M - 1):
