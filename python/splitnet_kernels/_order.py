@@ -128,15 +128,19 @@ def rank_exactly(n_candidates: int, k: int, raw_topk, every_quantity, transform)
     call: distinct scores can round to one float32 probability (or value), which then ties by id.
     transform is monotone, so the best k by it are among the best k + 1 by score, unless the
     (k+1)-th quantity equals the k-th (or is NaN); only then is that user's every quantity formed.
-    raw_topk(count) -> (scores, ids) numpy (M, count) ranked by score; transform(scores, ids) ->
-    quantities; every_quantity(u) -> (quantities, ids) over every eligible candidate of user u.
+    raw_topk(count) -> (scores, ids) numpy (M, count) ranked by score, a user allowed fewer
+    candidates padded with score NaN and id -1 (kept last); transform(scores, ids) -> quantities;
+    every_quantity(u) -> (quantities, ids) over every eligible candidate of user u.
     """
     scores, ids = raw_topk(min(k + 1, n_candidates))
     quantities = transform(np.array(scores, np.float32), ids)
-    best, best_ids = merge_numpy(quantities, ids, k)
+    padding = (ids == -1) & np.isnan(quantities)  # a user allowed fewer candidates (one filter per user)
+    best, best_ids = merge_numpy(quantities, ids, k, last=padding if padding.any() else None)
     if quantities.shape[-1] > k:
         for u in np.flatnonzero(~(quantities[:, k] < quantities[:, k - 1])):
             values, candidate_ids = every_quantity(u)
-            top, top_ids = topk_by_id(values, candidate_ids, k)
-            best[u], best_ids[u] = top[0], top_ids[0]
+            top, top_ids = topk_by_id(values, candidate_ids, k) if len(candidate_ids) else (np.empty((1, 0)),) * 2
+            width = top.shape[1]
+            best[u, :width], best_ids[u, :width] = top[0], top_ids[0]
+            best[u, width:], best_ids[u, width:] = np.nan, -1
     return best, best_ids

@@ -133,7 +133,7 @@ def topk(request: Request, backend):
     torch_input = device is not None
     chosen = _backend_for(users, store, backend, device)
     kernels = chosen is not None and chosen.native == "kernels"
-    if isinstance(request.ids, Mask) and request.ids.per_user and not (kernels and request.output == "logit"):
+    if isinstance(request.ids, Mask) and request.ids.per_user and not kernels:
         return user_by_user(request, lambda one: topk(one, backend))
     if not kernels:  # the kernels read a Mask as it is; the rest take its ids
         request = request._replace(ids=positions_of(request.ids))
@@ -180,7 +180,7 @@ def _ranked(chosen, request: Request):
         return tuple(host(x) for x in chosen.topk(request._replace(k=how_many)))
 
     def every_probability(u):
-        ids = positions_of(request.ids)
+        ids = positions_of(request.ids.user(u) if isinstance(request.ids, Mask) else request.ids)
         logits = chosen.score(request._replace(users=request.users[u], ids=ids, k=0), None)
         return probability(host(logits)), np.arange(eligible) if ids is None else ids
 
