@@ -68,7 +68,8 @@ def test_cli_help_names_every_workload(capsys):
 
 def test_every_list_of_the_workloads_is_complete():
     last = int(driver.WORKLOADS[-1][1:])
-    bench = ROOT / "python" / "splitnet_kernels" / "bench"
+    bench = ROOT / "python" / "splitnet_kernels" / "benchmark"
+    assert list(bench.glob("*.py")), f"{bench}: no driver files (renamed?)"
     sources = [*DOCS, ROOT / "python" / "splitnet_kernels" / "cli.py", *bench.glob("*.py"), *(ROOT / "bench").glob("*.py")]
     for path in sources:
         for match in re.finditer(r"workloads? W1\s*(?:-|–|\.\.)\s*W(\d+)", path.read_text(encoding="utf-8")):
