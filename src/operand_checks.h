@@ -270,10 +270,9 @@ struct ScanOperands {
       : users(users_of(users_array)), rows(stored_of(data, dtype, scales, keep_scales)),
         form(diag, left, right, users.dim) {
     require(rows.dim >= users.dim, "data: rows of ", rows.dim, " values are shorter than the users' ", users.dim);
-    if (py::isinstance<py::array>(allowed) && allowed.cast<py::array>().dtype().kind() == 'u' &&
-        allowed.cast<py::array>().itemsize() == 8) {
-      keep_ids = allowed;
-      std::tie(filter, n_allowed) = filter_of(allowed.cast<py::array>(), rows.count, users.count);
+    if (py::isinstance<py::array>(allowed) && py::array(allowed).dtype().is(py::dtype::of<std::uint64_t>())) {
+      keep_ids = allowed;  // uint64 words: a bitmap; anything else: ids (ids_of checks them)
+      std::tie(filter, n_allowed) = filter_of(py::array(allowed), rows.count, users.count);
     } else {
       std::tie(ids, n_ids) = ids_of(allowed, rows.count, keep_ids);
     }

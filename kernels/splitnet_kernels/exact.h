@@ -240,18 +240,12 @@ class CertifiedTile {
 
   void add_tile(const float* tile, index_t pad, index_t first, index_t n, std::uint64_t hits) {
     if (overflow_->load(std::memory_order_relaxed)) return;
-    if (filter_ && !filter_.per_user()) {  // what it leaves out is never kept
-      hits &= filter_.span(first, n);
-    } else if (filter_) {
-      std::uint64_t any = 0;
-      for (index_t u = 0; u < n_users_; ++u) any |= filter_.user(u).span(first, n);
-      hits &= any;
-    }
+    hits &= filter_.some(first, n, n_users_);  // what it leaves out is never kept
     for (; next_ < unbounded_.size() && unbounded_[next_] < first + n; ++next_) {
       if (unbounded_[next_] < first) continue;
       hits &= ~(std::uint64_t{1} << (unbounded_[next_] - first));
       for (index_t u = 0; u < n_users_; ++u)
-        if (!filter_ || filter_.user(u).allows(unbounded_[next_])) survive(u, unbounded_[next_], kInf);
+        if (filter_.lets(u, unbounded_[next_])) survive(u, unbounded_[next_], kInf);
     }
     std::uint64_t bits[(kMaxBlockUsers + 63) / 64];
     for (; hits != 0; hits &= hits - 1) {
@@ -262,7 +256,7 @@ class CertifiedTile {
       for (index_t w = 0; w * 64 < n_users_; ++w)
         for (std::uint64_t word = bits[w]; word != 0; word &= word - 1) {
           const index_t u = w * 64 + __builtin_ctzll(word);
-          if (filter_.per_user() && !filter_.user(u).allows(row)) continue;
+          if (!filter_.lets(u, row)) continue;
           const float e = bounds_[u](scores[u], norm, residual), low = scores[u] - e, high = scores[u] + e;
           TopK& heap = heaps_[u];
           if (!(low < heap.gate())) {

@@ -1,7 +1,8 @@
 // A dense allowed subset as the kernels read it beside the rows: one bit per candidate position,
-// bit c % 64 of word c / 64, shared by every user or one bitmap per user (as the exact sets' hit bits: a test where results are collected,
-// the rows read as they are). A sparse subset is a list of ids instead: a gather of its rows
-// (OneQuery). The caller picks by density (python/splitnet_kernels/_checks.py, check_allowed).
+// bit c % 64 of word c / 64, shared by every user or one bitmap per user (as the exact sets' hit
+// bits: a test where results are collected, the rows read as they are). A sparse subset is a
+// list of ids instead: a gather of its rows (OneQuery). The caller picks by density
+// (python/splitnet_kernels/_checks.py, check_allowed).
 #pragma once
 #include <cstdint>
 
@@ -28,6 +29,17 @@ struct Filter {
     if (s != 0 && s + n > 64) bits |= words[w + 1] << (64 - s);
     return n >= 64 ? bits : bits & ((std::uint64_t{1} << n) - 1);
   }
+  // The candidates [first, first + n), n <= 64, that some of users [0, n_users) may get, as one
+  // word (every bit without a filter): what a cross tile's hit bits are ANDed with.
+  std::uint64_t some(index_t first, index_t n, index_t n_users) const {
+    if (words == nullptr) return ~std::uint64_t{0};
+    if (!per_user()) return span(first, n);
+    std::uint64_t bits = 0;
+    for (index_t u = 0; u < n_users; ++u) bits |= user(u).span(first, n);
+    return bits;
+  }
+  // Whether user u may get candidate c (always, without a filter).
+  bool lets(index_t u, index_t c) const { return words == nullptr || user(u).allows(c); }
 };
 
 }  // namespace splitnet

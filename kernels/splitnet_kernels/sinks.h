@@ -140,13 +140,7 @@ class KeepTopKTile {
   }
   const float* gates(index_t, index_t) const { return gates_.data(); }
   void add_tile(const float* tile, index_t pad, index_t first, index_t n, std::uint64_t hits) {
-    if (filter_ && !filter_.per_user()) {
-      hits &= filter_.span(first, n);
-    } else if (filter_) {  // the candidates some user of the block may get
-      std::uint64_t any = 0;
-      for (index_t u = 0; u < n_users_; ++u) any |= filter_.user(u).span(first, n);
-      hits &= any;
-    }
+    hits &= filter_.some(first, n, n_users_);
     std::uint64_t bits[(kMaxBlockUsers + 63) / 64];
     for (; hits != 0; hits &= hits - 1) {
       const index_t c = __builtin_ctzll(hits);
@@ -155,7 +149,7 @@ class KeepTopKTile {
       for (index_t w = 0; w * 64 < n_users_; ++w)
         for (std::uint64_t word = bits[w]; word != 0; word &= word - 1) {
           const index_t u = w * 64 + __builtin_ctzll(word);
-          if (filter_.per_user() && !filter_.user(u).allows(first + c)) continue;
+          if (!filter_.lets(u, first + c)) continue;
           heaps_[u].push(row_scores[u], first + c);
           gates_[u] = heaps_[u].gate();
         }

@@ -206,7 +206,7 @@ def subset(mask: np.ndarray):
     return Mask(mask, count) if count * DENSE >= len(mask) else np.flatnonzero(mask)
 
 
-def _one_per_user(allowed) -> bool:
+def one_per_user(allowed) -> bool:
     """Whether allowed= holds one filter per user: a list of masks or id arrays, or a 2-D mask."""
     if isinstance(allowed, (list, tuple)):
         return any(is_tensor(a) or np.ndim(a) > 0 for a in allowed)
@@ -221,7 +221,7 @@ def check_allowed(allowed, n_candidates: int, n_users=None):
     Ids are never sorted: they mark a mask."""
     if allowed is None:
         return None
-    if _one_per_user(allowed):
+    if one_per_user(allowed):
         if n_users is None:
             raise TypeError("allowed: one filter per user needs users (M, n); for one user pass one mask or id list")
         if len(allowed) != n_users:

@@ -28,10 +28,10 @@ import numpy as np
 
 from . import _route, _set_file
 from ._candidates import Candidates
-from ._checks import Mask, check_k, check_metric, check_threads, embeddings, host_argument
+from ._checks import Mask, check_k, check_metric, check_threads, embeddings, host_argument, one_per_user
 from ._conversions import device_of, host, is_tensor, result_for, to_numpy
 from ._objectives import Grouping, ObjectiveMetrics, check_bids, check_metric_for, check_objectives, check_output
-from ._order import merge_numpy
+from ._order import merge_numpy, padded
 from ._storage import ExactStorage, Storage, gathered, storage_type
 from .backends import Request
 
@@ -72,13 +72,6 @@ def _lookup_ids(ids, name: str) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def _per_user(allowed) -> bool:
-    """Whether allowed= is one filter per user: a list of id arrays, or a 2-D array."""
-    if isinstance(allowed, (list, tuple)):
-        return any(is_tensor(a) or np.ndim(a) > 0 for a in allowed)
-    return (is_tensor(allowed) or isinstance(allowed, np.ndarray)) and allowed.ndim == 2
-
-
 def _asked(k: int, rows: int, dead: int) -> int:
     """How many to ask of `rows` of which `dead` are deleted: k, and enough more that, unless
     deleted rows crowd the top, k present ones remain."""
@@ -96,12 +89,21 @@ def _present_first(scores, ids, present, wanted: int):
     return np.take_along_axis(scores, first, 1), np.take_along_axis(ids, first, 1)
 
 
+def _merged_lists(parts, n_users: int, width: int):
+    """The segments' best-first lists [(scores (M, k_s), ad ids (M, k_s)), ...] merged into each
+    user's best `width`, in the package's order, padding (score NaN, id -1) last."""
+    if len(parts) <= 1:
+        return parts[0] if parts else (np.empty((n_users, 0), np.float32), np.empty((n_users, 0), np.int64))
+    scores, ids = np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1)
+    return merge_numpy(scores, ids, width, last=(ids == -1) & np.isnan(scores))
+
+
 # ---- a segment ------------------------------------------------------------------------------------
 class _Segment:
     """Packed rows in ascending ad id order (`rows`, a Candidates, and their `ids`) and `dead`,
     the rows a later batch took out (None: none). Immutable once published."""
 
-    __slots__ = ("rows", "ids", "dead", "alive", "_alive_positions", "_objectives_present", "_groups")
+    __slots__ = ("rows", "ids", "dead", "alive", "_alive_positions", "_objectives_present", "_packed_ids", "_groups")
 
     def __init__(self, rows: Candidates, ids: np.ndarray, dead: np.ndarray | None = None):
         self.rows, self.ids, self.dead = rows, ids, dead
@@ -111,6 +113,7 @@ class _Segment:
         self.alive = len(ids) - (0 if dead is None else int(np.count_nonzero(dead)))
         self._alive_positions: np.ndarray | None = None
         self._objectives_present: int | None = None
+        self._packed_ids: np.ndarray | None = None
         self._groups: list | None = None
 
     def __len__(self) -> int:
@@ -181,13 +184,22 @@ class _Segment:
             return self._groups
         store, grouping = self.rows._store, self.rows._grouping
         if positions is not None:
-            reported = self.ids if grouping is None else self.ids[grouping.order]
-            return [g for g in _route.groups_of(store, grouping, reported, positions) if g.eligible]
+            return [g for g in _route.groups_of(store, grouping, self.packed_ids(), positions) if g.eligible]
         reported = np.where(self.dead, -1, self.ids) if self.dead is not None else self.ids
         groups = [g for g in _route.groups_of(store, grouping, reported if grouping is None else reported[grouping.order])
                   if g.eligible]
         self._groups = groups  # a race only computes it twice
         return groups
+
+    def packed_ids(self) -> np.ndarray:
+        """The ad ids in packed order (by objective and bid), made once: a filtered query by
+        objective reports them."""
+        packed = self._packed_ids
+        if packed is None:  # a race only computes it twice
+            grouping = self.rows._grouping
+            packed = self.ids if grouping is None else self.ids[grouping.order]
+            self._packed_ids = packed
+        return packed
 
     def pieces(self, positions: np.ndarray):
         """(store, packed positions, ad ids, objective ids, bids) of the rows at positions."""
@@ -327,7 +339,7 @@ class LiveSnapshot:
         users, plain = self._users(users)
         k = check_k(k)
         metric = self._metric(metric, plain)
-        if _per_user(allowed):
+        if one_per_user(allowed):
             if users.ndim == 1:
                 raise TypeError("allowed: one filter per user needs users (M, n); for one user pass one id array")
             if len(allowed) != len(plain):
@@ -378,12 +390,7 @@ class LiveSnapshot:
             if count:
                 parts.append(s.best(users, k, metric, positions, output, sigmoid, threads))
                 eligible += count
-        if not parts:
-            return np.empty((len(users), 0), np.float32), np.empty((len(users), 0), np.int64)
-        if len(parts) == 1:
-            return parts[0]
-        return merge_numpy(np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1),
-                           min(k, eligible))
+        return _merged_lists(parts, len(users), min(k, eligible))
 
     def _best_per_user(self, users, k: int, metric, wanted: list, output, sigmoid, threads):
         """Each user's best k among the present rows of its own ad ids (wanted[u], ascending),
@@ -391,13 +398,9 @@ class LiveSnapshot:
         for every user (a filter per user, read beside the rows), the lists merged per user; by
         objective, one user at a time."""
         if self.objectives or check_output(output, isinstance(metric, ObjectiveMetrics), sigmoid) == "value":
-            lists = [self._best(users[u:u + 1], k, metric, wanted[u], output, sigmoid, threads)
-                     for u in range(len(users))]
-            width = max((s.shape[1] for s, _ in lists), default=0)
-            scores, ids = np.full((len(users), width), np.nan, np.float32), np.full((len(users), width), -1, np.int64)
-            for u, (s, i) in enumerate(lists):
-                scores[u, :s.shape[1]], ids[u, :s.shape[1]] = s[0], i[0]
-            return scores, ids
+            lists = [(s[0], i[0]) for s, i in (self._best(users[u:u + 1], k, metric, wanted[u], output, sigmoid,
+                                                           threads) for u in range(len(users)))]
+            return padded(lists, max((len(s) for s, _ in lists), default=0))
         parts, counts = [], np.zeros(len(users), np.int64)
         for s in self._segments:
             masks = np.zeros((len(users), len(s)), bool)
@@ -407,12 +410,7 @@ class LiveSnapshot:
             if here.any():
                 parts.append(s.best(users, k, metric, Mask(masks, here, per_user=True), output, sigmoid, threads))
                 counts += here
-        width = min(k, int(counts.max()) if len(counts) else 0)
-        if len(parts) <= 1:
-            return parts[0] if parts else (np.full((len(users), 0), np.nan, np.float32),
-                                           np.full((len(users), 0), -1, np.int64))
-        scores, ids = np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1)
-        return merge_numpy(scores, ids, width, last=(ids == -1) & np.isnan(scores))
+        return _merged_lists(parts, len(users), min(k, int(counts.max()) if len(counts) else 0))
 
     def score(self, users, metric=None, *, ids=None, output=None, sigmoid=False, threads=None):
         """The quantity asked for (as Candidates.score) of users (n,) or (M, n) against the rows

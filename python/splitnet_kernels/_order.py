@@ -104,6 +104,16 @@ def merge_numpy(scores: np.ndarray, ids: np.ndarray, k: int, last: np.ndarray | 
     return np.take_along_axis(scores, order, -1), np.take_along_axis(ids, order, -1)
 
 
+def padded(lists, width: int):
+    """Best-first lists [(scores (k_u,), ids (k_u,)), ...], one per user, as two (M, width)
+    arrays, each row padded after its entries with score NaN and id -1 (a user allowed fewer
+    candidates than the others)."""
+    scores, ids = np.full((len(lists), width), np.nan, np.float32), np.full((len(lists), width), -1, np.int64)
+    for u, (s, i) in enumerate(lists):
+        scores[u, :len(s)], ids[u, :len(i)] = s, i
+    return scores, ids
+
+
 def topk_torch(scores, k: int):
     """topk_numpy for torch tensors, on their own device."""
     import torch
@@ -139,8 +149,8 @@ def rank_exactly(n_candidates: int, k: int, raw_topk, every_quantity, transform)
     if quantities.shape[-1] > k:
         for u in np.flatnonzero(~(quantities[:, k] < quantities[:, k - 1])):
             values, candidate_ids = every_quantity(u)
-            top, top_ids = topk_by_id(values, candidate_ids, k) if len(candidate_ids) else (np.empty((1, 0)),) * 2
-            width = top.shape[1]
-            best[u, :width], best_ids[u, :width] = top[0], top_ids[0]
-            best[u, width:], best_ids[u, width:] = np.nan, -1
+            best[u], best_ids[u] = np.nan, -1  # padding after what the user may get
+            if len(candidate_ids):
+                top, top_ids = topk_by_id(values, candidate_ids, k)
+                best[u, :top.shape[1]], best_ids[u, :top.shape[1]] = top[0], top_ids[0]
     return best, best_ids

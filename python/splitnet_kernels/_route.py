@@ -23,7 +23,7 @@ from ._conversions import device_of, holds_values, host, kernel_rows, may_share_
     to_torch, wanting_gradients, watched
 from ._metric import Metric
 from ._objectives import _FIRST_BLOCK, folded, keep_best, probability, quantity, scan_by_value
-from ._order import rank_exactly
+from ._order import padded, rank_exactly
 from ._storage import count, is_plain
 from .backends import Request
 
@@ -163,10 +163,7 @@ def user_by_user(request: Request, answer):
     device = device_of(users)
     lists = [tuple(host(x) for x in answer(request._replace(users=users[u], ids=mask.user(u))))
              for u in range(users.shape[0])]
-    width = min(request.k, len(mask))
-    scores, ids = np.full((len(lists), width), np.nan, np.float32), np.full((len(lists), width), -1, np.int64)
-    for u, (s, i) in enumerate(lists):
-        scores[u, :len(s)], ids[u, :len(i)] = s, i
+    scores, ids = padded(lists, min(request.k, len(mask)))
     return result_for(scores, device is not None, device), result_for(ids, device is not None, device)
 
 
