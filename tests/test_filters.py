@@ -81,13 +81,15 @@ def test_one_filter_per_user_answers_each_user_alone(backend, dtype, exact, data
     masks = np.stack([rng.random(n_rows) < data.draw(st.sampled_from(DENSITIES), label=f"density {u}")
                       for u in range(n_users)])
     k = data.draw(st.integers(1, n_rows + 3), label="k")
+    metric = make_metric(data.draw(st.sampled_from(["dot", "scaled", "diagonal", "low_rank", "full"]), label="kind"),
+                         dim, rng)
     output = data.draw(st.sampled_from(["logit", "probability"]), label="output")
     cands = sk.Candidates(ads, dtype, exact=exact)
-    lists = [_reference(ads, dtype, exact, users[u], k, masks[u], output=output, backend=backend)
+    lists = [_reference(ads, dtype, exact, users[u], k, masks[u], metric=metric, output=output, backend=backend)
              for u in range(n_users)]
     width = min(k, int(masks.sum(axis=1).max()))
     for form in (masks, list(masks), [np.flatnonzero(m) for m in masks], [np.flatnonzero(m).tolist() for m in masks]):
-        scores, ids = cands.topk(users, k, allowed=form, output=output, backend=backend)
+        scores, ids = cands.topk(users, k, metric, allowed=form, output=output, backend=backend)
         assert scores.shape == ids.shape == (n_users, width)
         for u, (s, i) in enumerate(lists):
             _same((scores[u, :len(s)], ids[u, :len(i)]), (s, i), f"user {u}")
