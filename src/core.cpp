@@ -122,13 +122,43 @@ PyObject* topk_value_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, P
   return resume;
 }
 
+// An exact set's heads (exact.h, Levels): None, or (rotation (n, n) float64, its orthogonality,
+// head (ceil(count / 16) * 16, width) int8 in score_heads_i8's blocks, head_scales (count,),
+// rest_norms (count,), block_head_residuals (blocks,) float32), all C-contiguous.
+splitnet::Levels levels_of(const py::object& x, const StoredRows& rows, index_t blocks) {
+  if (x.is_none()) return {};
+  require(py::isinstance<py::tuple>(x) && py::len(x) == 6,
+          "levels: expected (rotation, orthogonality, head, head_scales, rest_norms, block_head_residuals) or None");
+  const auto parts = py::reinterpret_borrow<py::tuple>(x);
+  const auto rotation = parts[0].cast<py::array>(), head = parts[2].cast<py::array>();
+  const double orthogonality = parts[1].cast<double>();
+  require(py::isinstance<py::array_t<double>>(rotation) && rotation.ndim() == 2 &&
+              rotation.shape(0) == rotation.shape(1) && rotation.shape(0) >= 1 && rotation.shape(0) <= rows.dim &&
+              (rotation.flags() & py::array::c_style),
+          "levels: rotation must be a C-contiguous float64 (n, n), n <= ", rows.dim, ", got ", ShapeOf{rotation});
+  require(orthogonality >= 0 && orthogonality < 0x1p-20, "levels: orthogonality must be in [0, 2^-20), got ",
+          orthogonality);
+  const index_t padded = (rows.count + 15) / 16 * 16;
+  require(py::isinstance<py::array_t<std::int8_t>>(head) && head.ndim() == 2 && head.shape(0) == padded &&
+              head.shape(1) >= 4 && head.shape(1) % 4 == 0 && head.shape(1) <= rotation.shape(0) &&
+              (head.flags() & py::array::c_style),
+          "levels: head must be a C-contiguous int8 (", padded, ", width), width a multiple of 4 and <= n, got ",
+          ShapeOf{head});
+  return {static_cast<const double*>(rotation.data()), rotation.shape(0), orthogonality,
+          static_cast<const std::int8_t*>(head.data()), head.shape(1),
+          static_cast<const float*>(vector_of(parts[3].cast<py::array>(), "head_scales", rows.count, 'f')),
+          static_cast<const float*>(vector_of(parts[4].cast<py::array>(), "rest_norms", rows.count, 'f')),
+          static_cast<const float*>(vector_of(parts[5].cast<py::array>(), "block_head_residuals", blocks, 'f'))};
+}
+
 constexpr const char* kExactNames[] = {"users", "data", "dtype", "scales", "allowed", "exact", "norms",
                                        "residuals", "diag", "left", "right", "bias", "k", "out_scores",
-                                       "out_ids", "threads", "block_norms", "block_residuals", "block"};
+                                       "out_ids", "threads", "block_norms", "block_residuals", "block",
+                                       "levels"};
 PyObject* topk_exact_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) noexcept {
-  PyObject* rescored = nullptr;
+  PyObject* counts = nullptr;
   PyObject* done = guarded([&] {
-    const Arguments<19> a("topk_exact", kExactNames, args, nargs, kwnames);
+    const Arguments<20> a("topk_exact", kExactNames, args, nargs, kwnames);
     const py::array users = a.array(0);
     const ScanOperands p(users, a.array(1), a.object(2), a.object(3), a.object(4), a.object(8), a.object(9),
                          a.object(10));
@@ -148,18 +178,19 @@ PyObject* topk_exact_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, P
     const splitnet::ExactRows rows{exact, norms, residuals,
                                    static_cast<const float*>(vector_of(a.array(16), "block_norms", blocks, 'f')),
                                    static_cast<const float*>(vector_of(a.array(17), "block_residuals", blocks, 'f')),
-                                   static_cast<index_t>(block)};
-    index_t count;
+                                   static_cast<index_t>(block), levels_of(a.object(19), p.rows, blocks)};
+    splitnet::Certified certified;
     {
       py::gil_scoped_release release;
-      count = splitnet::topk_exact(table(), p.users, p.rows, rows, p.form.form, bias, p.ids, p.n_ids, out.k,
-                                   out.scores, out.ids, t, p.filter);
+      certified = splitnet::topk_exact(table(), p.users, p.rows, rows, p.form.form, bias, p.ids, p.n_ids, out.k,
+                                       out.scores, out.ids, t, p.filter);
     }
-    rescored = PyLong_FromLongLong(count);
+    counts = Py_BuildValue("(LLd)", static_cast<long long>(certified.rescored),
+                           static_cast<long long>(certified.refined), certified.bytes);
   });
   if (done == nullptr) return nullptr;
   Py_DECREF(done);
-  return rescored;
+  return counts;
 }
 
 constexpr const char* kFoldNames[] = {"users", "diag", "left", "right", "out", "threads"};
@@ -218,11 +249,13 @@ PyMethodDef kEntries[] = {
     {"topk_exact", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(topk_exact_entry)),
      METH_FASTCALL | METH_KEYWORDS,
      "topk_exact(users, data, dtype, scales, allowed, exact, norms, residuals, diag, left, right, bias, k, out_scores, "
-     "out_ids, threads, block_norms, block_residuals, block)\n--\n\n"
+     "out_ids, threads, block_norms, block_residuals, block, levels)\n--\n\n"
      "topk over the float32 rows `exact` (N, stored), bit for bit, from a certified scan of data (the same rows in a "
      "reduced dtype) with per-row bounds norms >= ||a|| and residuals >= ||a - a~||, and their largest over each "
      "`block` rows (block_norms, block_residuals: ceil(N / block) each): only the rows that may enter are re-scored "
-     "in float32. Returns how many were."},
+     "in float32. levels: None, or the set's heads (rotation, orthogonality, head, head_scales, rest_norms, "
+     "block_head_residuals) for the progressive scan. Returns (rows re-scored, rows read past their head, "
+     "bytes of data and per-row values read)."},
     {"fold", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(fold_entry)), METH_FASTCALL | METH_KEYWORDS,
      "fold(users, diag, left, right, out, threads)\n--\n\n"
      "out = users^T S under S = diag(diag) + left right^T, users and out (M, n): the kernels' own fold, with the "

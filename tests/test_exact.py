@@ -198,10 +198,10 @@ def test_stored_block_maxima_of_any_size_give_the_same_answer(dtype, rng):
         maxima = [np.maximum.reduceat(x, starts) for x in (store.norms, store.residuals)]
         scores, ids = np.empty(30, np.float32), np.empty(30, np.int64)
         _core.topk_exact(user, store.scan.data, store.scan.dtype, store.scan.scales, None, store.data, store.norms,
-                         store.residuals, ones, None, None, 0.0, 30, scores, ids, 2, *maxima, block)
+                         store.residuals, ones, None, None, 0.0, 30, scores, ids, 2, *maxima, block, None)
         _same((scores, ids), want)
     for block, lengths, match in ((0, 1, "block: rows per stored maximum"), (1024, 4, "block_norms")):
         bad = [np.zeros(lengths, np.float32)] * 2
         with pytest.raises(ValueError, match=match):
             _core.topk_exact(user, store.scan.data, store.scan.dtype, store.scan.scales, None, store.data,
-                             store.norms, store.residuals, ones, None, None, 0.0, 30, scores, ids, 2, *bad, block)
+                             store.norms, store.residuals, ones, None, None, 0.0, 30, scores, ids, 2, *bad, block, None)

@@ -276,6 +276,7 @@ inline constexpr KernelTable kAvx512Table = [] {
   SPLITNET_KERNELS_FILL(t, widen_bf16, avx512);
   SPLITNET_KERNELS_FILL(t, score_rows_i8, avx2);  // vpmaddubsw: on Sapphire Rapids 2x the 16-bit widening
   SPLITNET_KERNELS_FILL(t, score_tile_i8, avx2);  // the byte dot product is VNNI's (avx512vnni.h)
+  SPLITNET_KERNELS_FILL(t, score_heads_i8, avx2);  // likewise
   SPLITNET_KERNELS_FILL(t, score_pairs_f32, avx512);
   SPLITNET_KERNELS_FILL(t, sum_u64, avx2);  // reading memory: 32-byte loads already saturate it
   return t;

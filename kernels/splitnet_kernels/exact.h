@@ -21,6 +21,26 @@
 
 namespace splitnet {
 
+// An exact set's heads for the progressive scan (docs/design.md, "The progressive scan"): the
+// float32 rows turned by an orthogonal rotation fitted to them, b = R a (R: dim x dim, row-major,
+// float64, orthogonality >= ||I - R^T R||_2), so that their energy comes first, and each turned
+// row's first `width` values (a multiple of 4) stored as int8 with a scale of their own
+// (head_scales), in blocks of 16 rows (score_heads_i8's layout, isa.h); per row, rest_norms >=
+// the norm of the rest of b, and per stored block of rows (ExactRows::block) the largest
+// ||b1 - b1~|| of their heads (block_head_residuals). +inf for a row the heads cannot stand for.
+struct Levels {
+  const double* rotation = nullptr;  // null: no heads
+  index_t dim = 0;
+  double orthogonality = 0;
+  const std::int8_t* head = nullptr;
+  index_t width = 0;
+  const float* head_scales = nullptr;
+  const float* rest_norms = nullptr;
+  const float* block_head_residuals = nullptr;
+
+  explicit operator bool() const { return rotation != nullptr; }
+};
+
 // What the re-score needs: the float32 rows (as the float32 set stores them) and, per row, an
 // upper bound on ||a||_2 (norms) and on ||a - a~||_2, a~ the row as stored in the small type
 // (residuals; +inf for a row the small type cannot stand for, which is then always re-scored).
@@ -33,6 +53,7 @@ struct ExactRows {
   const float* block_norms = nullptr;
   const float* block_residuals = nullptr;
   index_t block = 0;
+  Levels levels = {};  // needs the stored blocks (block > 0)
 
   // The largest norm and residual of rows [first, first + n), n >= 1, from the stored maxima of
   // the blocks they span (block > 0).
@@ -56,8 +77,9 @@ constexpr float kBoundedNorm = 0x1p60f;
 inline bool bounded(float norm, float residual) { return norm < kBoundedNorm && residual < kBoundedNorm; }
 
 // E = alpha * norm + beta * residual + tau + rel * |s~| bounds |s - s~| for every row of one query.
+// A head's bound (head_bound) has rest * rest_norm more: what the values past the head can add.
 struct ScoreBound {
-  float alpha = 0, beta = 0, rel = 0, tau = 0;
+  float alpha = 0, beta = 0, rel = 0, tau = 0, rest = 0;
   bool usable = false;  // false: the query is not finite or too large; re-score everything
 
   // M: the largest E, less its relative term, of rows whose norms and residuals are at most
@@ -117,6 +139,57 @@ inline ScoreBound score_bound(const float* query, index_t dim, Dtype dtype, floa
   // the float32 constants rounded up, never down
   for (float* c : {&b.alpha, &b.beta, &b.tau}) *c = std::nextafter(*c, std::numeric_limits<float>::infinity());
   b.usable = q < kBoundedNorm && std::fabs(bias) < 0x1p120f && std::isfinite(b.alpha) && std::isfinite(b.beta);
+  return b;
+}
+
+// The head test's bound for one float32 query of `dim` values (the stored width) and a bias: E1 =
+// alpha * norm + beta * head residual + rest * rest_norm + tau + rel * |s~1| bounds |s - s~1|,
+// s~1 the int8 score of a row's head (score_heads_i8) against q8, the head of the turned query
+// p = R q quantized (written to q8, its scale to *q_scale). With delta the rotation's
+// orthogonality, q . a = p . b + q^T (I - R^T R) a, and p . b = p1 . b1 + p2 . b2, so
+//   |s - s~1| <= gamma_L ||q|| ||a|| + delta ||q|| ||a|| + |p1 . b1 - p1^ . b1~| + ||p2|| ||b2||
+// and the head's part is score_bound's int8 case with p1 for q (||b1|| <= (1 + delta) ||a||).
+// p is made in float64, within gamma_n ||R||_F ||q|| of R q (n = levels.dim, any order;
+// ||R||_F^2 <= n (1 + delta)): that slack joins ||p1||, ||p1 - p1^|| and ||p2||. rest is ||p2||
+// raised by 2^-16, which covers the relative term of the rest and the rounding of s~1 + rest
+// * rest_norm, as the scan sums it (docs/design.md, "The progressive scan").
+inline ScoreBound head_bound(const float* query, index_t dim, float bias, const Levels& levels, std::int8_t* q8,
+                             float* q_scale) {
+  constexpr double u = 0x1p-24, inflate = 1.0 + 0x1p-16;
+  const double terms = static_cast<double>((dim + kSumLanes - 1) / kSumLanes + 3);
+  const double gamma = terms * u / (1.0 - terms * u), gamma3 = 3 * u / (1 - 3 * u);
+  const index_t n = levels.dim, width = levels.width;
+  const double q = norm2(query, dim), delta = levels.orthogonality;
+  const double gn = n * 0x1p-53 / (1 - n * 0x1p-53), slack = gn * std::sqrt(n * (1 + delta)) * q * (1 + 1e-12);
+  std::vector<double> p(static_cast<size_t>(dim));
+  for (index_t i = 0; i < dim; ++i) {  // past n the rows are zero, and p is q
+    double sum = i < n ? 0.0 : query[i];
+    for (index_t j = 0; i < n && j < n; ++j) sum += levels.rotation[i * n + j] * query[j];
+    p[static_cast<size_t>(i)] = sum;
+  }
+  std::vector<float> head(p.begin(), p.begin() + width);
+  const double scale = *q_scale = quantize_query_i8(head.data(), width, q8);
+  double err = 0, hat = 0, norm = 0, tail = 0;
+  for (index_t d = 0; d < dim; ++d) {
+    const double x = p[static_cast<size_t>(d)];
+    if (d >= width) {
+      tail += x * x;
+      continue;
+    }
+    const double qh = scale * q8[d];
+    err += (x - qh) * (x - qh), hat += qh * qh, norm += x * x;
+  }
+  err = std::sqrt(err) * (1 + 1e-12) + slack, hat = std::sqrt(hat) * (1 + 1e-12);  // the double sums' error, p's
+  norm = std::sqrt(norm) * (1 + 1e-12) + slack, tail = std::sqrt(tail) * (1 + 1e-12) + slack;
+  ScoreBound b;
+  b.alpha = static_cast<float>((gamma * q + delta * q + (1 + delta) * (err + gamma3 * hat)) * inflate * (1 + 1e-12));
+  b.beta = static_cast<float>((norm + err + gamma3 * hat) * inflate * (1 + 1e-12));
+  b.rest = static_cast<float>(tail * inflate * inflate);
+  b.rel = static_cast<float>(2 * u * inflate);
+  b.tau = static_cast<float>(((4.0 * dim + 64) + 127.0 * 127.0 * static_cast<double>(width)) * 0x1p-150 * 2);
+  for (float* c : {&b.alpha, &b.beta, &b.tau, &b.rest}) *c = std::nextafter(*c, std::numeric_limits<float>::infinity());
+  b.usable = q < kBoundedNorm && std::fabs(bias) < 0x1p120f && std::isfinite(b.alpha) && std::isfinite(b.beta) &&
+             std::isfinite(b.rest) && std::isfinite(*q_scale);
   return b;
 }
 
@@ -305,33 +378,55 @@ class CertifiedTile {
 
 }  // namespace detail
 
+// What a certified top-k did: the rows it re-scored in float32, the rows whose whole reduced row
+// the progressive scan read past their head, and the bytes it read of the reduced rows and
+// their per-row values (scales, rest norms, bounds), summed over users.
+struct Certified {
+  index_t rescored = 0, refined = 0;
+  double bytes = 0;
+  Certified& operator+=(const Certified& other) {
+    rescored += other.rescored, refined += other.refined, bytes += other.bytes;
+    return *this;
+  }
+};
+
 // The best k (k <= the candidates) of query . a + bias over the float32 rows, best first, as
 // topk_one on exact.rows gives them (the same ids and bits), computed by scanning `small` (the
 // same candidates in a reduced type) and re-scoring only the rows that may enter. ids: the
 // allowed subset (ascending) or null; or a filter (every row read, those it leaves out never
-// kept). Returns how many rows were re-scored.
-inline index_t topk_exact_one(const KernelTable& table, const float* query, const StoredRows& small,
-                              const ExactRows& exact, index_t k, float bias, float* out_scores, index_t* out_ids,
-                              int threads, const index_t* ids = nullptr, index_t n_ids = 0, Filter filter = {}) {
+// kept). With levels and no subset, the scan is progressive: a block's heads are scored first,
+// and only the rows whose head score s~1 + rest * rest_norm can reach the block's gate are read
+// whole and bounded; the others are dropped (docs/design.md, "The progressive scan").
+inline Certified topk_exact_one(const KernelTable& table, const float* query, const StoredRows& small,
+                                const ExactRows& exact, index_t k, float bias, float* out_scores, index_t* out_ids,
+                                int threads, const index_t* ids = nullptr, index_t n_ids = 0, Filter filter = {}) {
   using namespace detail;
   const index_t n = ids ? n_ids : small.count;
   const ScoreBound bound = score_bound(query, small.dim, small.dtype, bias);
+  const double row_bytes = static_cast<double>(small.dim * element_size(small.dtype) + (small.scales ? 4 : 0));
   if (!bound.usable) {  // nothing to certify with: the float32 rows, every one
     topk_one(table, query, stored(exact.rows), k, bias, out_scores, out_ids, threads, ids, n_ids, filter);
-    return n;
+    return {n, 0, static_cast<double>(n) * exact.rows.dim * 4};
   }
   const OneQuery approx(table, query, small, bias, ids);
+  const Levels& levels = exact.levels;
+  std::vector<std::int8_t> head_query(static_cast<size_t>(levels.width));
+  float head_scale = 0;
+  const ScoreBound head =
+      levels && ids == nullptr ? head_bound(query, small.dim, bias, levels, head_query.data(), &head_scale) : ScoreBound{};
+  const bool progressive = head.usable && exact.block > 0;
   const index_t min_chunk = std::max(min_rows_per_task(small.dim), 4 * k);
   const index_t tasks = std::max<index_t>(1, std::min<index_t>(threads, n / min_chunk));
   const bool stored = ids == nullptr && exact.block > 0;  // blocks gated by their stored maxima
   std::vector<Survivors> kept(static_cast<size_t>(tasks));
+  std::vector<index_t> refined(static_cast<size_t>(tasks));
   parallel_chunks(n, static_cast<int>(tasks), min_chunk, kBlock, [&](int t, index_t begin, index_t end) {
     Survivors& s = kept[t];
     TopK lower = s.lower_heap(k);
-    float scores[kBlock], gathered[2][kBlock];
+    float scores[kBlock], full[kBlock], gathered[2][kBlock];
+    index_t passed[kBlock], rows[kBlock];
     for (index_t b = begin; b < end; b += kBlock) {
       const index_t count = std::min(kBlock, end - b);
-      approx(b, count, scores);
       const float *norms = exact.norms + b, *residuals = exact.residuals + b;
       if (ids != nullptr) {
         for (index_t i = 0; i < count; ++i)
@@ -342,28 +437,54 @@ inline index_t topk_exact_one(const KernelTable& table, const float* query, cons
       const auto [norm, residual] = stored ? exact.stored_maxima(b, count)
                                            : std::pair(largest(table, norms, count), largest(table, residuals, count));
       // the block's gate, as the certified tile's: a score below it has s~ + E below the floor
-      const float most = bound.most(norm, residual), gate = tile_gate(lower.floor(), most);
+      const float most = bound.most(norm, residual);
       // Where the block's maxima are stored and finite, each row's bound is taken at them (a
       // looser bound, never a wrong one): reading the bounds of the rows that pass the gate, a
       // cache miss each, cost more than re-scoring the few more rows it keeps.
       const bool at_maxima = stored && std::isfinite(most);
+      float gate = tile_gate(lower.floor(), most);
+      if (progressive) {  // the heads first: s~1 + E1 below the floor rules a row out unread
+        float head_residual = 0;
+        for (index_t q = b / exact.block; q <= (b + count - 1) / exact.block; ++q)
+          head_residual = std::max(head_residual, levels.block_head_residuals[q]);
+        gate = tile_gate(lower.floor(), head.most(norm, head_residual));
+        table.score_heads_i8(head_query.data(), head_scale, levels.head + b * levels.width, levels.head_scales + b,
+                             levels.rest_norms + b, head.rest, count, levels.width, bias, scores);
+      } else {
+        approx(b, count, scores);
+      }
+      index_t m = 0;  // the rows that reach the gate (and the filter lets through)
       for (index_t i = table.first_not_below_f32(scores, count, gate); i < count;) {
-        if (filter && !filter.allows(b + i)) {  // left out: neither a lower bound nor a survivor
-          ++i;
-          i += table.first_not_below_f32(scores + i, count - i, gate);
-          continue;
-        }
+        if (!filter || filter.allows(b + i)) passed[m++] = i;
+        ++i;
+        i += table.first_not_below_f32(scores + i, count - i, gate);
+      }
+      if (progressive && m > 0) {  // those rows whole, gated as the flat scan gates them
+        const float full_gate = tile_gate(lower.floor(), most);
+        for (index_t j = 0; j < m; ++j) rows[j] = b + passed[j];
+        approx.gathered(rows, m, full);
+        refined[t] += m;
+        index_t kept_rows = 0;
+        for (index_t j = 0; j < m; ++j)
+          if (!(full[j] < full_gate)) scores[passed[j]] = full[j], passed[kept_rows++] = passed[j];
+        m = kept_rows;
+      }
+      for (index_t j = 0; j < m; ++j) {
+        const index_t i = passed[j];
         const float e = at_maxima ? bound(scores[i], norm, residual) : bound(scores[i], norms[i], residuals[i]);
         const float low = scores[i] - e, high = scores[i] + e;
         if (!(low < lower.gate())) lower.push(low == low ? low : -kInf, b + i);  // positions; ids come in below
         if (!(high < lower.floor())) s.keep(b + i, high == high ? high : kInf, lower.floor());
-        ++i;
-        i += table.first_not_below_f32(scores + i, count - i, gate);
       }
     }
     s.lower_count = lower.finish();
   });
-  return rescore(table, query, exact, kept, k, bias, out_scores, out_ids, threads, ids);
+  Certified done;
+  done.rescored = rescore(table, query, exact, kept, k, bias, out_scores, out_ids, threads, ids);
+  for (const index_t r : refined) done.refined += r;
+  done.bytes = progressive ? static_cast<double>(n) * (levels.width + 8) + static_cast<double>(done.refined) * row_bytes
+                           : static_cast<double>(n) * row_bytes;
+  return done;
 }
 
 // Many users against int8 rows on the int8 cross tile, certified as topk_exact_one certifies
@@ -427,27 +548,30 @@ inline index_t topk_exact_tile(const KernelTable& table, const Rows& users, cons
 // once the scans would read more bytes than the float32 rows hold (users x the reduced element
 // size >= 4 bytes), through the float32 rows' cross tile, as the float32 set's many-user top-k
 // does (exact by construction, the rows read once for all users); the rest user by user.
-// Returns the rows scored in float32, summed over users.
-inline index_t topk_exact(const KernelTable& table, const Rows& users, const StoredRows& small, const ExactRows& exact,
-                          const MetricForm& form, float bias, const index_t* ids, index_t n_ids, index_t k,
-                          float* out_scores, index_t* out_ids, int threads, Filter filter = {}) {
-  if (k == 0 || users.count == 0) return 0;
+// The cross tiles read the rows once a block of users (users_per_block).
+inline Certified topk_exact(const KernelTable& table, const Rows& users, const StoredRows& small,
+                            const ExactRows& exact, const MetricForm& form, float bias, const index_t* ids,
+                            index_t n_ids, index_t k, float* out_scores, index_t* out_ids, int threads,
+                            Filter filter = {}) {
+  if (k == 0 || users.count == 0) return {};
+  const index_t per_block = detail::users_per_block(small.dim), blocks = (users.count + per_block - 1) / per_block;
+  const auto read = [&](index_t bytes_per_row) { return static_cast<double>(blocks) * small.count * bytes_per_row; };
   if (ids == nullptr && users.count >= kExactTileUsers && small.dtype == Dtype::i8 && table.score_tile_i8 != nullptr) {
     detail::Queries queries(table, form, users, small.dim, threads);
     const index_t rescored =
         topk_exact_tile(table, queries.rows(), small, exact, bias, k, out_scores, out_ids, threads, filter);
-    if (rescored >= 0) return rescored;
+    if (rescored >= 0) return {rescored, 0, read(small.dim + 4)};
   }
   if (ids == nullptr && users.count * element_size(small.dtype) >= element_size(Dtype::f32)) {
     topk(table, users, stored(exact.rows), form, bias, nullptr, 0, k, out_scores, out_ids, threads, filter);
-    return users.count * exact.rows.count;
+    return {users.count * exact.rows.count, 0, read(exact.rows.dim * 4)};
   }
   detail::Queries queries(table, form, users, small.dim, threads);
-  index_t rescored = 0;
+  Certified done;
   for (index_t u = 0; u < users.count; ++u)
-    rescored += topk_exact_one(table, queries.row(u), small, exact, k, bias, out_scores + u * k, out_ids + u * k,
-                               threads, ids, n_ids, filter.user(u));
-  return rescored;
+    done += topk_exact_one(table, queries.row(u), small, exact, k, bias, out_scores + u * k, out_ids + u * k,
+                           threads, ids, n_ids, filter.user(u));
+  return done;
 }
 
 }  // namespace splitnet

@@ -146,29 +146,37 @@ class OneQuery {
   const KernelTable& table() const { return table_; }
   const index_t* ids() const { return ids_; }
   index_t dim() const { return rows_.dim; }
+  // int8 rows: the query as quantize_query_i8 made it, and its scale.
+  const std::int8_t* quantized() const { return quantized_.data(); }
+  float query_scale() const { return query_scale_; }
 
-  // out[i] = score of candidate position first + i, i < count. A subset's rows are gathered into
-  // one buffer (the next rows prefetched as they are copied) and scored in one call: a kernel
-  // call per row cost more than the row's arithmetic. The bits are the same either way: each row
-  // is scored alone, in one summation order.
+  // out[i] = score of candidate position first + i, i < count.
   void operator()(index_t first, index_t count, float* out) const {
     if (ids_ == nullptr) return contiguous(rows_.data, rows_.scales, first, count, out);
+    gathered(ids_ + first, count, out);
+  }
+
+  // out[i] = score of row rows[i], i < count. The rows are gathered into one buffer (the next
+  // rows prefetched as they are copied) and scored in one call: a kernel call per row cost more
+  // than the row's arithmetic. The bits are the same either way: each row is scored alone, in
+  // one summation order.
+  void gathered(const index_t* rows, index_t count, float* out) const {
     constexpr index_t kAhead = 8;
     const auto row_bytes = static_cast<size_t>(rows_.stride * element_size(rows_.dtype));
     thread_local std::vector<std::uint8_t> buffer;
     thread_local std::vector<float> scales;
     buffer.resize(static_cast<size_t>(count) * row_bytes + 64);
-    auto* rows = buffer.data() + (-reinterpret_cast<std::uintptr_t>(buffer.data()) & 63);  // 64-byte aligned
+    auto* copies = buffer.data() + (-reinterpret_cast<std::uintptr_t>(buffer.data()) & 63);  // 64-byte aligned
     const auto* data = static_cast<const std::uint8_t*>(rows_.data);
     for (index_t i = 0; i < count; ++i) {
-      if (i + kAhead < count) prefetch_bytes(data + ids_[first + i + kAhead] * row_bytes, static_cast<index_t>(row_bytes));
-      std::memcpy(rows + i * row_bytes, data + ids_[first + i] * row_bytes, row_bytes);
+      if (i + kAhead < count) prefetch_bytes(data + rows[i + kAhead] * row_bytes, static_cast<index_t>(row_bytes));
+      std::memcpy(copies + i * row_bytes, data + rows[i] * row_bytes, row_bytes);
     }
     if (rows_.dtype == Dtype::i8) {
       scales.resize(static_cast<size_t>(count));
-      for (index_t i = 0; i < count; ++i) scales[i] = rows_.scales[ids_[first + i]];
+      for (index_t i = 0; i < count; ++i) scales[i] = rows_.scales[rows[i]];
     }
-    contiguous(rows, scales.data(), 0, count, out);
+    contiguous(copies, scales.data(), 0, count, out);
   }
 
  private:

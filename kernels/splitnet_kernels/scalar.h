@@ -131,6 +131,19 @@ inline void score_rows_i8_scalar(const std::int8_t* query, float query_scale, co
   }
 }
 
+inline void score_heads_i8_scalar(const std::int8_t* query, float query_scale, const std::int8_t* heads,
+                                  const float* row_scales, const float* rest_norms, float rest, index_t n_rows,
+                                  index_t width, float bias, float* out) {
+  for (index_t i = 0; i < n_rows; ++i) {
+    const std::int8_t* block = heads + (i / 16) * 16 * width;
+    std::int32_t sum = 0;
+    for (index_t d = 0; d < width; ++d) sum += static_cast<std::int32_t>(query[d]) * block[(d / 4) * 64 + (i % 16) * 4 + d % 4];
+    float extra = rest * rest_norms[i];
+    SPLITNET_KERNELS_NO_CONTRACTION(extra);
+    out[i] = score_i8(static_cast<float>(sum), query_scale, row_scales[i], bias) + extra;
+  }
+}
+
 inline std::uint64_t sum_u64_scalar(const std::uint64_t* words, index_t n) {
   std::uint64_t sum = 0;
   for (index_t i = 0; i < n; ++i) sum += words[i];
@@ -150,6 +163,7 @@ inline constexpr KernelTable kScalarTable = [] {
   SPLITNET_KERNELS_FILL(t, widen_f16, scalar);
   SPLITNET_KERNELS_FILL(t, widen_bf16, scalar);
   SPLITNET_KERNELS_FILL(t, score_rows_i8, scalar);
+  SPLITNET_KERNELS_FILL(t, score_heads_i8, scalar);
   SPLITNET_KERNELS_FILL(t, score_pairs_f32, scalar);
   SPLITNET_KERNELS_FILL(t, sum_u64, scalar);
   return t;  // score_tile_i8 stays null: no byte dot product to tile with

@@ -55,7 +55,7 @@ class Candidates:
         (summed over its users; from whichever thread called last): the rows its certified scan
         could not rule out, or every row when many users went through the float32 cross tile
         (users x the reduced element size >= 4 bytes). 0 for other sets."""
-        return self._store.rescored if isinstance(self._store, ExactStorage) else 0
+        return self._store.last_scan.get("rescored", 0) if isinstance(self._store, ExactStorage) else 0
 
     @property
     def nbytes(self) -> int:
@@ -80,9 +80,16 @@ class Candidates:
         return result
 
     def __repr__(self) -> str:
-        extra = (", exact" if self.exact else "") + \
+        extra = (", exact" if self.exact else "") + self._layout() + \
             ("" if self._grouping is None else f", {self._grouping.n_objectives} objectives")
         return f"Candidates({len(self)} x {self.dim}, dtype={self.dtype!r}{extra}, {self.nbytes / 2**20:.1f} MiB)"
+
+    def _layout(self) -> str:
+        """repr's word on an int8 exact set's scan: progressive (and its head) or flat."""
+        store = self._store
+        if not isinstance(store, ExactStorage) or store.scan.dtype != "int8":
+            return ""
+        return ", flat scan" if store.levels is None else f", progressive scan (head {store.levels.width})"
 
     def rows(self, begin: int = 0, end: int | None = None) -> np.ndarray:
         """Rows [begin, end) of the ads as given, as float32 (a view for float32 storage without
@@ -152,9 +159,19 @@ class Candidates:
 
     @property
     def last_scan(self) -> dict:
-        """The last top-k of a set with objectives (or by value): {objective: rows scored}. A scan
-        by value stops at the first bid below every user's k-th value; the rest of the rows
-        were never read. (From whichever thread called last.)"""
+        """What the last top-k read (from whichever thread called last).
+
+        A set with objectives: {objective: rows scored} of its last top-k by objective. A scan
+        by value stops at the first bid below every user's k-th value; the rest of the rows were
+        never read.
+
+        An exact set without objectives, after a top-k of the compiled backend: {"layout": "progressive"
+        (the int8 rows turned, their heads read first) or "flat", "head": values per row read
+        first (None when flat), "rows": candidates scanned, "refined": rows read whole past
+        their head, "rescored": rows scored in float32, "bytes_per_row": bytes of reduced rows
+        and per-row values read per candidate, users together}."""
+        if isinstance(self._store, ExactStorage) and self._grouping is None:
+            return dict(self._store.last_scan)
         return dict(self._last_scan)
 
     # ---- files --------------------------------------------------------------------------------

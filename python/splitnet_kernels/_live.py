@@ -231,16 +231,19 @@ def _plain(store: Storage) -> Storage:
 def _merged(segments, objectives: bool, exact: str | None = None) -> _Segment:
     """One segment of the present rows of `segments`: an exact set's main store, packed
     exactly, where `exact` names the type it scans (float32 rows that came in a small segment are
-    packed then, once), else the rows as small segments hold them (_plain)."""
+    packed then, once, with the heads' rotation of the main store they join), else the rows as
+    small segments hold them (_plain)."""
     parts = []
     pieces = [s.pieces(s.alive_positions()) for s in segments]
+    main = next((store for store, *_ in pieces if isinstance(store, ExactStorage)), None)  # whose heads new rows get
     for store, packed, *_ in pieces:
         if exact is None:
             parts.append((_plain(store), packed))
         elif isinstance(store, ExactStorage):
             parts.append((store, packed))
         else:
-            parts.append((ExactStorage.pack_exact(store.data[packed, :store.dim], exact), np.arange(len(packed))))
+            parts.append((ExactStorage.pack_exact(store.data[packed, :store.dim], exact, like=main),
+                          np.arange(len(packed))))
     ids = np.concatenate([p[2] for p in pieces])
     if not objectives:
         return _segment_of(parts, ids)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._files import open_regular, writing_beside
 from ._objectives import Grouping
-from ._storage import ALIGN, TYPES, ExactStorage, Storage, stored_width
+from ._storage import ALIGN, HEAD_BLOCK, TYPES, ExactStorage, Levels, Storage, stored_width
 
 # v2: the header has its own CRC-32. v1 (no header CRC) files are refused with a word to re-save.
 MAGIC, V1_MAGIC = b"SPLITNET-CANDIDATES\x00v2\x00", b"SPLITNET-CANDIDATES\x00v1\x00"
@@ -61,6 +61,8 @@ def write(path, store: Storage, grouping: Grouping | None, count: int, external_
         scan = store.scan
         arrays = {"data": scan.data} if scan.scales is None else {"data": scan.data, "scales": scan.scales}
         arrays.update(exact_rows=store.data, norms=store.norms, residuals=store.residuals)
+        if store.levels is not None:  # the heads of the progressive scan
+            arrays.update(zip(("rotation", "head", "head_scales", "head_residuals", "rest_norms"), store.levels))
         store = scan
     else:
         arrays = {"data": store.data} if store.scales is None else {"data": store.data, "scales": store.scales}
@@ -74,6 +76,8 @@ def write(path, store: Storage, grouping: Grouping | None, count: int, external_
     for name, array in arrays.items():
         header["arrays"][name] = {"offset": offset, "nbytes": int(array.nbytes),
                                   "crc32": zlib.crc32(np.ascontiguousarray(array).view(np.uint8).data)}
+        if name == "head":  # the heads' width (the array's padded rows alone cannot tell it for no rows)
+            header["arrays"][name]["width"] = int(array.shape[1])
         offset += -(-array.nbytes // ALIGN) * ALIGN
     blob = json.dumps(header).encode()
     start = _data_start(len(blob))
@@ -108,6 +112,14 @@ def _read_header(f, path):
     return (size, start) + _parse_header(path, block[len(head):len(head) + length])
 
 
+def _head_width(path, specs: dict, dim: int) -> int:
+    """The heads' width, as the head array's entry records it: a multiple of 4 below dim."""
+    width = specs["head"].get("width") if isinstance(specs.get("head"), dict) else None
+    if not _is_int(width) or not (4 <= width < dim and width % 4 == 0):
+        raise ValueError(f"{path}: damaged header (heads of width {str(width)[:40]} for rows of {dim})")
+    return int(width)
+
+
 def _is_live(specs: dict) -> bool:
     """Whether a header's arrays are a live set's: they carry its ad ids."""
     return "external_ids" in specs
@@ -133,6 +145,12 @@ def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None, np.n
         if "exact_rows" in specs:  # an exact set
             wanted.update(exact_rows=(np.dtype(np.float32), (count, stored)),
                           norms=(np.dtype(np.float32), (count,)), residuals=(np.dtype(np.float32), (count,)))
+        if "rotation" in specs:  # an exact set's heads
+            width = _head_width(path, specs, dim)
+            wanted.update(rotation=(np.dtype(np.float64), (dim, dim)),
+                          head=(np.dtype(np.int8), (-(-count // HEAD_BLOCK) * HEAD_BLOCK, width)),
+                          head_scales=(np.dtype(np.float32), (count,)), head_residuals=(np.dtype(np.float32), (count,)),
+                          rest_norms=(np.dtype(np.float32), (count,)))
         if "order" in specs:  # a set with objectives
             wanted.update(order=(np.dtype(np.int64), (count,)), objectives=(np.dtype(np.int64), (count,)),
                           bids=(np.dtype(np.float32), (count,)))
@@ -141,7 +159,7 @@ def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None, np.n
         arrays, end = {}, 0
         for name, (item, shape) in wanted.items():
             spec = specs.get(name)
-            nbytes = count * (stored if name in ("data", "exact_rows") else 1) * item.itemsize  # Python ints
+            nbytes = int(np.prod(shape, dtype=object)) * item.itemsize  # Python ints
             if not isinstance(spec, dict) or not all(_is_int(spec.get(key)) for key in ("offset", "nbytes", "crc32")) \
                     or spec["nbytes"] != nbytes or spec["offset"] < 0 or spec["offset"] % ALIGN:
                 raise ValueError(f"{path}: damaged header (the entry for {name}, {nbytes} bytes, is {str(spec)[:200]})")
@@ -166,8 +184,18 @@ def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None, np.n
     if "exact_rows" in arrays:
         if dtype == "float32" or np.any(np.isnan(arrays["norms"])) or np.any(np.isnan(arrays["residuals"])):
             raise ValueError(f"{path}: damaged exact set")
-        store = ExactStorage(Storage("float32", dim, arrays["exact_rows"], None), store, arrays["norms"],
-                             arrays["residuals"])
+        levels = None
+        if "rotation" in arrays:
+            if not (np.all(np.isfinite(arrays["rotation"])) and np.all(arrays["head_scales"] > 0)) or any(
+                    np.any(np.isnan(arrays[name])) for name in ("head_residuals", "rest_norms")):
+                raise ValueError(f"{path}: damaged heads")
+            levels = Levels(*(arrays[name] for name in ("rotation", "head", "head_scales", "head_residuals",
+                                                        "rest_norms")))
+        try:
+            store = ExactStorage(Storage("float32", dim, arrays["exact_rows"], None), store, arrays["norms"],
+                                 arrays["residuals"], levels)
+        except ValueError as error:  # a rotation that is not orthogonal
+            raise ValueError(f"{path}: damaged heads ({error})") from None
     grouping = None
     if "order" in arrays:
         grouping = Grouping(arrays["order"], arrays["objectives"], arrays["bids"])

@@ -185,6 +185,112 @@ class Storage:
 
 
 BOUND_BLOCK = 1024  # rows per stored maximum of an exact set's bounds (ExactStorage.block_bounds)
+# The progressive scan (docs/design.md): an exact set of at least LEVELS_MIN_ROWS rows gets heads
+# where a turn of its rows (the PCA of their second moment, fitted on at most FIT_ROWS of them)
+# puts all but REST_ENERGY of their energy in the first `width` values, a multiple of 8 and at
+# most a quarter of the stored row; otherwise (a flat spectrum, a small set) it scans flat.
+LEVELS_MIN_ROWS, FIT_ROWS, REST_ENERGY = 1 << 14, 1 << 16, 0.01
+MAX_ORTHOGONALITY = 2.0 ** -20  # the most ||I - R^T R||_2 a rotation may have (the kernels refuse more)
+HEAD_BLOCK = 16  # rows per block of the heads' layout (score_heads_i8, isa.h)
+
+
+class Levels(NamedTuple):
+    """An exact set's heads for the progressive scan (kernels/splitnet_kernels/exact.h, Levels):
+    the rows turned by `rotation` (n, n) float64, b = R a, and each turned row's first `width`
+    values as int8 with a scale of their own (head, head_scales), stored in blocks of HEAD_BLOCK
+    rows (head: (ceil(N / 16) * 16, width) int8, row r of a block's group g at [g * 16 + r] of
+    the block viewed as (width / 4, 16, 4)); head_residuals >= ||b1 - b1~||, rest_norms >= the
+    norm of b past the head (+inf for a row the heads cannot stand for)."""
+
+    rotation: np.ndarray
+    head: np.ndarray
+    head_scales: np.ndarray
+    head_residuals: np.ndarray
+    rest_norms: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return self.head.shape[1]
+
+    def rows(self) -> np.ndarray:
+        """The heads row by row, (N, width) int8 (a copy)."""
+        padded, width = self.head.shape
+        blocks = self.head.reshape(padded // HEAD_BLOCK, width // 4, HEAD_BLOCK, 4).transpose(0, 2, 1, 3)
+        return blocks.reshape(padded, width)[:len(self.head_scales)]
+
+
+def blocked_heads(rows: np.ndarray) -> np.ndarray:
+    """Heads row by row (N, width) int8 in the layout of Levels.head (zero rows padding the last block)."""
+    count, width = rows.shape
+    padded = -(-count // HEAD_BLOCK) * HEAD_BLOCK
+    full = np.zeros((padded, width), np.int8)
+    full[:count] = rows
+    return np.ascontiguousarray(full.reshape(padded // HEAD_BLOCK, HEAD_BLOCK, width // 4, 4).transpose(0, 2, 1, 3)
+                                ).reshape(padded, width)
+
+
+def orthogonality(rotation: np.ndarray) -> float:
+    """An upper bound on ||I - R^T R||_2 for R = rotation (float64): the Frobenius norm of the
+    computed I - R^T R, plus what any order of the float64 sums can have lost (gamma_n |R|^T |R|,
+    whose Frobenius norm is at most ||R||_F^2), raised by 1e-9 of itself for this function's own
+    roundings."""
+    n = rotation.shape[0]
+    gamma = n * 2.0 ** -53 / (1 - n * 2.0 ** -53)
+    error = np.linalg.norm(rotation.T @ rotation - np.eye(n)) + gamma * float(np.square(rotation).sum()) * (1 + 1e-9)
+    return float(np.nextafter(error * (1 + 1e-9) + 1e-300, np.inf))
+
+
+def fitted_rotation(rows: np.ndarray, stored: int) -> tuple[np.ndarray, int] | None:
+    """(rotation, width) for the heads of rows (N, n) (zero rows count for nothing), or None
+    where no turn puts all but REST_ENERGY of their energy in a quarter of the stored row (or
+    the set is small). The rotation's rows are the eigenvectors of the second moment by falling
+    eigenvalue (uncentred: a dot product's energy), fitted on at most FIT_ROWS rows spread over
+    the set."""
+    count, dim = rows.shape
+    if count < LEVELS_MIN_ROWS or dim < 9:
+        return None
+    sample = np.asarray(rows[::max(1, count // FIT_ROWS)], np.float64)
+    values, vectors = np.linalg.eigh(sample.T @ sample)
+    values = np.clip(values[::-1], 0, None)
+    if not values.sum() > 0:
+        return None
+    rest = 1 - np.cumsum(values) / values.sum()
+    for width in range(8, min(dim - 1, stored // 4) + 1, 8):
+        if rest[width - 1] <= REST_ENERGY:
+            return np.ascontiguousarray(vectors[:, ::-1].T), width
+    return None
+
+
+def turned_heads(clean: np.ndarray, unfit: np.ndarray, rotation: np.ndarray, width: int) -> Levels:
+    """The heads (Levels) of finite rows `clean` (N, n) turned by `rotation`: b = R a in
+    float64, its first `width` values quantized as int8 rows are. The float64 b is within
+    gamma_n ||R||_F ||a|| of the exact R a (any order of the sums; ||R||_F^2 <= n (1 + delta)):
+    that slack joins each head residual and rest norm. Rows `unfit`, and rows whose head scale
+    cannot stand for them in float32, get zeros and +inf bounds: they always pass the head test."""
+    count, dim = clean.shape
+    rows = np.empty((count, width), np.int8)
+    scales, residuals, rest = (np.empty(count, np.float32) for _ in range(3))
+    gamma = dim * 2.0 ** -53 / (1 - dim * 2.0 ** -53)
+    spread = gamma * np.sqrt(dim * (1 + orthogonality(rotation))) * (1 + 1e-9)
+    unfit = unfit.copy()
+    for begin in range(0, count, BLOCK_ROWS):
+        end = min(count, begin + BLOCK_ROWS)
+        a = clean[begin:end].astype(np.float64)
+        b = a @ rotation.T
+        with np.errstate(over="ignore"):
+            block_scales = _int8_scales(b[:, :width])
+            unfit[begin:end] |= ~np.isfinite(block_scales * np.float32(127))
+        values = _int8_values(b[:, :width], block_scales)
+        rows[begin:end] = values
+        scales[begin:end] = block_scales
+        slack = spread * np.sqrt(np.square(a).sum(axis=1))
+        residuals[begin:end] = _rounded_up(
+            np.sqrt(np.square(b[:, :width] - values * block_scales[:, None].astype(np.float64)).sum(axis=1)) + slack)
+        rest[begin:end] = _rounded_up(np.sqrt(np.square(b[:, width:]).sum(axis=1)) + slack)
+    rows[unfit] = 0
+    scales[unfit] = 1
+    residuals[unfit] = rest[unfit] = np.inf
+    return Levels(np.ascontiguousarray(rotation, np.float64), blocked_heads(rows), scales, residuals, rest)
 
 
 class ExactStorage(Storage):
@@ -196,23 +302,35 @@ class ExactStorage(Storage):
     beyond its range) is stored as zeros with both +inf, so it is always re-scored. Costs, per
     row of n values: 4 n bytes for the float32 rows and 8 for the bounds, besides the scan's.
     block_bounds: the largest norm and residual of each BOUND_BLOCK rows (made here, in memory
-    only), with which the scan gates a block without reading its rows' bounds."""
+    only), with which the scan gates a block without reading its rows' bounds.
 
-    __slots__ = ("scan", "norms", "residuals", "block_bounds", "rescored")
+    levels: the heads of the progressive scan (Levels), or None (the scan is flat): width + 12
+    bytes more a row, of which the scan reads width + 8 for every row and the whole reduced row
+    only for the rows whose head can reach the k-th lower bound."""
 
-    def __init__(self, rows: Storage, scan: Storage, norms: np.ndarray, residuals: np.ndarray):
+    __slots__ = ("scan", "norms", "residuals", "block_bounds", "levels", "orthogonality", "block_head_residuals",
+                 "last_scan")
+
+    def __init__(self, rows: Storage, scan: Storage, norms: np.ndarray, residuals: np.ndarray,
+                 levels: Levels | None = None):
         super().__init__("float32", rows.dim, rows.data, None)
-        self.scan, self.norms, self.residuals = scan, norms, residuals
-        starts = np.arange(0, len(norms), BOUND_BLOCK)
-        self.block_bounds = tuple(np.maximum.reduceat(x, starts) if len(x) else np.empty(0, np.float32)
-                                  for x in (norms, residuals))
-        self.rescored = 0  # rows the last top-k re-scored, summed over its users
-        for array in (norms, residuals):
+        self.scan, self.norms, self.residuals, self.levels = scan, norms, residuals, levels
+        self.block_bounds = _block_maxima(norms), _block_maxima(residuals)
+        self.last_scan: dict = {}  # what the last top-k read (Candidates.last_scan)
+        self.orthogonality, self.block_head_residuals = 0.0, None
+        if levels is not None:
+            self.orthogonality = orthogonality(levels.rotation)
+            if not self.orthogonality < MAX_ORTHOGONALITY:
+                raise ValueError(f"levels: the rotation is not orthogonal (||I - R^T R|| <= {self.orthogonality:.3g})")
+            self.block_head_residuals = _block_maxima(levels.head_residuals)
+        for array in (norms, residuals, *(levels or ())):
             if array.flags.writeable:
                 array.flags.writeable = False
 
     @classmethod
-    def pack_exact(cls, ads: np.ndarray, dtype: str) -> "ExactStorage":
+    def pack_exact(cls, ads: np.ndarray, dtype: str, like: "ExactStorage | None" = None) -> "ExactStorage":
+        """ads packed as an exact set scanning `dtype`, with heads where fitted_rotation finds a
+        turn, or with the rotation and width of `like` (none where it has none) when given."""
         if dtype not in DTYPES[1:]:
             raise ValueError(f"dtype: exact=True scans a reduced type ({', '.join(DTYPES[1:])}), got {dtype!r}")
         rows = Storage.pack(ads, "float32")
@@ -229,18 +347,51 @@ class ExactStorage(Storage):
             end = min(len(rows), begin + BLOCK_ROWS)
             exact = clean[begin:end].astype(np.float64)
             norms[begin:end] = _rounded_up(np.sqrt(np.square(exact).sum(axis=1)))
-            if dtype == "int8":  # scale * q exactly (31 bits), not the float32 product that rows() gives
-                assert scan.scales is not None
-                stored = scan.data[begin:end, :scan.dim].astype(np.float64) * scan.scales[begin:end, None]
-            else:
-                stored = scan.rows(begin, end).astype(np.float64)
-            residuals[begin:end] = _rounded_up(np.sqrt(np.square(exact - stored).sum(axis=1)))
+            residuals[begin:end] = _rounded_up(np.sqrt(np.square(exact - _stored(scan, begin, end)).sum(axis=1)))
         norms[unfit] = residuals[unfit] = np.inf
-        return cls(rows, scan, norms, residuals)
+        fit = fitted_rotation(clean, stored_width(rows.dim)) if like is None else \
+            None if like.levels is None else (like.levels.rotation, like.levels.width)
+        return cls(rows, scan, norms, residuals, None if fit is None else turned_heads(clean, unfit, *fit))
+
+    def kernel_levels(self):
+        """The heads as the compiled top-k takes them, or None."""
+        levels = self.levels
+        if levels is None:
+            return None
+        return (levels.rotation, self.orthogonality, levels.head, levels.head_scales, levels.rest_norms,
+                self.block_head_residuals)
+
+    def scanned(self, rows: int, rescored: int, refined: int, read: float) -> None:
+        """Records what a top-k over `rows` candidates read (Candidates.last_scan)."""
+        self.last_scan = {"layout": "flat" if self.levels is None else "progressive",
+                          "head": None if self.levels is None else self.levels.width, "rows": rows,
+                          "refined": refined, "rescored": rescored, "bytes_per_row": read / max(rows, 1)}
+
+    def same_layout(self, other: "ExactStorage") -> bool:
+        """Whether rows of `other` may join this set's as they are stored: the same scanned type
+        and heads made the same way (rotation and width)."""
+        a, b = self.levels, other.levels
+        return self.scan.dtype == other.scan.dtype and (a is None) == (b is None) and \
+            (a is None or (a.width == b.width and np.array_equal(a.rotation, b.rotation)))
 
     @property
     def nbytes(self) -> int:
-        return self.data.nbytes + self.scan.nbytes + self.norms.nbytes + self.residuals.nbytes
+        extra = 0 if self.levels is None else sum(array.nbytes for array in self.levels)
+        return self.data.nbytes + self.scan.nbytes + self.norms.nbytes + self.residuals.nbytes + extra
+
+
+def _block_maxima(values: np.ndarray) -> np.ndarray:
+    """The largest of each BOUND_BLOCK values (NaN-free), for the scan's gates."""
+    return np.maximum.reduceat(values, np.arange(0, len(values), BOUND_BLOCK)) if len(values) else \
+        np.empty(0, np.float32)
+
+
+def _stored(scan: Storage, begin: int, end: int) -> np.ndarray:
+    """Rows [begin, end) of a reduced store as float64, exactly: int8's scale * q in float64 (31
+    bits), not the float32 product that rows() gives."""
+    if scan.scales is None:
+        return scan.rows(begin, end).astype(np.float64)
+    return scan.data[begin:end, :scan.dim].astype(np.float64) * scan.scales[begin:end, None]
 
 
 def gathered(parts, order: np.ndarray) -> Storage:
@@ -251,10 +402,21 @@ def gathered(parts, order: np.ndarray) -> Storage:
     fresh pack would make."""
     first = parts[0][0]
     if isinstance(first, ExactStorage):
+        # a part stored another way (another rotation) is packed again as the first part is
+        parts = [(s, p) if first.same_layout(s) else
+                 (ExactStorage.pack_exact(s.data[p, :s.dim], first.scan.dtype, like=first), np.arange(len(p)))
+                 for s, p in parts]
         rows = gathered([(Storage("float32", s.dim, s.data, None), p) for s, p in parts], order)
+        levels = None
+        if first.levels is not None:  # every part's heads row by row, then in `order`
+            def joined(field):
+                return np.concatenate([field(s.levels)[p] for s, p in parts])[order]
+            levels = Levels(first.levels.rotation, blocked_heads(joined(Levels.rows)),
+                            *(joined(lambda levels, i=i: levels[i]) for i in (2, 3, 4)))
         return ExactStorage(rows, gathered([(s.scan, p) for s, p in parts], order),
                             np.concatenate([s.norms[p] for s, p in parts])[order],
-                            np.concatenate([s.residuals[p] for s, p in parts])[order])
+                            np.concatenate([s.residuals[p] for s, p in parts])[order], levels)
+
     data = aligned_empty((len(order), first.data.shape[1]), first.data.dtype)
     starts = np.cumsum([0] + [len(p) for _, p in parts])
     part = np.searchsorted(starts, order, side="right") - 1  # the part each row comes from

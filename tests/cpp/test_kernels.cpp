@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include <numeric>
+
 #include "splitnet_kernels/exact.h"
 #include "splitnet_kernels/values.h"
 
@@ -505,6 +507,144 @@ void check_exact_bound(const KernelTable& t, Random& random) {
   expect(ok, "|float32 score - reduced score| <= the exact sets' bound");
 }
 
+// score_heads_i8 (isa.h) against the heads read row by row from their blocks: exact integer
+// sums, score_i8's operations, then + rest * rest_norm, at row counts around the block of 16,
+// the buffers ending right after the last row's values (the heads' after their last block).
+void check_heads(const KernelTable& t, Random& random) {
+  for (index_t width : {index_t{4}, index_t{8}, index_t{16}, index_t{24}})
+    for (index_t n_rows : {index_t{1}, index_t{15}, index_t{16}, index_t{17}, index_t{33}, index_t{100}}) {
+      context = std::string(isa_name(t.isa)) + " heads width=" + std::to_string(width) + " rows=" + std::to_string(n_rows);
+      const index_t padded = (n_rows + 15) / 16 * 16;
+      std::vector<std::int8_t> heads = strided<std::int8_t>(padded, width, width, random), query(static_cast<size_t>(width));
+      for (std::int8_t& q : query) q = static_cast<std::int8_t>(static_cast<int>(random.next() >> 56) % 128);
+      std::vector<float> scales = random.floats(n_rows), rests = random.floats(n_rows), out(static_cast<size_t>(n_rows));
+      for (float& x : rests) x = std::fabs(x);
+      const float query_scale = 0.01f, rest = 0.75f, bias = 0.125f;
+      t.score_heads_i8(query.data(), query_scale, heads.data(), scales.data(), rests.data(), rest, n_rows, width, bias,
+                       out.data());
+      bool ok = true;
+      for (index_t i = 0; i < n_rows; ++i) {
+        std::int32_t sum = 0;
+        for (index_t d = 0; d < width; ++d)
+          sum += query[d] * heads[(i / 16) * 16 * width + (d / 4) * 64 + (i % 16) * 4 + d % 4];
+        float extra = rest * rests[i];
+        SPLITNET_KERNELS_NO_CONTRACTION(extra);
+        ok = ok && same_bits(out[i], score_i8(static_cast<float>(sum), query_scale, scales[i], bias) + extra);
+      }
+      expect(ok, "score_heads_i8 has the row-by-row reference's bits");
+    }
+}
+
+// The head test's bound (exact.h, head_bound) on adversarial rows: a random rotation (orthogonal
+// to float64 rounding), rows at magnitudes from 2^-90 to 2^50 whose values past the head point
+// along the turned query's (where |p2 . b2| = ||p2|| ||b2||: the rest term is tight there) or
+// against it, one huge head value, zero rows; heads, scales, residuals and rest norms made as
+// _storage.py makes them. Wherever the bound holds (a usable query, bounded rows), s - s~1 lies
+// within E1; and with the rest term at 0.9 of itself, some row falls outside (the check can fail).
+void check_head_bound(const KernelTable& t, Random& random) {
+  context = std::string(isa_name(t.isa)) + " head bound";
+  bool ok = true, shrunk_fails = false;
+  for (index_t dim : {index_t{16}, index_t{40}, index_t{64}})
+    for (int trial = 0; trial < 20; ++trial) {
+      const index_t width = dim / 4 / 4 * 4 == 0 ? 4 : dim / 4 / 4 * 4, n_rows = 17;
+      // a rotation: Gram-Schmidt of random vectors, in float64
+      std::vector<double> rotation(static_cast<size_t>(dim * dim));
+      for (double& x : rotation) x = random.uniform();
+      for (index_t i = 0; i < dim; ++i)
+        for (int pass = 0; pass < 2; ++pass) {
+          for (index_t j = 0; j < i; ++j) {
+            double dot = 0;
+            for (index_t d = 0; d < dim; ++d) dot += rotation[i * dim + d] * rotation[j * dim + d];
+            for (index_t d = 0; d < dim; ++d) rotation[i * dim + d] -= dot * rotation[j * dim + d];
+          }
+          double norm = 0;
+          for (index_t d = 0; d < dim; ++d) norm += rotation[i * dim + d] * rotation[i * dim + d];
+          for (index_t d = 0; d < dim; ++d) rotation[i * dim + d] /= std::sqrt(norm);
+        }
+      double off = 0;  // ||I - R^T R||_F, with room for its own rounding
+      for (index_t i = 0; i < dim; ++i)
+        for (index_t j = 0; j < dim; ++j) {
+          double dot = 0;
+          for (index_t d = 0; d < dim; ++d) dot += rotation[d * dim + i] * rotation[d * dim + j];
+          off += (dot - (i == j)) * (dot - (i == j));
+        }
+      const double delta = std::sqrt(off) * 2 + 4 * dim * dim * 0x1p-52;
+      const float bias = trial % 2 ? 0.25f : 0.0f;
+      const int magnitude = static_cast<int>(random.next() >> 58) * 2 - 90;  // 2^-90 .. 2^36
+      std::vector<float> query = random.floats(dim);
+      for (float& q : query) q = std::ldexp(q, trial % 3 == 0 ? 0 : magnitude / 2);
+      // p = R q, to aim the rows' rests along it
+      std::vector<double> p(static_cast<size_t>(dim));
+      for (index_t i = 0; i < dim; ++i)
+        for (index_t j = 0; j < dim; ++j) p[i] += rotation[i * dim + j] * query[j];
+      std::vector<float> rows(static_cast<size_t>(n_rows * dim));
+      for (index_t r = 0; r < n_rows; ++r) {
+        std::vector<double> b(static_cast<size_t>(dim));  // the turned row, then a = R^T b
+        const int shape = static_cast<int>(r % 4);
+        const double scale = std::ldexp(1.0, magnitude + static_cast<int>(r % 5));
+        for (index_t d = 0; d < dim; ++d)
+          b[d] = d < width ? random.uniform() * scale : (shape == 0 ? 1 : shape == 1 ? -1 : 0.2 * random.uniform()) *
+                                                         p[d] / (std::fabs(p[d]) + 1e-300) * std::fabs(p[d]) * scale /
+                                                         (std::sqrt(std::inner_product(p.begin() + width, p.end(), p.begin() + width, 0.0)) + 1e-300);
+        if (shape == 3) b[0] *= 1e4;
+        if (r == n_rows - 1) std::fill(b.begin(), b.end(), 0.0);
+        for (index_t j = 0; j < dim; ++j) {
+          double a = 0;
+          for (index_t i = 0; i < dim; ++i) a += rotation[i * dim + j] * b[i];
+          rows[r * dim + j] = static_cast<float>(a);
+        }
+      }
+      std::vector<float> exact(static_cast<size_t>(n_rows));
+      t.score_rows_f32(query.data(), rows.data(), n_rows, dim, dim, bias, exact.data());
+      // the heads as _storage.py makes them: b = R a in float64, the head quantized per row
+      const index_t padded = (n_rows + 15) / 16 * 16;
+      std::vector<std::int8_t> heads(static_cast<size_t>(padded * width));
+      std::vector<float> scales(static_cast<size_t>(n_rows)), rests(scales.size()), residuals(scales.size()),
+          norms(scales.size()), approx(scales.size());
+      const double gn = dim * 0x1p-53 / (1 - dim * 0x1p-53), spread = gn * std::sqrt(dim * (1 + delta)) * (1 + 1e-9);
+      auto up = [](double x) { const float y = static_cast<float>(x); return y < x ? std::nextafter(y, 1e38f) : y; };
+      for (index_t r = 0; r < n_rows; ++r) {
+        std::vector<double> b(static_cast<size_t>(dim));
+        double norm = 0, peak = 0, tail = 0, residual = 0;
+        for (index_t j = 0; j < dim; ++j) norm += static_cast<double>(rows[r * dim + j]) * rows[r * dim + j];
+        for (index_t i = 0; i < dim; ++i) {
+          for (index_t j = 0; j < dim; ++j) b[i] += rotation[i * dim + j] * rows[r * dim + j];
+          if (i < width) peak = std::max(peak, std::fabs(b[i])); else tail += b[i] * b[i];
+        }
+        float s = static_cast<float>(peak / 127);
+        if (s > peak / 127) s = std::nextafter(s, 0.0f);
+        s = peak > 0 ? std::max(s, std::numeric_limits<float>::denorm_min()) : 1.0f;
+        for (index_t d = 0; d < width; ++d) {
+          const double q = std::max(-127.0, std::min(127.0, std::nearbyint(b[d] / s)));
+          heads[(r / 16) * 16 * width + (d / 4) * 64 + (r % 16) * 4 + d % 4] = static_cast<std::int8_t>(q);
+          residual += (b[d] - q * s) * (b[d] - q * s);
+        }
+        scales[r] = s, norms[r] = up(std::sqrt(norm));
+        residuals[r] = up(std::sqrt(residual) + spread * std::sqrt(norm));
+        rests[r] = up(std::sqrt(tail) + spread * std::sqrt(norm));
+      }
+      Levels levels{rotation.data(), dim, delta, heads.data(), width, scales.data(), rests.data(), nullptr};
+      std::vector<std::int8_t> q8(static_cast<size_t>(width));
+      float q_scale = 0;
+      const detail::ScoreBound bound = detail::head_bound(query.data(), dim, bias, levels, q8.data(), &q_scale);
+      if (!bound.usable) continue;
+      for (const float shrink : {1.0f, 0.9f}) {
+        t.score_heads_i8(q8.data(), q_scale, heads.data(), scales.data(), rests.data(), bound.rest * shrink, n_rows,
+                         width, bias, approx.data());
+        for (index_t r = 0; r < n_rows; ++r) {
+          if (!detail::bounded(norms[r], residuals[r]) || !std::isfinite(rests[r])) continue;
+          // approx holds s~1 + rest * rest_norm: the upper bound, less E1's other terms
+          const float e = bound(approx[r], norms[r], residuals[r]);
+          const bool within = std::isfinite(exact[r]) && static_cast<double>(exact[r]) <= static_cast<double>(approx[r]) + e;
+          if (shrink == 1.0f) ok = ok && within;
+          else shrunk_fails = shrunk_fails || !within;
+        }
+      }
+    }
+  expect(ok, "the float32 score never exceeds the head's s~1 + E1 + rest * rest_norm");
+  expect(shrunk_fails, "with the rest term shrunk by a tenth, some adversarial row exceeds it");
+}
+
 // The certified tile's gate (exact.h, tile_gate) on its own: for floors and bounds from 1e-38 to
 // 1e30 and rows whose norm and residual are at most the tile's largest, the largest score below
 // the gate has an upper bound s + E (evaluated in float32, as the sink does) below the floor.
@@ -577,6 +717,8 @@ int main() {
     check_gates_and_widening(t, random);
     check_folding(t, random);
     check_exact_bound(t, random);
+    check_heads(t, random);
+    check_head_bound(t, random);
     std::printf("%s: checked\n", level.name);
     ++isas;
   }

@@ -126,6 +126,7 @@ class SimdBackend:
 
     def topk(self, request):
         users, store, metric, ids, k, _, threads = request
+        scanned = len(ids) if ids is not None and type(ids) is not Mask else len(store)  # rows a scan reads
         if type(ids) is Mask:  # a dense subset: its bitmap, read beside the rows
             ids = ids.words
         shape = (k,) if users.ndim == 1 else (users.shape[0], k)
@@ -136,9 +137,11 @@ class SimdBackend:
             data, dtype, scales = store, "float32", None
         elif isinstance(store, ExactStorage):  # the certified scan of the reduced rows
             scan = store.scan
-            store.rescored = _core.topk_exact(users, scan.data, scan.dtype, scan.scales, ids, store.data,
-                                              store.norms, store.residuals, diag, left, right, metric.bias, k, scores,
-                                              found, threads, *store.block_bounds, BOUND_BLOCK)
+            rescored, refined, read = _core.topk_exact(users, scan.data, scan.dtype, scan.scales, ids, store.data,
+                                                       store.norms, store.residuals, diag, left, right, metric.bias,
+                                                       k, scores, found, threads, *store.block_bounds, BOUND_BLOCK,
+                                                       store.kernel_levels())
+            store.scanned(scanned, rescored, refined, read)
             return scores, found
         else:
             data, dtype, scales = store.data, store.dtype, store.scales
