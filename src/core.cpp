@@ -123,14 +123,14 @@ PyObject* topk_value_entry(PyObject*, PyObject* const* args, Py_ssize_t nargs, P
 }
 
 // An exact set's heads (exact.h, Levels): None, or (rotation (n, n) float64, its orthogonality,
-// head (ceil(count / 16) * 16, width) int8 in score_heads_i8's blocks, head_scales (count,),
-// rest_norms (count,), block_head_residuals (blocks,) float32), all C-contiguous.
+// blocks (ceil(count / 16), 16 width + 128) int8 in score_heads_i8's layout, block_head_residuals
+// (blocks,) float32), all C-contiguous.
 splitnet::Levels levels_of(const py::object& x, const StoredRows& rows, index_t blocks) {
   if (x.is_none()) return {};
-  require(py::isinstance<py::tuple>(x) && py::len(x) == 6,
-          "levels: expected (rotation, orthogonality, head, head_scales, rest_norms, block_head_residuals) or None");
+  require(py::isinstance<py::tuple>(x) && py::len(x) == 4,
+          "levels: expected (rotation, orthogonality, blocks, block_head_residuals) or None");
   const auto parts = py::reinterpret_borrow<py::tuple>(x);
-  const auto rotation = parts[0].cast<py::array>(), head = parts[2].cast<py::array>();
+  const auto rotation = parts[0].cast<py::array>(), heads = parts[2].cast<py::array>();
   const double orthogonality = parts[1].cast<double>();
   require(py::isinstance<py::array_t<double>>(rotation) && rotation.ndim() == 2 &&
               rotation.shape(0) == rotation.shape(1) && rotation.shape(0) >= 1 && rotation.shape(0) <= rows.dim &&
@@ -138,17 +138,16 @@ splitnet::Levels levels_of(const py::object& x, const StoredRows& rows, index_t 
           "levels: rotation must be a C-contiguous float64 (n, n), n <= ", rows.dim, ", got ", ShapeOf{rotation});
   require(orthogonality >= 0 && orthogonality < 0x1p-20, "levels: orthogonality must be in [0, 2^-20), got ",
           orthogonality);
-  const index_t padded = (rows.count + 15) / 16 * 16;
-  require(py::isinstance<py::array_t<std::int8_t>>(head) && head.ndim() == 2 && head.shape(0) == padded &&
-              head.shape(1) >= 4 && head.shape(1) % 4 == 0 && head.shape(1) <= rotation.shape(0) &&
-              (head.flags() & py::array::c_style),
-          "levels: head must be a C-contiguous int8 (", padded, ", width), width a multiple of 4 and <= n, got ",
-          ShapeOf{head});
+  const index_t width = heads.ndim() == 2 ? (heads.shape(1) - 128) / 16 : 0;
+  require(py::isinstance<py::array_t<std::int8_t>>(heads) && heads.ndim() == 2 &&
+              heads.shape(0) == (rows.count + 15) / 16 && width >= 4 && width % 4 == 0 &&
+              heads.shape(1) == 16 * width + 128 && width <= rotation.shape(0) && (heads.flags() & py::array::c_style) &&
+              reinterpret_cast<std::uintptr_t>(heads.data()) % 4 == 0,
+          "levels: blocks must be a C-contiguous, 4-byte aligned int8 (", (rows.count + 15) / 16,
+          ", 16 width + 128), width a multiple of 4 and <= n, got ", ShapeOf{heads});
   return {static_cast<const double*>(rotation.data()), rotation.shape(0), orthogonality,
-          static_cast<const std::int8_t*>(head.data()), head.shape(1),
-          static_cast<const float*>(vector_of(parts[3].cast<py::array>(), "head_scales", rows.count, 'f')),
-          static_cast<const float*>(vector_of(parts[4].cast<py::array>(), "rest_norms", rows.count, 'f')),
-          static_cast<const float*>(vector_of(parts[5].cast<py::array>(), "block_head_residuals", blocks, 'f'))};
+          static_cast<const std::int8_t*>(heads.data()), width,
+          static_cast<const float*>(vector_of(parts[3].cast<py::array>(), "block_head_residuals", blocks, 'f'))};
 }
 
 constexpr const char* kExactNames[] = {"users", "data", "dtype", "scales", "allowed", "exact", "norms",
@@ -253,8 +252,8 @@ PyMethodDef kEntries[] = {
      "topk over the float32 rows `exact` (N, stored), bit for bit, from a certified scan of data (the same rows in a "
      "reduced dtype) with per-row bounds norms >= ||a|| and residuals >= ||a - a~||, and their largest over each "
      "`block` rows (block_norms, block_residuals: ceil(N / block) each): only the rows that may enter are re-scored "
-     "in float32. levels: None, or the set's heads (rotation, orthogonality, head, head_scales, rest_norms, "
-     "block_head_residuals) for the progressive scan. Returns (rows re-scored, rows read past their head, "
+     "in float32. levels: None, or the set's heads (rotation, orthogonality, blocks, block_head_residuals) for "
+     "the progressive scan. Returns (rows re-scored, rows read past their head, "
      "bytes of data and per-row values read)."},
     {"fold", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(fold_entry)), METH_FASTCALL | METH_KEYWORDS,
      "fold(users, diag, left, right, out, threads)\n--\n\n"

@@ -467,47 +467,17 @@ SPLITNET_AVX2 inline void score_rows_i8_avx2(const std::int8_t* query, float que
     out[i] = score_i8(static_cast<float>(dot_i8(query, rows + i * row_stride, dim)), query_scale, row_scales[i], bias);
 }
 
-namespace avx2_detail {
-// 16 head scores of one block (isa.h, score_heads_i8) from their exact int32 sums (8 a
-// register): score_i8's operations, then + rest * rest_norm; a last block of count < 16 rows
-// goes through copies, so that nothing past the rows is read or written.
-SPLITNET_AVX2 inline void prefetch_heads(const std::int8_t* heads, const float* row_scales, const float* rest_norms,
-                                         index_t i, index_t n_rows, index_t width) {
-  const index_t ahead = std::max<index_t>(16, kPrefetchBytes / width / 16 * 16);  // rows, whole blocks
-  if (i + ahead >= n_rows) return;
-  prefetch_bytes(heads + (i + ahead) * width, 16 * width);
-  prefetch_bytes(row_scales + i + ahead, 64), prefetch_bytes(rest_norms + i + ahead, 64);
-}
-
-SPLITNET_AVX2 inline void finish_heads(__m256 low, __m256 high, float query_scale, const float* row_scales,
-                                       const float* rest_norms, float rest, index_t count, float bias, float* out) {
-  alignas(32) float scales[16], rests[16], results[16];
-  if (count < 16) {
-    std::fill(scales, scales + 16, 0.0f), std::fill(rests, rests + 16, 0.0f);
-    std::memcpy(scales, row_scales, static_cast<size_t>(count) * 4), std::memcpy(rests, rest_norms, static_cast<size_t>(count) * 4);
-    row_scales = scales, rest_norms = rests;
-  }
-  float* target = count < 16 ? results : out;
-  for (int h = 0; h < 2; ++h) {
-    __m256 product = _mm256_mul_ps(h == 0 ? low : high, _mm256_mul_ps(_mm256_set1_ps(query_scale), _mm256_loadu_ps(row_scales + 8 * h)));
-    SPLITNET_KERNELS_NO_CONTRACTION(product);
-    __m256 extra = _mm256_mul_ps(_mm256_set1_ps(rest), _mm256_loadu_ps(rest_norms + 8 * h));
-    SPLITNET_KERNELS_NO_CONTRACTION(extra);
-    _mm256_storeu_ps(target + 8 * h, _mm256_add_ps(_mm256_add_ps(product, _mm256_set1_ps(bias)), extra));
-  }
-  if (count < 16) std::memcpy(out, results, static_cast<size_t>(count) * 4);
-}
-}  // namespace avx2_detail
-
 // The heads a block of 16 rows at a time: each group's words and the query's split into even
-// and odd bytes (split_even_odd), pair-summed by vpmaddwd into exact int32 sums, 8 rows a register.
-SPLITNET_AVX2 inline void score_heads_i8_avx2(const std::int8_t* query, float query_scale, const std::int8_t* heads,
-                                             const float* row_scales, const float* rest_norms, float rest,
-                                             index_t n_rows, index_t width, float bias, float* out) {
+// and odd bytes (split_even_odd), pair-summed by vpmaddwd into exact int32 sums, 8 rows a
+// register, then score_i8's operations and + rest * rest norm; the blocks kPrefetchBytes ahead
+// asked for. A last block of fewer rows is whole in memory; its scores go through a copy.
+SPLITNET_AVX2 inline void score_heads_i8_avx2(const std::int8_t* query, float query_scale, const std::int8_t* blocks,
+                                             float rest, index_t n_rows, index_t width, float bias, float* out) {
   using namespace avx2_detail;
+  const index_t block_bytes = 16 * width + 128, ahead = std::max<index_t>(1, kPrefetchBytes / block_bytes);
   for (index_t i = 0; i < n_rows; i += 16) {
-    const std::int8_t* block = heads + i * width;
-    prefetch_heads(heads, row_scales, rest_norms, i, n_rows, width);
+    const std::int8_t* block = blocks + (i / 16) * block_bytes;
+    if (i + 16 * ahead < n_rows) prefetch_bytes(block + ahead * block_bytes, block_bytes);
     __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (index_t g = 0; g < width / 4; ++g) {
       std::int32_t word;
@@ -520,8 +490,18 @@ SPLITNET_AVX2 inline void score_heads_i8_avx2(const std::int8_t* query, float qu
                                                            _mm256_madd_epi16(odd, query_odd)));
       }
     }
-    finish_heads(_mm256_cvtepi32_ps(acc[0]), _mm256_cvtepi32_ps(acc[1]), query_scale, row_scales + i, rest_norms + i,
-                 rest, std::min<index_t>(16, n_rows - i), bias, out + i);
+    const auto* scales = reinterpret_cast<const float*>(block + 16 * width);
+    alignas(32) float scores[16];
+    float* target = n_rows - i >= 16 ? out + i : scores;
+    for (int h = 0; h < 2; ++h) {
+      __m256 product = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[h]),
+                                     _mm256_mul_ps(_mm256_set1_ps(query_scale), _mm256_loadu_ps(scales + 8 * h)));
+      SPLITNET_KERNELS_NO_CONTRACTION(product);
+      __m256 extra = _mm256_mul_ps(_mm256_set1_ps(rest), _mm256_loadu_ps(scales + 16 + 8 * h));
+      SPLITNET_KERNELS_NO_CONTRACTION(extra);
+      _mm256_storeu_ps(target + 8 * h, _mm256_add_ps(_mm256_add_ps(product, _mm256_set1_ps(bias)), extra));
+    }
+    if (target == scores) std::memcpy(out + i, scores, static_cast<size_t>(n_rows - i) * 4);
   }
 }
 

@@ -118,17 +118,19 @@ SPLITNET_AVX512VNNI inline std::uint64_t score_tile_i8_avx512vnni(const std::int
 }
 
 // The heads with vpdpbusd, 16 rows a register: the rows' bytes flipped to unsigned against the
-// query word's signed bytes, 128 * the query's sum taken off (exact int32 sums, as the tile's).
+// query word's signed bytes, 128 * the query's sum taken off (exact int32 sums, as the tile's);
+// the blocks kPrefetchBytes ahead asked for; a last block's scores written through a mask.
 SPLITNET_AVX512VNNI inline void score_heads_i8_avx512vnni(const std::int8_t* query, float query_scale,
-                                                          const std::int8_t* heads, const float* row_scales,
-                                                          const float* rest_norms, float rest, index_t n_rows,
+                                                          const std::int8_t* blocks, float rest, index_t n_rows,
                                                           index_t width, float bias, float* out) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   std::int32_t offset = 0;
   for (index_t d = 0; d < width; ++d) offset += 128 * query[d];
+  const __m512 scale = _mm512_set1_ps(query_scale), b = _mm512_set1_ps(bias), r = _mm512_set1_ps(rest);
+  const index_t block_bytes = 16 * width + 128, ahead = std::max<index_t>(1, kPrefetchBytes / block_bytes);
   for (index_t i = 0; i < n_rows; i += 16) {
-    const std::int8_t* block = heads + i * width;
-    avx2_detail::prefetch_heads(heads, row_scales, rest_norms, i, n_rows, width);
+    const std::int8_t* block = blocks + (i / 16) * block_bytes;
+    if (i + 16 * ahead < n_rows) prefetch_bytes(block + ahead * block_bytes, block_bytes);
     __m512i acc = _mm512_setzero_si512();
     for (index_t g = 0; g < width / 4; ++g) {
       std::int32_t word;
@@ -136,9 +138,15 @@ SPLITNET_AVX512VNNI inline void score_heads_i8_avx512vnni(const std::int8_t* que
       const __m512i rows = _mm512_xor_si512(_mm512_loadu_si512(block + g * 64), flip);
       acc = _mm512_dpbusd_epi32(acc, rows, _mm512_set1_epi32(word));
     }
+    const auto* scales = reinterpret_cast<const float*>(block + 16 * width);
+    const __mmask16 lanes = n_rows - i >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << (n_rows - i)) - 1);
     const __m512 sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(offset)));
-    avx2_detail::finish_heads(_mm512_castps512_ps256(sums), _mm512_extractf32x8_ps(sums, 1), query_scale,
-                              row_scales + i, rest_norms + i, rest, std::min<index_t>(16, n_rows - i), bias, out + i);
+    // score_i8 on 16 lanes, then + rest * rest norm: each product rounded on its own
+    __m512 product = _mm512_mul_ps(sums, _mm512_mul_ps(scale, _mm512_loadu_ps(scales)));
+    SPLITNET_KERNELS_NO_CONTRACTION(product);
+    __m512 extra = _mm512_mul_ps(r, _mm512_loadu_ps(scales + 16));
+    SPLITNET_KERNELS_NO_CONTRACTION(extra);
+    _mm512_mask_storeu_ps(out + i, lanes, _mm512_add_ps(_mm512_add_ps(product, b), extra));
   }
 }
 

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -23,19 +24,17 @@ namespace splitnet {
 
 // An exact set's heads for the progressive scan (docs/design.md, "The progressive scan"): the
 // float32 rows turned by an orthogonal rotation fitted to them, b = R a (R: dim x dim, row-major,
-// float64, orthogonality >= ||I - R^T R||_2), so that their energy comes first, and each turned
-// row's first `width` values (a multiple of 4) stored as int8 with a scale of their own
-// (head_scales), in blocks of 16 rows (score_heads_i8's layout, isa.h); per row, rest_norms >=
-// the norm of the rest of b, and per stored block of rows (ExactRows::block) the largest
-// ||b1 - b1~|| of their heads (block_head_residuals). +inf for a row the heads cannot stand for.
+// float64, orthogonality >= ||I - R^T R||_2), so that their energy comes first; each turned
+// row's first `width` values (a multiple of 4) as int8 with a scale of their own, and its rest
+// norm >= the norm of the rest of b, in score_heads_i8's blocks of 16 rows (isa.h); per stored
+// block of rows (ExactRows::block), the largest ||b1 - b1~|| of their heads. +inf bounds for a
+// row the heads cannot stand for.
 struct Levels {
   const double* rotation = nullptr;  // null: no heads
   index_t dim = 0;
   double orthogonality = 0;
-  const std::int8_t* head = nullptr;
+  const std::int8_t* blocks = nullptr;
   index_t width = 0;
-  const float* head_scales = nullptr;
-  const float* rest_norms = nullptr;
   const float* block_head_residuals = nullptr;
 
   explicit operator bool() const { return rotation != nullptr; }
@@ -423,58 +422,84 @@ inline Certified topk_exact_one(const KernelTable& table, const float* query, co
   parallel_chunks(n, static_cast<int>(tasks), min_chunk, kBlock, [&](int t, index_t begin, index_t end) {
     Survivors& s = kept[t];
     TopK lower = s.lower_heap(k);
-    float scores[kBlock], full[kBlock], gathered[2][kBlock];
-    index_t passed[kBlock], rows[kBlock];
-    for (index_t b = begin; b < end; b += kBlock) {
-      const index_t count = std::min(kBlock, end - b);
-      const float *norms = exact.norms + b, *residuals = exact.residuals + b;
-      if (ids != nullptr) {
-        for (index_t i = 0; i < count; ++i)
-          gathered[0][i] = exact.norms[ids[b + i]], gathered[1][i] = exact.residuals[ids[b + i]];
-        norms = gathered[0], residuals = gathered[1];
-      }
-      // the block's largest norm and residual, from the stored maxima where there are some
-      const auto [norm, residual] = stored ? exact.stored_maxima(b, count)
-                                           : std::pair(largest(table, norms, count), largest(table, residuals, count));
-      // the block's gate, as the certified tile's: a score below it has s~ + E below the floor
-      const float most = bound.most(norm, residual);
-      // Where the block's maxima are stored and finite, each row's bound is taken at them (a
-      // looser bound, never a wrong one): reading the bounds of the rows that pass the gate, a
-      // cache miss each, cost more than re-scoring the few more rows it keeps.
-      const bool at_maxima = stored && std::isfinite(most);
-      float gate = tile_gate(lower.floor(), most);
-      if (progressive) {  // the heads first: s~1 + E1 below the floor rules a row out unread
+    // A row that reaches its block's gate: its bound (at the block's stored maxima where they are
+    // finite: reading the bounds of the rows that pass, a cache miss each, cost more than
+    // re-scoring the few more rows it keeps), then a lower bound and maybe a survivor.
+    const auto settle = [&](index_t row, float score, float norm, float residual, bool at_maxima) {
+      const float e = at_maxima ? bound(score, norm, residual) : bound(score, exact.norms[row], exact.residuals[row]);
+      const float low = score - e, high = score + e;
+      if (!(low < lower.gate())) lower.push(low == low ? low : -kInf, row);  // positions; ids come in below
+      if (!(high < lower.floor())) s.keep(row, high == high ? high : kInf, lower.floor());
+    };
+    float scores[kBlock];
+    if (progressive) {
+      // The heads a block at a time; the rows whose head reaches the block's gate are read whole
+      // one block later (prefetched meanwhile), gated as the flat scan gates them, and settled.
+      struct Passed {
+        index_t first = 0, count = 0;
+        float norm = 0, residual = 0;
+        index_t rows[kBlock];
+      } lists[2];
+      float whole[kBlock];
+      const auto refine = [&](const Passed& list) {
+        if (list.count == 0) return;
+        approx.gathered(list.rows, list.count, whole);
+        refined[t] += list.count;
+        const float most = bound.most(list.norm, list.residual), gate = tile_gate(lower.floor(), most);
+        for (index_t j = 0; j < list.count; ++j)
+          if (!(whole[j] < gate)) settle(list.rows[j], whole[j], list.norm, list.residual, std::isfinite(most));
+      };
+      const auto row_bytes_read = static_cast<index_t>(row_bytes);
+      int next = 0;
+      for (index_t b = begin; b < end; b += kBlock, next ^= 1) {
+        const index_t count = std::min(kBlock, end - b);
+        Passed& list = lists[next];
+        std::tie(list.norm, list.residual) = exact.stored_maxima(b, count);
         float head_residual = 0;
         for (index_t q = b / exact.block; q <= (b + count - 1) / exact.block; ++q)
           head_residual = std::max(head_residual, levels.block_head_residuals[q]);
-        gate = tile_gate(lower.floor(), head.most(norm, head_residual));
-        table.score_heads_i8(head_query.data(), head_scale, levels.head + b * levels.width, levels.head_scales + b,
-                             levels.rest_norms + b, head.rest, count, levels.width, bias, scores);
-      } else {
+        const float gate = tile_gate(lower.floor(), head.most(list.norm, head_residual));
+        table.score_heads_i8(head_query.data(), head_scale, levels.blocks + b / 16 * (16 * levels.width + 128),
+                             head.rest, count, levels.width, bias, scores);
+        list.first = b, list.count = 0;
+        for (index_t i = table.first_not_below_f32(scores, count, gate); i < count;) {
+          if (!filter || filter.allows(b + i)) {
+            list.rows[list.count++] = b + i;
+            prefetch_bytes(small.row_bytes(b + i), row_bytes_read);
+            if (small.scales != nullptr) prefetch_bytes(small.scales + b + i, 4);
+          }
+          ++i;
+          i += table.first_not_below_f32(scores + i, count - i, gate);
+        }
+        refine(lists[next ^ 1]);
+        lists[next ^ 1].count = 0;
+      }
+      refine(lists[next ^ 1]);
+    } else {
+      float gathered[2][kBlock];
+      for (index_t b = begin; b < end; b += kBlock) {
+        const index_t count = std::min(kBlock, end - b);
+        const float *norms = exact.norms + b, *residuals = exact.residuals + b;
+        if (ids != nullptr) {
+          for (index_t i = 0; i < count; ++i)
+            gathered[0][i] = exact.norms[ids[b + i]], gathered[1][i] = exact.residuals[ids[b + i]];
+          norms = gathered[0], residuals = gathered[1];
+        }
+        // the block's largest norm and residual, from the stored maxima where there are some
+        const auto [norm, residual] = stored ? exact.stored_maxima(b, count)
+                                             : std::pair(largest(table, norms, count), largest(table, residuals, count));
+        // the block's gate, as the certified tile's: a score below it has s~ + E below the floor
+        const float most = bound.most(norm, residual), gate = tile_gate(lower.floor(), most);
+        const bool at_maxima = stored && std::isfinite(most);
         approx(b, count, scores);
-      }
-      index_t m = 0;  // the rows that reach the gate (and the filter lets through)
-      for (index_t i = table.first_not_below_f32(scores, count, gate); i < count;) {
-        if (!filter || filter.allows(b + i)) passed[m++] = i;
-        ++i;
-        i += table.first_not_below_f32(scores + i, count - i, gate);
-      }
-      if (progressive && m > 0) {  // those rows whole, gated as the flat scan gates them
-        const float full_gate = tile_gate(lower.floor(), most);
-        for (index_t j = 0; j < m; ++j) rows[j] = b + passed[j];
-        approx.gathered(rows, m, full);
-        refined[t] += m;
-        index_t kept_rows = 0;
-        for (index_t j = 0; j < m; ++j)
-          if (!(full[j] < full_gate)) scores[passed[j]] = full[j], passed[kept_rows++] = passed[j];
-        m = kept_rows;
-      }
-      for (index_t j = 0; j < m; ++j) {
-        const index_t i = passed[j];
-        const float e = at_maxima ? bound(scores[i], norm, residual) : bound(scores[i], norms[i], residuals[i]);
-        const float low = scores[i] - e, high = scores[i] + e;
-        if (!(low < lower.gate())) lower.push(low == low ? low : -kInf, b + i);  // positions; ids come in below
-        if (!(high < lower.floor())) s.keep(b + i, high == high ? high : kInf, lower.floor());
+        for (index_t i = table.first_not_below_f32(scores, count, gate); i < count;) {
+          if (!filter || filter.allows(b + i)) {  // left out: neither a lower bound nor a survivor
+            if (at_maxima || ids == nullptr) settle(b + i, scores[i], norm, residual, at_maxima);
+            else settle(b + i, scores[i], norms[i], residuals[i], true);  // a subset's own bounds, gathered
+          }
+          ++i;
+          i += table.first_not_below_f32(scores + i, count - i, gate);
+        }
       }
     }
     s.lower_count = lower.finish();

@@ -68,14 +68,14 @@ struct KernelTable {
                                  const float* user_scales, const std::int8_t* rows, const float* row_scales,
                                  index_t n_rows, index_t dim, index_t row_stride, float bias, const float* gates,
                                  float* tile);
-  // The progressive scan's heads (exact.h, Levels): int8 rows of `width` values (a multiple of
-  // 4) stored in blocks of 16 rows, each block width / 4 groups of 16 words, word r of group g
-  // holding bytes 4g .. 4g + 3 of the block's row r; heads holds ceil(n_rows / 16) whole blocks.
-  // out[i] = score_i8 of the exact sum query . row_i (query_scale, row_scales[i], bias), plus
-  // rest * rest_norms[i] (the product rounded, then the sum), for i < n_rows.
-  void (*score_heads_i8)(const std::int8_t* query, float query_scale, const std::int8_t* heads,
-                         const float* row_scales, const float* rest_norms, float rest, index_t n_rows,
-                         index_t width, float bias, float* out);
+  // The progressive scan's heads (exact.h, Levels), one stream of blocks of 16 rows, each
+  // 16 width + 128 bytes (width a multiple of 4): width / 4 groups of 16 words, word r of group
+  // g holding bytes 4g .. 4g + 3 of the block's row r; then the 16 rows' float32 scales; then
+  // their float32 rest norms. blocks holds ceil(n_rows / 16) whole blocks. out[i] = score_i8 of
+  // the exact sum query . row_i (query_scale, the row's scale, bias), plus rest * the row's
+  // rest norm (the product rounded, then the sum), for i < n_rows.
+  void (*score_heads_i8)(const std::int8_t* query, float query_scale, const std::int8_t* blocks, float rest,
+                         index_t n_rows, index_t width, float bias, float* out);
   // Pairwise: out[i] = sum_d a[i][d] * w[d] * b[i][d] + bias, w = weights, or all ones when
   // weights is null (a diagonal S; a full S goes through score_tile, see ops.h).
   void (*score_pairs_f32)(const float* a, index_t a_stride, const float* b, index_t b_stride,

@@ -131,16 +131,18 @@ inline void score_rows_i8_scalar(const std::int8_t* query, float query_scale, co
   }
 }
 
-inline void score_heads_i8_scalar(const std::int8_t* query, float query_scale, const std::int8_t* heads,
-                                  const float* row_scales, const float* rest_norms, float rest, index_t n_rows,
-                                  index_t width, float bias, float* out) {
+inline void score_heads_i8_scalar(const std::int8_t* query, float query_scale, const std::int8_t* blocks, float rest,
+                                  index_t n_rows, index_t width, float bias, float* out) {
   for (index_t i = 0; i < n_rows; ++i) {
-    const std::int8_t* block = heads + (i / 16) * 16 * width;
+    const std::int8_t* block = blocks + (i / 16) * (16 * width + 128);
+    float scale, rest_norm;
+    std::memcpy(&scale, block + 16 * width + 4 * (i % 16), 4);
+    std::memcpy(&rest_norm, block + 16 * width + 64 + 4 * (i % 16), 4);
     std::int32_t sum = 0;
     for (index_t d = 0; d < width; ++d) sum += static_cast<std::int32_t>(query[d]) * block[(d / 4) * 64 + (i % 16) * 4 + d % 4];
-    float extra = rest * rest_norms[i];
+    float extra = rest * rest_norm;
     SPLITNET_KERNELS_NO_CONTRACTION(extra);
-    out[i] = score_i8(static_cast<float>(sum), query_scale, row_scales[i], bias) + extra;
+    out[i] = score_i8(static_cast<float>(sum), query_scale, scale, bias) + extra;
   }
 }
 

@@ -62,7 +62,7 @@ def write(path, store: Storage, grouping: Grouping | None, count: int, external_
         arrays = {"data": scan.data} if scan.scales is None else {"data": scan.data, "scales": scan.scales}
         arrays.update(exact_rows=store.data, norms=store.norms, residuals=store.residuals)
         if store.levels is not None:  # the heads of the progressive scan
-            arrays.update(zip(("rotation", "head", "head_scales", "head_residuals", "rest_norms"), store.levels))
+            arrays.update(zip(("rotation", "heads", "head_residuals"), store.levels))
         store = scan
     else:
         arrays = {"data": store.data} if store.scales is None else {"data": store.data, "scales": store.scales}
@@ -76,8 +76,8 @@ def write(path, store: Storage, grouping: Grouping | None, count: int, external_
     for name, array in arrays.items():
         header["arrays"][name] = {"offset": offset, "nbytes": int(array.nbytes),
                                   "crc32": zlib.crc32(np.ascontiguousarray(array).view(np.uint8).data)}
-        if name == "head":  # the heads' width (the array's padded rows alone cannot tell it for no rows)
-            header["arrays"][name]["width"] = int(array.shape[1])
+        if name == "heads":  # the heads' width (an empty array cannot tell it)
+            header["arrays"][name]["width"] = (int(array.shape[1]) - 8 * HEAD_BLOCK) // HEAD_BLOCK
         offset += -(-array.nbytes // ALIGN) * ALIGN
     blob = json.dumps(header).encode()
     start = _data_start(len(blob))
@@ -114,7 +114,7 @@ def _read_header(f, path):
 
 def _head_width(path, specs: dict, dim: int) -> int:
     """The heads' width, as the head array's entry records it: a multiple of 4 below dim."""
-    width = specs["head"].get("width") if isinstance(specs.get("head"), dict) else None
+    width = specs["heads"].get("width") if isinstance(specs.get("heads"), dict) else None
     if not _is_int(width) or not (4 <= width < dim and width % 4 == 0):
         raise ValueError(f"{path}: damaged header (heads of width {str(width)[:40]} for rows of {dim})")
     return int(width)
@@ -148,9 +148,8 @@ def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None, np.n
         if "rotation" in specs:  # an exact set's heads
             width = _head_width(path, specs, dim)
             wanted.update(rotation=(np.dtype(np.float64), (dim, dim)),
-                          head=(np.dtype(np.int8), (-(-count // HEAD_BLOCK) * HEAD_BLOCK, width)),
-                          head_scales=(np.dtype(np.float32), (count,)), head_residuals=(np.dtype(np.float32), (count,)),
-                          rest_norms=(np.dtype(np.float32), (count,)))
+                          heads=(np.dtype(np.int8), (-(-count // HEAD_BLOCK), HEAD_BLOCK * (width + 8))),
+                          head_residuals=(np.dtype(np.float32), (count,)))
         if "order" in specs:  # a set with objectives
             wanted.update(order=(np.dtype(np.int64), (count,)), objectives=(np.dtype(np.int64), (count,)),
                           bids=(np.dtype(np.float32), (count,)))
@@ -186,11 +185,11 @@ def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None, np.n
             raise ValueError(f"{path}: damaged exact set")
         levels = None
         if "rotation" in arrays:
-            if not (np.all(np.isfinite(arrays["rotation"])) and np.all(arrays["head_scales"] > 0)) or any(
-                    np.any(np.isnan(arrays[name])) for name in ("head_residuals", "rest_norms")):
+            levels = Levels(arrays["rotation"], arrays["heads"], arrays["head_residuals"])
+            _, scales, rests = levels.parts()
+            if not (np.all(np.isfinite(levels.rotation)) and np.all(scales > 0)) or np.any(np.isnan(rests)) \
+                    or np.any(np.isnan(levels.head_residuals)):
                 raise ValueError(f"{path}: damaged heads")
-            levels = Levels(*(arrays[name] for name in ("rotation", "head", "head_scales", "head_residuals",
-                                                        "rest_norms")))
         try:
             store = ExactStorage(Storage("float32", dim, arrays["exact_rows"], None), store, arrays["norms"],
                                  arrays["residuals"], levels)

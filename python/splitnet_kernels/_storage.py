@@ -196,37 +196,45 @@ HEAD_BLOCK = 16  # rows per block of the heads' layout (score_heads_i8, isa.h)
 
 class Levels(NamedTuple):
     """An exact set's heads for the progressive scan (kernels/splitnet_kernels/exact.h, Levels):
-    the rows turned by `rotation` (n, n) float64, b = R a, and each turned row's first `width`
-    values as int8 with a scale of their own (head, head_scales), stored in blocks of HEAD_BLOCK
-    rows (head: (ceil(N / 16) * 16, width) int8, row r of a block's group g at [g * 16 + r] of
-    the block viewed as (width / 4, 16, 4)); head_residuals >= ||b1 - b1~||, rest_norms >= the
-    norm of b past the head (+inf for a row the heads cannot stand for)."""
+    the rows turned by `rotation` (n, n) float64, b = R a; each turned row's first `width`
+    values as int8 with a scale of their own, and its rest norm (>= the norm of b past the head),
+    in `blocks` of HEAD_BLOCK rows, (ceil(N / 16), 16 width + 128) int8, score_heads_i8's layout
+    (one stream for the scan: per block, the heads' bytes by groups of four, then the 16 scales,
+    then the 16 rest norms); head_residuals (N,) >= ||b1 - b1~||. +inf bounds for a row the
+    heads cannot stand for."""
 
     rotation: np.ndarray
-    head: np.ndarray
-    head_scales: np.ndarray
+    blocks: np.ndarray
     head_residuals: np.ndarray
-    rest_norms: np.ndarray
 
     @property
     def width(self) -> int:
-        return self.head.shape[1]
+        return (self.blocks.shape[1] - 8 * HEAD_BLOCK) // HEAD_BLOCK
 
-    def rows(self) -> np.ndarray:
-        """The heads row by row, (N, width) int8 (a copy)."""
-        padded, width = self.head.shape
-        blocks = self.head.reshape(padded // HEAD_BLOCK, width // 4, HEAD_BLOCK, 4).transpose(0, 2, 1, 3)
-        return blocks.reshape(padded, width)[:len(self.head_scales)]
+    def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(heads (N, width) int8, scales (N,), rest norms (N,)) row by row, copies."""
+        count, width, n_blocks = len(self.head_residuals), self.width, len(self.blocks)
+        heads = self.blocks[:, :HEAD_BLOCK * width].reshape(n_blocks, width // 4, HEAD_BLOCK, 4)
+        heads = heads.transpose(0, 2, 1, 3).reshape(n_blocks * HEAD_BLOCK, width)[:count]
+        floats = self.blocks[:, HEAD_BLOCK * width:].copy().view(np.float32)  # (blocks, 32)
+        return heads, floats[:, :HEAD_BLOCK].reshape(-1)[:count], floats[:, HEAD_BLOCK:].reshape(-1)[:count]
 
 
-def blocked_heads(rows: np.ndarray) -> np.ndarray:
-    """Heads row by row (N, width) int8 in the layout of Levels.head (zero rows padding the last block)."""
-    count, width = rows.shape
-    padded = -(-count // HEAD_BLOCK) * HEAD_BLOCK
-    full = np.zeros((padded, width), np.int8)
-    full[:count] = rows
-    return np.ascontiguousarray(full.reshape(padded // HEAD_BLOCK, HEAD_BLOCK, width // 4, 4).transpose(0, 2, 1, 3)
-                                ).reshape(padded, width)
+def blocked_heads(heads: np.ndarray, scales: np.ndarray, rests: np.ndarray) -> np.ndarray:
+    """Heads (N, width) int8, their scales and rest norms (N,) in the layout of Levels.blocks
+    (zero rows padding the last block)."""
+    count, width = heads.shape
+    n_blocks = -(-count // HEAD_BLOCK)
+    blocks = np.zeros((n_blocks, HEAD_BLOCK * (width + 8)), np.int8)
+    padded = np.zeros((n_blocks * HEAD_BLOCK, width), np.int8)
+    padded[:count] = heads
+    blocks[:, :HEAD_BLOCK * width] = padded.reshape(n_blocks, HEAD_BLOCK, width // 4, 4).transpose(0, 2, 1, 3).reshape(
+        n_blocks, -1)
+    floats = np.zeros((2, n_blocks * HEAD_BLOCK), np.float32)
+    floats[0, :count], floats[1, :count] = scales, rests
+    blocks[:, HEAD_BLOCK * width:] = floats.reshape(2, n_blocks, HEAD_BLOCK).transpose(1, 0, 2).reshape(
+        n_blocks, -1).view(np.int8)
+    return blocks
 
 
 def orthogonality(rotation: np.ndarray) -> float:
@@ -290,7 +298,7 @@ def turned_heads(clean: np.ndarray, unfit: np.ndarray, rotation: np.ndarray, wid
     rows[unfit] = 0
     scales[unfit] = 1
     residuals[unfit] = rest[unfit] = np.inf
-    return Levels(np.ascontiguousarray(rotation, np.float64), blocked_heads(rows), scales, residuals, rest)
+    return Levels(np.ascontiguousarray(rotation, np.float64), blocked_heads(rows, scales, rest), residuals)
 
 
 class ExactStorage(Storage):
@@ -358,8 +366,7 @@ class ExactStorage(Storage):
         levels = self.levels
         if levels is None:
             return None
-        return (levels.rotation, self.orthogonality, levels.head, levels.head_scales, levels.rest_norms,
-                self.block_head_residuals)
+        return levels.rotation, self.orthogonality, levels.blocks, self.block_head_residuals
 
     def scanned(self, rows: int, rescored: int, refined: int, read: float) -> None:
         """Records what a top-k over `rows` candidates read (Candidates.last_scan)."""
@@ -409,10 +416,10 @@ def gathered(parts, order: np.ndarray) -> Storage:
         rows = gathered([(Storage("float32", s.dim, s.data, None), p) for s, p in parts], order)
         levels = None
         if first.levels is not None:  # every part's heads row by row, then in `order`
-            def joined(field):
-                return np.concatenate([field(s.levels)[p] for s, p in parts])[order]
-            levels = Levels(first.levels.rotation, blocked_heads(joined(Levels.rows)),
-                            *(joined(lambda levels, i=i: levels[i]) for i in (2, 3, 4)))
+            unpacked = [(s.levels.parts(), s.levels.head_residuals, p) for s, p in parts]
+            heads, scales, rests, residuals = (np.concatenate([(*u, r)[i][p] for u, r, p in unpacked])[order]
+                                               for i in range(4))
+            levels = Levels(first.levels.rotation, blocked_heads(heads, scales, rests), residuals)
         return ExactStorage(rows, gathered([(s.scan, p) for s, p in parts], order),
                             np.concatenate([s.norms[p] for s, p in parts])[order],
                             np.concatenate([s.residuals[p] for s, p in parts])[order], levels)

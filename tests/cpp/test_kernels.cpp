@@ -507,26 +507,37 @@ void check_exact_bound(const KernelTable& t, Random& random) {
   expect(ok, "|float32 score - reduced score| <= the exact sets' bound");
 }
 
-// score_heads_i8 (isa.h) against the heads read row by row from their blocks: exact integer
-// sums, score_i8's operations, then + rest * rest_norm, at row counts around the block of 16,
-// the buffers ending right after the last row's values (the heads' after their last block).
+// Heads (row by row), scales and rest norms in score_heads_i8's blocks of 16 rows (isa.h).
+std::vector<std::int8_t> head_blocks(const std::vector<std::int8_t>& heads, const std::vector<float>& scales,
+                                     const std::vector<float>& rests, index_t n_rows, index_t width) {
+  const index_t block_bytes = 16 * width + 128;
+  std::vector<std::int8_t> blocks(static_cast<size_t>((n_rows + 15) / 16 * block_bytes));
+  for (index_t i = 0; i < n_rows; ++i) {
+    std::int8_t* block = blocks.data() + (i / 16) * block_bytes;
+    for (index_t d = 0; d < width; ++d) block[(d / 4) * 64 + (i % 16) * 4 + d % 4] = heads[i * width + d];
+    std::memcpy(block + 16 * width + 4 * (i % 16), &scales[i], 4);
+    std::memcpy(block + 16 * width + 64 + 4 * (i % 16), &rests[i], 4);
+  }
+  return blocks;
+}
+
+// score_heads_i8 against the heads row by row: exact integer sums, score_i8's operations, then
+// + rest * rest norm, at row counts around the block of 16 (the buffer ends with the last block).
 void check_heads(const KernelTable& t, Random& random) {
   for (index_t width : {index_t{4}, index_t{8}, index_t{16}, index_t{24}})
     for (index_t n_rows : {index_t{1}, index_t{15}, index_t{16}, index_t{17}, index_t{33}, index_t{100}}) {
       context = std::string(isa_name(t.isa)) + " heads width=" + std::to_string(width) + " rows=" + std::to_string(n_rows);
-      const index_t padded = (n_rows + 15) / 16 * 16;
-      std::vector<std::int8_t> heads = strided<std::int8_t>(padded, width, width, random), query(static_cast<size_t>(width));
+      std::vector<std::int8_t> heads = strided<std::int8_t>(n_rows, width, width, random), query(static_cast<size_t>(width));
       for (std::int8_t& q : query) q = static_cast<std::int8_t>(static_cast<int>(random.next() >> 56) % 128);
       std::vector<float> scales = random.floats(n_rows), rests = random.floats(n_rows), out(static_cast<size_t>(n_rows));
       for (float& x : rests) x = std::fabs(x);
       const float query_scale = 0.01f, rest = 0.75f, bias = 0.125f;
-      t.score_heads_i8(query.data(), query_scale, heads.data(), scales.data(), rests.data(), rest, n_rows, width, bias,
-                       out.data());
+      const std::vector<std::int8_t> blocks = head_blocks(heads, scales, rests, n_rows, width);
+      t.score_heads_i8(query.data(), query_scale, blocks.data(), rest, n_rows, width, bias, out.data());
       bool ok = true;
       for (index_t i = 0; i < n_rows; ++i) {
         std::int32_t sum = 0;
-        for (index_t d = 0; d < width; ++d)
-          sum += query[d] * heads[(i / 16) * 16 * width + (d / 4) * 64 + (i % 16) * 4 + d % 4];
+        for (index_t d = 0; d < width; ++d) sum += query[d] * heads[i * width + d];
         float extra = rest * rests[i];
         SPLITNET_KERNELS_NO_CONTRACTION(extra);
         ok = ok && same_bits(out[i], score_i8(static_cast<float>(sum), query_scale, scales[i], bias) + extra);
@@ -597,8 +608,7 @@ void check_head_bound(const KernelTable& t, Random& random) {
       std::vector<float> exact(static_cast<size_t>(n_rows));
       t.score_rows_f32(query.data(), rows.data(), n_rows, dim, dim, bias, exact.data());
       // the heads as _storage.py makes them: b = R a in float64, the head quantized per row
-      const index_t padded = (n_rows + 15) / 16 * 16;
-      std::vector<std::int8_t> heads(static_cast<size_t>(padded * width));
+      std::vector<std::int8_t> heads(static_cast<size_t>(n_rows * width));
       std::vector<float> scales(static_cast<size_t>(n_rows)), rests(scales.size()), residuals(scales.size()),
           norms(scales.size()), approx(scales.size());
       const double gn = dim * 0x1p-53 / (1 - dim * 0x1p-53), spread = gn * std::sqrt(dim * (1 + delta)) * (1 + 1e-9);
@@ -616,21 +626,21 @@ void check_head_bound(const KernelTable& t, Random& random) {
         s = peak > 0 ? std::max(s, std::numeric_limits<float>::denorm_min()) : 1.0f;
         for (index_t d = 0; d < width; ++d) {
           const double q = std::max(-127.0, std::min(127.0, std::nearbyint(b[d] / s)));
-          heads[(r / 16) * 16 * width + (d / 4) * 64 + (r % 16) * 4 + d % 4] = static_cast<std::int8_t>(q);
+          heads[r * width + d] = static_cast<std::int8_t>(q);
           residual += (b[d] - q * s) * (b[d] - q * s);
         }
         scales[r] = s, norms[r] = up(std::sqrt(norm));
         residuals[r] = up(std::sqrt(residual) + spread * std::sqrt(norm));
         rests[r] = up(std::sqrt(tail) + spread * std::sqrt(norm));
       }
-      Levels levels{rotation.data(), dim, delta, heads.data(), width, scales.data(), rests.data(), nullptr};
+      Levels levels{rotation.data(), dim, delta, nullptr, width, nullptr};
       std::vector<std::int8_t> q8(static_cast<size_t>(width));
       float q_scale = 0;
       const detail::ScoreBound bound = detail::head_bound(query.data(), dim, bias, levels, q8.data(), &q_scale);
       if (!bound.usable) continue;
       for (const float shrink : {1.0f, 0.9f}) {
-        t.score_heads_i8(q8.data(), q_scale, heads.data(), scales.data(), rests.data(), bound.rest * shrink, n_rows,
-                         width, bias, approx.data());
+        const std::vector<std::int8_t> blocks = head_blocks(heads, scales, rests, n_rows, width);
+        t.score_heads_i8(q8.data(), q_scale, blocks.data(), bound.rest * shrink, n_rows, width, bias, approx.data());
         for (index_t r = 0; r < n_rows; ++r) {
           if (!detail::bounded(norms[r], residuals[r]) || !std::isfinite(rests[r])) continue;
           // approx holds s~1 + rest * rest_norm: the upper bound, less E1's other terms
