@@ -449,7 +449,7 @@ inline Certified topk_exact_one(const KernelTable& table, const float* query, co
         for (index_t j = 0; j < list.count; ++j)
           if (!(whole[j] < gate)) settle(list.rows[j], whole[j], list.norm, list.residual, std::isfinite(most));
       };
-      const auto row_bytes_read = static_cast<index_t>(row_bytes);
+      const index_t stored_bytes = small.dim * element_size(small.dtype);  // a row's values (its scale apart)
       int next = 0;
       for (index_t b = begin; b < end; b += kBlock, next ^= 1) {
         const index_t count = std::min(kBlock, end - b);
@@ -465,8 +465,8 @@ inline Certified topk_exact_one(const KernelTable& table, const float* query, co
         for (index_t i = table.first_not_below_f32(scores, count, gate); i < count;) {
           if (!filter || filter.allows(b + i)) {
             list.rows[list.count++] = b + i;
-            prefetch_bytes(small.row_bytes(b + i), row_bytes_read);
-            if (small.scales != nullptr) prefetch_bytes(small.scales + b + i, 4);
+            prefetch_bytes(small.row_bytes(b + i), stored_bytes);
+            if (small.scales != nullptr) __builtin_prefetch(small.scales + b + i);
           }
           ++i;
           i += table.first_not_below_f32(scores + i, count - i, gate);
