@@ -74,8 +74,20 @@ class Panorama:
                 best = (seconds, levels, index)
         _, self.levels, self.index = best
 
+    @property
+    def name(self) -> str:
+        """Its row in a table."""
+        return f"faiss  IndexFlatIPPanorama.search ({self.levels} levels)"
+
     def rotate(self, users) -> np.ndarray:
         return np.ascontiguousarray(np.atleast_2d(users) @ self.rotation)
+
+    def describe(self, ads, query, ours, k) -> str:
+        """What a table notes of this peer: its level count, and how its top-k ids for one query
+        compare with ours (scores, ids)."""
+        return (f"Panorama: rows and queries PCA-rotated before timing, {self.levels} levels (the fastest of "
+                f"{', '.join(map(str, wl.PANORAMA_LEVELS))}); "
+                + _agreement(ads, query, ours, self.index.search(self.rotate(query), k)[1][0], k))
 
     def dims_scanned(self, query, k) -> float | None:
         """The share of the row's dimensions one search read (FAISS's own count), or None."""
@@ -110,7 +122,7 @@ def _agreement(ads, query, ours, theirs, k) -> str:
             f"{k}th ({'ties' if tie else 'NOT ties'})")
 
 
-def _library(name) -> dict:
+def _library(name) -> str:
     return next((lib for lib in PEER_LIBRARIES if lib in str(name).split()), "splitnet_kernels")
 
 
@@ -164,11 +176,8 @@ def w2(ctx) -> Table:
         fns["faiss  IndexFlatIP.search"] = functools.partial(index.search, user[None], k)
     if ctx.peers.panorama:
         panorama = Panorama(ctx.peers.faiss, ads, user)
-        fns[f"faiss  IndexFlatIPPanorama.search ({panorama.levels} levels)"] = functools.partial(
-            panorama.index.search, panorama.rotate(user), k)
-        notes.append(f"Panorama: the rows and the query PCA-rotated before timing, {panorama.levels} levels (the fastest "
-                     f"of {', '.join(map(str, wl.PANORAMA_LEVELS))}); "
-                     + _agreement(ads, user, sk.topk(user, ads, k), panorama.index.search(panorama.rotate(user), k)[1][0], k))
+        fns[panorama.name] = functools.partial(panorama.index.search, panorama.rotate(user), k)
+        notes.append(panorama.describe(ads, user, sk.topk(user, ads, k), k))
     if ctx.peers.torch is not None:
         torch = ctx.peers.torch
         ta, tu = torch.from_numpy(ads), torch.from_numpy(user)
@@ -570,10 +579,8 @@ def w9(ctx) -> list[Table]:
             fns: dict = {"Candidates float32": functools.partial(plain.topk, who, k)}
             fns.update({f"Candidates {dtype}, exact=True": functools.partial(cands.topk, who, k)
                         for dtype, cands in sets.items()})
-            pano_name = None
             if panorama is not None:
-                pano_name = f"faiss  IndexFlatIPPanorama.search ({panorama.levels} levels)"
-                fns[pano_name] = functools.partial(panorama.index.search, panorama.rotate(who), k)
+                fns[panorama.name] = functools.partial(panorama.index.search, panorama.rotate(who), k)
             if index is not None:
                 fns["faiss  IndexFlatIP.search"] = functools.partial(index.search, np.atleast_2d(who), k)
             want = plain.topk(who, k)
@@ -599,15 +606,13 @@ def w9(ctx) -> list[Table]:
                 rescored = scans[dtype][1] / users_in_call
                 t.annotate(row, ("yes", f"{rescored:,.0f} ({rescored / N:.2%})",
                                  *_scan_cells(scans[dtype][0], scan_columns)))
-            if pano_name is not None:
+            if panorama is not None:
                 scanned = panorama.dims_scanned(panorama.rotate(who), k)
                 if scanned is not None:
                     t.notes.append(f"Panorama read {scanned:.1%} of the rows' dimensions ({scanned * 4 * wl.DIM:.1f} "
                                    f"bytes per row of the float32 rows' {4 * wl.DIM})")
                 if not many:
-                    t.notes.append(f"Panorama: rows and queries PCA-rotated before timing, {panorama.levels} levels "
-                                   f"(the fastest of {', '.join(map(str, wl.PANORAMA_LEVELS))}); "
-                                   + _agreement(ads, who, want, panorama.index.search(panorama.rotate(who), k)[1][0], k))
+                    t.notes.append(panorama.describe(ads, who, want, k))
             int8 = t.ratio("Candidates float32", "Candidates int8, exact=True")[0]
             if kind == "gaussian":
                 least = 1.6 if many else 2.5
@@ -618,8 +623,8 @@ def w9(ctx) -> list[Table]:
                 for dtype in [d for d in sets if d != "int8" and not many]:
                     faster = t.ratio("Candidates float32", f"Candidates {dtype}, exact=True")[0]
                     t.target(f"{dtype} exact >= 1.6x faster than float32 ({faster:.2f}x)", faster >= 1.6)
-            elif kind in ("decaying", "decaying, rotated", "campaign") and not many and pano_name is not None:
-                over_pano = t.ratio(pano_name, "Candidates int8, exact=True")[0]
+            elif kind in ("decaying", "decaying, rotated", "campaign") and not many and panorama is not None:
+                over_pano = t.ratio(panorama.name, "Candidates int8, exact=True")[0]
                 t.target(f"int8 exact >= 2x faster than Panorama (issue 26; {over_pano:.2f}x)", over_pano >= 2)
             t.notes.append("identical: ids and scores bit for bit those of the float32 set (checked in this run); re-scored: rows the certified scan "
                            "could not rule out, re-scored from the float32 rows"
