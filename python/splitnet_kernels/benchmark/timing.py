@@ -28,10 +28,11 @@ PAUSE_S = 0.2
 OURS = "splitnet_kernels"  # the library of every timed function not named otherwise
 
 
-def median_time(fn, repeat: int, min_seconds: float = 0.0) -> float:
-    """Median seconds of one call of fn over `repeat` rounds, after a pause (PAUSE_S) and one
-    warm-up call, fn alone: for the floors of machine_facts, which no ratio is taken against."""
-    return statistics.median(times_in_turns({"fn": fn}, repeat, {"fn": "unknown"}, min_seconds)["fn"])
+def median_time(fn, repeat: int) -> float:
+    """Median seconds of one call of fn over `repeat` calls, after a pause (PAUSE_S) and one
+    warm-up call, fn alone: the rates machine_facts reports, and one side of a round of W10's
+    reader beside a writer (whose rounds are then paired)."""
+    return statistics.median(times_in_turns({"fn": fn}, repeat, {"fn": "unknown"})["fn"])
 
 
 def times_in_turns(fns: dict, repeat: int, libraries: dict | None = None, min_seconds: float = 0.0) -> dict:
