@@ -146,3 +146,11 @@ def test_w9_shows_a_sets_last_scan_when_it_has_one(tiny, monkeypatch):
     for table in tables:
         assert table.columns[-4:] == ("scan", "bytes/row", "refined", "re-scored")
         assert table.extras["Candidates int8, exact=True"][-4:] == ("progressive, head 16", "21.5", "1,234", "99")
+
+
+def test_w7_plot(tiny, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "w7.png"
+    (table,) = driver.run(["W7"], quick=True, show_progress=False, out=io.StringIO(), plot_path=path)
+    assert set(table.grid) == {(n, kind) for n in wl.W7_DIMS for kind in wl.metrics_for(16, np.random.default_rng(0))}
+    assert path.stat().st_size > 0
