@@ -20,3 +20,14 @@ def scaled(n: int) -> int:
 def optional(name):
     module = pytest.importorskip(name)
     return module
+
+
+def panorama(ads, probe):
+    """FAISS's IndexFlatIPPanorama on these rows as the driver runs it (PCA-rotated rows, the
+    fastest level count on `probe`); skipped where faiss lacks it."""
+    faiss = optional("faiss")
+    if not hasattr(faiss, "IndexFlatIPPanorama"):
+        pytest.skip("this faiss has no IndexFlatIPPanorama (faiss 1.14 and later)")
+    from splitnet_kernels.benchmark import driver
+
+    return driver.Panorama(faiss, ads, probe)

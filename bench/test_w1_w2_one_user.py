@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import optional, scaled
+from conftest import optional, panorama, scaled
 
 import splitnet_kernels as sk
 from splitnet_kernels.benchmark import workloads as wl
@@ -59,6 +59,13 @@ def test_w2_faiss(benchmark, ads, user):
     index = faiss.IndexFlatIP(DIM)
     index.add(ads)
     benchmark(index.search, user[None], K)
+
+
+@pytest.mark.benchmark(group="W2 top-k")
+def test_w2_faiss_panorama(benchmark, ads, user):
+    peer = panorama(ads, user)
+    benchmark.extra_info["levels"] = peer.levels
+    benchmark(peer.index.search, peer.rotate(user), K)
 
 
 @pytest.mark.benchmark(group="W2 top-k")

@@ -1,10 +1,11 @@
 """W9: W2 and W4 on exact sets (exact=True: ids and scores bit for bit the float32 set's) beside
-the float32 set and FAISS IndexFlatIP, on Gaussian rows, a trained two-tower model's ad embeddings
-(campaign; its users too, trained once and cached, see workloads.campaign_rows) and clustered rows."""
+the float32 set, FAISS IndexFlatIP and IndexFlatIPPanorama (on PCA-rotated rows), on Gaussian rows,
+decaying rows (also behind a random rotation), a trained two-tower model's ad embeddings (campaign;
+its users too, trained once and cached, see workloads.campaign_rows) and clustered rows."""
 
 import numpy as np
 import pytest
-from conftest import optional, scaled
+from conftest import optional, panorama, scaled
 
 import splitnet_kernels as sk
 from splitnet_kernels.benchmark import workloads as wl
@@ -55,3 +56,17 @@ def test_w9_faiss(benchmark, rows, users):
     index = faiss.IndexFlatIP(wl.DIM)
     index.add(rows)
     benchmark(index.search, users[0][None], K)
+
+
+@pytest.mark.benchmark(group="W9 one user, exact sets")
+def test_w9_faiss_panorama(benchmark, rows, users):
+    peer = panorama(rows, users[0])
+    benchmark.extra_info["levels"] = peer.levels
+    benchmark(peer.index.search, peer.rotate(users[0]), K)
+
+
+@pytest.mark.benchmark(group="W9 many users, exact sets")
+def test_w9_faiss_panorama_many_users(benchmark, rows, users):
+    peer = panorama(rows, users[0])
+    benchmark.extra_info["levels"] = peer.levels
+    benchmark(peer.index.search, peer.rotate(users[1]), K)

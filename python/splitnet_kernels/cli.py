@@ -33,11 +33,21 @@ def _info(args) -> int:
     return 0
 
 
+# The workloads of `splitnet-kernels bench` alone (benchmark.driver.DEFAULT_WORKLOADS), written out so
+# that building the parser imports no benchmark; tests/test_cli.py checks that the two agree.
+BENCH_DEFAULT = ("W1", "W2", "W4", "W7", "W8", "W9")
+
+
 def _bench(args) -> int:
     from .benchmark import driver
 
-    workloads = [w.strip() for chunk in args.workload for w in chunk.split(",") if w.strip()] or driver.WORKLOADS
-    driver.run(workloads, quick=args.quick, json_path=args.json, plot_path=args.plot,
+    named = [w.strip() for chunk in args.workload for w in chunk.split(",") if w.strip()]
+    try:
+        driver.selection(named, args.full, args.plot)  # bad arguments: one line, before any timing
+    except ValueError as error:
+        print(f"splitnet-kernels bench: error: {error}", file=sys.stderr)
+        return 2
+    driver.run(named, full=args.full, quick=args.quick, json_path=args.json, plot_path=args.plot,
                show_progress=not args.no_progress)
     return 0
 
@@ -190,9 +200,14 @@ def main(argv=None) -> int:
     info_parser = commands.add_parser("info", help="version, ISA, default threads and backends")
     info_parser.add_argument("--json", action="store_true", help="print JSON")
     info_parser.set_defaults(run=_info)
-    bench_parser = commands.add_parser("bench", help="workloads W1-W10 against the floors and the peers")
+    bench_parser = commands.add_parser(
+        "bench", help="workloads W1-W10 against the floors and the peers",
+        description="Times our kernels beside the floors and the peers, every ratio round by round in turns. "
+                    f"Without options: the headline tables {', '.join(BENCH_DEFAULT)} (about 3 minutes on 2 cores); "
+                    "--full: every workload W1-W10.")
     bench_parser.add_argument("--workload", action="append", default=[], metavar="W",
-                              help="W1..W10, repeatable or comma-separated (default: all)")
+                              help=f"W1..W10, repeatable or comma-separated (default: {', '.join(BENCH_DEFAULT)})")
+    bench_parser.add_argument("--full", action="store_true", help="every workload, W1-W10, with more rounds")
     bench_parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench_parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     bench_parser.add_argument("--plot", metavar="PATH", help="write W7 as a log-log PNG")

@@ -1,9 +1,11 @@
 """The benchmark driver behind `splitnet-kernels bench`: workloads W1-W10 of docs/design.md.
 
 Every table is measured in one run, side by side: our kernels, the other backends, and what a
-user would pick instead (NumPy/BLAS, PyTorch, FAISS, Numba), each as a median time, its ratio to
-ours, and ours against the physical floor this run measures itself: bytes over the measured
-read bandwidth, flops over the measured sgemm rate. Ratios, not absolute times, are the result.
+user would pick instead (NumPy/BLAS, PyTorch, FAISS, Numba), each timed in turns with the others
+(round after round, each contender once a round), and every ratio taken round by round: against
+ours, and ours against the physical floor timed in the same turns (bytes over read bandwidth,
+flops over an sgemm's rate). Ratios, not absolute times, are the result. The default run is the
+headline tables (DEFAULT_WORKLOADS); --full runs them all.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import splitnet_kernels as sk
 
 from .._progress import Progress
 from . import workloads as wl
-from .report import Table, plot_w7
-from .timing import (floor_and_rounds, floor_beside, machine_facts, median_time, median_times_in_turns, medians,
-                     paired_ratio, times_in_turns)
+from .report import Table, plot_w7, quartiles
+from .timing import floor_and_rounds, machine_facts, median_time, medians, paired_ratio, times_in_turns
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10")
+DEFAULT_WORKLOADS = ("W1", "W2", "W4", "W7", "W8", "W9")  # `splitnet-kernels bench` alone: the headline tables
+PEER_LIBRARIES = ("numpy", "torch", "faiss", "numba")  # a row named with one of these words runs in its threads
 
 
 # ---- the peers (real packages, loaded when present) ---------------------------------------
@@ -45,50 +48,150 @@ class Peers:
         index.add(ads)
         return index
 
+    @property
+    def panorama(self) -> bool:
+        """FAISS has IndexFlatIPPanorama (faiss 1.14 and later)."""
+        return self.faiss is not None and hasattr(self.faiss, "IndexFlatIPPanorama")
+
+
+class Panorama:
+    """FAISS's IndexFlatIPPanorama as a user would run it: the rows rotated by the PCA of their
+    second moment (workloads.pca_rotation; energy to the first dimensions, as Panorama's pruning
+    needs), the level count the fastest of PANORAMA_LEVELS on the probe query (best of three calls
+    each). Queries are rotated once, before timing: `search` times Panorama's search alone."""
+
+    def __init__(self, faiss, ads, probe):
+        self.faiss = faiss
+        self.rotation = wl.pca_rotation(ads)
+        rotated = np.ascontiguousarray(ads @ self.rotation)
+        query = self.rotate(probe)
+        best = None
+        for levels in wl.PANORAMA_LEVELS:
+            index = faiss.IndexFlatIPPanorama(ads.shape[1], levels)
+            index.add(rotated)
+            seconds = min(_seconds(functools.partial(index.search, query, wl.TOP_K)) for _ in range(3))
+            if best is None or seconds < best[0]:
+                best = (seconds, levels, index)
+        _, self.levels, self.index = best
+
+    @property
+    def name(self) -> str:
+        """Its row in a table."""
+        return f"faiss  IndexFlatIPPanorama.search ({self.levels} levels)"
+
+    def rotate(self, users) -> np.ndarray:
+        return np.ascontiguousarray(np.atleast_2d(users) @ self.rotation)
+
+    def describe(self, ads, query, ours, k) -> str:
+        """What a table notes of this peer: its level count, and how its top-k ids for one query
+        compare with ours (scores, ids)."""
+        return (f"Panorama: rows and queries PCA-rotated before timing, {self.levels} levels (the fastest of "
+                f"{', '.join(map(str, wl.PANORAMA_LEVELS))}); "
+                + _agreement(ads, query, ours, self.index.search(self.rotate(query), k)[1][0], k))
+
+    def dims_scanned(self, query, k) -> float | None:
+        """The share of the row's dimensions one search read (FAISS's own count), or None."""
+        stats = getattr(self.faiss.cvar, "indexPanorama_stats", None)
+        if stats is None:
+            return None
+        stats.reset()
+        self.index.search(query, k)
+        return float(stats.ratio_dims_scanned)
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _agreement(ads, query, ours, theirs, k) -> str:
+    """How a peer's top-k ids compare with ours (scores, ids) for one query: how many are the
+    same, and where they are not, whether the others tie with our k-th score (float64 scores
+    within float32 rounding of it)."""
+    scores, ids = ours
+    others = np.setdiff1d(theirs, ids)
+    same = k - len(others)
+    if not len(others):
+        return f"top-{k} ids: the same {k} as ours"
+    exact = ads[others].astype(np.float64) @ query.astype(np.float64)
+    kth = float(scores[-1])
+    gap = float(np.max(np.abs(exact - kth)))
+    tie = gap <= 4 * np.finfo(np.float32).eps * max(1.0, abs(kth)) * np.sqrt(ads.shape[1])
+    return (f"top-{k} ids: {same} of {k} the same as ours; the other {len(others)} score within {gap:.2g} of our "
+            f"{k}th ({'ties' if tie else 'NOT ties'})")
+
+
+def _library(name) -> str:
+    return next((lib for lib in PEER_LIBRARIES if lib in str(name).split()), "splitnet_kernels")
+
+
+def _table(workload, title, fns, repeat, ctx, note="", columns=(), **floor) -> tuple[Table, dict]:
+    """(a Table with a row for each fn, named by its key, in order; the rounds): every fn timed in
+    turns with the others, and with the floor when `floor` says what it is (arrays=, extra_bytes=,
+    flops=: timing.floor_and_rounds). The first fn is ours."""
+    libraries = {name: _library(name) for name in fns}
+    if floor:
+        floor_rounds, rounds = floor_and_rounds(fns, repeat, ctx.threads, libraries=libraries, **floor)
+    else:
+        floor_rounds, rounds = None, times_in_turns(fns, repeat, libraries)
+    t = Table(workload, title, floor_rounds, note, columns)
+    for name, r in rounds.items():
+        t.add(name, r)
+    return t, rounds
+
 
 # ---- workloads ------------------------------------------------------------------------------
+OURS = "splitnet_kernels simd"
+
+
 def w1(ctx) -> Table:
     n, N = wl.DIM, ctx.n_cands
     ads, user = wl.one_user(N)
     out = np.empty(N, np.float32)
-    floor, ours = ctx.floor_beside({"ours": lambda: sk.score(user, ads, out=out)}, ads, extra_bytes=N * 4)
-    t = Table("W1", f"one user x {N:,} candidates, all scores (n={n})", floor,
-              "reading the candidates once, timed in turns with ours, + writing the scores")
-    t.add("splitnet_kernels simd", ours["ours"])
-    t.add("numpy  A @ u", median_time(lambda: ads @ user, ctx.repeat))
+    fns = {OURS: lambda: sk.score(user, ads, out=out), "numpy  A @ u": lambda: ads @ user}
     if ctx.peers.torch is not None:
         ta, tu = ctx.peers.torch.from_numpy(ads), ctx.peers.torch.from_numpy(user)
-        t.add("torch  A @ u", median_time(lambda: ta @ tu, ctx.repeat))
+        fns["torch  A @ u"] = lambda: ta @ tu
     if ctx.peers.numba_ok:
-        t.add("splitnet_kernels numba", median_time(lambda: sk.score(user, ads, backend="numba"), ctx.repeat))
-    t.add("splitnet_kernels numpy (float64 reference)", median_time(lambda: sk.score(user, ads, backend="numpy"), 1))
-    ours = t.rows[0][1]
-    t.target(">= 0.90 x the read-bandwidth floor", floor / ours >= 0.90)
-    t.target("not slower than numpy A @ u", ours <= t.seconds_of("numpy  A @ u"))
+        fns["splitnet_kernels numba"] = lambda: sk.score(user, ads, backend="numba")
+    if ctx.full:
+        fns["splitnet_kernels numpy (float64 reference)"] = lambda: sk.score(user, ads, backend="numpy")
+    t, _ = _table("W1", f"one user x {N:,} candidates, all scores (n={n})", fns, ctx.repeat, ctx,
+                  "reading the candidates once, timed in turns with them, + writing the scores",
+                  arrays=(ads,), extra_bytes=N * 4)
+    efficiency, faster = t.of_floor(OURS)[0], t.ratio("numpy  A @ u", OURS)[0]
+    t.target(f">= 0.90 x the read-bandwidth floor ({efficiency:.2f})", efficiency >= 0.90)
+    t.target(f"not slower than numpy A @ u ({faster:.2f}x)", faster >= 1)
     return t
 
 
 def w2(ctx) -> Table:
     N, k = ctx.n_cands, wl.TOP_K
     ads, user = wl.one_user(N)
-    floor, ours = ctx.floor_beside({"ours": lambda: sk.topk(user, ads, k)}, ads)
-    t = Table("W2", f"one user x {N:,} candidates, top-{k}", floor, "reading the candidates once, timed in turns with ours")
-    t.add("splitnet_kernels simd", ours["ours"])
-    t.add("numpy  A @ u + argpartition", median_time(lambda: wl.numpy_topk(ads @ user, k), ctx.repeat))
+    fns = {OURS: lambda: sk.topk(user, ads, k), "numpy  A @ u + argpartition": lambda: wl.numpy_topk(ads @ user, k)}
+    notes = []
     if ctx.peers.faiss is not None:
         index = ctx.peers.faiss_index(ads)
-        t.add("faiss  IndexFlatIP.search", median_time(lambda: index.search(user[None], k), ctx.repeat))
+        fns["faiss  IndexFlatIP.search"] = functools.partial(index.search, user[None], k)
+    if ctx.peers.panorama:
+        panorama = Panorama(ctx.peers.faiss, ads, user)
+        fns[panorama.name] = functools.partial(panorama.index.search, panorama.rotate(user), k)
+        notes.append(panorama.describe(ads, user, sk.topk(user, ads, k), k))
     if ctx.peers.torch is not None:
         torch = ctx.peers.torch
         ta, tu = torch.from_numpy(ads), torch.from_numpy(user)
-        t.add("torch  topk(A @ u)", median_time(lambda: torch.topk(ta @ tu, k), ctx.repeat))
+        fns["torch  topk(A @ u)"] = lambda: torch.topk(ta @ tu, k)
     if ctx.peers.numba_ok:
-        t.add("splitnet_kernels numba", median_time(lambda: sk.topk(user, ads, k, backend="numba"), ctx.repeat))
-    ours = t.rows[0][1]
-    faiss = t.time_of("faiss  IndexFlatIP.search")  # None without faiss
-    if faiss:
-        t.target(">= 2x faster than FAISS IndexFlatIP.search", faiss >= 2 * ours)
-    t.target(">= 1.2x faster than A @ u + argpartition", t.seconds_of("numpy  A @ u + argpartition") >= 1.2 * ours)
+        fns["splitnet_kernels numba"] = lambda: sk.topk(user, ads, k, backend="numba")
+    t, _ = _table("W2", f"one user x {N:,} candidates, top-{k}", fns, ctx.repeat, ctx,
+                  "reading the candidates once, timed in turns with them", arrays=(ads,))
+    t.notes.extend(notes)
+    if t.has("faiss  IndexFlatIP.search"):
+        faster = t.ratio("faiss  IndexFlatIP.search", OURS)[0]
+        t.target(f">= 2x faster than FAISS IndexFlatIP.search ({faster:.2f}x)", faster >= 2)
+    faster = t.ratio("numpy  A @ u + argpartition", OURS)[0]
+    t.target(f">= 1.2x faster than A @ u + argpartition ({faster:.2f}x)", faster >= 1.2)
     return t
 
 
@@ -97,19 +200,19 @@ def w3(ctx) -> list[Table]:
     ads, user = wl.one_user(N)
     _, exact = sk.topk(user, ads, k)
     sets = {dtype: sk.Candidates(ads, dtype=dtype) for dtype in wl.DTYPES}
-    floor, times = ctx.floor_beside({dtype: functools.partial(cands.topk, user, k) for dtype, cands in sets.items()}, ads)
-    t = Table("W3", f"W2 with reduced-precision candidates (one user x {N:,}, top-{k})", floor,
-              "reading the float32 candidates once, timed in turns with the sets")
+    t, _ = _table("W3", f"W2 with reduced-precision candidates (one user x {N:,}, top-{k})",
+                  {f"Candidates {dtype}": functools.partial(cands.topk, user, k) for dtype, cands in sets.items()},
+                  ctx.repeat, ctx, "reading the float32 candidates once, timed in turns with the sets", arrays=(ads,))
     for dtype, cands in sets.items():
-        t.add(f"Candidates {dtype}", times[dtype])
         recall = len(np.intersect1d(cands.topk(user, k)[1], exact)) / k
         t.notes.append(f"{dtype}: {cands.nbytes / 2**20:.0f} MiB, recall@{k} {recall:.3f}")
+        if dtype == "float32":
+            continue
+        faster, least, least_recall = t.ratio("Candidates float32", f"Candidates {dtype}")[0], 1.7, 0.99
         if dtype == "int8":
-            t.target(f"int8 >= 3x faster than float32 ({times['float32'] / times[dtype]:.2f}x), recall >= 0.95 ({recall:.3f})",
-                     times["float32"] >= 3 * times[dtype] and recall >= 0.95)
-        elif dtype != "float32":
-            t.target(f"{dtype} >= 1.7x faster than float32 ({times['float32'] / times[dtype]:.2f}x), recall >= 0.99 "
-                     f"({recall:.3f})", times["float32"] >= 1.7 * times[dtype] and recall >= 0.99)
+            least, least_recall = 3, 0.95
+        t.target(f"{dtype} >= {least:g}x faster than float32 ({faster:.2f}x), recall >= {least_recall} ({recall:.3f})",
+                 faster >= least and recall >= least_recall)
     return [t, _serving_threads(ctx, sets["bfloat16"], user)]
 
 
@@ -125,49 +228,48 @@ def _serving_threads(ctx, cands, user) -> Table:
         for _ in range(count):
             subset.topk(user, 100, threads=1)
 
-    t = Table("W3", f"serving: {calls} top-100 calls (1 user x 100,000 bfloat16, threads=1 each) from Python threads",
-              None, "")
-    one = median_time(lambda: work(calls), 3)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        two = median_time(lambda: list(pool.map(work, [calls // 2, calls - calls // 2])), 3)
-    t.add("1 Python thread", one)
-    t.add("2 Python threads", two)
-    t.target(f"2 threads >= 1.6x the throughput of 1 ({one / two:.2f}x)", one >= 1.6 * two)
+        fns = {"1 Python thread": lambda: work(calls),
+               "2 Python threads": lambda: list(pool.map(work, [calls // 2, calls - calls // 2]))}
+        t, _ = _table("W3", f"serving: {calls} top-100 calls (1 user x 100,000 bfloat16, threads=1 each) from Python "
+                      "threads", fns, ctx.repeat, ctx)
+    faster = t.ratio("1 Python thread", "2 Python threads")[0]
+    t.target(f"2 threads >= 1.6x the throughput of 1 ({faster:.2f}x)", faster >= 1.6)
     return t
 
 
 def w4(ctx) -> list[Table]:
     n, N, M, k = wl.DIM, ctx.n_cands, wl.USERS, wl.TOP_K
     ads, users = wl.many_users(N)
-    floor = 2 * M * N * n / ctx.gemm_flops
-    t = Table("W4", f"{M} users x {N:,} candidates, top-{k} each", floor, "flops over measured sgemm rate")
-    t.add("splitnet_kernels simd", median_time(lambda: sk.topk(users, ads, k), ctx.repeat_slow))
-    t.add("numpy  U @ A.T (scores only)", median_time(lambda: users @ ads.T, ctx.repeat_slow))
+    flops = 2 * M * N * n
+    fns = {OURS: lambda: sk.topk(users, ads, k), "numpy  U @ A.T (scores only)": lambda: users @ ads.T}
     if ctx.peers.faiss is not None:
         index = ctx.peers.faiss_index(ads)
-        t.add("faiss  IndexFlatIP.search", median_time(lambda: index.search(users, k), ctx.repeat_slow))
+        fns["faiss  IndexFlatIP.search"] = functools.partial(index.search, users, k)
     if ctx.peers.torch is not None:
         torch = ctx.peers.torch
         tu, ta = torch.from_numpy(users), torch.from_numpy(ads)
-        t.add("torch  topk(U @ A.T)", median_time(lambda: torch.topk(tu @ ta.T, k, dim=1), ctx.repeat_slow))
+        fns["torch  topk(U @ A.T)"] = lambda: torch.topk(tu @ ta.T, k, dim=1)
     if ctx.peers.numba_ok:
-        t.add("splitnet_kernels numba", median_time(lambda: sk.topk(users, ads, k, backend="numba"), ctx.repeat_slow))
-    ours = t.rows[0][1]
-    faiss = t.time_of("faiss  IndexFlatIP.search")  # None without faiss
-    if faiss:
-        t.target(">= 10x faster than FAISS", faiss >= 10 * ours)
-    t.target("<= 1.2x the time of numpy U @ A.T alone", ours <= 1.2 * t.seconds_of("numpy  U @ A.T (scores only)"))
-    return [t, _many_users_on_candidates(ctx, ads, users, k, floor)]
+        fns["splitnet_kernels numba"] = lambda: sk.topk(users, ads, k, backend="numba")
+    t, _ = _table("W4", f"{M} users x {N:,} candidates, top-{k} each", fns, ctx.repeat_slow, ctx,
+                  "flops over the rate of an sgemm timed in turns with them", flops=flops)
+    if t.has("faiss  IndexFlatIP.search"):
+        faster = t.ratio("faiss  IndexFlatIP.search", OURS)[0]
+        t.target(f">= 10x faster than FAISS ({faster:.2f}x)", faster >= 10)
+    over = t.ratio(OURS, "numpy  U @ A.T (scores only)")[0]
+    t.target(f"<= 1.2x the time of numpy U @ A.T alone ({over:.2f}x)", over <= 1.2)
+    return [t, _many_users_on_candidates(ctx, ads, users, k, flops)]
 
 
-def _many_users_on_candidates(ctx, ads, users, k, floor) -> Table:
+def _many_users_on_candidates(ctx, ads, users, k, flops) -> Table:
     """W4 on prepared sets: each storage type read once for all users (int8 on its own tile)."""
-    t = Table("W4", f"W4 on prepared candidate sets ({users.shape[0]} users x {ads.shape[0]:,}, top-{k} each)", floor,
-              "float32 flops over measured sgemm rate")
+    sets = {dtype: sk.Candidates(ads, dtype=dtype) for dtype in wl.DTYPES}
+    t, _ = _table("W4", f"W4 on prepared candidate sets ({users.shape[0]} users x {ads.shape[0]:,}, top-{k} each)",
+                  {f"Candidates {dtype}": functools.partial(cands.topk, users, k) for dtype, cands in sets.items()},
+                  ctx.repeat_slow, ctx, "float32 flops over the rate of an sgemm timed in turns with them", flops=flops)
     _, exact = sk.topk(users, ads, k)
-    for dtype in wl.DTYPES:
-        cands = sk.Candidates(ads, dtype=dtype)
-        t.add(f"Candidates {dtype}", median_time(lambda: cands.topk(users, k), ctx.repeat_slow))
+    for dtype, cands in sets.items():
         found = cands.topk(users, k)[1]
         recall = np.mean([len(np.intersect1d(f, e)) / k for f, e in zip(found, exact)])
         t.notes.append(f"{dtype}: recall@{k} {recall:.3f} (mean over users)")
@@ -184,46 +286,42 @@ def w5(ctx) -> list[Table]:
     out = np.empty(B, np.float32)
     for kind in wl.PAIR_KINDS:
         metric = metrics[kind][0]
-        stream_floor, ours = ctx.floor_beside({"ours": lambda: sk.score(users, ads, metric, pairwise=True, out=out)},
-                                              users, ads, extra_bytes=B * 4)
-        if kind == "full":
-            floor = max(2 * B * n * n / ctx.gemm_flops, stream_floor)
-            note = "max(flops over sgemm rate, bytes over read bandwidth)"
-        else:
-            floor, note = stream_floor, "reading both inputs once, timed in turns with ours, + writing the scores"
-        t = Table("W5", f"{B:,} (user, ad) pairs, {kind} (n={n})", floor, note)
-        t.add("splitnet_kernels simd", ours["ours"])
+        fns = {OURS: lambda: sk.score(users, ads, metric, pairwise=True, out=out)}
         if kind == "dot":
-            numpy_ways = {"numpy  einsum('ij,ij->i')": lambda: np.einsum("ij,ij->i", users, ads),
-                          "numpy  (U * A).sum(1)": lambda: (users * ads).sum(1)}
+            fns.update({"numpy  einsum('ij,ij->i')": lambda: np.einsum("ij,ij->i", users, ads),
+                        "numpy  (U * A).sum(1)": lambda: (users * ads).sum(1)})
         elif kind == "diagonal":
-            numpy_ways = {"numpy  einsum('ij,j,ij->i')": lambda: np.einsum("ij,j,ij->i", users, s, ads),
-                          "numpy  ((U * s) * A).sum(1)": lambda: ((users * s) * ads).sum(1)}
+            fns.update({"numpy  einsum('ij,j,ij->i')": lambda: np.einsum("ij,j,ij->i", users, s, ads),
+                        "numpy  ((U * s) * A).sum(1)": lambda: ((users * s) * ads).sum(1)})
         else:
-            numpy_ways = {"numpy  einsum('ij,ij->i', U @ S, A)": lambda: np.einsum("ij,ij->i", users @ S, ads),
-                          "numpy  ((U @ S) * A).sum(1)": lambda: ((users @ S) * ads).sum(1)}
-        numpy_times = {name: median_time(fn, ctx.repeat) for name, fn in numpy_ways.items()}
-        for name, seconds in numpy_times.items():
-            t.add(name, seconds)
+            fns.update({"numpy  einsum('ij,ij->i', U @ S, A)": lambda: np.einsum("ij,ij->i", users @ S, ads),
+                        "numpy  ((U @ S) * A).sum(1)": lambda: ((users @ S) * ads).sum(1)})
+        numpy_ways = [name for name in fns if name.startswith("numpy")]
         if torch is not None:
             tu, ta = torch.from_numpy(users), torch.from_numpy(ads)
             factor = {"dot": None, "diagonal": torch.from_numpy(s), "full": torch.from_numpy(S)}[kind]
             if kind == "full":
-                fn = lambda: ((tu @ factor) * ta).sum(1)  # noqa: E731
+                fns["torch  expression"] = lambda: ((tu @ factor) * ta).sum(1)
             elif kind == "diagonal":
-                fn = lambda: (tu * factor * ta).sum(1)  # noqa: E731
+                fns["torch  expression"] = lambda: (tu * factor * ta).sum(1)
             else:
-                fn = lambda: (tu * ta).sum(1)  # noqa: E731
-            t.add("torch  expression", median_time(fn, ctx.repeat))
+                fns["torch  expression"] = lambda: (tu * ta).sum(1)
         if ctx.peers.numba_ok:
-            t.add("splitnet_kernels numba",
-                  median_time(lambda: sk.score(users, ads, metric, pairwise=True, backend="numba"), ctx.repeat))
-        ours = t.rows[0][1]
-        best_numpy = min(numpy_times.values())
+            fns["splitnet_kernels numba"] = lambda: sk.score(users, ads, metric, pairwise=True, backend="numba")
         if kind == "full":
-            t.target(">= 2x faster than the best NumPy expression", best_numpy >= 2 * ours)
+            floor = {"arrays": (users, ads), "extra_bytes": B * 4, "flops": 2 * B * n * n}
+            note = "max(flops over an sgemm's rate, bytes over read bandwidth), timed in turns with them"
         else:
-            t.target(">= 0.85 x the read-bandwidth floor", floor / ours >= 0.85)
+            floor = {"arrays": (users, ads), "extra_bytes": B * 4}
+            note = "reading both inputs once, timed in turns with them, + writing the scores"
+        t, _ = _table("W5", f"{B:,} (user, ad) pairs, {kind} (n={n})", fns, ctx.repeat, ctx, note, **floor)
+        if kind == "full":
+            best = min(numpy_ways, key=t.seconds_of)
+            faster = t.ratio(best, OURS)[0]
+            t.target(f">= 2x faster than the best NumPy expression ({best[7:]}: {faster:.2f}x)", faster >= 2)
+        else:
+            efficiency = t.of_floor(OURS)[0]
+            t.target(f">= 0.85 x the read-bandwidth floor ({efficiency:.2f})", efficiency >= 0.85)
         tables.append(t)
     return tables
 
@@ -231,23 +329,27 @@ def w5(ctx) -> list[Table]:
 def w6(ctx) -> Table:
     N, k = wl.REQUEST_CANDIDATES, wl.REQUEST_K
     ads, user = wl.one_request()
-    t = Table("W6", f"one user x {N:,} candidates, top-{k}: latency of one Python call", None, "")
-    fast = 0.2 if not ctx.quick else 0.05
-    t.add("splitnet_kernels sk.topk", median_time(lambda: sk.topk(user, ads, k), ctx.repeat, fast))
-    t.add("numpy  A @ u + argpartition", median_time(lambda: wl.numpy_topk(ads @ user, k), ctx.repeat, fast))
+    fns = {"splitnet_kernels sk.topk": lambda: sk.topk(user, ads, k),
+           "numpy  A @ u + argpartition": lambda: wl.numpy_topk(ads @ user, k)}
     if ctx.peers.faiss is not None:
         index = ctx.peers.faiss_index(ads)
-        query = user[None]
-        t.add("faiss  IndexFlatIP.search", median_time(lambda: index.search(query, k), ctx.repeat, fast))
+        fns["faiss  IndexFlatIP.search"] = functools.partial(index.search, user[None], k)
     if ctx.peers.torch is not None:
         torch = ctx.peers.torch
         ta, tu = torch.from_numpy(ads), torch.from_numpy(user)
-        t.add("torch  topk(A @ u)", median_time(lambda: torch.topk(ta @ tu, k), ctx.repeat, fast))
-    ours = t.rows[0][1]
-    t.target(">= 2x faster than A @ u + argpartition", t.seconds_of("numpy  A @ u + argpartition") >= 2 * ours)
-    faiss = t.time_of("faiss  IndexFlatIP.search")  # None without faiss
-    if faiss:
-        t.target(">= 3x faster than FAISS", faiss >= 3 * ours)
+        fns["torch  topk(A @ u)"] = lambda: torch.topk(ta @ tu, k)
+    libraries = {name: _library(name) for name in fns}
+    calls = 0.05 if ctx.quick else 0.2  # seconds of calls per round: one call lasts microseconds
+    t = Table("W6", f"one user x {N:,} candidates, top-{k}: latency of one Python call", None, "")
+    for name, r in times_in_turns(fns, ctx.repeat, libraries, min_seconds=calls).items():
+        t.add(name, r)
+    t.notes.append(f"each round calls each function for about {calls:g} s and gives the seconds of one call")
+    ours = "splitnet_kernels sk.topk"
+    faster = t.ratio("numpy  A @ u + argpartition", ours)[0]
+    t.target(f">= 2x faster than A @ u + argpartition ({faster:.2f}x)", faster >= 2)
+    if t.has("faiss  IndexFlatIP.search"):
+        faster = t.ratio("faiss  IndexFlatIP.search", ours)[0]
+        t.target(f">= 3x faster than FAISS ({faster:.2f}x)", faster >= 3)
     return t
 
 
@@ -257,29 +359,34 @@ def w7(ctx) -> Table:
     t = Table("W7", "cost per candidate (ns) against n, folded (one user vs many) vs per pair", None, "")
     rng = np.random.default_rng(9)
     grid: dict[tuple[int, str], tuple[float, float]] = {}
+    full_over_dot, pair_over_folded = {}, {}
     for n in dims:
         N = wl.w7_rows(n, budget)
         ads, users = wl.w7_data(N, n)
         out = np.empty(N, np.float32)
-        sk.score(users, ads, pairwise=True, out=out)  # touch every page before timing
         metrics = wl.metrics_for(n, rng)
-        time.sleep(0.2)  # lets the idle BLAS threads of the peers measured before stop spinning first
-        folded = median_times_in_turns({kind: functools.partial(sk.score, users[0], ads, m, out=out)
-                                        for kind, m in metrics.items()}, 2 * ctx.repeat_w7)
+        fns: dict = {}
         for kind, m in metrics.items():
-            grid[(n, kind)] = (folded[kind] / N, median_time(lambda: sk.score(users, ads, m, pairwise=True, out=out),
-                                                             ctx.repeat_w7) / N)
+            fns[("folded", kind)] = functools.partial(sk.score, users[0], ads, m, out=out)
+            fns[("per pair", kind)] = functools.partial(sk.score, users, ads, m, pairwise=True, out=out)
+        rounds = times_in_turns(fns, ctx.repeat_w7)
+        times = medians(rounds)
+        for kind in metrics:
+            grid[(n, kind)] = (times[("folded", kind)] / N, times[("per pair", kind)] / N)
+        full_over_dot[n] = paired_ratio(rounds[("folded", "full")], rounds[("folded", "dot")])[0]
+        pair_over_folded[n] = paired_ratio(rounds[("per pair", "full")], rounds[("folded", "full")])[0]
         ctx.progress.step(f"W7 n={n}")
     kinds = list(wl.metrics_for(16, rng))
     header = "  n    " + "".join(f"{k + ' fold':>14s}{k + ' pair':>14s}" for k in kinds)
     lines = [header] + ["  " + f"{n:<5d}" + "".join(f"{grid[(n, k)][0] * 1e9:14.3f}{grid[(n, k)][1] * 1e9:14.3f}"
                                                   for k in kinds) for n in dims]
-    t.notes.append("table (ns per candidate):\n" + "\n".join(lines))
+    t.notes.append("table (ns per candidate, medians):\n" + "\n".join(lines))
+    t.notes.append(f"at each n every kind, folded and per pair, timed in turns over {ctx.repeat_w7} rounds; the "
+                   "targets' ratios taken round by round (medians)")
     t.grid = grid
-    worst = max(grid[(n, "full")][0] / grid[(n, "dot")][0] for n in dims)
+    worst = max(full_over_dot.values())
     t.target(f"folded full within 1.1x of dot at every n (worst {worst:.2f}x)", worst <= 1.1)
-    ratio = {n: grid[(n, "full")][1] / grid[(n, "full")][0] for n in dims}  # per pair over folded
-    growth = ratio[512] / ratio[64]
+    growth = pair_over_folded[512] / pair_over_folded[64]
     t.target(f"per-pair full over folded grows ~n x: 64 -> 512 is {growth:.1f}x (n ratio 8)", 4 <= growth <= 16)
     return t
 
@@ -344,16 +451,21 @@ def w8(ctx) -> list[Table]:
     peers = {b: wl.NumpyObjectives(ads, objectives, bids, om) for b, bids in bid_sets.items()}
     single = om[wl.OBJECTIVE_KINDS.index("full")]  # W2 with the dearest kind: folded, it costs what dot does
     kinds = ", ".join(f"{name} {m.kind} ({rate:.0%})" for name, m, rate in zip(om.names, om, wl.BASE_RATES))
+    name = {key: f"Candidates {key[0]}, {key[1]} bids" for key in sets}
+    numpy_names = {b: (f"numpy  grouped matvecs+sigmoid+argpartition ({b})", f"numpy  same, in place ({b})")
+                   for b in bid_sets}
+    w2_name = "W2  sk.topk(user, ads, k, metric), same rows"
 
     # one user: every set, the NumPy expressions and W2 timed in turns with the float32 read floor
-    fns: dict = {key: functools.partial(cands.topk, user, k, om) for key, cands in sets.items()}
+    fns: dict = {name[key]: functools.partial(cands.topk, user, k, om) for key, cands in sets.items()}
     for b, peer in peers.items():
-        fns[("numpy", b)] = functools.partial(peer.topk, user, k)
-        fns[("numpy in place", b)] = functools.partial(peer.topk_in_place, user, k)
-    fns["W2"] = lambda: sk.topk(user, ads, k, single)
-    floor, times = ctx.floor_beside(fns, ads)
-    numpy_best = {b: min(times[("numpy", b)], times[("numpy in place", b)]) for b in bid_sets}
-    w2_time = times["W2"]
+        fns[numpy_names[b][0]] = functools.partial(peer.topk, user, k)
+        fns[numpy_names[b][1]] = functools.partial(peer.topk_in_place, user, k)
+    fns[w2_name] = lambda: sk.topk(user, ads, k, single)
+    floor, rounds = floor_and_rounds(fns, ctx.repeat, ctx.threads, arrays=(ads,),
+                                     libraries={f: _library(f) for f in fns})
+    times = medians(rounds)
+    numpy_best = {b: min(numpy_names[b], key=times.__getitem__) for b in bid_sets}  # the row with the lower median
 
     results = {key: cands.topk(user, k, om) for key, cands in sets.items()}
     skips = {key: _skipped(cands, functools.partial(cands.topk, user, k, om)) for key, cands in sets.items()}
@@ -361,19 +473,16 @@ def w8(ctx) -> list[Table]:
         _check_exact(sets[("float32", b)], user, om, k, results[("float32", b)][1], results[("float32", b)][0],
                      f"float32 {b} bids")
     t = Table("W8", f"one user x {N:,} candidates, {len(om)} objectives, top-{k} by value = bid x p (n={n})", floor,
-              "reading the float32 candidates once, timed in turns with ours")
-    t.add("Candidates float32, lognormal bids", times[("float32", "lognormal")])
-    t.add("Candidates float32, unit bids", times[("float32", "unit")])
-    for b in bid_sets:
-        t.add(f"numpy  grouped matvecs+sigmoid+argpartition ({b})", times[("numpy", b)])
-        t.add(f"numpy  same, in place ({b})", times[("numpy in place", b)])
-    t.add("W2  sk.topk(user, ads, k, metric), same rows", w2_time)
-    ours, ours_unit = times[("float32", "lognormal")], times[("float32", "unit")]
-    t.target(f"lognormal bids >= 3x faster than the best NumPy expression ({numpy_best['lognormal'] / ours:.2f}x)",
-             numpy_best["lognormal"] >= 3 * ours)
-    t.target(f"lognormal bids within 1.25x of W2 ({ours / w2_time:.2f}x W2)", ours <= 1.25 * w2_time)
-    t.target(f"unit bids >= 1.4x faster than the best NumPy expression ({numpy_best['unit'] / ours_unit:.2f}x)",
-             numpy_best["unit"] >= 1.4 * ours_unit)
+              "reading the float32 candidates once, timed in turns with them")
+    for row in (name[("float32", "lognormal")], name[("float32", "unit")], *numpy_names["lognormal"],
+                *numpy_names["unit"], w2_name):
+        t.add(row, rounds[row])
+    ours, ours_unit = name[("float32", "lognormal")], name[("float32", "unit")]
+    faster, over_w2 = t.ratio(numpy_best["lognormal"], ours)[0], t.ratio(ours, w2_name)[0]
+    faster_unit = t.ratio(numpy_best["unit"], ours_unit)[0]
+    t.target(f"lognormal bids >= 3x faster than the best NumPy expression ({faster:.2f}x)", faster >= 3)
+    t.target(f"lognormal bids within 1.25x of W2 ({over_w2:.2f}x W2)", over_w2 <= 1.25)
+    t.target(f"unit bids >= 1.4x faster than the best NumPy expression ({faster_unit:.2f}x)", faster_unit >= 1.4)
     t.notes.append(f"objectives (kind, base rate): {kinds}; objectives uniform over the rows, bids lognormal(0, "
                    f"{wl.BID_SIGMA:g}) or 1; NumPy gets the rows already grouped by objective")
     kth = float(results[("float32", "lognormal")][0][-1])
@@ -389,109 +498,142 @@ def w8(ctx) -> list[Table]:
     t.notes.append(f"float64 brute force (lognormal): top-{k} sets equal {set(found) == set(ref_top)}, order equal "
                    f"{np.array_equal(found, ref_top)}, max relative value error {error:.2g}")
 
-    # every storage type
+    # every storage type, from the same turns
     s = Table("W8", f"W8 on every storage type (one user x {N:,}, top-{k} by value)", floor,
               "reading the float32 candidates once, timed in turns with the sets",
-              columns=("x numpy", "x W2", "skipped", "recall"))
-    for dtype in wl.DTYPES:
-        for b in bid_sets:
-            key = (dtype, b)
-            recall = len(np.intersect1d(results[key][1], results[("float32", b)][1])) / k
-            s.add(f"Candidates {dtype}, {b} bids", times[key],
-                  (f"{numpy_best[b] / times[key]:.2f}", f"{times[key] / w2_time:.2f}", f"{skips[key][0]:.1%}",
-                   f"{recall:.3f}"))
-    s.add("numpy  best expression, lognormal bids", numpy_best["lognormal"])
-    s.add("numpy  best expression, unit bids", numpy_best["unit"])
-    s.add("W2  sk.topk(user, ads, k, metric), same rows", w2_time)
-    s.notes.append("x numpy: the best NumPy expression (same bids) over ours; x W2: ours over W2; skipped: the "
-                   "candidate bytes the scan did not read; recall: against the float32 set's top-k (same bids)")
+              columns=("numpy / this [quartiles]", "x W2 [quartiles]", "skipped", "recall"))
+    for key in sets:
+        s.add(name[key], rounds[name[key]])
+    for b in bid_sets:
+        s.add(f"numpy  best expression, {b} bids", rounds[numpy_best[b]])
+    s.add(w2_name, rounds[w2_name])
+    for key in sets:
+        recall = len(np.intersect1d(results[key][1], results[("float32", key[1])][1])) / k
+        s.annotate(name[key], (quartiles(s.ratio(f"numpy  best expression, {key[1]} bids", name[key])),
+                               quartiles(s.ratio(name[key], w2_name)), f"{skips[key][0]:.1%}", f"{recall:.3f}"))
+    s.notes.append("numpy / this: the best NumPy expression (same bids, the lower median of the two) over this set; x "
+                   "W2: this set over W2; skipped: the candidate bytes the scan did not read; recall: against the "
+                   "float32 set's top-k (same bids)")
     return [t, s, _w8_many_users(ctx, ads, users, objectives, bid_sets, om, k, sets)]
 
 
 def _w8_many_users(ctx, ads, users, objectives, bid_sets, om, k, sets) -> Table:
     M, N = users.shape[0], ads.shape[0]
-    floor = 2 * M * N * ads.shape[1] / ctx.gemm_flops
-    fns: dict = {b: functools.partial(sets[("float32", b)].topk, users, k, om) for b in bid_sets}
-    fns["W4"] = lambda: sk.topk(users, ads, k)
-    times = median_times_in_turns(fns, ctx.repeat_slow)
-    t = Table("W8", f"{M} users x {N:,} candidates, {len(om)} objectives, top-{k} by value each (float32)", floor,
-              "flops over measured sgemm rate")
-    t.add("Candidates float32, lognormal bids", times["lognormal"])
-    t.add("Candidates float32, unit bids", times["unit"])
-    t.add("W4  sk.topk(users, ads, k), same rows", times["W4"])
-    t.target(f"lognormal bids within 1.3x of W4 ({times['lognormal'] / times['W4']:.2f}x W4)",
-             times["lognormal"] <= 1.3 * times["W4"])
+    fns: dict = {f"Candidates float32, {b} bids": functools.partial(sets[("float32", b)].topk, users, k, om)
+                 for b in bid_sets}
+    fns["W4  sk.topk(users, ads, k), same rows"] = lambda: sk.topk(users, ads, k)
+    t, _ = _table("W8", f"{M} users x {N:,} candidates, {len(om)} objectives, top-{k} by value each (float32)", fns,
+                  ctx.repeat_slow, ctx, "flops over the rate of an sgemm timed in turns with them",
+                  flops=2 * M * N * ads.shape[1])
+    over = t.ratio("Candidates float32, lognormal bids", "W4  sk.topk(users, ads, k), same rows")[0]
+    t.target(f"lognormal bids within 1.3x of W4 ({over:.2f}x W4)", over <= 1.3)
     cands = sets[("float32", "lognormal")]
     values, _ = cands.topk(users, k, om)
     kth = float(values[:, -1].min())
     must = _must_read(objectives, bid_sets["lognormal"], kth, len(om))
-    t.notes.append(_scan_note("lognormal bids", _skipped(cands, fns["lognormal"]), N, cands._store.nbytes, must, kth, k,
-                              "lowest (over users)"))
-    t.notes.append(_scan_note("unit bids", _skipped(sets[("float32", "unit")], fns["unit"]), N, cands._store.nbytes))
+    t.notes.append(_scan_note("lognormal bids", _skipped(cands, fns["Candidates float32, lognormal bids"]), N,
+                              cands._store.nbytes, must, kth, k, "lowest (over users)"))
+    t.notes.append(_scan_note("unit bids", _skipped(sets[("float32", "unit")], fns["Candidates float32, unit bids"]), N,
+                              cands._store.nbytes))
     return t
 
 
+def _scan_columns(scans: list) -> tuple:
+    """W9's columns from the exact sets' `last_scan` (layout, bytes read per row, rows refined and
+    re-scored), where a set has one (an object with those attributes; absent on sets without a
+    progressive scan, and a dict of rows per objective on sets with objectives): () if none has."""
+    return ("scan", "bytes/row", "refined", "re-scored") if any(hasattr(s, "bytes_per_row") for s in scans) else ()
+
+
+def _scan_cells(scan, columns) -> tuple:
+    if not columns:
+        return ()
+    if not hasattr(scan, "bytes_per_row"):
+        return ("",) * len(columns)
+    layout = scan.layout + (f", head {scan.head}" if scan.head is not None else "")
+    return layout, f"{scan.bytes_per_row:.1f}", f"{scan.refined:,}", f"{scan.rescored:,}"
+
+
 def w9(ctx) -> list[Table]:
-    """W2 and W4 on exact sets, beside the float32 set and FAISS, on three kinds of rows; every
-    exact result is checked bit for bit against the float32 set's."""
+    """W2 and W4 on exact sets, beside the float32 set and FAISS's Panorama (and IndexFlatIP with
+    --full), on five kinds of rows; every exact result is checked bit for bit against the float32
+    set's."""
     N, k = ctx.n_cands, wl.TOP_K
+    dtypes = wl.EXACT_DTYPES if ctx.full else ("int8",)
+    faiss = ctx.peers.faiss
     tables = []
     for kind in wl.W9_DATA:
         try:
             ads, user, users, source = wl.w9_data(kind, N)  # campaign: a trained model's ads and its users
         except wl.NeedsTorch as missing:
-            skipped = Table("W9", f"exact sets, {N:,} {kind} candidates: skipped", None, "")
+            skipped = Table("W9", f"exact sets, {N:,} {kind} candidates: skipped")
             skipped.notes.append(str(missing))
             tables.append(skipped)
             continue
         plain = sk.Candidates(ads, "float32")
-        sets = {dtype: sk.Candidates(ads, dtype, exact=True) for dtype in wl.EXACT_DTYPES}
-        index = ctx.peers.faiss_index(ads) if ctx.peers.faiss is not None else None
+        sets = {dtype: sk.Candidates(ads, dtype, exact=True) for dtype in dtypes}
+        index = ctx.peers.faiss_index(ads) if faiss is not None and ctx.full else None
+        panorama = Panorama(faiss, ads, user) if ctx.peers.panorama else None
         for label, who, repeat in (("one user", user, ctx.repeat_w9[0]), (f"{users.shape[0]} users", users, ctx.repeat_w9[1])):
-            fns: dict = {"float32": functools.partial(plain.topk, who, k)}
-            fns.update({dtype: functools.partial(cands.topk, who, k) for dtype, cands in sets.items()})
+            many = who.ndim == 2
+            fns: dict = {"Candidates float32": functools.partial(plain.topk, who, k)}
+            fns.update({f"Candidates {dtype}, exact=True": functools.partial(cands.topk, who, k)
+                        for dtype, cands in sets.items()})
+            if panorama is not None:
+                fns[panorama.name] = functools.partial(panorama.index.search, panorama.rotate(who), k)
             if index is not None:
-                fns["faiss"] = functools.partial(index.search, np.atleast_2d(who), k)
-            if who.ndim == 1:
-                floor, rounds = floor_and_rounds(fns, (ads,), repeat, ctx.threads)
-            else:
-                floor, rounds = 2 * who.shape[0] * N * wl.DIM / ctx.gemm_flops, times_in_turns(fns, repeat)
-            times = medians(rounds)
-            faster = {name: paired_ratio(rounds["float32"], r) for name, r in rounds.items()}  # (median, q1, q3)
-            t = Table("W9", f"exact sets, {label} x {N:,} {kind} candidates, top-{k}", floor,
-                      "reading the float32 candidates once, timed in turns" if who.ndim == 1
-                      else "flops over measured sgemm rate", columns=("x float32 [quartiles]", "re-scored", "identical"))
+                fns["faiss  IndexFlatIP.search"] = functools.partial(index.search, np.atleast_2d(who), k)
             want = plain.topk(who, k)
-            t.add("Candidates float32", times["float32"], ("1.00", "", ""))
+            scans = {}
             for dtype, cands in sets.items():
                 got = cands.topk(who, k)
-                same = all(np.array_equal(g, w) for g, w in zip(got, want))
-                assert same, f"W9 {kind} {label}: the exact {dtype} set differs from the float32 set"
-                rescored = cands.last_rescored / max(1, np.atleast_2d(who).shape[0])
-                t.add(f"Candidates {dtype}, exact=True", times[dtype],
-                      (_quartiles(faster[dtype]), f"{rescored:,.0f} per user ({rescored / N:.2%})", "yes"))
-            if "faiss" in times:
-                t.add("faiss  IndexFlatIP.search (float32)", times["faiss"], (_quartiles(faster["faiss"]), "", ""))
-            many = who.ndim == 2
-            int8 = faster["int8"][0]
+                assert all(np.array_equal(g, w) for g, w in zip(got, want)), \
+                    f"W9 {kind} {label}: the exact {dtype} set differs from the float32 set"
+                scans[dtype] = (getattr(cands, "last_scan", None), cands.last_rescored)
+            scan_columns = _scan_columns([scan for scan, _ in scans.values()])
+            if many:
+                floor = {"flops": 2 * who.shape[0] * N * wl.DIM}
+                note = "flops over the rate of an sgemm timed in turns with them"
+            else:
+                floor, note = {"arrays": (ads,)}, "reading the float32 candidates once, timed in turns with them"
+            t, _ = _table("W9", f"exact sets, {label} x {N:,} {kind} candidates, top-{k}", fns, repeat, ctx, note,
+                          ("identical", "re-scored per user", *scan_columns), **floor)
+            users_in_call = np.atleast_2d(who).shape[0]
+            if scan_columns:
+                t.annotate("Candidates float32", ("", "", "float32", f"{4 * wl.DIM:.1f}", "", ""))
+            for dtype in sets:
+                row = f"Candidates {dtype}, exact=True"
+                rescored = scans[dtype][1] / users_in_call
+                t.annotate(row, ("yes", f"{rescored:,.0f} ({rescored / N:.2%})",
+                                 *_scan_cells(scans[dtype][0], scan_columns)))
+            if panorama is not None:
+                scanned = panorama.dims_scanned(panorama.rotate(who), k)
+                if scanned is not None:
+                    t.notes.append(f"Panorama read {scanned:.1%} of the rows' dimensions ({scanned * 4 * wl.DIM:.1f} "
+                                   f"bytes per row of the float32 rows' {4 * wl.DIM})")
+                if not many:
+                    t.notes.append(panorama.describe(ads, who, want, k))
+            int8 = t.ratio("Candidates float32", "Candidates int8, exact=True")[0]
             if kind == "gaussian":
-                if many:
-                    t.target(f"int8 exact >= 1.6x faster than float32 ({int8:.2f}x)", int8 >= 1.6)
-                else:
-                    t.target(f"int8 exact >= 2.5x faster than float32 ({int8:.2f}x)", int8 >= 2.5)
-                    if "faiss" in rounds:
-                        over_faiss = paired_ratio(rounds["faiss"], rounds["int8"])[0]
-                        t.target(f"int8 exact >= 2.5x faster than FAISS ({over_faiss:.2f}x)", over_faiss >= 2.5)
-                    for dtype in ("bfloat16", "float16"):
-                        t.target(f"{dtype} exact >= 1.6x faster than float32 ({faster[dtype][0]:.2f}x)",
-                                 faster[dtype][0] >= 1.6)
-            t.notes.append(f"x float32: the float32 set's time over this one's, round by round in {repeat} rounds "
-                           "timed in turns: median [first quartile, third quartile]; the targets read the median")
-            t.notes.append("identical: ids and scores bit for bit those of the float32 set (checked in this run); "
-                           "re-scored: rows the certified scan could not rule out")
+                least = 1.6 if many else 2.5
+                t.target(f"int8 exact >= {least:g}x faster than float32 ({int8:.2f}x)", int8 >= least)
+                if not many and t.has("faiss  IndexFlatIP.search"):
+                    over_faiss = t.ratio("faiss  IndexFlatIP.search", "Candidates int8, exact=True")[0]
+                    t.target(f"int8 exact >= 2.5x faster than FAISS ({over_faiss:.2f}x)", over_faiss >= 2.5)
+                for dtype in [d for d in sets if d != "int8" and not many]:
+                    faster = t.ratio("Candidates float32", f"Candidates {dtype}, exact=True")[0]
+                    t.target(f"{dtype} exact >= 1.6x faster than float32 ({faster:.2f}x)", faster >= 1.6)
+            elif kind in ("decaying", "decaying, rotated", "campaign") and not many and panorama is not None:
+                over_pano = t.ratio(panorama.name, "Candidates int8, exact=True")[0]
+                t.target(f"int8 exact >= 2x faster than Panorama (issue 26; {over_pano:.2f}x)", over_pano >= 2)
+            t.notes.append("identical: ids and scores bit for bit those of the float32 set (checked in this run); re-scored: rows the certified scan "
+                           "could not rule out, re-scored from the float32 rows"
+                           + ("; scan, bytes/row, refined, re-scored: the set's last_scan after this call (refined "
+                              "and re-scored: rows in the call)" if scan_columns else ""))
             if source:
                 t.notes.append(source)
             tables.append(t)
+        ctx.progress.step(f"W9 {kind}")
     return tables
 
 
@@ -518,22 +660,20 @@ def _live_table(title, lives, frozen, ids, u, k, index, repeat, limit, state) ->
         pair[f"LiveCandidates {name}"] = f"Candidates {name} (frozen)"
     if index is not None:
         fns["faiss"] = functools.partial(index.search, np.atleast_2d(u), k)
-    rounds = times_in_turns(fns, repeat)
-    times = medians(rounds)
-    t = Table("W10", title, None, "", columns=("x frozen [quartiles]", "faiss / this [quartiles]"))
+    rounds = times_in_turns(fns, repeat, {name: _library(name) for name in fns})
+    t = Table("W10", title, columns=("x frozen [quartiles]", "faiss / this [quartiles]"))
     for name, frozen_name in pair.items():
         over = paired_ratio(rounds[name], rounds[frozen_name])
-        over_faiss = _quartiles(paired_ratio(rounds["faiss"], rounds[name])) if index is not None else ""
-        t.add(name, times[name], (_quartiles(over), over_faiss))
-        t.add(frozen_name, times[frozen_name], ("1.00", ""))
+        over_faiss = quartiles(paired_ratio(rounds["faiss"], rounds[name])) if index is not None else ""
+        t.add(name, rounds[name], (quartiles(over), over_faiss))
+        t.add(frozen_name, rounds[frozen_name], ("1.00", ""))
         t.target(f"{name} <= {limit:.2f}x the frozen set ({over[0]:.2f}x)", over[0] <= limit)
     if index is not None:
-        t.add("faiss  IndexIDMap2(IndexFlatIP).search", times["faiss"], ("", "1.00"))
+        t.add("faiss  IndexIDMap2(IndexFlatIP).search", rounds["faiss"], ("", "1.00"))
         name = next(n for n in pair if "float32" in n)  # FAISS's like: float32 rows, a flat scan
         faster = paired_ratio(rounds["faiss"], rounds[name])[0]
         t.target(f"{name} >= 2x faster than FAISS IndexIDMap2 search ({faster:.2f}x)", faster >= 2)
-    t.notes.append(f"x frozen: the live set's time over the frozen set's, round by round in {repeat} rounds timed in "
-                   "turns: median [first quartile, third quartile]"
+    t.notes.append("x frozen: the live set's time over the frozen set's"
                    + ("; faiss / this: FAISS's time over this one's" if index is not None else ""))
     t.notes.append("frozen: a Candidates built from the present rows in ascending id order; every live answer is its "
                    "answer, ids mapped, scores bit for bit (checked in this run)")
@@ -579,9 +719,9 @@ def _reader_beside_writer(ctx, live, user, k, batches, label) -> Table:
     live.compact()
     over = paired_ratio(busy, idle)
     t = Table("W10", f"one-user top-{k} on a live {label} set while a writer thread upserts {wl.LIVE_BATCH:,} rows "
-              f"every {period * 1e3:.0f} ms", None, "", columns=("x idle [quartiles]",))
-    t.add("reader, no writer (median call)", float(np.median(idle)), ("1.00",))
-    t.add("reader, writer running (median call)", float(np.median(busy)), (_quartiles(over),))
+              f"every {period * 1e3:.0f} ms", columns=("x idle [quartiles]",))
+    t.add("reader, no writer (median call)", idle, ("1.00",))
+    t.add("reader, writer running (median call)", busy, (quartiles(over),))
     t.target(f"reader median while writing <= 1.5x idle ({over[0]:.2f}x)", over[0] <= 1.5)
     batches_per_s = sum(applied) / sum(spans)
     t.notes.append(f"{rounds} rounds of {calls} calls each way, compact() before each round (untimed); x idle: the "
@@ -629,11 +769,10 @@ def _filter_table(frozen, names, ads, user, users, k, repeat) -> Table:
         fns[(name, "own")] = functools.partial(cands.topk, users, k, allowed=f.per_user)
         fns[(name, "loop")] = functools.partial(lambda c: [c.topk(users[i], k, allowed=f.per_user[i]) for i in range(M)],
                                                 cands)
-    rounds = times_in_turns(fns, repeat)
-    times = medians(rounds)
+    rounds = times_in_turns(fns, repeat)  # all ours: no pauses between them
     dense, sparse = f"{wl.FILTER_DENSE:.0%}", f"{wl.FILTER_SPARSE:.0%}"
     t = Table("W10", f"filters per request (allowed=) on frozen sets of the {N:,} rows, one user and the first {M} "
-              f"users, top-{k} (n={wl.DIM})", None, "",
+              f"users, top-{k} (n={wl.DIM})",
               columns=("x unfiltered [quartiles]", "x shared [quartiles]", "loop / this [quartiles]"))
 
     def ratio(key, a, b):
@@ -645,16 +784,16 @@ def _filter_table(frozen, names, ads, user, users, k, repeat) -> Table:
         over["shared"], over["own"] = ratio(key, "shared", "many"), ratio(key, "own", "many")
         own_shared, loop_own = ratio(key, "own", "shared"), ratio(key, "loop", "own")
         rows = ((f"{name}: one user, unfiltered", "one", ("1.00", "", "")),
-                (f"{name}: one user, a {dense} mask", "mask", (_quartiles(over["mask"]), "", "")),
-                (f"{name}: one user, the {dense} as shuffled int64 ids", "ids", (_quartiles(over["ids"]), "", "")),
-                (f"{name}: one user, a {sparse} mask", "sparse", (_quartiles(over["sparse"]), "", "")),
+                (f"{name}: one user, a {dense} mask", "mask", (quartiles(over["mask"]), "", "")),
+                (f"{name}: one user, the {dense} as shuffled int64 ids", "ids", (quartiles(over["ids"]), "", "")),
+                (f"{name}: one user, a {sparse} mask", "sparse", (quartiles(over["sparse"]), "", "")),
                 (f"{name}: {M} users, unfiltered", "many", ("1.00", "", "")),
-                (f"{name}: {M} users sharing the {dense} mask", "shared", (_quartiles(over["shared"]), "1.00", "")),
+                (f"{name}: {M} users sharing the {dense} mask", "shared", (quartiles(over["shared"]), "1.00", "")),
                 (f"{name}: {M} users, a {dense} mask each, one call", "own",
-                 (_quartiles(over["own"]), _quartiles(own_shared), _quartiles(loop_own))),
+                 (quartiles(over["own"]), quartiles(own_shared), quartiles(loop_own))),
                 (f"{name}: {M} one-user calls, a mask each (Python loop)", "loop", ("", "", "1.00")))
         for row, form, extras in rows:
-            t.add(row, times[(name, form)], extras)
+            t.add(row, rounds[(name, form)], extras)
         if key != float32_key:
             continue
         for form, what, limit in (("mask", f"a {dense} mask", 1.15), ("ids", f"the {dense} as int64 ids", 1.15),
@@ -667,9 +806,8 @@ def _filter_table(frozen, names, ads, user, users, k, repeat) -> Table:
                  f"({own_shared[0]:.2f}x)", own_shared[0] <= 1.5)
         t.target(f"{name}, {M} users, a {dense} mask each, one call >= 4x faster than {M} one-user calls "
                  f"({loop_own[0]:.2f}x)", loop_own[0] >= 4)
-    t.notes.append(f"x unfiltered: the time over the unfiltered call of the same users, x shared: over the call with "
-                   f"the shared mask, loop / this: the loop's time over this one's; each round by round in {repeat} "
-                   "rounds timed in turns: median [first quartile, third quartile]")
+    t.notes.append("x unfiltered: the time over the unfiltered call of the same users, x shared: over the call with "
+                   "the shared mask, loop / this: the loop's time over this one's")
     t.notes.append(f"filters: each row allowed at random, a {dense} mask, the same rows as an int64 id array in random "
                    f"order, a {sparse} mask, and {M} masks of {dense} drawn apart; answers checked in this run: a "
                    "filtered call is the top-k of a Candidates of the allowed rows alone, ids mapped back; ids and "
@@ -781,21 +919,21 @@ def _w10(ctx, faiss) -> list[Table]:
     peer = wl.NumpyObjectives(ads, objectives, new_bids, om)
     fns: dict = {"live": functools.partial(by_value.topk, user, k, om), "frozen": functools.partial(value_frozen.topk, user, k, om),
            "numpy": functools.partial(peer.topk, user, k), "numpy in place": functools.partial(peer.topk_in_place, user, k)}
-    rounds = times_in_turns(fns, one)
+    rounds = times_in_turns(fns, one, {name: _library(name) for name in fns})
     times = medians(rounds)
     best = min(("numpy", "numpy in place"), key=lambda name: times[name])
     over, faster = paired_ratio(rounds["live"], rounds["frozen"]), paired_ratio(rounds[best], rounds["live"])
     t = Table("W10", f"by value after {len(moved):,} bids changed ({wl.LIVE_BIDS_CHANGED:.0%}, set_bids in batches of "
-              f"{B:,}), one user x {N:,}, {len(om)} objectives, top-{k} (float32)", None, "",
+              f"{B:,}), one user x {N:,}, {len(om)} objectives, top-{k} (float32)",
               columns=("x frozen [quartiles]", "numpy / this [quartiles]"))
-    t.add("LiveCandidates float32, objectives", times["live"], (_quartiles(over), _quartiles(faster)))
-    t.add("Candidates float32, objectives (frozen, new bids)", times["frozen"], ("1.00", ""))
-    t.add("numpy  grouped matvecs+sigmoid+argpartition", times["numpy"])
-    t.add("numpy  same, in place", times["numpy in place"])
+    t.add("LiveCandidates float32, objectives", rounds["live"], (quartiles(over), quartiles(faster)))
+    t.add("Candidates float32, objectives (frozen, new bids)", rounds["frozen"], ("1.00", ""))
+    t.add("numpy  grouped matvecs+sigmoid+argpartition", rounds["numpy"])
+    t.add("numpy  same, in place", rounds["numpy in place"])
     t.target(f"<= 1.5x a frozen set built with the new bids ({over[0]:.2f}x)", over[0] <= 1.5)
     t.target(f">= 10x faster than the best NumPy expression ({best}: {faster[0]:.2f}x)", faster[0] >= 10)
-    t.notes.append(f"changed bids drawn anew from lognormal(0, {wl.BID_SIGMA:g}); no compact() after them; ratios "
-                   f"round by round in {one} rounds timed in turns; identical answers to the frozen set's (checked)")
+    t.notes.append(f"changed bids drawn anew from lognormal(0, {wl.BID_SIGMA:g}); no compact() after them; "
+                   "identical answers to the frozen set's (checked)")
     tables.append(t)
     del value_frozen, peer
     ctx.progress.step("W10 by value")
@@ -827,26 +965,25 @@ def _w10(ctx, faiss) -> list[Table]:
            "remove small": lambda: removed_small.append(int8_live.remove(next(small)))}
     if index is not None:
         fns["faiss remove_ids"] = lambda: index.remove_ids(next(small_faiss))
-    rounds = times_in_turns(fns, repeat)
+    rounds = times_in_turns(fns, repeat, {name: _library(name) for name in fns})
     assert all(r == wl.LIVE_FAISS_REMOVE for r in removed_small), "W10: remove() did not find every present id"
-    times = medians(rounds)
-    t = Table("W10", f"batches on live sets of {N:,} rows: the rates", None, "", columns=("per second [quartiles]",))
+    t = Table("W10", f"batches on live sets of {N:,} rows: the rates", columns=("per second [quartiles]",))
     rates = {}
     for name, what, size, unit, least in (("set_bids", "set_bids, float32 with objectives", B, "ids", 2e6),
                                           ("remove", "remove, float32", B, "ids", 1e6),
                                           ("upsert float32", "upsert, float32", B, "rows", 3e5),
                                           ("upsert int8 exact", "upsert, int8 exact", B, "rows", 1e5)):
         rates[name] = paired_ratio([size] * repeat, rounds[name])  # size over each round's seconds
-        t.add(f"{what}: {size:,} {unit}", times[name], (_rate(rates[name]),))
+        t.add(f"{what}: {size:,} {unit}", rounds[name], (_rate(rates[name]),))
         t.target(f"{what} >= {_rate((least,) * 3).split()[0]} {unit}/s ({_rate(rates[name]).split()[0]})",
                  rates[name][0] >= least)
-    t.add(f"remove, int8 exact: {wl.LIVE_FAISS_REMOVE:,} ids", times["remove small"],
+    t.add(f"remove, int8 exact: {wl.LIVE_FAISS_REMOVE:,} ids", rounds["remove small"],
           (_rate(paired_ratio([wl.LIVE_FAISS_REMOVE] * repeat, rounds["remove small"])),))
     if index is not None:
-        t.add(f"faiss  IndexIDMap2.remove_ids: {wl.LIVE_FAISS_REMOVE:,} ids", times["faiss remove_ids"],
+        t.add(f"faiss  IndexIDMap2.remove_ids: {wl.LIVE_FAISS_REMOVE:,} ids", rounds["faiss remove_ids"],
               (_rate(paired_ratio([wl.LIVE_FAISS_REMOVE] * repeat, rounds["faiss remove_ids"])),))
         faster = paired_ratio(rounds["faiss remove_ids"], rounds["remove small"])
-        t.target(f"removing {wl.LIVE_FAISS_REMOVE:,} ids >= 100x faster than FAISS remove_ids ({_quartiles(faster)}x)",
+        t.target(f"removing {wl.LIVE_FAISS_REMOVE:,} ids >= 100x faster than FAISS remove_ids ({quartiles(faster)}x)",
                  faster[0] >= 100)
     t.notes.append(f"one batch per round, {repeat} rounds timed in turns (after one untimed batch each); upserts: half "
                    f"replace present ids, half add new ones; every id a batch names is present (rates of real work); "
@@ -864,72 +1001,85 @@ def _rate(ratio: tuple[float, float, float]) -> str:
     return f"{short(median)} [{short(q1)}, {short(q3)}]"
 
 
-def _quartiles(ratio: tuple[float, float, float]) -> str:
-    median, q1, q3 = ratio
-    return f"{median:.2f} [{q1:.2f}, {q3:.2f}]"
 
 
 class Context:
-    def floor_beside(self, fns: dict, *arrays, extra_bytes: int = 0):
-        """timing.floor_beside at this run's repeat count and threads: (floor, {name: seconds})."""
-        return floor_beside(fns, arrays, self.repeat, self.threads, extra_bytes)
+    """What a run's workloads share: sizes and rounds (the default run's, --full's or --quick's),
+    threads, the peers and the progress bar."""
 
-    def __init__(self, quick: bool, progress: Progress, facts: dict):
-        self.quick = quick
+    def __init__(self, full: bool, quick: bool, progress: Progress, facts: dict):
+        self.full, self.quick = full, quick
         self.progress = progress
-        self.gemm_flops = facts["sgemm_GFLOPs"] * 1e9
         self.threads = facts["threads"]
+        self.cores = facts["cores"]
         self.n_cands = wl.QUICK_CANDIDATES if quick else wl.CANDIDATES
         self.n_pairs = wl.QUICK_PAIRS if quick else wl.PAIRS
-        self.repeat = 3 if quick else 7
-        self.repeat_slow = 3 if quick else 5
         self.w7_bytes = wl.QUICK_W7_BYTES if quick else wl.W7_BYTES
-        self.repeat_w7 = 3 if quick else 9
-        self.repeat_w9 = (3, 3) if quick else (15, 9)  # rounds in turns: one user, many users
+        # rounds in turns: one-user tables (a few ms a call), 128-user tables (0.1-2 s a call), W7 at
+        # each n, W9 (one user, many users)
+        self.repeat = 3 if quick else 9
+        self.repeat_slow = 3 if quick else 5 if full else 3
+        self.repeat_w7 = 3 if quick else 9 if full else 5
+        self.repeat_w9 = (3, 3) if quick else (15, 9) if full else (9, 3)
         # W10, kept short (about a minute on 2 cores at full size: FAISS's 128-user search alone takes
         # 1.8 s a call there): rounds in turns for one user and for many users; batches timed per
         # rate (after one untimed); rounds and calls per median of the reader beside a writer
         self.repeat_w10 = (3, 3) if quick else (5, 3)
         self.repeat_w10_rates = 3 if quick else 5
         self.rounds_w10_writer = (2, 5) if quick else (3, 21)
-        self.cores = facts["cores"]
         self.peers = Peers()
 
 
 RUNNERS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8, "W9": w9, "W10": w10}
-STEPS = {"W7": len(wl.W7_DIMS), "W10": 6}  # W7 steps the progress bar once per n, W10 once per part
+# W7 steps the progress bar once per n, W9 once per kind of rows, W10 once per part
+STEPS = {"W7": len(wl.W7_DIMS), "W9": len(wl.W9_DATA), "W10": 6}
 
 
-def run(workloads=WORKLOADS, quick=False, json_path=None, plot_path=None, show_progress=True, out=sys.stdout):
-    if sk.info()["isa_active"] is None:  # the compiled kernels did not load
-        raise RuntimeError(f"the compiled kernels are not available: {sk.backends()['simd']['reason']}")
-    workloads = [w.upper() for w in workloads]
-    unknown = [w for w in workloads if w not in RUNNERS]
+def selection(workloads, full: bool, plot_path=None) -> list[str]:
+    """The workloads a run measures: those named, else every one with full, else DEFAULT_WORKLOADS;
+    a ValueError for an unknown name, names with full, or a plot without W7."""
+    if workloads and full:
+        raise ValueError("--full runs every workload: give --full or --workload, not both")
+    chosen = [w.upper() for w in workloads or (WORKLOADS if full else DEFAULT_WORKLOADS)]
+    unknown = [w for w in chosen if w not in RUNNERS]
     if unknown:
         raise ValueError(f"unknown workload(s) {unknown} (known: {', '.join(WORKLOADS)})")
+    if plot_path and "W7" not in chosen:
+        raise ValueError("--plot needs workload W7")
+    return chosen
+
+
+def run(workloads=None, full=False, quick=False, json_path=None, plot_path=None, show_progress=True, out=sys.stdout):
+    """Runs `workloads` (default: DEFAULT_WORKLOADS, or every workload with full=True) and prints
+    each table to `out` as soon as it is measured."""
+    started = time.perf_counter()
+    workloads = selection(workloads, full, plot_path)
+    if sk.info()["isa_active"] is None:  # the compiled kernels did not load
+        raise RuntimeError(f"the compiled kernels are not available: {sk.backends()['simd']['reason']}")
     progress = Progress(1 + sum(STEPS.get(w, 1) for w in workloads), show_progress)
     facts = machine_facts(quick)
     progress.step("floors: read bandwidth, sgemm")
-    ctx = Context(quick, progress, facts)
+    ctx = Context(full, quick, progress, facts)
+    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']}, {b['num_threads']} threads)"
+                     for b in facts["blas"]) or "unknown"
+    scope = "--quick sizes" if quick else "--full rounds" if full else "the default run's rounds"
+    print(f"CPU: {facts['cpu']} | {facts['threads']} threads | ISA {facts['isa']} | BLAS: {blas}", file=out)
+    print(f"floors: read bandwidth {facts['read_bandwidth_GBps']:.1f} GB/s, sgemm {facts['sgemm_GFLOPs']:.0f} GFLOP/s "
+          f"| {scope} | workloads {', '.join(workloads)}", file=out, flush=True)
     tables = []
     for w in workloads:
         result = RUNNERS[w](ctx)
-        tables.extend(result if isinstance(result, list) else [result])
+        for table in result if isinstance(result, list) else [result]:
+            tables.append(table)
+            print("\n" + table.render(), file=out, flush=True)
         if w not in STEPS:
             progress.step(w)
-    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']}, {b['num_threads']} threads)"
-                     for b in facts["blas"]) or "unknown"
-    print(f"CPU: {facts['cpu']} | {facts['threads']} threads | ISA {facts['isa']} | BLAS: {blas}", file=out)
-    print(f"floors: read bandwidth {facts['read_bandwidth_GBps']:.1f} GB/s, "
-          f"sgemm {facts['sgemm_GFLOPs']:.0f} GFLOP/s{' | --quick sizes' if quick else ''}", file=out)
-    for table in tables:
-        print("\n" + table.render(), file=out)
+    seconds = time.perf_counter() - started
+    print(f"\nthe run took {seconds:.0f} s", file=out, flush=True)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"machine": facts, "quick": quick, "tables": [t.as_dict() for t in tables]}, f, indent=2)
+            json.dump({"machine": facts, "quick": quick, "full": full, "workloads": workloads, "seconds": seconds,
+                       "tables": [t.as_dict() for t in tables]}, f, indent=2)
     if plot_path:
-        w7_table = next((t for t in tables if t.workload == "W7"), None)
-        if w7_table is None:
-            raise ValueError("--plot needs workload W7")
-        plot_w7(w7_table, plot_path)
+        plot_w7(next(t for t in tables if t.workload == "W7"), plot_path)
     return tables

@@ -34,10 +34,12 @@ OBJECTIVE_KINDS = ("diagonal", "low_rank", "full")  # one kind per objective: ki
 BASE_RATES = (0.30, 0.05, 0.01)  # each bias is set so that the mean probability is this
 LOGIT_STD = 1.0  # ||S_t||_F: the spread of u^T S_t a for standard normal u, a
 BID_SIGMA = 1.0  # bids ~ lognormal(0, BID_SIGMA)
-# W9: W2 and W4 on exact sets (exact=True), on three kinds of rows
-EXACT_DTYPES = ("int8", "bfloat16", "float16")
-W9_DATA = ("gaussian", "campaign", "clustered")
+# W9: W2 and W4 on exact sets (exact=True), on five kinds of rows, beside FAISS's Panorama
+EXACT_DTYPES = ("int8", "bfloat16", "float16")  # the default run times int8 alone
+W9_DATA = ("gaussian", "decaying", "decaying, rotated", "campaign", "clustered")
+DECAY = 0.85  # decaying rows: dimension i of a Gaussian row scaled DECAY**i
 CLUSTERS, CLUSTER_NOISE = 1000, 0.05  # clustered rows: near-ties by the thousand
+PANORAMA_LEVELS = (2, 4, 8, 16)  # the level counts tried for FAISS IndexFlatIPPanorama; the fastest is kept
 CAMPAIGN_SEED = 0  # of the campaign and the towers trained on it (experiment/embeddings.py)
 # W10: a live set (LiveCandidates) of W1-W4's rows under a stream of changes, beside the frozen
 # Candidates of the same rows and FAISS IndexIDMap2(IndexFlatIP)
@@ -92,10 +94,12 @@ class W9Data(NamedTuple):
 
 
 def w9_data(kind: str, candidates: int) -> W9Data:
-    """W9's rows and users. gaussian: W1-W4's Gaussian rows and users. campaign: a trained
+    """W9's rows and users. gaussian: W1-W4's Gaussian rows and users (a flat spectrum).
+    decaying: those rows with dimension i scaled DECAY**i; "decaying, rotated": the same behind a
+    random orthogonal rotation (the decay no longer lies along the axes). campaign: a trained
     two-tower model's ad embeddings (campaign_rows) and that model's users, folded with one
     objective's S_t, so that user . ad is the model's logit. clustered: CLUSTERS tight clusters,
-    whose near-equal rows the bound cannot tell apart, against W1-W4's users."""
+    whose near-equal rows the bound cannot tell apart. All but campaign against W1-W4's users."""
     if kind == "campaign":
         ads, users, info = campaign_rows(candidates)
         note = (f"campaign rows: the ad tower's output (unit length) of a two-tower model trained on "
@@ -114,11 +118,26 @@ def w9_rows(kind: str, candidates: int) -> np.ndarray:
         return data(candidates, DIM, 1)
     if kind == "campaign":
         return campaign_rows(candidates)[0]
+    if kind in ("decaying", "decaying, rotated"):
+        rows = data(candidates, DIM, 1) * (DECAY ** np.arange(DIM)).astype(np.float32)
+        if kind == "decaying":
+            return rows
+        rotation, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
+        return rows @ rotation.astype(np.float32)
     if kind == "clustered":
         centers = rng.standard_normal((CLUSTERS, DIM)).astype(np.float32)
         noise = CLUSTER_NOISE * rng.standard_normal((candidates, DIM), dtype=np.float32)
         return centers[rng.integers(0, CLUSTERS, candidates)] + noise
     raise ValueError(f"W9 rows: unknown kind {kind!r} (known: {', '.join(W9_DATA)})")
+
+
+def pca_rotation(rows: np.ndarray) -> np.ndarray:
+    """(DIM, DIM) float32 orthogonal: the eigenvectors of the rows' second moment, by falling
+    eigenvalue, as columns; rows @ it puts their energy in the first dimensions (what FAISS's
+    Panorama needs of its rows and query)."""
+    moment = (rows.T @ rows).astype(np.float64)  # BLAS in float32: eigenvectors need no more
+    _, vectors = np.linalg.eigh(moment)
+    return np.ascontiguousarray(vectors[:, ::-1], dtype=np.float32)
 
 
 def cache_dir() -> pathlib.Path:
