@@ -540,18 +540,17 @@ def _w8_many_users(ctx, ads, users, objectives, bid_sets, om, k, sets) -> Table:
 
 def _scan_columns(scans: list) -> tuple:
     """W9's columns from the exact sets' `last_scan` (layout, bytes read per row, rows refined and
-    re-scored), where a set has one (an object with those attributes; absent on sets without a
-    progressive scan, and a dict of rows per objective on sets with objectives): () if none has."""
-    return ("scan", "bytes/row", "refined", "re-scored") if any(hasattr(s, "bytes_per_row") for s in scans) else ()
+    re-scored: Candidates.last_scan), where some set reports them: () if none does."""
+    return ("scan", "bytes/row", "refined", "re-scored") if any("bytes_per_row" in s for s in scans) else ()
 
 
-def _scan_cells(scan, columns) -> tuple:
+def _scan_cells(scan: dict, columns) -> tuple:
     if not columns:
         return ()
-    if not hasattr(scan, "bytes_per_row"):
+    if "bytes_per_row" not in scan:
         return ("",) * len(columns)
-    layout = scan.layout + (f", head {scan.head}" if scan.head is not None else "")
-    return layout, f"{scan.bytes_per_row:.1f}", f"{scan.refined:,}", f"{scan.rescored:,}"
+    layout = scan["layout"] + (f", head {scan['head']}" if scan["head"] is not None else "")
+    return layout, f"{scan['bytes_per_row']:.1f}", f"{scan['refined']:,}", f"{scan['rescored']:,}"
 
 
 def w9(ctx) -> list[Table]:
@@ -589,7 +588,7 @@ def w9(ctx) -> list[Table]:
                 got = cands.topk(who, k)
                 assert all(np.array_equal(g, w) for g, w in zip(got, want)), \
                     f"W9 {kind} {label}: the exact {dtype} set differs from the float32 set"
-                scans[dtype] = (getattr(cands, "last_scan", None), cands.last_rescored)
+                scans[dtype] = (cands.last_scan, cands.last_rescored)
             scan_columns = _scan_columns([scan for scan, _ in scans.values()])
             if many:
                 floor = {"flops": 2 * who.shape[0] * N * wl.DIM}
