@@ -482,19 +482,25 @@ torch.library.register_fake(f"{NAMESPACE}::no_gradient", lambda grad, like, op: 
                             lib=_LIBRARY)
 
 
-class _Refused(torch.autograd.Function):
-    """Marks a selection's scores as computed from inputs that ask for gradients, with a
-    backward that says why there is none (ops.no_gradient, in the inputs' shapes)."""
+# A selection's scores computed from tensors that ask for gradients (the route's calls): the
+# scores again, whose backward to those tensors says why there is none (no_gradient, in their
+# shapes). An op, not an autograd.Function, so that dynamo sees one call in a compiled function.
+_LIBRARY.define("refuse_gradient(Tensor scores, Tensor[] inputs, str op) -> Tensor")
+_LIBRARY.impl("refuse_gradient", lambda scores, inputs, op: scores.clone(), "CompositeExplicitAutograd")
+torch.library.register_fake(f"{NAMESPACE}::refuse_gradient", lambda scores, inputs, op: torch.empty_like(scores),
+                            lib=_LIBRARY)
 
-    @staticmethod
-    def forward(ctx, name, scores, *inputs):
-        ctx.name, ctx.inputs = name, [(x.shape, x.dtype) for x in inputs]
-        return scores.clone()
 
-    @staticmethod
-    def backward(ctx, grad):
-        return (None, None) + tuple(ops.no_gradient(grad, grad.new_empty(shape, dtype=dtype), ctx.name)
-                                    for shape, dtype in ctx.inputs)
+def _setup_refusal(ctx, inputs, output) -> None:
+    ctx.op, ctx.inputs = inputs[2], [(x.shape, x.dtype) for x in inputs[1]]
+
+
+def _refusal_backward(ctx, grad):
+    return None, [ops.no_gradient(grad, grad.new_empty(shape, dtype=dtype), ctx.op) for shape, dtype in ctx.inputs], None
+
+
+torch.library.register_autograd(f"{NAMESPACE}::refuse_gradient", _refusal_backward, setup_context=_setup_refusal,
+                                lib=_LIBRARY)
 
 
 # Each op's kernel (checks, then the simd or the torch path) and its fake.
@@ -677,7 +683,7 @@ def topk(request: Request):
 # ---- objectives with tensors that ask for gradients -----------------------------------------------
 def refused(name: str, scores, wanting: list):
     """A selection's scores, whose backward to the tensors `wanting` a gradient says why there is none."""
-    return _Refused.apply(name, scores, *wanting)
+    return ops.refuse_gradient.default(scores, wanting, name)
 
 
 def score_by_objective(cands, users, ads, bids, metric, *, output, sigmoid: bool, threads, out):
