@@ -281,13 +281,14 @@ struct Scan {
   Rows users;
   bool one_user = false;
   StoredRows rows{};
+  bool subset = false;  // allowed given: only the ids (an empty tensor's data may be null)
   const index_t* ids = nullptr;
   index_t n_ids = 0;
   MetricForm form;
   float bias = 0;
   int threads = 0;
 
-  index_t candidates() const { return ids ? n_ids : rows.count; }
+  index_t candidates() const { return subset ? n_ids : rows.count; }
 };
 
 bool users_of(const Arguments& a, Scan& scan) {
@@ -326,6 +327,7 @@ bool packed_scan(const Arguments& a, std::size_t threads_at, Scan& scan) {
     View v;
     if (!view_of(allowed, v) || v.dtype != codes.i64 || v.ndim != 1 || (v.sizes[0] > 1 && v.strides[0] != 1))
       return false;
+    scan.subset = true;
     scan.ids = static_cast<const index_t*>(v.data);
     scan.n_ids = v.sizes[0];
     for (index_t i = 0; i < scan.n_ids; ++i)  // ascending, unique, in range: the kernels index with them
