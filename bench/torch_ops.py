@@ -53,6 +53,11 @@ def _floor_op(k: int):
     return torch.ops.splitnet_kernels_floor.topk.default
 
 
+def _kernels() -> str:
+    """Which kernels the ops run on the CPU ("python" before issue 27's C++ kernels)."""
+    return sk.info().get("torch_ops", {}).get("kernels") or "python"
+
+
 def _in_turns(title: str, cases: dict, rounds: int, calls: int) -> None:
     """Times the cases in turns, `calls` calls a round; prints each one's median and quartiles
     per call, and its median over the first case's."""
@@ -63,7 +68,7 @@ def _in_turns(title: str, cases: dict, rounds: int, calls: int) -> None:
         for name, call in cases.items():
             times[name].append(_per_call(call, calls))
     base = float(np.median(next(iter(times.values()))))
-    print(f"{title}, {sk.info()['torch_ops']['kernels']} kernels, median [quartiles] of {rounds} rounds in turns")
+    print(f"{title}, {_kernels()} kernels, median [quartiles] of {rounds} rounds in turns")
     for name, values in times.items():
         low, middle, high = np.percentile(values, (25, 50, 75))
         print(f"  {name:44s} {middle * 1e6:8.2f} us [{low * 1e6:7.2f}, {high * 1e6:7.2f}]  {middle / base:5.2f}x")
@@ -86,7 +91,7 @@ def w6(rounds: int) -> None:
     users, candidates = torch.from_numpy(user), torch.from_numpy(ads)
     form = sk.Metric.dot(wl.DIM)._tensor_params(users)
     cases = _op_cases(user, ads, k)
-    if sk.info()["torch_ops"]["kernels"] == "c++":
+    if _kernels() == "c++":
         python = torch.ops.splitnet_kernels_python.topk.default
         cases["the Python kernels through the dispatcher"] = lambda: python(users, candidates, *form, 0.0, k)
     floor, op = _floor_op(k), torch.ops.splitnet_kernels.topk.default
