@@ -669,12 +669,12 @@ def topk(request: Request):
     if not is_plain(store):
         data, scales = _packed_tensors(store, device)
         allowed = None if request.ids is None else torch.from_numpy(request.ids).to(device)
-        name, inputs = "candidates_topk", (users,)
+        name, inputs = "candidates_topk", [users]
         scores, ids = ops.candidates_topk.default(users, data, scales, allowed, *form, metric.bias, k,
                                                   request.threads, sigmoid)
     else:
         ads = _as_tensor(store, device)
-        name, inputs = "topk", (users, ads)
+        name, inputs = "topk", [users, ads]
         scores, ids = ops.topk.default(users, ads, *form, metric.bias, k, request.threads, sigmoid)
     wanting = wanting_gradients(*inputs)
     return (refused(name, scores, wanting), ids) if wanting else (scores, ids)
