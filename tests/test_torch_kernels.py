@@ -144,7 +144,9 @@ def test_results_are_new_tensors_and_inputs_are_left_alone(rng):
 
 # ---- the forced fallback, and no torch at all: fresh processes --------------------------------------
 def _run(code: str, **env) -> str:
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]),
+    """Runs code in a fresh Python that imports this package (installed or a source tree's)."""
+    package = str(pathlib.Path(sk.__file__).resolve().parents[1])
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")])),
                    **env}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, cwd=ROOT,
                           timeout=600)
