@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -339,12 +340,22 @@ bool packed_scan(const Arguments& a, std::size_t threads_at, Scan& scan) {
 }
 
 // ---- the kernels ----------------------------------------------------------------------------------
-constexpr Kind T = Kind::tensor, OT = Kind::optional_tensor, F = Kind::real, I = Kind::integer,
-               OI = Kind::optional_integer, B = Kind::boolean;
-constexpr Kind kScore[] = {T, T, OT, OT, OT, F, OI};
-constexpr Kind kTopk[] = {T, T, OT, OT, OT, F, I, OI, B};
-constexpr Kind kCandidatesScore[] = {T, T, OT, OT, OT, OT, OT, F, OI};
-constexpr Kind kCandidatesTopk[] = {T, T, OT, OT, OT, OT, OT, F, I, OI, B};
+// The ops' schemas (_torch_ops.SCHEMAS), argument by argument.
+constexpr Kind kTensor = Kind::tensor, kOptionalTensor = Kind::optional_tensor, kReal = Kind::real,
+               kInteger = Kind::integer, kOptionalInteger = Kind::optional_integer, kBoolean = Kind::boolean;
+// users, ads, diag, left, right, bias, threads (score and score_pairs)
+constexpr Kind kScore[] = {kTensor, kTensor, kOptionalTensor, kOptionalTensor, kOptionalTensor, kReal,
+                           kOptionalInteger};
+// users, ads, diag, left, right, bias, k, threads, sigmoid
+constexpr Kind kTopk[] = {kTensor, kTensor, kOptionalTensor, kOptionalTensor, kOptionalTensor, kReal, kInteger,
+                          kOptionalInteger, kBoolean};
+// users, data, scales, allowed, diag, left, right, bias, threads
+constexpr Kind kCandidatesScore[] = {kTensor,         kTensor,         kOptionalTensor, kOptionalTensor, kOptionalTensor,
+                                     kOptionalTensor, kOptionalTensor, kReal,           kOptionalInteger};
+// users, data, scales, allowed, diag, left, right, bias, k, threads, sigmoid
+constexpr Kind kCandidatesTopk[] = {kTensor,         kTensor,         kOptionalTensor, kOptionalTensor,
+                                    kOptionalTensor, kOptionalTensor, kOptionalTensor, kReal,
+                                    kInteger,        kOptionalInteger, kBoolean};
 
 void score_into(StableIValue* stack, const Scan& scan) {
   const index_t n = scan.candidates();
