@@ -114,7 +114,8 @@ def serving(rounds: int) -> None:
     """A compiled serving function (a user tower, then sk.topk over W6's candidates) against its
     parts: the compiled tower alone, and sk.topk on NumPy arrays. What the op adds over its
     kernel: serve - tower - sk.topk; the floor of any op there: the same function over no
-    candidates (the op's call with no work)."""
+    candidates (the op's call with no work); and the op called in the function directly (not
+    through sk.topk), over the candidates and over none."""
     ads, _ = wl.one_request()
     k = wl.REQUEST_K
     torch.manual_seed(0)
@@ -127,13 +128,18 @@ def serving(rounds: int) -> None:
         compiled_serve = torch.compile(lambda x: sk.topk(tower(x), candidates, k), fullgraph=True)
         compiled_tower = torch.compile(lambda x: tower(x), fullgraph=True)
         compiled_floor = torch.compile(lambda x: sk.topk(tower(x), none, k), fullgraph=True)
-        for compiled in (compiled_serve, compiled_tower, compiled_floor):
+        op = torch.ops.splitnet_kernels.topk.default
+        compiled_op = torch.compile(lambda x: op(tower(x), candidates, None, None, None, 0.0, k), fullgraph=True)
+        compiled_op_none = torch.compile(lambda x: op(tower(x), none, None, None, None, 0.0, k), fullgraph=True)
+        for compiled in (compiled_serve, compiled_tower, compiled_floor, compiled_op, compiled_op_none):
             compiled(features)
         _in_turns(f"a compiled serving function (tower, then sk.topk over {len(ads):,}, top-{k})",
                   {"sk.topk, NumPy arrays": lambda: sk.topk(user, ads, k),
                    "compiled tower alone": lambda: compiled_tower(features),
                    "compiled tower + sk.topk (the op)": lambda: compiled_serve(features),
-                   "floor: compiled tower + the op on no candidates": lambda: compiled_floor(features)},
+                   "floor: compiled tower + the op on no candidates": lambda: compiled_floor(features),
+                   "compiled tower + the op called directly": lambda: compiled_op(features),
+                   "compiled tower + the op called directly, no candidates": lambda: compiled_op_none(features)},
                   rounds, 2000)
 
 
