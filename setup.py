@@ -35,7 +35,7 @@ setup(
     ext_modules=[
         Pybind11Extension(
             "splitnet_kernels._core",
-            ["src/core.cpp"],
+            ["src/core.cpp", "src/torch_ops.cpp"],
             include_dirs=["kernels"],
             cxx_std=17,
             extra_compile_args=FLAGS,

@@ -18,6 +18,7 @@
 
 #include "fastcall.h"
 #include "operand_checks.h"
+#include "torch_ops.h"
 
 using splitnet::Isa;
 using splitnet::KernelTable;
@@ -317,5 +318,6 @@ PYBIND11_MODULE(_core, m) {
     active_isa.store(static_cast<int>(isa), std::memory_order_release);
   }, py::arg("name"), "Use the kernels of a supported instruction set from now on (here and in kernels.pxd users).");
   m.def("max_threads", [] { return splitnet::default_pool().size(); }, "Threads one call can use.");
+  add_torch_ops(m, table);
   m.attr("_active_isa") = py::capsule(static_cast<void*>(&active_isa), "splitnet_kernels._core._active_isa");
 }

@@ -9,6 +9,11 @@ from ._version import __version__
 from .backends import _simd
 
 
+# Which kernels the custom ops torch.ops.splitnet_kernels.* run on the CPU, and why: set by
+# _torch_ops when it registers them (at the first call on tensors, or its import).
+torch_ops = {"kernels": None, "reason": "not registered yet: the ops register at the first call on tensors"}
+
+
 def backends() -> dict:
     """{name: {"available": bool, "reason": str}} for every backend."""
     return {name: dict(zip(("available", "reason"), _dispatch.status(name))) for name in _dispatch.BACKENDS}
@@ -30,7 +35,9 @@ def set_isa(name: str) -> str:
 
 
 def info() -> dict:
-    """Version, detected and active ISA, backends, default threads and where that count comes from.
+    """Version, detected and active ISA, backends, default threads and where that count comes from,
+    and which kernels the custom ops run on the CPU (torch_ops: {"kernels": "c++" or "python",
+    or None before they are registered, "reason": why}).
 
     default_threads is what a call with threads=None uses (None while a bad SPLITNET_KERNELS_THREADS
     is in force: threads_error says why); threads_source is where it comes from: "set_threads",
@@ -47,6 +54,7 @@ def info() -> dict:
         "isa_error": _dispatch.ISA_ERROR or None,
         **_threads.report(),
         "backends": backends(),
+        "torch_ops": dict(torch_ops),
     }
 
 

@@ -397,5 +397,5 @@ class _ByObjective:
         return scores[:, :kept], found[:, :kept]
 
 
-if "torch" in sys.modules:  # torch came first: the ops exist from the start, as torch.ops.splitnet_kernels
+if sys.modules.get("torch") is not None:  # torch came first: the ops exist from the start, as torch.ops.splitnet_kernels
     tensor_ops()

@@ -138,4 +138,15 @@ def set_threads(threads: int | None) -> int | None:
     global _chosen, _default
     chosen = None if threads is None else check(threads)
     previous, _chosen, _default = _chosen, chosen, None
+    for watcher in _watchers:
+        watcher()
     return previous
+
+
+_watchers: list = []
+
+
+def watch(watcher) -> None:
+    """Calls watcher() after every set_threads (the custom ops' C++ kernels keep their own copy of
+    threads=None's count)."""
+    _watchers.append(watcher)

@@ -18,34 +18,55 @@ leave the float32 range is refused, as Metric.check_fold_range refuses it. The t
 sigmoid=True report and rank by the probability, as sk.topk(sigmoid=True) does (its float32
 bits, ties by id).
 
+Two kernels serve the CPU. The C++ kernels (src/torch_ops.cpp, in _core, registered through
+LibTorch's stable C ABI of torch >= 2.10, whose functions are looked up in the running libtorch:
+nothing of torch is needed to build them) take CPU float32 calls of every storage type as they
+come and make one kernel call, with no Python in between; every other call they hand, untouched,
+to the Python kernels below (the specification: checks, messages, the torch path, sigmoid=True),
+registered for that under the namespace splitnet_kernels_python. Where the C++ kernels cannot
+register (torch older than 2.10, no compiled module, a bad SPLITNET_KERNELS_ISA) or
+SPLITNET_KERNELS_TORCH_OPS=python asks, the Python kernels serve the CPU too. sk.info()["torch_ops"]
+says which.
+
 score and score_pairs are differentiable in users, ads, diag, left and right: the gradients are
-bilinear products again, made with torch ops, so they differentiate once more. The top-k ops
-raise if a gradient is asked of them: their backward (the op no_gradient) raises when it runs,
-so that a compiled function with inputs that ask for gradients still compiles and serves.
-sk.score with objectives on such tensors forms each objective's logits with the score op and the
-quantity with torch ops (score_by_objective), so its gradient flows too. Importing this module
-registers the ops.
+bilinear products again, made with torch ops, so they differentiate once more. The selection ops
+(topk, candidates_topk, candidates_score) have no autograd kernel (autograd falls through them, so
+a call costs no Python): their results ask for no gradient. sk.topk, sk.score and Candidates mark
+a selection's scores computed from tensors that ask for gradients with a backward that raises
+(the op no_gradient, when it runs), so that a compiled function with such inputs still compiles
+and serves. sk.score with objectives on such tensors forms each objective's logits with the score
+op and the quantity with torch ops (score_by_objective), so its gradient flows too. Importing this
+module registers the ops.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import pathlib
+import sys
+import threading
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
 
-from . import _dispatch
+from . import _dispatch, _info
+from . import _threads as threads_
 from ._checks import at_least_one, check_out
-from ._conversions import constant_when_compiled, device_of, holds_values, kernel_rows, shape, watched
+from ._conversions import constant_when_compiled, device_of, holds_values, kernel_rows, shape, wanting_gradients
 from ._metric import FOLD_LIMIT, Form, Metric, dot_metric, fold_gain, refuse_fold_beyond_range
 from ._objectives import ObjectiveMetrics, probability
 from ._order import rank_exactly
 from ._storage import BLOCK_ROWS, TYPES, Storage, is_plain
 from .backends import Request
+from .backends import _simd
 from .backends import _torch as torch_backend
 from .backends._simd import SimdBackend
 
 NAMESPACE = "splitnet_kernels"
+PYTHON_NAMESPACE = "splitnet_kernels_python"  # the Python kernels, where the C++ kernels hand calls
+ENV = "SPLITNET_KERNELS_TORCH_OPS"  # "python": the Python kernels serve the CPU too
 _FORM = "Tensor? diag, Tensor? left, Tensor? right, float bias"
 _PACKED = "Tensor users, Tensor data, Tensor? scales, Tensor? allowed"
 SCHEMAS = {
@@ -461,57 +482,25 @@ torch.library.register_fake(f"{NAMESPACE}::no_gradient", lambda grad, like, op: 
                             lib=_LIBRARY)
 
 
-class _Refused(torch.autograd.Function):
-    """Marks a selection's scores as computed from inputs that ask for gradients, with a
-    backward that says why there is none (ops.no_gradient, in the inputs' shapes)."""
-
-    @staticmethod
-    def forward(ctx, name, scores, *inputs):
-        ctx.name, ctx.inputs = name, [(x.shape, x.dtype) for x in inputs]
-        return scores.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (None, None) + tuple(ops.no_gradient(grad, grad.new_empty(shape, dtype=dtype), ctx.name)
-                                    for shape, dtype in ctx.inputs)
+# A selection's scores computed from tensors that ask for gradients (the route's calls): the
+# scores again, whose backward to those tensors says why there is none (no_gradient, in their
+# shapes). An op, not an autograd.Function, so that dynamo sees one call in a compiled function.
+_LIBRARY.define("refuse_gradient(Tensor scores, Tensor[] inputs, str op) -> Tensor")
+_LIBRARY.impl("refuse_gradient", lambda scores, inputs, op: scores.clone(), "CompositeExplicitAutograd")
+torch.library.register_fake(f"{NAMESPACE}::refuse_gradient", lambda scores, inputs, op: torch.empty_like(scores),
+                            lib=_LIBRARY)
 
 
-def _leading_tensors(schema: str) -> int:
-    """How many of an op's arguments, from the first, are (optional) tensors, by its schema."""
-    arguments = [argument.strip() for argument in schema[1:schema.index(")")].split(",")]
-    return next(i for i, argument in enumerate(arguments) if not argument.startswith("Tensor"))
+def _setup_refusal(ctx, inputs, output) -> None:
+    ctx.op, ctx.inputs = inputs[2], [(x.shape, x.dtype) for x in inputs[1]]
 
 
+def _refusal_backward(ctx, grad):
+    return None, [ops.no_gradient(grad, grad.new_empty(shape, dtype=dtype), ctx.op) for shape, dtype in ctx.inputs], None
 
 
-def _not_differentiable(name: str):
-    """The Autograd-key kernel of a selection op. register_autograd would wrap every call in an
-    autograd.Function (about 8 us, more than W6's arithmetic); this kernel runs the op's kernel
-    itself for plain CPU tensors with no gradient asked and nothing looking on, goes below
-    autograd to the registered kernels otherwise, and where inputs ask for gradients gives
-    scores whose backward raises."""
-    kernel, count = KERNELS[name][0], _leading_tensors(SCHEMAS[name])
-
-    def autograd(*args):
-        plain, wanting = True, []
-        for x in args[:count]:
-            if x is not None:
-                if type(x) is not _TENSOR or not x.is_cpu:
-                    plain = False
-                if x.requires_grad:
-                    wanting.append(x)
-        asked = bool(wanting) and torch.is_grad_enabled()
-        if plain and not asked and not watched():
-            return kernel(*args)
-        with torch._C._AutoDispatchBelowAutograd():
-            result = getattr(ops, name).default(*args)
-        if not asked:
-            return result
-        if isinstance(result, tuple):
-            return (_Refused.apply(name, result[0], *wanting),) + tuple(result[1:])
-        return _Refused.apply(name, result, *wanting)
-
-    return autograd
+torch.library.register_autograd(f"{NAMESPACE}::refuse_gradient", _refusal_backward, setup_context=_setup_refusal,
+                                lib=_LIBRARY)
 
 
 # Each op's kernel (checks, then the simd or the torch path) and its fake.
@@ -525,8 +514,78 @@ for _name, (_kernel, _fake) in KERNELS.items():  # one kernel for every device: 
 torch.library.register_autograd(f"{NAMESPACE}::score", _score_backward, setup_context=_setup_score, lib=_LIBRARY)
 torch.library.register_autograd(f"{NAMESPACE}::score_pairs", _score_pairs_backward, setup_context=_setup_score,
                                 lib=_LIBRARY)
-for _name in ("topk", "candidates_topk", "candidates_score"):
-    _LIBRARY.impl(_name, _not_differentiable(_name), "Autograd")
+SELECTIONS = ("topk", "candidates_topk", "candidates_score")
+for _name in SELECTIONS:  # no autograd kernel: a call costs no Python (the route marks gradients asked)
+    _LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+
+
+# ---- the C++ kernels --------------------------------------------------------------------------------
+_handed = threading.local()  # the last error of a Python kernel called by a C++ kernel, per thread
+
+
+def _handing(kernel):
+    """kernel, noting its error for the C++ kernel that called it (the dispatcher's C ABI keeps
+    only a failure code; _take_error gives the C++ kernel the error's type and message)."""
+
+    def run(*args):
+        try:
+            return kernel(*args)
+        except Exception as error:
+            _handed.error = error
+            raise
+
+    return run
+
+
+def _take_error():
+    error, _handed.error = getattr(_handed, "error", None), None
+    return None if error is None else (type(error).__name__, str(error))
+
+
+def _compiled_threads() -> int:
+    """threads=None's count for the C++ kernels; 0 while a bad SPLITNET_KERNELS_THREADS stands
+    (then the Python kernels raise it)."""
+    try:
+        return threads_.default()
+    except ValueError:
+        return 0
+
+
+_LIBTORCH = {"darwin": "libtorch_cpu.dylib", "win32": "torch_cpu.dll"}
+
+
+def _register_compiled() -> str:
+    """Registers the C++ kernels for the CPU; returns "" or why they are not."""
+    choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "python"):
+        return f"{ENV}={choice!r} is not 'auto' or 'python': the Python kernels serve"
+    if choice == "python":
+        return f"{ENV}=python"
+    if _dispatch.ISA_ERROR:
+        return _dispatch.ISA_ERROR
+    if not _simd.compiled():
+        return _dispatch.status("simd")[1]
+    global _PYTHON_LIBRARY
+    _PYTHON_LIBRARY = torch.library.Library(PYTHON_NAMESPACE, "DEF")
+    for name, schema in SCHEMAS.items():
+        _PYTHON_LIBRARY.define(name + schema)
+        _PYTHON_LIBRARY.impl(name, _handing(KERNELS[name][0]), "CompositeExplicitAutograd")
+        _PYTHON_LIBRARY.impl(name, torch.library.fallthrough_kernel, "Autograd")
+    try:
+        libtorch = ctypes.CDLL(str(pathlib.Path(torch.__file__).parent / "lib" / _LIBTORCH.get(sys.platform,
+                                                                                             "libtorch_cpu.so")))
+        _simd.register_torch_ops(lambda name: ctypes.cast(getattr(libtorch, name), ctypes.c_void_p).value,
+                                 _take_error, FOLD_LIMIT, _compiled_threads())
+    except (OSError, AttributeError, ValueError, RuntimeError) as error:  # torch < 2.10: no stable ABI
+        return f"the C++ kernels need LibTorch's stable ABI of torch >= 2.10: {error}"
+    threads_.watch(lambda: _simd.set_torch_threads(_compiled_threads()))
+    return ""
+
+
+_PYTHON_LIBRARY = None
+_WHY_NOT = _register_compiled()
+_info.torch_ops.update(kernels="python" if _WHY_NOT else "c++", reason=_WHY_NOT or
+                       "CPU float32 calls on the C++ kernels, the rest on the Python kernels")
 
 
 # ---- the route of sk.score / sk.topk / Candidates for tensors -------------------------------------
@@ -587,6 +646,9 @@ def score(request: Request, out, pairwise: bool):
         data, scales = _packed_tensors(store, device)
         allowed = None if request.ids is None else torch.from_numpy(request.ids).to(device)
         result = ops.candidates_score.default(users, data, scales, allowed, *form, metric.bias, request.threads)
+        wanting = wanting_gradients(users)
+        if wanting:
+            result = refused("candidates_score", result, wanting)
     else:
         op = ops.score_pairs if pairwise else ops.score
         result = op.default(users, _as_tensor(store, device), *form, metric.bias, request.threads)
@@ -607,15 +669,21 @@ def topk(request: Request):
     if not is_plain(store):
         data, scales = _packed_tensors(store, device)
         allowed = None if request.ids is None else torch.from_numpy(request.ids).to(device)
-        return ops.candidates_topk.default(users, data, scales, allowed, *form, metric.bias, k, request.threads,
-                                           sigmoid)
-    return ops.topk.default(users, _as_tensor(store, device), *form, metric.bias, k, request.threads, sigmoid)
+        name, inputs = "candidates_topk", [users]
+        scores, ids = ops.candidates_topk.default(users, data, scales, allowed, *form, metric.bias, k,
+                                                  request.threads, sigmoid)
+    else:
+        ads = _as_tensor(store, device)
+        name, inputs = "topk", [users, ads]
+        scores, ids = ops.topk.default(users, ads, *form, metric.bias, k, request.threads, sigmoid)
+    wanting = wanting_gradients(*inputs)
+    return (refused(name, scores, wanting), ids) if wanting else (scores, ids)
 
 
 # ---- objectives with tensors that ask for gradients -----------------------------------------------
 def refused(name: str, scores, wanting: list):
     """A selection's scores, whose backward to the tensors `wanting` a gradient says why there is none."""
-    return _Refused.apply(name, scores, *wanting)
+    return ops.refuse_gradient.default(scores, wanting, name)
 
 
 def score_by_objective(cands, users, ads, bids, metric, *, output, sigmoid: bool, threads, out):

@@ -46,6 +46,17 @@ def known_isas() -> list:
     return [name for name, _ in _core.isas()]
 
 
+def register_torch_ops(resolve, take_error, fold_limit: float, threads: int) -> None:
+    """Registers the custom ops' C++ CPU kernels (src/torch_ops.cpp) with the dispatcher of the
+    running torch: resolve(name) gives each stable-ABI function's address (see _torch_ops)."""
+    _core.register_torch_ops(resolve, take_error, fold_limit, threads)
+
+
+def set_torch_threads(threads: int) -> None:
+    """threads=None's count for the custom ops' C++ kernels (0: their Python kernels decide)."""
+    _core.set_torch_threads(threads)
+
+
 def read_bytes(buffer, threads: int) -> int:
     """Reads a C-contiguous, 8-byte aligned buffer once across threads: the read-bandwidth floor."""
     return _core.read_bytes(buffer, threads)
