@@ -433,48 +433,61 @@ inline Certified topk_exact_one(const KernelTable& table, const float* query, co
     };
     float scores[kBlock];
     if (progressive) {
-      // The heads a block at a time; the rows whose head reaches the block's gate are read whole
-      // one block later (prefetched meanwhile), gated as the flat scan gates them, and settled.
-      struct Passed {
-        index_t first = 0, count = 0;
-        float norm = 0, residual = 0;
-        index_t rows[kBlock];
-      } lists[2];
-      float whole[kBlock];
-      const auto refine = [&](const Passed& list) {
-        if (list.count == 0) return;
-        approx.gathered(list.rows, list.count, whole);
-        refined[t] += list.count;
-        const float most = bound.most(list.norm, list.residual), gate = tile_gate(lower.floor(), most);
-        for (index_t j = 0; j < list.count; ++j)
-          if (!(whole[j] < gate)) settle(list.rows[j], whole[j], list.norm, list.residual, std::isfinite(most));
-      };
-      const index_t stored_bytes = small.dim * element_size(small.dtype);  // a row's values (its scale apart)
-      int next = 0;
-      for (index_t b = begin; b < end; b += kBlock, next ^= 1) {
+      // First the heads of every row: each head bounds its row's score both ways, s~1 - E1 -
+      // 2 rest * rest_norm <= s <= s~1 + E1 (t = s~1 + rest * rest_norm from the kernel, E1 at
+      // the block's maxima, margins as tile_gate's), so a heap of the heads' lower bounds gives
+      // a floor from every row, and the rows whose upper bound reaches it are kept. Then those
+      // rows are read whole best upper bound first: the first few raise the flat scan's floor to
+      // near the k-th score, and the rest stop at the first whose upper bound is below it.
+      std::vector<float> head_lows(static_cast<size_t>(k));
+      std::vector<index_t> head_ids(static_cast<size_t>(k));
+      TopK heads(head_lows.data(), head_ids.data(), k);
+      Survivors reach;  // rows whose head reached the heads' floor, with their upper bounds
+      reach.limit = static_cast<size_t>(std::max<index_t>(4 * k, 4096));
+      const index_t block_bytes = 16 * levels.width + 128;
+      for (index_t b = begin; b < end; b += kBlock) {
         const index_t count = std::min(kBlock, end - b);
-        Passed& list = lists[next];
-        std::tie(list.norm, list.residual) = exact.stored_maxima(b, count);
+        const auto [norm, residual] = exact.stored_maxima(b, count);
         float head_residual = 0;
         for (index_t q = b / exact.block; q <= (b + count - 1) / exact.block; ++q)
           head_residual = std::max(head_residual, levels.block_head_residuals[q]);
-        const float gate = tile_gate(lower.floor(), head.most(list.norm, head_residual));
-        table.score_heads_i8(head_query.data(), head_scale, levels.blocks + b / 16 * (16 * levels.width + 128),
-                             head.rest, count, levels.width, bias, scores);
-        list.first = b, list.count = 0;
+        const float most = head.most(norm, head_residual);
+        const std::int8_t* blocks = levels.blocks + b / 16 * block_bytes;
+        table.score_heads_i8(head_query.data(), head_scale, blocks, head.rest, count, levels.width, bias, scores);
+        const float gate = tile_gate(heads.floor(), most);
         for (index_t i = table.first_not_below_f32(scores, count, gate); i < count;) {
           if (!filter || filter.allows(b + i)) {
-            list.rows[list.count++] = b + i;
-            prefetch_bytes(small.row_bytes(b + i), stored_bytes);
-            if (small.scales != nullptr) __builtin_prefetch(small.scales + b + i);
+            float rest_norm;
+            std::memcpy(&rest_norm, blocks + i / 16 * block_bytes + 16 * levels.width + 64 + 4 * (i % 16), 4);
+            const float t = scores[i], twice = 2 * (head.rest * rest_norm);
+            const float low = t - twice - most - 0x1p-14f * (std::fabs(t) + twice + most) - 0x1p-126f;
+            const float high = t + most + 0x1p-14f * (std::fabs(t) + most) + 0x1p-126f;
+            if (!(low < heads.gate())) heads.push(low == low ? low : -kInf, b + i);
+            if (!(high < heads.floor())) reach.keep(b + i, high == high ? high : kInf, heads.floor());
           }
           ++i;
           i += table.first_not_below_f32(scores + i, count - i, gate);
         }
-        refine(lists[next ^ 1]);
-        lists[next ^ 1].count = 0;
       }
-      refine(lists[next ^ 1]);
+      std::vector<index_t> order(reach.rows.size());
+      for (size_t j = 0; j < order.size(); ++j) order[j] = static_cast<index_t>(j);
+      std::sort(order.begin(), order.end(), [&](index_t x, index_t y) { return reach.uppers[x] > reach.uppers[y]; });
+      constexpr index_t kBatch = 64;
+      index_t rows[kBatch];
+      float whole[kBatch];
+      for (size_t j = 0; j < order.size();) {
+        const float floor = std::max(heads.floor(), lower.floor());
+        index_t m = 0;
+        for (; j < order.size() && m < kBatch && !(reach.uppers[order[j]] < floor); ++j) rows[m++] = reach.rows[order[j]];
+        if (m == 0) break;  // the rest are below the floor: best first
+        approx.gathered(rows, m, whole);
+        refined[t] += m;
+        for (index_t r = 0; r < m; ++r) {
+          const index_t q = rows[r] / exact.block;
+          const float norm = exact.block_norms[q], residual = exact.block_residuals[q], most = bound.most(norm, residual);
+          if (!(whole[r] < tile_gate(lower.floor(), most))) settle(rows[r], whole[r], norm, residual, std::isfinite(most));
+        }
+      }
     } else {
       float gathered[2][kBlock];
       for (index_t b = begin; b < end; b += kBlock) {
