@@ -63,13 +63,14 @@ def test_progressive_topk_is_the_float32_sets_bit_for_bit(dtype, data):
 def test_turned_rows_get_heads_and_flat_rows_do_not(rng):
     decaying = sk.Candidates(_decaying(rng, 4000, 64, 0.85), "int8", exact=True)
     gaussian = sk.Candidates(rng.standard_normal((4000, 64)).astype(np.float32), "int8", exact=True)
-    assert "progressive scan (head 16)" in repr(decaying) and "flat scan" in repr(gaussian)
+    # 0.85^48 of the energy past 24 values (0.85^32, past 16, is more than REST_ENERGY)
+    assert "progressive scan (head 24)" in repr(decaying) and "flat scan" in repr(gaussian)
     user = rng.standard_normal(64).astype(np.float32)
     decaying.topk(user, 10)
     scan = decaying.last_scan
-    assert scan["layout"] == "progressive" and scan["head"] == 16 and scan["rows"] == 4000
+    assert scan["layout"] == "progressive" and scan["head"] == 24 and scan["rows"] == 4000
     assert scan["rescored"] == decaying.last_rescored >= 10 and 0 <= scan["refined"] <= 4000
-    assert 16 + 8 <= scan["bytes_per_row"] < 68  # the heads of every row, the whole of a few
+    assert 24 + 8 <= scan["bytes_per_row"] < 68  # the heads of every row, the whole of a few
     gaussian.topk(user, 10)
     assert gaussian.last_scan["layout"] == "flat" and gaussian.last_scan["bytes_per_row"] == 68
 

@@ -469,16 +469,23 @@ inline Certified topk_exact_one(const KernelTable& table, const float* query, co
           i += table.first_not_below_f32(scores + i, count - i, gate);
         }
       }
-      std::vector<index_t> order(reach.rows.size());
-      for (size_t j = 0; j < order.size(); ++j) order[j] = static_cast<index_t>(j);
-      std::sort(order.begin(), order.end(), [&](index_t x, index_t y) { return reach.uppers[x] > reach.uppers[y]; });
+      std::vector<std::pair<float, index_t>> order;  // the rows still above the heads' final floor, best first
+      for (size_t j = 0; j < reach.rows.size(); ++j)
+        if (!(reach.uppers[j] < heads.floor())) order.emplace_back(reach.uppers[j], reach.rows[j]);
+      std::sort(order.begin(), order.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
       constexpr index_t kBatch = 64;
       index_t rows[kBatch];
       float whole[kBatch];
+      const index_t stored_bytes = small.dim * element_size(small.dtype);
       for (size_t j = 0; j < order.size();) {
         const float floor = std::max(heads.floor(), lower.floor());
         index_t m = 0;
-        for (; j < order.size() && m < kBatch && !(reach.uppers[order[j]] < floor); ++j) rows[m++] = reach.rows[order[j]];
+        for (; j < order.size() && m < kBatch && !(order[j].first < floor); ++j) {
+          rows[m] = order[j].second;
+          prefetch_bytes(small.row_bytes(rows[m]), stored_bytes);  // the batch's misses at once
+          if (small.scales != nullptr) __builtin_prefetch(small.scales + rows[m]);
+          ++m;
+        }
         if (m == 0) break;  // the rest are below the floor: best first
         approx.gathered(rows, m, whole);
         refined[t] += m;
