@@ -202,6 +202,13 @@ inline void score_pairs_factored(const KernelTable& table, const Rows& users, co
   index_t pad = 0;
   const float* left_padded = pad_columns(left, dim, rank, left_copy, pad);
   const float* right_padded = right ? pad_columns(right, dim, rank, right_copy, pad) : nullptr;
+  if (right == nullptr && diag == nullptr && table.score_pairs_full_f32 != nullptr)
+    return parallel_chunks(rows.count, threads, min_rows_per_task(dim, rank), kAhead,
+                           [&](int, index_t begin, index_t end) {
+                             table.score_pairs_full_f32(left_padded, pad, users.row(begin), users.stride,
+                                                        rows.row(begin), rows.stride, end - begin, dim, bias,
+                                                        out + begin);
+                           });
   parallel_chunks(rows.count, threads, min_rows_per_task(dim, right ? 2 * rank : rank), kAhead,
                   [&](int, index_t begin, index_t end) {
                     std::vector<float> x(static_cast<size_t>(kStep * pad)), y(right ? x.size() : 0);
