@@ -4,7 +4,8 @@ NumPy expressions a user would write, as ratios round by round (issue 26, part 2
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/pairs_turns.py [--repeat 15] [--kinds dot,full]
 
 Each round times, after a pause: reading U and A once (`read_bytes`, the read floor), an OpenBLAS
-sgemm of two 2048 x 2048 float32 matrices (the sgemm rate), ours, and every NumPy expression.
+sgemm of two 2048 x 2048 float32 matrices (the sgemm rate), ours, every NumPy expression, and for
+full the fold-range check that ours runs before its kernel (Metric.check_fold_range).
 Floors per round: dot and diagonal, the bytes of U and A plus the scores written, at that round's
 read rate; full, 2 B n^2 flops of U S at that round's sgemm rate. Figures and what they mean:
 bench/RESULTS.md, "W5: pairs at their floor (issue 26, part 2)".
@@ -69,6 +70,8 @@ def main(argv=None) -> None:
                "read A": functools.partial(read_bytes, ads, threads),
                "sgemm": lambda: a @ b,
                "ours": lambda: sk.score(users, ads, metric, pairwise=True, out=out)}
+        if kind == "full":  # the part of ours that reads the users once before the kernel (issue 9)
+            fns["fold-range check"] = functools.partial(metric.check_fold_range, users)
         theirs = numpy_ways(kind, users, ads, factor)
         rounds = times_in_turns({**fns, **theirs}, args.repeat)
         # per round: the read floor (U and A read, the scores written at the same rate) and the flop floor
@@ -85,6 +88,9 @@ def main(argv=None) -> None:
         print(f"  ours, of the {'sgemm' if kind == 'full' else 'read'} floor: {quartiles(paired_ratio(floor, rounds['ours']))}")
         if kind == "full":
             print(f"  ours, of the read floor: {quartiles(paired_ratio(read_floor, rounds['ours']))}")
+            check = sorted(rounds["fold-range check"])[len(rounds["ours"]) // 2]
+            print(f"  the fold-range check alone: {check * 1e3:.1f} ms; ours less it, of the sgemm floor: "
+                  f"{quartiles(paired_ratio(floor, [o - c for o, c in zip(rounds['ours'], rounds['fold-range check'])]))}")
         for name in theirs:
             print(f"  numpy {name:32s} / ours: {quartiles(paired_ratio(rounds[name], rounds['ours']))}")
 
