@@ -193,7 +193,7 @@ struct Tile {
 // once, continuing the pair's chain (pair_acc: one FMA chain over blocks of 16 in increasing
 // order, the tail masked). x stays in registers: U S is never written. P users share each column
 // of S; 16 accumulators for P = Q = 4. Not inlined: inlined into the pair loop, GCC 12 kept
-// three of the accumulators on the stack (65 against 51 ms on 1M pairs, Zen 4).
+// three of the accumulators on the stack (76 against 60 ms on 1M pairs through the module, Zen 4).
 template <int P, int Q>
 SPLITNET_AVX512 __attribute__((noinline)) void fold_and_dot(const float* s_t, index_t pad, index_t c0, const float* const (&users)[P],
                                          const float* const (&ads)[P], index_t dim, __m512 (&dots)[P]) {
