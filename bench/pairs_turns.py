@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import platform
+from statistics import median
 
 import numpy as np
 
@@ -79,18 +80,19 @@ def main(argv=None) -> None:
                       for u, v in zip(rounds["read U"], rounds["read A"])]
         flop_floor = [s * pair_flops / (2 * GEMM**3) for s in rounds["sgemm"]]
         floor = flop_floor if kind == "full" else read_floor
-        gbps = sorted((users.nbytes + ads.nbytes) / (u + v) / 1e9 for u, v in zip(rounds["read U"], rounds["read A"]))
-        gflops = sorted(2 * GEMM**3 / s / 1e9 for s in rounds["sgemm"])
-        ours = sorted(rounds["ours"])[len(rounds["ours"]) // 2]
-        print(f"\n{kind}: ours {ours * 1e3:.1f} ms | read {gbps[len(gbps) // 2]:.1f} GB/s "
-              f"(floor {sorted(read_floor)[len(read_floor) // 2] * 1e3:.1f} ms) | sgemm "
-              f"{gflops[len(gflops) // 2]:.0f} GFLOP/s (floor {sorted(flop_floor)[len(flop_floor) // 2] * 1e3:.1f} ms)")
-        print(f"  ours, of the {'sgemm' if kind == 'full' else 'read'} floor: {quartiles(paired_ratio(floor, rounds['ours']))}")
+        gbps = median((users.nbytes + ads.nbytes) / (u + v) / 1e9 for u, v in zip(rounds["read U"], rounds["read A"]))
+        gflops = median(2 * GEMM**3 / s / 1e9 for s in rounds["sgemm"])
+        print(f"\n{kind}: ours {median(rounds['ours']) * 1e3:.1f} ms | read {gbps:.1f} GB/s "
+              f"(floor {median(read_floor) * 1e3:.1f} ms) | sgemm {gflops:.0f} GFLOP/s "
+              f"(floor {median(flop_floor) * 1e3:.1f} ms)")
+        which = "sgemm" if kind == "full" else "read"
+        print(f"  ours, of the {which} floor: {quartiles(paired_ratio(floor, rounds['ours']))}")
         if kind == "full":
             print(f"  ours, of the read floor: {quartiles(paired_ratio(read_floor, rounds['ours']))}")
-            check = sorted(rounds["fold-range check"])[len(rounds["ours"]) // 2]
-            print(f"  the fold-range check alone: {check * 1e3:.1f} ms; ours less it, of the sgemm floor: "
-                  f"{quartiles(paired_ratio(floor, [o - c for o, c in zip(rounds['ours'], rounds['fold-range check'])]))}")
+            checks = rounds["fold-range check"]
+            unchecked = [o - c for o, c in zip(rounds["ours"], checks)]
+            print(f"  the fold-range check alone: {median(checks) * 1e3:.1f} ms; ours less it, "
+                  f"of the sgemm floor: {quartiles(paired_ratio(floor, unchecked))}")
         for name in theirs:
             print(f"  numpy {name:32s} / ours: {quartiles(paired_ratio(rounds[name], rounds['ours']))}")
 

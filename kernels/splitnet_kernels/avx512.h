@@ -67,8 +67,9 @@ SPLITNET_AVX512 inline __m512 pair_acc(const float* a, const float* b, const flo
 
 // The four rows are read in increasing order (named sums: GCC evaluates a call's arguments right
 // to left, which read them backwards) and with no software prefetch: on Zen 4 the hardware
-// prefetcher then streams both arrays at 0.87-0.94 of the read floor, against 0.70-0.76 with
-// either (1M pairs, n = 64, timed in turns; bench/RESULTS.md, W5).
+// prefetcher then streams both arrays at the read floor (0.96-0.97 of it, 1M pairs at n = 64,
+// timed in turns), against 0.70-0.76 reading backwards and 0.76-0.90 forwards with the prefetch
+// (bench/RESULTS.md, W5).
 template <bool Weighted>
 SPLITNET_AVX512 inline void pairs(const float* a, index_t a_stride, const float* b, index_t b_stride,
                                   const float* w, index_t n_pairs, index_t dim, float bias, float* out) {
