@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import splitnet_kernels as sk
 
-from conftest import (KINDS, SIZES, assert_within, backend_available, make_metric, reference_scores,
-                      sigmoid_tolerance, to_numpy, tolerance)
+from conftest import (KINDS, SIZES, SUPPORTED_ISAS, assert_within, backend_available, make_metric,
+                      reference_scores, sigmoid_tolerance, to_numpy, tolerance, using_isa)
 
 MODES = ("one", "cross", "cross_single_user", "pairwise")
 BIAS = -0.6875  # exact in float32
@@ -181,6 +183,42 @@ def test_zero_and_denormal_inputs(backend):
     assert got.dtype == np.float32
     assert np.all(np.abs(got) <= 1e-39)
     assert np.all(got[[0, 2, 3, 4]] == 0)
+
+
+# ---- full pairs: folded, then dotted ----------------------------------------------------------
+def _folded_then_dotted(users, ads, metric):
+    """The bits full pairs promise: each user folded by the kernels' fold (the one summation
+    order), then dotted with its ad by the pairwise kernel of a dot metric with the same bias."""
+    from splitnet_kernels.backends._simd import fold
+
+    folded = fold(np.ascontiguousarray(users, np.float32), metric)
+    return sk.score(folded, ads, sk.Metric.dot(metric.dim, bias=metric.bias), pairwise=True, backend="simd")
+
+
+@pytest.mark.skipif(not backend_available("simd"), reason="the compiled kernels are not built")
+@pytest.mark.parametrize("isa", SUPPORTED_ISAS)
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_full_pairs_are_the_folded_users_dotted(isa, data):
+    """Full pairs (fused on AVX-512: U S stays in registers) have the bits of the fold, then the
+    pairwise dot, on every ISA, any count and n (lane tails), every layout (strided, unaligned),
+    one thread or two, with non-finite users; and the oracle's numbers to rounding."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    count, n = data.draw(st.integers(1, 300)), data.draw(st.integers(1, 150))
+    users = rng.standard_normal((count, n)).astype(np.float32)
+    ads = rng.standard_normal((count, n)).astype(np.float32)
+    metric = sk.Metric.full(rng.standard_normal((n, n)) / np.sqrt(n), bias=BIAS)
+    with using_isa(isa):
+        want = _folded_then_dotted(users, ads, metric)
+        assert_within(want, reference_scores(users, ads, metric, True), tolerance(users, ads, metric, True))
+        for label, u, a in _layouts(users, ads):
+            for threads in (1, 2):
+                got = sk.score(u, a, metric, pairwise=True, backend="simd", threads=threads)
+                np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"{label}, {threads}")
+        users[count // 2, n // 2] = np.inf  # NaN where S's padding columns meet it, never read
+        users[count - 1, 0] = np.nan
+        got = sk.score(users, ads, metric, pairwise=True, backend="simd")
+        np.testing.assert_array_equal(got, _folded_then_dotted(users, ads, metric))
 
 
 # ---- out= -----------------------------------------------------------------------------------

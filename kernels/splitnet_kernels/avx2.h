@@ -65,11 +65,12 @@ SPLITNET_AVX2 inline void pairs(const float* a, index_t a_stride, const float* b
     const float* y = b + i * b_stride;
     prefetch_four_rows(a, i, n_pairs, dim, a_stride);
     prefetch_four_rows(b, i, n_pairs, dim, b_stride);
-    const __m128 sums = reduce4(pair_acc<Weighted>(x, y, w, dim),
-                                pair_acc<Weighted>(x + a_stride, y + b_stride, w, dim),
-                                pair_acc<Weighted>(x + 2 * a_stride, y + 2 * b_stride, w, dim),
-                                pair_acc<Weighted>(x + 3 * a_stride, y + 3 * b_stride, w, dim));
-    _mm_storeu_ps(out + i, _mm_add_ps(sums, bv));
+    // named, so the rows are read in increasing order (GCC evaluates arguments right to left)
+    const __m256 s0 = pair_acc<Weighted>(x, y, w, dim);
+    const __m256 s1 = pair_acc<Weighted>(x + a_stride, y + b_stride, w, dim);
+    const __m256 s2 = pair_acc<Weighted>(x + 2 * a_stride, y + 2 * b_stride, w, dim);
+    const __m256 s3 = pair_acc<Weighted>(x + 3 * a_stride, y + 3 * b_stride, w, dim);
+    _mm_storeu_ps(out + i, _mm_add_ps(reduce4(s0, s1, s2, s3), bv));
   }
   for (; i < n_pairs; ++i)
     out[i] = reduce1(pair_acc<Weighted>(a + i * a_stride, b + i * b_stride, w, dim)) + bias;

@@ -65,6 +65,11 @@ SPLITNET_AVX512 inline __m512 pair_acc(const float* a, const float* b, const flo
   return acc;
 }
 
+// The four rows are read in increasing order (named sums: GCC evaluates a call's arguments right
+// to left, which read them backwards) and with no software prefetch: on Zen 4 the hardware
+// prefetcher then streams both arrays at the read floor (0.96-0.97 of it, 1M pairs at n = 64,
+// timed in turns), against 0.70-0.76 reading backwards and 0.76-0.90 forwards with the prefetch
+// (bench/RESULTS.md, W5).
 template <bool Weighted>
 SPLITNET_AVX512 inline void pairs(const float* a, index_t a_stride, const float* b, index_t b_stride,
                                   const float* w, index_t n_pairs, index_t dim, float bias, float* out) {
@@ -73,13 +78,11 @@ SPLITNET_AVX512 inline void pairs(const float* a, index_t a_stride, const float*
   for (; i + 4 <= n_pairs; i += 4) {
     const float* x = a + i * a_stride;
     const float* y = b + i * b_stride;
-    prefetch_four_rows(a, i, n_pairs, dim, a_stride);
-    prefetch_four_rows(b, i, n_pairs, dim, b_stride);
-    const __m128 sums = reduce4(pair_acc<Weighted>(x, y, w, dim),
-                                pair_acc<Weighted>(x + a_stride, y + b_stride, w, dim),
-                                pair_acc<Weighted>(x + 2 * a_stride, y + 2 * b_stride, w, dim),
-                                pair_acc<Weighted>(x + 3 * a_stride, y + 3 * b_stride, w, dim));
-    _mm_storeu_ps(out + i, _mm_add_ps(sums, bv));
+    const __m512 s0 = pair_acc<Weighted>(x, y, w, dim);
+    const __m512 s1 = pair_acc<Weighted>(x + a_stride, y + b_stride, w, dim);
+    const __m512 s2 = pair_acc<Weighted>(x + 2 * a_stride, y + 2 * b_stride, w, dim);
+    const __m512 s3 = pair_acc<Weighted>(x + 3 * a_stride, y + 3 * b_stride, w, dim);
+    _mm_storeu_ps(out + i, _mm_add_ps(reduce4(s0, s1, s2, s3), bv));
   }
   for (; i < n_pairs; ++i)
     out[i] = reduce1(pair_acc<Weighted>(a + i * a_stride, b + i * b_stride, w, dim)) + bias;
@@ -105,13 +108,12 @@ SPLITNET_AVX512 inline unsigned store_block(const __m512 (&scores)[NC][NV], inde
   return hits;
 }
 
-// One block of NC candidates x 16 NV users, each score in the one summation order (order.h):
-// lane j of the eight is a pass over d = j, j + 8, ..., its sums kept in `lanes`, then the
-// lanes' tree (as avx2.h's tile, on sixteen users per register).
-template <int NC, int NV>
-SPLITNET_AVX512 inline unsigned tile_block(const float* users_t, index_t users_pad, const float* rows,
-                                           index_t dim, index_t row_stride, float bias,
-                                           const float* gates, float* tile) {
+// NC candidates x 16 NV users in the one summation order (order.h), before the bias: lane j of
+// the eight is a pass over d = j, j + 8, ..., its sums kept in `lanes`, then the lanes' tree (as
+// avx2.h's tile, on sixteen users per register). value(c, d) is candidate c's value d.
+template <int NC, int NV, class Value>
+SPLITNET_AVX512 inline void lane_tree(const float* users_t, index_t users_pad, index_t dim, Value value,
+                                      __m512 (&sums)[NC][NV]) {
   __m512 lanes[kSumLanes][NC][NV];
   const index_t padded = (dim + kSumLanes - 1) / kSumLanes * kSumLanes;
   for (index_t j = 0; j < kSumLanes; ++j) {
@@ -122,8 +124,8 @@ SPLITNET_AVX512 inline unsigned tile_block(const float* users_t, index_t users_p
       __m512 column[NV];
       for (int v = 0; v < NV; ++v) column[v] = _mm512_loadu_ps(users_t + d * users_pad + 16 * v);
       for (int c = 0; c < NC; ++c) {
-        const __m512 value = _mm512_set1_ps(rows[c * row_stride + d]);
-        for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_fmadd_ps(value, column[v], acc[c][v]);
+        const __m512 broadcast = _mm512_set1_ps(value(c, d));
+        for (int v = 0; v < NV; ++v) acc[c][v] = _mm512_fmadd_ps(broadcast, column[v], acc[c][v]);
       }
     }
     const bool zero_term = padded - kSumLanes + j >= dim;  // lane j's last term is past dim
@@ -131,16 +133,27 @@ SPLITNET_AVX512 inline unsigned tile_block(const float* users_t, index_t users_p
       for (int v = 0; v < NV; ++v)
         lanes[j][c][v] = zero_term ? _mm512_add_ps(acc[c][v], _mm512_setzero_ps()) : acc[c][v];
   }
-  const __m512 b = _mm512_set1_ps(bias);
-  __m512 sums[NC][NV];
   for (int c = 0; c < NC; ++c)
     for (int v = 0; v < NV; ++v) {
       const __m512 low = _mm512_add_ps(_mm512_add_ps(lanes[0][c][v], lanes[1][c][v]),
                                        _mm512_add_ps(lanes[2][c][v], lanes[3][c][v]));
       const __m512 high = _mm512_add_ps(_mm512_add_ps(lanes[4][c][v], lanes[5][c][v]),
                                         _mm512_add_ps(lanes[6][c][v], lanes[7][c][v]));
-      sums[c][v] = _mm512_add_ps(_mm512_add_ps(low, high), b);
+      sums[c][v] = _mm512_add_ps(low, high);
     }
+}
+
+// One block of NC candidates x 16 NV users, each score in the one summation order, + bias.
+template <int NC, int NV>
+SPLITNET_AVX512 inline unsigned tile_block(const float* users_t, index_t users_pad, const float* rows,
+                                           index_t dim, index_t row_stride, float bias,
+                                           const float* gates, float* tile) {
+  __m512 sums[NC][NV];
+  lane_tree<NC, NV>(users_t, users_pad, dim,
+                    [&](int c, index_t d) SPLITNET_KERNELS_LAMBDA_INLINE { return rows[c * row_stride + d]; }, sums);
+  const __m512 b = _mm512_set1_ps(bias);
+  for (int c = 0; c < NC; ++c)
+    for (int v = 0; v < NV; ++v) sums[c][v] = _mm512_add_ps(sums[c][v], b);
   return store_block<NC, NV>(sums, users_pad, gates, tile);
 }
 
@@ -177,6 +190,46 @@ struct Tile {
     return tile_columns<NC>(users_t, users_pad, rows + c * row_stride, dim, row_stride, bias, gates, tile + c * users_pad);
   }
 };
+
+// Full pairs, fused: P users' folds x = u S over the Q column blocks of 16 from column c0, as
+// the tile folds them (lane_tree, then + 0 for the tile's bias), each block dotted with the ad at
+// once, continuing the pair's chain (pair_acc: one FMA chain over blocks of 16 in increasing
+// order, the tail masked). x stays in registers: U S is never written. P users share each column
+// of S; 16 accumulators for P = Q = 4. Not inlined: inlined into the pair loop, GCC 12 kept
+// three of the accumulators on the stack (76 against 60 ms on 1M pairs through the module, Zen 4).
+template <int P, int Q>
+SPLITNET_AVX512 __attribute__((noinline)) void fold_and_dot(const float* s_t, index_t pad, index_t c0, const float* const (&users)[P],
+                                         const float* const (&ads)[P], index_t dim, __m512 (&dots)[P]) {
+  __m512 folded[P][Q];
+  lane_tree<P, Q>(s_t + c0, pad, dim, [&](int p, index_t d) SPLITNET_KERNELS_LAMBDA_INLINE { return users[p][d]; },
+                  folded);
+  for (int p = 0; p < P; ++p)
+    for (int q = 0; q < Q; ++q) {
+      const __m512 x = _mm512_add_ps(folded[p][q], _mm512_setzero_ps());
+      const index_t column = c0 + 16 * q;
+      if (column + 16 <= dim) {
+        dots[p] = _mm512_fmadd_ps(x, _mm512_loadu_ps(ads[p] + column), dots[p]);
+      } else {
+        const __mmask16 m = tail_mask(dim - column);
+        dots[p] = _mm512_fmadd_ps(_mm512_maskz_mov_ps(m, x), _mm512_maskz_loadu_ps(m, ads[p] + column), dots[p]);
+      }
+    }
+}
+
+// P pairs' dot chains over every column block of S, 64 columns (four blocks) at a time.
+template <int P>
+SPLITNET_AVX512 inline void full_pairs(const float* s_t, index_t pad, const float* const (&users)[P],
+                                       const float* const (&ads)[P], index_t dim, __m512 (&dots)[P]) {
+  for (int p = 0; p < P; ++p) dots[p] = _mm512_setzero_ps();
+  for (index_t c0 = 0; c0 < pad; c0 += 64) {
+    switch (std::min<index_t>(4, (pad - c0) / 16)) {
+      case 4: fold_and_dot<P, 4>(s_t, pad, c0, users, ads, dim, dots); break;
+      case 3: fold_and_dot<P, 3>(s_t, pad, c0, users, ads, dim, dots); break;
+      case 2: fold_and_dot<P, 2>(s_t, pad, c0, users, ads, dim, dots); break;
+      default: fold_and_dot<P, 1>(s_t, pad, c0, users, ads, dim, dots); break;
+    }
+  }
+}
 
 }  // namespace avx512_detail
 
@@ -260,6 +313,34 @@ SPLITNET_AVX512 inline void widen_bf16_avx512(const std::uint16_t* in, index_t n
   widen_bf16_scalar(in + i, n - i, out + i);
 }
 
+// Four pairs at a time (reduce4, as score_pairs_f32 ends them), the rows prefetched into L2
+// (kComputeBoundPrefetchBytes); the last pairs one by one (reduce1, the same lane's bits).
+SPLITNET_AVX512 inline void score_pairs_full_f32_avx512(const float* s_t, index_t pad, const float* a,
+                                                        index_t a_stride, const float* b, index_t b_stride,
+                                                        index_t n_pairs, index_t dim, float bias, float* out) {
+  using namespace avx512_detail;
+  const __m128 bv = _mm_set1_ps(bias);
+  index_t i = 0;
+  for (; i + 4 <= n_pairs; i += 4) {
+    prefetch_four_rows<2>(a, i, n_pairs, dim, a_stride, kComputeBoundPrefetchBytes);
+    prefetch_four_rows<2>(b, i, n_pairs, dim, b_stride, kComputeBoundPrefetchBytes);
+    const float* const users[4] = {a + i * a_stride, a + (i + 1) * a_stride, a + (i + 2) * a_stride,
+                                   a + (i + 3) * a_stride};
+    const float* const ads[4] = {b + i * b_stride, b + (i + 1) * b_stride, b + (i + 2) * b_stride,
+                                 b + (i + 3) * b_stride};
+    __m512 dots[4];
+    full_pairs<4>(s_t, pad, users, ads, dim, dots);
+    _mm_storeu_ps(out + i, _mm_add_ps(reduce4(dots[0], dots[1], dots[2], dots[3]), bv));
+  }
+  for (; i < n_pairs; ++i) {
+    const float* const users[1] = {a + i * a_stride};
+    const float* const ads[1] = {b + i * b_stride};
+    __m512 dots[1];
+    full_pairs<1>(s_t, pad, users, ads, dim, dots);
+    out[i] = reduce1(dots[0]) + bias;
+  }
+}
+
 inline constexpr KernelTable kAvx512Table = [] {
   KernelTable t{};
   t.isa = Isa::avx512;
@@ -278,6 +359,7 @@ inline constexpr KernelTable kAvx512Table = [] {
   SPLITNET_KERNELS_FILL(t, score_tile_i8, avx2);  // the byte dot product is VNNI's (avx512vnni.h)
   SPLITNET_KERNELS_FILL(t, score_heads_i8, avx2);  // likewise
   SPLITNET_KERNELS_FILL(t, score_pairs_f32, avx512);
+  SPLITNET_KERNELS_FILL(t, score_pairs_full_f32, avx512);
   SPLITNET_KERNELS_FILL(t, sum_u64, avx2);  // reading memory: 32-byte loads already saturate it
   return t;
 }();

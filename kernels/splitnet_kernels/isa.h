@@ -80,6 +80,13 @@ struct KernelTable {
   // weights is null (a diagonal S; a full S goes through score_tile, see ops.h).
   void (*score_pairs_f32)(const float* a, index_t a_stride, const float* b, index_t b_stride,
                           const float* weights, index_t n_pairs, index_t dim, float bias, float* out);
+  // Pairwise under a full S, fused: out[i] = x_i . b[i] + bias with x_i = a[i] S, never stored.
+  // s_t is S as score_tile_f32 takes its users_t: (dim, pad) row-major, pad a multiple of 16,
+  // columns past dim zero. Its bits are those of x_i = score_tile_f32(s_t, pad, a[i], 1, dim, .,
+  // 0.0f, nullptr, .) (the fold's one order), then score_pairs_f32(x_i, ., b[i], ., nullptr, 1,
+  // dim, bias, .) on the same table. Optional: null composes those two entries (ops.h).
+  void (*score_pairs_full_f32)(const float* s_t, index_t pad, const float* a, index_t a_stride, const float* b,
+                               index_t b_stride, index_t n_pairs, index_t dim, float bias, float* out);
   // The benchmark's read floor: the sum (mod 2^64) of words[0..n), read once, as fast as the
   // ISA reads memory, with the streaming kernels' software prefetch (or the floor would be theirs
   // to beat).
@@ -91,7 +98,8 @@ struct KernelTable {
 // (two pairs of entries share a signature, which a positional table would let swap silently).
 #define SPLITNET_KERNELS_FILL(table, op, suffix) ((table).op = op##_##suffix)
 
-// Whether every entry is filled (score_tile_i8 may be null: the scalar and NEON tables).
+// Whether every entry is filled (score_tile_i8 may be null: the scalar and NEON tables;
+// score_pairs_full_f32 too: every table but the AVX-512 ones).
 // The spec test (tests/cpp/test_kernels.cpp) checks it for every table; not a static_assert,
 // which GCC cannot evaluate on function addresses under -fsanitize=undefined.
 constexpr bool table_complete(const KernelTable& t) {

@@ -191,7 +191,8 @@ inline void score_pairs(const KernelTable& table, const Rows& users, const Rows&
 // (dim, rank) row-major: a low-rank S = L R^T + diag(d). Null R stands for the identity (rank =
 // dim), so L alone is a full S; null diag adds nothing. Steps of pairs go through the cross tile
 // (L, R padded where the users stand) and a row-wise dot: a GEMM fused with the dot, no (B, n)
-// array, and the next rows prefetched a block ahead (the loop is compute-bound).
+// array, and the next rows prefetched a block ahead (the loop is compute-bound). A full S alone
+// (no R, no diag) takes the table's fused score_pairs_full_f32 where it has one: the same bits.
 inline void score_pairs_factored(const KernelTable& table, const Rows& users, const Rows& rows, const float* left,
                                  const float* right, index_t rank, const float* diag, float bias, float* out,
                                  int threads) {
@@ -202,6 +203,13 @@ inline void score_pairs_factored(const KernelTable& table, const Rows& users, co
   index_t pad = 0;
   const float* left_padded = pad_columns(left, dim, rank, left_copy, pad);
   const float* right_padded = right ? pad_columns(right, dim, rank, right_copy, pad) : nullptr;
+  if (right == nullptr && diag == nullptr && table.score_pairs_full_f32 != nullptr)
+    return parallel_chunks(rows.count, threads, min_rows_per_task(dim, rank), kAhead,
+                           [&](int, index_t begin, index_t end) {
+                             table.score_pairs_full_f32(left_padded, pad, users.row(begin), users.stride,
+                                                        rows.row(begin), rows.stride, end - begin, dim, bias,
+                                                        out + begin);
+                           });
   parallel_chunks(rows.count, threads, min_rows_per_task(dim, right ? 2 * rank : rank), kAhead,
                   [&](int, index_t begin, index_t end) {
                     std::vector<float> x(static_cast<size_t>(kStep * pad)), y(right ? x.size() : 0);

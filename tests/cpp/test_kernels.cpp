@@ -164,6 +164,36 @@ void check_streaming(const KernelTable& t, Random& random) {
     }
 }
 
+// The fused full pairs, where a table has them, against the two entries they fuse: the fold of
+// each user through the tile (bias 0), then the pair's dot, bit for bit; users and ads at other
+// strides, S padded as the tile takes it (zero columns past dim), some users non-finite.
+void check_full_pairs(const KernelTable& t, Random& random) {
+  if (t.score_pairs_full_f32 == nullptr) return;
+  const float bias = -0.625f;
+  for (index_t n_pairs : kSizes)
+    for (index_t dim : kSizes) {
+      const index_t pad = (dim + 15) / 16 * 16, user_stride = dim + 1, ad_stride = dim + 2;
+      context = std::string(isa_name(t.isa)) + " full pairs=" + std::to_string(n_pairs) + " dim=" + std::to_string(dim);
+      std::vector<float> s_t(static_cast<size_t>(dim * pad), 0.0f);
+      for (index_t d = 0; d < dim; ++d)
+        for (index_t j = 0; j < dim; ++j) s_t[d * pad + j] = random.uniform();
+      std::vector<float> users = strided<float>(n_pairs, dim, user_stride, random);
+      const std::vector<float> ads = strided<float>(n_pairs, dim, ad_stride, random);
+      if (n_pairs > 2) users[user_stride + dim / 2] = std::numeric_limits<float>::infinity();  // NaN in padding columns
+      if (n_pairs > 3) users[2 * user_stride] = std::numeric_limits<float>::quiet_NaN();
+      std::vector<float> folded(static_cast<size_t>(pad)), want(static_cast<size_t>(n_pairs)), got(want.size());
+      for (index_t i = 0; i < n_pairs; ++i) {
+        t.score_tile_f32(s_t.data(), pad, users.data() + i * user_stride, 1, dim, user_stride, 0.0f, nullptr, folded.data());
+        t.score_pairs_f32(folded.data(), pad, ads.data() + i * ad_stride, ad_stride, nullptr, 1, dim, bias, &want[i]);
+      }
+      t.score_pairs_full_f32(s_t.data(), pad, users.data(), user_stride, ads.data(), ad_stride, n_pairs, dim, bias,
+                             got.data());
+      bool ok = true;
+      for (index_t i = 0; i < n_pairs; ++i) ok = ok && same_bits(got[i], want[i]);
+      expect(ok, "score_pairs_full_f32 has the bits of score_tile_f32 then score_pairs_f32");
+    }
+}
+
 void check_tiles(const KernelTable& t, Random& random) {
   const float bias = -0.125f;
   for (index_t users : {index_t{1}, index_t{7}, index_t{17}, index_t{33}, index_t{65}, index_t{127}})
@@ -721,9 +751,12 @@ int main() {
     expect(table_complete(t), "every entry is filled");
     expect((t.score_tile_i8 != nullptr) == (level.isa != Isa::scalar && level.isa != Isa::neon),
            "score_tile_i8 on every x86 SIMD table");
+    expect((t.score_pairs_full_f32 != nullptr) == (level.isa == Isa::avx512 || level.isa == Isa::avx512vnni),
+           "score_pairs_full_f32 on the AVX-512 tables");
     Random random{static_cast<std::uint64_t>(level.isa) + 11};
     check_streaming(t, random);
     check_tiles(t, random);
+    check_full_pairs(t, random);
     check_gates_and_widening(t, random);
     check_folding(t, random);
     check_exact_bound(t, random);
