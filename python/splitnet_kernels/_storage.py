@@ -188,7 +188,7 @@ BOUND_BLOCK = 1024  # rows per stored maximum of an exact set's bounds (ExactSto
 # The progressive scan (docs/design.md): an exact set of at least LEVELS_MIN_ROWS rows gets heads
 # where a turn of its rows (the PCA of their second moment, fitted on at most FIT_ROWS of them)
 # puts all but REST_ENERGY of their energy in the first `width` values, a multiple of 8 and at
-# most a quarter of the stored row; otherwise (a flat spectrum, a small set) it scans flat.
+# most half the stored row; otherwise (a flat spectrum, a small set) it scans flat.
 # REST_ENERGY 0.2 %: on W9's campaign and decaying rows (n = 64) it picks 24 values, which beat
 # 16 (1 %: the rest term lets 4x more rows be read whole for a Gaussian user) and 32 (bench/RESULTS.md).
 LEVELS_MIN_ROWS, FIT_ROWS, REST_ENERGY = 1 << 14, 1 << 16, 0.002
@@ -252,7 +252,7 @@ def orthogonality(rotation: np.ndarray) -> float:
 
 def fitted_rotation(rows: np.ndarray, stored: int) -> tuple[np.ndarray, int] | None:
     """(rotation, width) for the heads of rows (N, n) (zero rows count for nothing), or None
-    where no turn puts all but REST_ENERGY of their energy in a quarter of the stored row (or
+    where no turn puts all but REST_ENERGY of their energy in a half of the stored row (or
     the set is small). The rotation's rows are the eigenvectors of the second moment by falling
     eigenvalue (uncentred: a dot product's energy), fitted on at most FIT_ROWS rows spread over
     the set."""
@@ -265,7 +265,7 @@ def fitted_rotation(rows: np.ndarray, stored: int) -> tuple[np.ndarray, int] | N
     if not values.sum() > 0:
         return None
     rest = 1 - np.cumsum(values) / values.sum()
-    for width in range(8, min(dim - 1, stored // 4) + 1, 8):
+    for width in range(8, min(dim - 1, stored // 2) + 1, 8):
         if rest[width - 1] <= REST_ENERGY:
             return np.ascontiguousarray(vectors[:, ::-1].T), width
     return None
