@@ -393,9 +393,9 @@ struct Certified {
 // topk_one on exact.rows gives them (the same ids and bits), computed by scanning `small` (the
 // same candidates in a reduced type) and re-scoring only the rows that may enter. ids: the
 // allowed subset (ascending) or null; or a filter (every row read, those it leaves out never
-// kept). With levels and no subset, the scan is progressive: a block's heads are scored first,
-// and only the rows whose head score s~1 + rest * rest_norm can reach the block's gate are read
-// whole and bounded; the others are dropped (docs/design.md, "The progressive scan").
+// kept). With levels and no subset, the scan is progressive: the heads of every row first, then
+// only the rows whose head can still reach the k-th score read whole, best first, and bounded as
+// the flat scan bounds them (docs/design.md, "The progressive scan").
 inline Certified topk_exact_one(const KernelTable& table, const float* query, const StoredRows& small,
                                 const ExactRows& exact, index_t k, float bias, float* out_scores, index_t* out_ids,
                                 int threads, const index_t* ids = nullptr, index_t n_ids = 0, Filter filter = {}) {
