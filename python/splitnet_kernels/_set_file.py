@@ -114,10 +114,11 @@ def _read_header(f, path):
 
 def _head_width(path, specs: dict, dim: int) -> int:
     """The heads' width, as the head array's entry records it: a multiple of 4 below dim."""
-    width = specs["heads"].get("width") if isinstance(specs.get("heads"), dict) else None
-    if not _is_int(width) or not (4 <= width < dim and width % 4 == 0):
+    entry = specs.get("heads")
+    width = entry.get("width") if isinstance(entry, dict) else None
+    if not (isinstance(width, int) and _is_int(width) and 4 <= width < dim and width % 4 == 0):
         raise ValueError(f"{path}: damaged header (heads of width {str(width)[:40]} for rows of {dim})")
-    return int(width)
+    return width
 
 
 def _is_live(specs: dict) -> bool:
@@ -186,8 +187,8 @@ def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None, np.n
         levels = None
         if "rotation" in arrays:
             levels = Levels(arrays["rotation"], arrays["heads"], arrays["head_residuals"])
-            _, scales, rests = levels.parts()
-            if not (np.all(np.isfinite(levels.rotation)) and np.all(scales > 0)) or np.any(np.isnan(rests)) \
+            _, head_scales, rest_norms = levels.parts()
+            if not (np.all(np.isfinite(levels.rotation)) and np.all(head_scales > 0)) or np.any(np.isnan(rest_norms)) \
                     or np.any(np.isnan(levels.head_residuals)):
                 raise ValueError(f"{path}: damaged heads")
         try:

@@ -380,8 +380,9 @@ class ExactStorage(Storage):
         """Whether rows of `other` may join this set's as they are stored: the same scanned type
         and heads made the same way (rotation and width)."""
         a, b = self.levels, other.levels
-        return self.scan.dtype == other.scan.dtype and (a is None) == (b is None) and \
-            (a is None or (a.width == b.width and np.array_equal(a.rotation, b.rotation)))
+        if a is None or b is None:
+            return self.scan.dtype == other.scan.dtype and a is b
+        return self.scan.dtype == other.scan.dtype and a.width == b.width and np.array_equal(a.rotation, b.rotation)
 
     @property
     def nbytes(self) -> int:
