@@ -190,6 +190,12 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def assert_same(got, want):
+    """Each array of got equal to want's, element for element (scores: bit for bit, NaN in place)."""
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
 def assert_within(got, expected, tol, what: str = "scores"):
     got = to_numpy(got)
     assert got.dtype == np.float32, f"{what}: expected float32, got {got.dtype}"

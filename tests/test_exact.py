@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import splitnet_kernels as sk
-from conftest import SUPPORTED_ISAS, allowed_form, make_metric, using_isa
+from conftest import SUPPORTED_ISAS, allowed_form, assert_same, make_metric, using_isa
 
 REDUCED = ("int8", "bfloat16", "float16")
 KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")
@@ -34,11 +34,6 @@ def _adversarial(rng, kind: str, count: int, dim: int) -> np.ndarray:
     return ads
 
 
-def _same(got, want):
-    for g, w in zip(got, want):
-        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
-
-
 @pytest.mark.parametrize("dtype", REDUCED)
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
@@ -59,8 +54,8 @@ def test_exact_topk_is_the_float32_sets_bit_for_bit(dtype, data):
         with using_isa(isa):
             for u in (users, users[0]):
                 want = plain.topk(u, k, metric, allowed=allowed, output=output, threads=threads)
-                _same(exact.topk(u, k, metric, allowed=allowed, output=output, threads=threads), want)
-            _same([exact.score(users, metric)], [plain.score(users, metric)])
+                assert_same(exact.topk(u, k, metric, allowed=allowed, output=output, threads=threads), want)
+            assert_same([exact.score(users, metric)], [plain.score(users, metric)])
 
 
 @pytest.mark.parametrize("dtype", REDUCED)
@@ -97,10 +92,10 @@ def test_many_users_on_the_certified_int8_tile(kind, isa, rng):
         for metric in (None, make_metric("diagonal", dim, rng, bias=0.5), make_metric("full", dim, rng)):
             for k in (1, 16, 100, count):
                 for threads in (1, 2):
-                    _same(exact.topk(users, k, metric, threads=threads), plain.topk(users, k, metric, threads=threads))
+                    assert_same(exact.topk(users, k, metric, threads=threads), plain.topk(users, k, metric, threads=threads))
         odd = users.copy()
         odd[3, 0], odd[5] = np.nan, odd[5] * np.float32(1e36)
-        _same(exact.topk(odd, 10), plain.topk(odd, 10))
+        assert_same(exact.topk(odd, 10), plain.topk(odd, 10))
         assert exact.last_rescored == 37 * count
 
 
@@ -136,7 +131,7 @@ def test_exact_sets_at_the_ends_of_the_float32_range(dtype, isa, rng):
                 for u in (users[0], users[:2], users):  # one user, the user-by-user scan, the int8 tile
                     got, want = exact.topk(u, k), plain.topk(u, k)
                     assert np.array_equal(got[1], want[1]), (name, k, np.shape(u))
-                    _same(got, want)
+                    assert_same(got, want)
 
 
 def test_exact_sets_save_and_load(tmp_path, rng):
@@ -150,7 +145,7 @@ def test_exact_sets_save_and_load(tmp_path, rng):
         for mmap in (True, False):
             loaded = sk.Candidates.load(tmp_path / f"{dtype}.skc", mmap=mmap)
             assert loaded.exact and loaded.dtype == dtype and len(loaded) == 3000
-            _same(loaded.topk(users, 40, metric), plain.topk(users, 40, metric))
+            assert_same(loaded.topk(users, 40, metric), plain.topk(users, 40, metric))
             assert loaded.last_rescored >= 4 * 40
             loaded.topk(users[0], 40, metric)
             assert 40 <= loaded.last_rescored < 3000
@@ -166,7 +161,7 @@ def test_objectives_and_bids_on_exact_sets(rng):
     for dtype in REDUCED:
         exact = sk.Candidates(ads, dtype, objectives=objectives, bids=bids, exact=True)
         for output in ("value", "probability", "logit"):
-            _same(exact.topk(user, 30, om, output=output), plain.topk(user, 30, om, output=output))
+            assert_same(exact.topk(user, 30, om, output=output), plain.topk(user, 30, om, output=output))
 
 
 def test_exact_bad_input():
@@ -199,7 +194,7 @@ def test_stored_block_maxima_of_any_size_give_the_same_answer(dtype, rng):
         scores, ids = np.empty(30, np.float32), np.empty(30, np.int64)
         _core.topk_exact(user, store.scan.data, store.scan.dtype, store.scan.scales, None, store.data, store.norms,
                          store.residuals, ones, None, None, 0.0, 30, scores, ids, 2, *maxima, block, None)
-        _same((scores, ids), want)
+        assert_same((scores, ids), want)
     for block, lengths, match in ((0, 1, "block: rows per stored maximum"), (1024, 4, "block_norms")):
         bad = [np.zeros(lengths, np.float32)] * 2
         with pytest.raises(ValueError, match=match):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import splitnet_kernels as sk
 from splitnet_kernels import _storage
-from conftest import SUPPORTED_ISAS, allowed_form, make_metric, using_isa
+from conftest import SUPPORTED_ISAS, allowed_form, assert_same, make_metric, using_isa
 
 KINDS = ("dot", "scaled", "diagonal", "low_rank", "full")
 REDUCED = ("int8", "bfloat16", "float16")
@@ -26,11 +26,6 @@ def _decaying(rng, count: int, dim: int, decay: float = 0.8) -> np.ndarray:
     """Rows whose energy falls off along directions hidden behind a random rotation."""
     turn, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
     return ((rng.standard_normal((count, dim)) * decay ** np.arange(dim)) @ turn.T).astype(np.float32)
-
-
-def _same(got, want):
-    for g, w in zip(got, want):
-        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
 
 @pytest.mark.parametrize("dtype", REDUCED)
@@ -57,7 +52,7 @@ def test_progressive_topk_is_the_float32_sets_bit_for_bit(dtype, data):
         with using_isa(isa):
             for u in (users, users[0]):
                 want = plain.topk(u, k, metric, allowed=allowed, threads=threads)
-                _same(exact.topk(u, k, metric, allowed=allowed, threads=threads), want)
+                assert_same(exact.topk(u, k, metric, allowed=allowed, threads=threads), want)
 
 
 def test_turned_rows_get_heads_and_flat_rows_do_not(rng):
@@ -85,13 +80,13 @@ def test_per_user_filters_and_objectives_on_a_progressive_set(rng):
     users = rng.standard_normal((5, 32)).astype(np.float32)
     masks = rng.random((5, 3000)) < 0.3
     exact, plain = sk.Candidates(ads, "int8", exact=True), sk.Candidates(ads)
-    _same(exact.topk(users, 20, allowed=masks), plain.topk(users, 20, allowed=masks))
+    assert_same(exact.topk(users, 20, allowed=masks), plain.topk(users, 20, allowed=masks))
     objectives, bids = rng.integers(0, 3, 3000), rng.random(3000).astype(np.float32)
     om = sk.ObjectiveMetrics([make_metric("dot", 32, rng, bias=b) for b in (0.0, -1.0, 0.5)])
     with_objectives = sk.Candidates(ads, "int8", exact=True, objectives=objectives, bids=bids)
     plain = sk.Candidates(ads, objectives=objectives, bids=bids)
     for output in ("value", "logit"):
-        _same(with_objectives.topk(users, 15, om, output=output), plain.topk(users, 15, om, output=output))
+        assert_same(with_objectives.topk(users, 15, om, output=output), plain.topk(users, 15, om, output=output))
 
 
 @pytest.mark.parametrize("mmap", [True, False])
@@ -103,7 +98,7 @@ def test_save_and_load_keep_the_heads(rng, tmp_path, mmap):
     assert repr(loaded) == repr(exact)
     users = rng.standard_normal((3, 48)).astype(np.float32)
     for u in (users, users[0]):
-        _same(loaded.topk(u, 25), plain.topk(u, 25))
+        assert_same(loaded.topk(u, 25), plain.topk(u, 25))
     assert loaded.last_scan["layout"] == "progressive"
 
 

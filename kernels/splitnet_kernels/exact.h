@@ -97,6 +97,59 @@ inline double norm2(const float* x, index_t n) {
   return std::sqrt(sum);
 }
 
+namespace bound_terms {
+constexpr double u = 0x1p-24, inflate = 1.0 + 0x1p-16, gamma3 = 3 * u / (1 - 3 * u);
+
+// gamma_L of the float32 order over `dim` values (score_bound).
+inline double gamma(index_t dim) {
+  const double terms = static_cast<double>((dim + kSumLanes - 1) / kSumLanes + 3);
+  return terms * u / (1.0 - terms * u);
+}
+
+// The int8 terms of a bound: p, the query's `dim` values in float64 (within `slack` of the exact
+// ones), its first `width` quantized into q8 (*q_scale) as the scan quantizes them, against rows
+// whose reduced part b has ||b|| <= (1 + delta) ||a||: alpha and beta of E for a query of norm q
+// (the float32 one), and the norm of p past width (the rest a head leaves out).
+struct Int8 {
+  double alpha, beta, rest;
+};
+inline Int8 int8(const std::vector<double>& p, index_t width, double q, double delta, double slack, std::int8_t* q8,
+                 float* q_scale) {
+  const std::vector<float> narrow(p.begin(), p.begin() + width);
+  const double scale = *q_scale = quantize_query_i8(narrow.data(), width, q8);
+  double err = 0, hat = 0, norm = 0, tail = 0;
+  for (size_t d = 0; d < p.size(); ++d) {
+    const double x = p[d];
+    if (static_cast<index_t>(d) >= width) {
+      tail += x * x;
+      continue;
+    }
+    const double qh = scale * q8[d];
+    err += (x - qh) * (x - qh), hat += qh * qh, norm += x * x;
+  }
+  // the double sums' own error, then p's
+  err = std::sqrt(err) * (1 + 1e-12) + slack, hat = std::sqrt(hat) * (1 + 1e-12);
+  norm = std::sqrt(norm) * (1 + 1e-12) + slack, tail = std::sqrt(tail) * (1 + 1e-12) + slack;
+  return {gamma(static_cast<index_t>(p.size())) * q + delta * q + (1 + delta) * (err + gamma3 * hat),
+          norm + err + gamma3 * hat, tail};
+}
+
+// The bound's float32 constants, every one inflated by 2^-16 and rounded up, never down, and
+// whether it holds (see score_bound).
+inline ScoreBound rounded_up(double alpha, double beta, double rest, double underflow, double q, float bias) {
+  ScoreBound b;
+  b.alpha = static_cast<float>(alpha * inflate * (1 + 1e-12));
+  b.beta = static_cast<float>(beta * inflate * (1 + 1e-12));
+  b.rest = static_cast<float>(rest * inflate);
+  b.rel = static_cast<float>(2 * u * inflate);
+  b.tau = static_cast<float>(underflow);
+  for (float* c : {&b.alpha, &b.beta, &b.tau, &b.rest}) *c = std::nextafter(*c, std::numeric_limits<float>::infinity());
+  b.usable = q < kBoundedNorm && std::fabs(bias) < 0x1p120f && std::isfinite(b.alpha) && std::isfinite(b.beta) &&
+             std::isfinite(b.rest);
+  return b;
+}
+}  // namespace bound_terms
+
 // The bound's constants for one float32 query of `dim` values (the stored width) against rows of
 // `dtype`, and a score bias. With u = 2^-24 and gamma_m = m u / (1 - m u): the float32 order sums
 // each term through at most L = ceil(dim / 8) + 3 roundings, so |fl(q.x) - q.x| <= gamma_L ||q|| ||x||.
@@ -111,34 +164,16 @@ inline double norm2(const float* x, index_t n) {
 // lane overflows: usable needs ||q|| and |bias| below kBoundedNorm (and 2^120), rows need
 // bounded(norm, residual).
 inline ScoreBound score_bound(const float* query, index_t dim, Dtype dtype, float bias) {
-  constexpr double u = 0x1p-24, inflate = 1.0 + 0x1p-16;
-  const double terms = static_cast<double>((dim + kSumLanes - 1) / kSumLanes + 3);
-  const double gamma = terms * u / (1.0 - terms * u), gamma3 = 3 * u / (1 - 3 * u);
-  const double q = norm2(query, dim);
+  const double gamma = bound_terms::gamma(dim), q = norm2(query, dim);
   double alpha = 2 * gamma * q, beta = q * (1 + gamma), underflow = (4.0 * dim + 64) * 0x1p-150 * 2;
   if (dtype == Dtype::i8) {
     std::vector<std::int8_t> q8(static_cast<size_t>(dim));
-    const double scale = quantize_query_i8(query, dim, q8.data());
-    double err = 0, hat = 0;
-    for (index_t d = 0; d < dim; ++d) {
-      const double qh = scale * q8[d];
-      err += (query[d] - qh) * (query[d] - qh);
-      hat += qh * qh;
-    }
-    err = std::sqrt(err) * (1 + 1e-12), hat = std::sqrt(hat) * (1 + 1e-12);  // the double sums' own error
-    alpha = err + gamma * q + gamma3 * hat;
-    beta = q + err + gamma3 * hat;
+    float scale;
+    const auto terms = bound_terms::int8(std::vector<double>(query, query + dim), dim, q, 0, 0, q8.data(), &scale);
+    alpha = terms.alpha, beta = terms.beta;
     underflow += 127.0 * 127.0 * static_cast<double>(dim) * 0x1p-150 * 2;
   }
-  ScoreBound b;
-  b.alpha = static_cast<float>(alpha * inflate * (1 + 1e-12));
-  b.beta = static_cast<float>(beta * inflate * (1 + 1e-12));
-  b.rel = static_cast<float>(2 * u * inflate);
-  b.tau = static_cast<float>(underflow);
-  // the float32 constants rounded up, never down
-  for (float* c : {&b.alpha, &b.beta, &b.tau}) *c = std::nextafter(*c, std::numeric_limits<float>::infinity());
-  b.usable = q < kBoundedNorm && std::fabs(bias) < 0x1p120f && std::isfinite(b.alpha) && std::isfinite(b.beta);
-  return b;
+  return bound_terms::rounded_up(alpha, beta, 0, underflow, q, bias);
 }
 
 // The head test's bound for one float32 query of `dim` values (the stored width) and a bias: E1 =
@@ -154,10 +189,7 @@ inline ScoreBound score_bound(const float* query, index_t dim, Dtype dtype, floa
 // * rest_norm, as the scan sums it (docs/design.md, "The progressive scan").
 inline ScoreBound head_bound(const float* query, index_t dim, float bias, const Levels& levels, std::int8_t* q8,
                              float* q_scale) {
-  constexpr double u = 0x1p-24, inflate = 1.0 + 0x1p-16;
-  const double terms = static_cast<double>((dim + kSumLanes - 1) / kSumLanes + 3);
-  const double gamma = terms * u / (1.0 - terms * u), gamma3 = 3 * u / (1 - 3 * u);
-  const index_t n = levels.dim, width = levels.width;
+  const index_t n = levels.dim;
   const double q = norm2(query, dim), delta = levels.orthogonality;
   const double gn = n * 0x1p-53 / (1 - n * 0x1p-53), slack = gn * std::sqrt(n * (1 + delta)) * q * (1 + 1e-12);
   std::vector<double> p(static_cast<size_t>(dim));
@@ -166,30 +198,9 @@ inline ScoreBound head_bound(const float* query, index_t dim, float bias, const 
     for (index_t j = 0; i < n && j < n; ++j) sum += levels.rotation[i * n + j] * query[j];
     p[static_cast<size_t>(i)] = sum;
   }
-  std::vector<float> head(p.begin(), p.begin() + width);
-  const double scale = *q_scale = quantize_query_i8(head.data(), width, q8);
-  double err = 0, hat = 0, norm = 0, tail = 0;
-  for (index_t d = 0; d < dim; ++d) {
-    const double x = p[static_cast<size_t>(d)];
-    if (d >= width) {
-      tail += x * x;
-      continue;
-    }
-    const double qh = scale * q8[d];
-    err += (x - qh) * (x - qh), hat += qh * qh, norm += x * x;
-  }
-  err = std::sqrt(err) * (1 + 1e-12) + slack, hat = std::sqrt(hat) * (1 + 1e-12);  // the double sums' error, p's
-  norm = std::sqrt(norm) * (1 + 1e-12) + slack, tail = std::sqrt(tail) * (1 + 1e-12) + slack;
-  ScoreBound b;
-  b.alpha = static_cast<float>((gamma * q + delta * q + (1 + delta) * (err + gamma3 * hat)) * inflate * (1 + 1e-12));
-  b.beta = static_cast<float>((norm + err + gamma3 * hat) * inflate * (1 + 1e-12));
-  b.rest = static_cast<float>(tail * inflate * inflate);
-  b.rel = static_cast<float>(2 * u * inflate);
-  b.tau = static_cast<float>(((4.0 * dim + 64) + 127.0 * 127.0 * static_cast<double>(width)) * 0x1p-150 * 2);
-  for (float* c : {&b.alpha, &b.beta, &b.tau, &b.rest}) *c = std::nextafter(*c, std::numeric_limits<float>::infinity());
-  b.usable = q < kBoundedNorm && std::fabs(bias) < 0x1p120f && std::isfinite(b.alpha) && std::isfinite(b.beta) &&
-             std::isfinite(b.rest) && std::isfinite(*q_scale);
-  return b;
+  const auto terms = bound_terms::int8(p, levels.width, q, delta, slack, q8, q_scale);
+  const double underflow = ((4.0 * dim + 64) + 127.0 * 127.0 * static_cast<double>(levels.width)) * 0x1p-150 * 2;
+  return bound_terms::rounded_up(terms.alpha, terms.beta, terms.rest * bound_terms::inflate, underflow, q, bias);
 }
 
 // The rows a task kept: its best k lower bounds (a heap) and every row whose upper bound reached

@@ -80,16 +80,12 @@ class Candidates:
         return result
 
     def __repr__(self) -> str:
-        extra = (", exact" if self.exact else "") + self._layout() + \
-            ("" if self._grouping is None else f", {self._grouping.n_objectives} objectives")
+        store, extra = self._store, ""
+        if isinstance(store, ExactStorage):  # and which scan it has
+            extra = ", exact, " + ("flat scan" if store.levels is None else f"progressive scan (head {store.levels.width})")
+        if self._grouping is not None:
+            extra += f", {self._grouping.n_objectives} objectives"
         return f"Candidates({len(self)} x {self.dim}, dtype={self.dtype!r}{extra}, {self.nbytes / 2**20:.1f} MiB)"
-
-    def _layout(self) -> str:
-        """repr's word on an int8 exact set's scan: progressive (and its head) or flat."""
-        store = self._store
-        if not isinstance(store, ExactStorage) or store.scan.dtype != "int8":
-            return ""
-        return ", flat scan" if store.levels is None else f", progressive scan (head {store.levels.width})"
 
     def rows(self, begin: int = 0, end: int | None = None) -> np.ndarray:
         """Rows [begin, end) of the ads as given, as float32 (a view for float32 storage without

@@ -61,8 +61,9 @@ def write(path, store: Storage, grouping: Grouping | None, count: int, external_
         scan = store.scan
         arrays = {"data": scan.data} if scan.scales is None else {"data": scan.data, "scales": scan.scales}
         arrays.update(exact_rows=store.data, norms=store.norms, residuals=store.residuals)
-        if store.levels is not None:  # the heads of the progressive scan
+        if store.levels is not None:  # the heads of the progressive scan, and their width (below)
             arrays.update(zip(("rotation", "heads", "head_residuals"), store.levels))
+            head_width = store.levels.width
         store = scan
     else:
         arrays = {"data": store.data} if store.scales is None else {"data": store.data, "scales": store.scales}
@@ -77,7 +78,7 @@ def write(path, store: Storage, grouping: Grouping | None, count: int, external_
         header["arrays"][name] = {"offset": offset, "nbytes": int(array.nbytes),
                                   "crc32": zlib.crc32(np.ascontiguousarray(array).view(np.uint8).data)}
         if name == "heads":  # the heads' width (an empty array cannot tell it)
-            header["arrays"][name]["width"] = (int(array.shape[1]) - 8 * HEAD_BLOCK) // HEAD_BLOCK
+            header["arrays"][name]["width"] = head_width
         offset += -(-array.nbytes // ALIGN) * ALIGN
     blob = json.dumps(header).encode()
     start = _data_start(len(blob))
@@ -187,7 +188,7 @@ def read(path, mmap: bool, verify: bool) -> tuple[Storage, Grouping | None, np.n
         levels = None
         if "rotation" in arrays:
             levels = Levels(arrays["rotation"], arrays["heads"], arrays["head_residuals"])
-            _, head_scales, rest_norms = levels.parts()
+            head_scales, rest_norms = levels.floats()
             if not (np.all(np.isfinite(levels.rotation)) and np.all(head_scales > 0)) or np.any(np.isnan(rest_norms)) \
                     or np.any(np.isnan(levels.head_residuals)):
                 raise ValueError(f"{path}: damaged heads")

@@ -213,13 +213,18 @@ class Levels(NamedTuple):
     def width(self) -> int:
         return (self.blocks.shape[1] - 8 * HEAD_BLOCK) // HEAD_BLOCK
 
+    def floats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scales (N,), rest norms (N,)) row by row, copies."""
+        count, width = len(self.head_residuals), self.width
+        floats = self.blocks[:, HEAD_BLOCK * width:].copy().view(np.float32)  # (blocks, 32)
+        return floats[:, :HEAD_BLOCK].reshape(-1)[:count], floats[:, HEAD_BLOCK:].reshape(-1)[:count]
+
     def parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(heads (N, width) int8, scales (N,), rest norms (N,)) row by row, copies."""
         count, width, n_blocks = len(self.head_residuals), self.width, len(self.blocks)
         heads = self.blocks[:, :HEAD_BLOCK * width].reshape(n_blocks, width // 4, HEAD_BLOCK, 4)
         heads = heads.transpose(0, 2, 1, 3).reshape(n_blocks * HEAD_BLOCK, width)[:count]
-        floats = self.blocks[:, HEAD_BLOCK * width:].copy().view(np.float32)  # (blocks, 32)
-        return heads, floats[:, :HEAD_BLOCK].reshape(-1)[:count], floats[:, HEAD_BLOCK:].reshape(-1)[:count]
+        return (heads, *self.floats())
 
 
 def blocked_heads(heads: np.ndarray, scales: np.ndarray, rests: np.ndarray) -> np.ndarray:
